@@ -1,0 +1,196 @@
+//! The `checkpoint` file: where the log is known to be durable, and whether it was closed
+//! cleanly. It bounds the work of recovery.
+//!
+//! Two slots of 64 bytes, each `magic: [u8; 8] | version: u32 | flags: u32 | segment_base:
+//! u64 | position: u64 | next_offset: u64 | crc: u32 | zero padding`, with `crc` the CRC-32
+//! of the 40 bytes before it:
+//! - slot A (byte 0) is written and synced at open (flags 0) and at a clean close
+//!   (flags `CLEAN`);
+//! - slot B (byte 512, another sector) is written after syncs of the log and never synced
+//!   itself: it may be lost, but never claims more than what was synced.
+//!
+//! Any valid slot naming the newest segment is a position below which that segment's data
+//! was synced; recovery scans from the highest such position. Slot A with `CLEAN` says the
+//! data ends exactly there, so nothing is scanned.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::error::{IoContext, Result};
+use crate::fs::open_rw;
+use crate::segment::header::FORMAT_VERSION;
+
+/// Name of the checkpoint file in a queue directory.
+pub(crate) const FILE_NAME: &str = "checkpoint";
+
+const MAGIC: [u8; 8] = *b"SEGQCKPT";
+const SLOT_A: u64 = 0;
+const SLOT_B: u64 = 512;
+const MAGIC_AT: usize = 0;
+const VERSION_AT: usize = MAGIC_AT + 8;
+const FLAGS_AT: usize = VERSION_AT + 4;
+const BASE_AT: usize = FLAGS_AT + 4;
+const POSITION_AT: usize = BASE_AT + 8;
+const NEXT_AT: usize = POSITION_AT + 8;
+const CRC_AT: usize = NEXT_AT + 8;
+const SLOT_LEN: usize = 64;
+const CLEAN: u32 = 1;
+
+/// One durable position of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mark {
+    /// Base offset of the segment the position is in.
+    pub segment_base: u64,
+    /// Byte position in that segment, just past a record.
+    pub position: u64,
+    /// Offset of the record that would start at `position`.
+    pub next_offset: u64,
+    /// The queue was closed cleanly with its data ending at `position`.
+    pub clean: bool,
+}
+
+fn encode(mark: Mark) -> [u8; SLOT_LEN] {
+    let mut s = [0u8; SLOT_LEN];
+    s[MAGIC_AT..VERSION_AT].copy_from_slice(&MAGIC);
+    LittleEndian::write_u32(&mut s[VERSION_AT..], FORMAT_VERSION);
+    LittleEndian::write_u32(&mut s[FLAGS_AT..], if mark.clean { CLEAN } else { 0 });
+    LittleEndian::write_u64(&mut s[BASE_AT..], mark.segment_base);
+    LittleEndian::write_u64(&mut s[POSITION_AT..], mark.position);
+    LittleEndian::write_u64(&mut s[NEXT_AT..], mark.next_offset);
+    let crc = crc32fast::hash(&s[..CRC_AT]);
+    LittleEndian::write_u32(&mut s[CRC_AT..], crc);
+    s
+}
+
+fn decode(s: &[u8]) -> Option<Mark> {
+    let s = s.get(..SLOT_LEN)?;
+    let valid = s[MAGIC_AT..VERSION_AT] == MAGIC
+        && LittleEndian::read_u32(&s[VERSION_AT..]) == FORMAT_VERSION
+        && LittleEndian::read_u32(&s[CRC_AT..]) == crc32fast::hash(&s[..CRC_AT]);
+    valid.then(|| Mark {
+        segment_base: LittleEndian::read_u64(&s[BASE_AT..]),
+        position: LittleEndian::read_u64(&s[POSITION_AT..]),
+        next_offset: LittleEndian::read_u64(&s[NEXT_AT..]),
+        clean: LittleEndian::read_u32(&s[FLAGS_AT..]) & CLEAN != 0,
+    })
+}
+
+/// Reads both slots of a checkpoint file's bytes: `(slot A, slot B)`, each `None` when
+/// missing or damaged.
+pub(crate) fn parse(bytes: &[u8]) -> (Option<Mark>, Option<Mark>) {
+    (
+        decode(&bytes[SLOT_A as usize..]),
+        bytes.get(SLOT_B as usize..).and_then(decode),
+    )
+}
+
+/// The open checkpoint file.
+#[derive(Debug)]
+pub(crate) struct Checkpoint {
+    path: PathBuf,
+    file: File,
+    /// Newest position written to slot B, so an older one never overwrites it.
+    progress: Option<(u64, u64)>,
+}
+
+impl Checkpoint {
+    /// Opens (or creates) the checkpoint of the queue in `dir` and reads its slots.
+    pub fn open(dir: &Path) -> Result<(Checkpoint, Option<Mark>, Option<Mark>)> {
+        let path = dir.join(FILE_NAME);
+        let file = open_rw(&path, true)?;
+        let mut bytes = vec![0u8; SLOT_B as usize + SLOT_LEN];
+        let read = read_up_to(&file, &mut bytes).at(&path)?;
+        bytes.truncate(read);
+        let (a, b) = if bytes.len() >= SLOT_LEN {
+            parse(&bytes)
+        } else {
+            (None, None)
+        };
+        Ok((
+            Checkpoint {
+                path,
+                file,
+                progress: None,
+            },
+            a,
+            b,
+        ))
+    }
+
+    /// Writes slot A and waits until it is durable.
+    pub fn write_durable(&mut self, mark: Mark) -> Result<()> {
+        self.file
+            .write_all_at(&encode(mark), SLOT_A)
+            .at(&self.path)?;
+        self.file.sync_data().at(&self.path)
+    }
+
+    /// Notes in slot B that the log is synced up to `mark`, without waiting for the device.
+    pub fn note_synced(&mut self, mark: Mark) -> Result<()> {
+        let key = (mark.segment_base, mark.position);
+        if self.progress.is_some_and(|p| p >= key) {
+            return Ok(());
+        }
+        self.file
+            .write_all_at(
+                &encode(Mark {
+                    clean: false,
+                    ..mark
+                }),
+                SLOT_B,
+            )
+            .at(&self.path)?;
+        self.progress = Some(key);
+        Ok(())
+    }
+}
+
+fn read_up_to(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], filled as u64)? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_and_damage_is_ignored() {
+        let mark = Mark {
+            segment_base: 7,
+            position: 4096,
+            next_offset: 99,
+            clean: true,
+        };
+        let mut bytes = vec![0u8; SLOT_B as usize + SLOT_LEN];
+        bytes[..SLOT_LEN].copy_from_slice(&encode(mark));
+        assert_eq!(parse(&bytes), (Some(mark), None));
+        bytes[POSITION_AT] ^= 1;
+        assert_eq!(parse(&bytes), (None, None));
+    }
+
+    #[test]
+    fn slot_b_never_goes_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut ck, _, _) = Checkpoint::open(dir.path()).unwrap();
+        let at = |position| Mark {
+            segment_base: 0,
+            position,
+            next_offset: position,
+            clean: false,
+        };
+        ck.note_synced(at(200)).unwrap();
+        ck.note_synced(at(100)).unwrap();
+        let (_, _, b) = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(b, Some(at(200)));
+    }
+}

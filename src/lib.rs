@@ -1,0 +1,20 @@
+//! segq: an embeddable, persistent queue in a directory of memory-mapped segment files.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod error;
+mod fs;
+mod log;
+mod mmap;
+mod options;
+mod queue;
+mod record;
+mod segment;
+mod sync;
+
+pub use error::{CorruptKind, Error, Result};
+pub use log::{Iter, Recovery};
+pub use options::{Options, SyncPolicy};
+pub use queue::Queue;
+pub use record::Record;

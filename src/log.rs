@@ -1,0 +1,497 @@
+//! The log: the ordered segments of a queue directory, appends, reads and recovery.
+
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::checkpoint::{Checkpoint, Mark};
+use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::mmap::Mapping;
+use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
+use crate::record::{self, Record};
+use crate::segment::header::FILE_HEADER_LEN;
+use crate::segment::{self, Active, Segment};
+use crate::sync::GroupCommit;
+
+/// What [`Log::open`] found and did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Recovery {
+    /// The queue had been closed cleanly, so nothing was scanned.
+    pub clean: bool,
+    /// Bytes of records checked at open (those after the last known synced position).
+    pub scanned_bytes: u64,
+    /// Position in the newest segment where a torn or damaged unsynced tail was cut.
+    pub truncated_at: Option<u64>,
+    /// What was wrong at the cut, when it was damage rather than the end of the data.
+    pub damage: Option<String>,
+}
+
+/// The log of one queue directory.
+#[derive(Debug)]
+pub(crate) struct Log {
+    dir: PathBuf,
+    opts: Options,
+    /// Every segment, oldest first; the last is the active one.
+    segments: RwLock<Vec<Arc<Segment>>>,
+    writer: Mutex<Writer>,
+    first_offset: AtomicU64,
+    /// Records below this offset are readable (published after their bytes).
+    next_offset: AtomicU64,
+    commit: GroupCommit,
+    checkpoint: Mutex<Checkpoint>,
+    /// Set by the first failed sync: writes are refused from then on.
+    poisoned: OnceLock<String>,
+    recovery: Recovery,
+}
+
+#[derive(Debug)]
+struct Writer {
+    /// `None` after a segment was sealed but its successor could not be created (a full
+    /// disk); the next append tries again.
+    active: Option<Active>,
+    closed: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Log {
+    /// Opens the log in `dir` (which exists and is locked by the caller), recovering it.
+    pub fn open(dir: &Path, opts: Options) -> Result<Log> {
+        let bases = list_segments(dir)?;
+        let (mut checkpoint, slot_a, slot_b) = Checkpoint::open(dir)?;
+        let interval = opts.index_interval_bytes;
+        let min_capacity = opts.segment_bytes as usize;
+        let mut recovery = Recovery::default();
+        let (segments, active, next_offset) = match bases.split_last() {
+            None => {
+                if let Some(mark) = slot_a.or(slot_b).filter(|m| m.next_offset > 0) {
+                    let path = dir.join(crate::checkpoint::FILE_NAME);
+                    return Err(Error::corrupt(
+                        &path,
+                        0,
+                        CorruptKind::Gap {
+                            from: 0,
+                            to: mark.next_offset,
+                        },
+                    ));
+                }
+                (
+                    Vec::new(),
+                    Active::create(dir, 0, min_capacity, interval)?,
+                    0,
+                )
+            }
+            Some((&last, sealed)) => {
+                let mut segments = Vec::with_capacity(bases.len());
+                for (i, &base) in sealed.iter().enumerate() {
+                    segments.push(Segment::sealed(dir, base, bases[i + 1], interval));
+                }
+                let in_last = |m: &Mark| m.segment_base == last && m.next_offset >= last;
+                let clean = slot_a.filter(|m| m.clean && in_last(m));
+                let trusted = clean.or_else(|| {
+                    [slot_a, slot_b]
+                        .into_iter()
+                        .flatten()
+                        .filter(in_last)
+                        .max_by_key(|m| m.position)
+                });
+                let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
+                let (active, found) =
+                    Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
+                recovery.clean = clean.is_some();
+                recovery.scanned_bytes = found.scanned_bytes;
+                if let Some((at, damage)) = found.cut {
+                    recovery.truncated_at = Some(at);
+                    recovery.damage = damage.map(|kind| kind.to_string());
+                }
+                (segments, active, found.next_offset)
+            }
+        };
+        let first_offset = segments
+            .first()
+            .map_or(active.segment().base(), |s| s.base());
+        // Until the next clean close, a crash must not be mistaken for one.
+        checkpoint.write_durable(Mark {
+            segment_base: active.segment().base(),
+            position: active.position() as u64,
+            next_offset,
+            clean: false,
+        })?;
+        let mut segments = segments;
+        segments.push(active.segment().clone());
+        Ok(Log {
+            dir: dir.to_path_buf(),
+            opts,
+            segments: RwLock::new(segments),
+            writer: Mutex::new(Writer {
+                active: Some(active),
+                closed: false,
+            }),
+            first_offset: AtomicU64::new(first_offset),
+            next_offset: AtomicU64::new(next_offset),
+            commit: GroupCommit::new(next_offset),
+            checkpoint: Mutex::new(checkpoint),
+            poisoned: OnceLock::new(),
+            recovery,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.opts
+    }
+
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn first_offset(&self) -> u64 {
+        self.first_offset.load(Ordering::Acquire)
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn segments(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Segment>>> {
+        self.segments.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn poison(&self, err: &Error) {
+        let _ = self.poisoned.set(err.to_string());
+    }
+
+    fn poisoned_error(&self) -> Option<Error> {
+        self.poisoned.get().map(|why| Error::Poisoned(why.clone()))
+    }
+
+    fn check_writable(&self, writer: &Writer) -> Result<()> {
+        if writer.closed {
+            return Err(Error::Closed);
+        }
+        self.poisoned_error().map_or(Ok(()), Err)
+    }
+
+    /// Appends the payloads as one batch: all of them or, on error, none.
+    pub fn append(&self, payloads: &[&[u8]]) -> Result<Range<u64>> {
+        let limit = self.opts.max_record_bytes;
+        let mut needed = 0usize;
+        for p in payloads {
+            if p.len() > limit as usize {
+                return Err(Error::RecordTooLarge {
+                    size: p.len() as u64,
+                    limit: u64::from(limit),
+                });
+            }
+            needed += record::frame_len(p.len());
+        }
+        let max_batch = MAX_SEGMENT_BYTES as usize - FILE_HEADER_LEN;
+        if needed > max_batch {
+            return Err(Error::RecordTooLarge {
+                size: needed as u64,
+                limit: max_batch as u64,
+            });
+        }
+        let range = {
+            let mut w = self.writer();
+            self.check_writable(&w)?;
+            let first = self.next_offset.load(Ordering::Relaxed);
+            if payloads.is_empty() {
+                return Ok(first..first);
+            }
+            let active = self.make_room(&mut w, needed)?;
+            let ts = now_ms();
+            let last = payloads.len() - 1;
+            for (i, p) in payloads.iter().enumerate() {
+                active.write(first + i as u64, ts, p, i < last);
+            }
+            active.publish();
+            let next = first + payloads.len() as u64;
+            self.next_offset.store(next, Ordering::Release);
+            first..next
+        };
+        if self.opts.sync == SyncPolicy::Always {
+            self.sync_to(range.end)?;
+        }
+        Ok(range)
+    }
+
+    /// Returns the active segment with at least `needed` bytes free, rolling if needed.
+    fn make_room<'w>(&self, w: &'w mut Writer, needed: usize) -> Result<&'w mut Active> {
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let capacity = (self.opts.segment_bytes as usize).max(FILE_HEADER_LEN + needed);
+        let interval = self.opts.index_interval_bytes;
+        match w.active.take() {
+            Some(active) if active.remaining() >= needed => {
+                w.active = Some(active);
+            }
+            Some(active) if active.is_empty() => {
+                // Nothing is in it: replace it by one big enough instead of sealing it empty.
+                let base = active.segment().base();
+                w.active = Some(active);
+                let bigger = Active::create(&self.dir, base, capacity, interval)?;
+                let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+                *segments.last_mut().expect("the active segment is listed") =
+                    bigger.segment().clone();
+                w.active = Some(bigger);
+            }
+            active => {
+                if let Some(active) = active {
+                    if let Err(e) = active.seal(next) {
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                }
+                let created = Active::create(&self.dir, next, capacity, interval)?;
+                self.segments
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(created.segment().clone());
+                w.active = Some(created);
+            }
+        }
+        Ok(w.active.as_mut().expect("set above"))
+    }
+
+    /// Returns once every record below `target` is durable.
+    pub fn sync_to(&self, target: u64) -> Result<()> {
+        self.commit
+            .wait_for(target, || self.sync_now(), || self.poisoned_error())
+    }
+
+    /// Syncs everything appended so far; returns the offset it covered up to.
+    fn sync_now(&self) -> Result<u64> {
+        let (segment, end, next) = {
+            let w = self.writer();
+            let next = self.next_offset.load(Ordering::Relaxed);
+            match &w.active {
+                Some(active) => (active.segment().clone(), active.position(), next),
+                // Sealed segments were synced when sealed.
+                None => return Ok(next),
+            }
+        };
+        if let Err(e) = segment::sync_data(&segment, end) {
+            self.poison(&e);
+            return Err(e);
+        }
+        let mark = Mark {
+            segment_base: segment.base(),
+            position: end as u64,
+            next_offset: next,
+            clean: false,
+        };
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .note_synced(mark)?;
+        Ok(next)
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn flush(&self) -> Result<()> {
+        if self.writer().closed {
+            return Err(Error::Closed);
+        }
+        self.sync_to(self.next_offset())
+    }
+
+    /// Offsets below this are durable.
+    pub fn durable_offset(&self) -> u64 {
+        self.commit.durable()
+    }
+
+    /// Flushes and records a clean shutdown. Idempotent.
+    pub fn close(&self) -> Result<()> {
+        let mut w = self.writer();
+        if w.closed {
+            return Ok(());
+        }
+        if let Some(err) = self.poisoned_error() {
+            w.closed = true;
+            return Err(err);
+        }
+        let next = self.next_offset.load(Ordering::Relaxed);
+        let mark = match &w.active {
+            Some(active) => {
+                active.sync_all()?;
+                Mark {
+                    segment_base: active.segment().base(),
+                    position: active.position() as u64,
+                    next_offset: next,
+                    clean: true,
+                }
+            }
+            None => {
+                // The newest segment is sealed: its data ends at its file's end.
+                let last = self.segments().last().expect("a log has a segment").clone();
+                let len = fs::metadata(last.path()).at(last.path())?.len();
+                Mark {
+                    segment_base: last.base(),
+                    position: len,
+                    next_offset: next,
+                    clean: true,
+                }
+            }
+        };
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_durable(mark)?;
+        w.closed = true;
+        Ok(())
+    }
+
+    /// Stops all writing without syncing or recording a clean shutdown, as a crash would.
+    pub fn abandon(&self) {
+        self.writer().closed = true;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.writer().closed
+    }
+
+    /// The segment holding `offset`, which must be at or above the first offset.
+    fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segments = self.segments();
+        let i = segments.partition_point(|s| s.base() <= offset);
+        i.checked_sub(1).map(|i| segments[i].clone())
+    }
+
+    /// Reads one record; `None` outside `first_offset()..next_offset()`.
+    pub fn read(&self, offset: u64) -> Result<Option<Record>> {
+        if offset >= self.next_offset() || offset < self.first_offset() {
+            return Ok(None);
+        }
+        match self.segment_for(offset) {
+            Some(segment) => segment.read(offset).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Snapshot of the segments, oldest first.
+    pub fn segment_list(&self) -> Vec<Arc<Segment>> {
+        self.segments().clone()
+    }
+}
+
+/// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted
+/// file creation (`*.tmp`) and index files whose segment is gone.
+fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut bases = Vec::new();
+    let mut indexes = Vec::new();
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(base) = segment::parse_log_name(name) {
+            bases.push(base);
+        } else if name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        } else if let Some(digits) = name.strip_suffix(".index") {
+            if let Some(base) = segment::parse_log_name(&format!("{digits}.log")) {
+                indexes.push(base);
+            }
+        }
+    }
+    bases.sort_unstable();
+    for base in indexes {
+        if bases.binary_search(&base).is_err() {
+            let _ = fs::remove_file(dir.join(segment::index_name(base)));
+        }
+    }
+    Ok(bases)
+}
+
+/// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
+#[derive(Debug)]
+pub struct Iter {
+    log: Arc<Log>,
+    next: u64,
+    cursor: Option<Cursor>,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct Cursor {
+    segment: Arc<Segment>,
+    map: Arc<Mapping>,
+    pos: usize,
+}
+
+impl Iter {
+    pub(crate) fn new(log: Arc<Log>, from: u64) -> Iter {
+        Iter {
+            log,
+            next: from,
+            cursor: None,
+            done: false,
+        }
+    }
+
+    fn step(&mut self) -> Result<Record> {
+        let cursor = match &mut self.cursor {
+            Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
+            _ => {
+                let segment = self
+                    .log
+                    .segment_for(self.next)
+                    .expect("offset is at or above the first");
+                let pos = segment.position_of(self.next)?;
+                let map = segment.data()?.clone();
+                self.cursor.insert(Cursor { segment, map, pos })
+            }
+        };
+        let frame = cursor
+            .segment
+            .frame_at(cursor.map.readable(), cursor.pos, self.next)?;
+        cursor.pos = frame.end();
+        self.next += 1;
+        Ok(Record::new(cursor.map.clone(), frame))
+    }
+}
+
+impl Iterator for Iter {
+    type Item = Result<Record>;
+
+    /// The next record, or `None` once the end of the log is reached. Iteration follows the
+    /// live log: calling `next` again later yields records appended since. After a damaged
+    /// record the iterator yields the error and goes on with the next segment.
+    fn next(&mut self) -> Option<Result<Record>> {
+        if self.done || self.log.is_closed() {
+            return None;
+        }
+        if self.next >= self.log.next_offset() {
+            return None;
+        }
+        let first = self.log.first_offset();
+        if self.next < first {
+            self.next = first;
+            self.cursor = None;
+        }
+        match self.step() {
+            Ok(record) => Some(Ok(record)),
+            Err(e) => {
+                match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
+                    Some(end) => self.next = end,
+                    None => self.done = true,
+                }
+                self.cursor = None;
+                Some(Err(e))
+            }
+        }
+    }
+}

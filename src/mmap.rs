@@ -1,0 +1,151 @@
+//! Memory-mapped files: the only module with `unsafe` code.
+//!
+//! A [`Mapping`] is shared by every reader of a file; a [`MapWriter`], of which there is at
+//! most one per mapping, appends to it. The invariant that makes this sound: **bytes below
+//! the published length never change again**. The writer only stores at or past the
+//! published length and then publishes (a release store); readers only form slices below
+//! the published length they loaded (an acquire load). Readers and the writer therefore
+//! never touch the same bytes at the same time.
+//!
+//! A store into a mapping of a sparse file can raise SIGBUS on a full disk, so callers
+//! reserve blocks with `fallocate` before mapping a file for writing. Touching a page that
+//! lies wholly past the end of the file raises SIGBUS too: callers never shrink a file below
+//! its published length.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use memmap2::{Advice, MmapOptions, MmapRaw};
+
+/// A mapped file whose bytes below [`Mapping::published`] can be read by any thread.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    raw: MmapRaw,
+    published: AtomicUsize,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `file` read-only; all of them are readable.
+    pub fn read_only(file: &File, len: usize) -> io::Result<Arc<Mapping>> {
+        let raw = MmapOptions::new().len(len).map_raw_read_only(file)?;
+        Ok(Arc::new(Mapping {
+            raw,
+            published: AtomicUsize::new(len),
+        }))
+    }
+
+    /// Maps `len` bytes of `file` for appending; the first `published` bytes are readable.
+    /// The file must be at least `len` bytes long with its blocks reserved.
+    pub fn read_write(
+        file: &File,
+        len: usize,
+        published: usize,
+    ) -> io::Result<(Arc<Mapping>, MapWriter)> {
+        assert!(
+            published <= len,
+            "published {published} is past the mapping's {len} bytes"
+        );
+        let raw = MmapOptions::new().len(len).map_raw(file)?;
+        let map = Arc::new(Mapping {
+            raw,
+            published: AtomicUsize::new(published),
+        });
+        Ok((map.clone(), MapWriter { map }))
+    }
+
+    /// Length of the mapping, readable or not.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// How many bytes from the start are readable.
+    pub fn published(&self) -> usize {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// All readable bytes.
+    pub fn readable(&self) -> &[u8] {
+        let end = self.published();
+        // SAFETY: `0..end` lies inside the mapping (published <= len) and below the published
+        // length, which only the writer raises after its stores are complete; those bytes
+        // never change again, so no `&mut` access or store can overlap this slice.
+        unsafe { std::slice::from_raw_parts(self.raw.as_ptr(), end) }
+    }
+
+    /// The bytes in `range`, or `None` if any of them is not readable.
+    pub fn bytes(&self, range: Range<usize>) -> Option<&[u8]> {
+        self.readable().get(range)
+    }
+
+    /// Writes `range` back to the file and waits for the device (msync `MS_SYNC`).
+    pub fn sync(&self, range: Range<usize>) -> io::Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        self.raw.flush_range(range.start, range.len())
+    }
+}
+
+/// The one writer of a [`Mapping`]. Not `Clone`: two writers would race on unpublished bytes.
+#[derive(Debug)]
+pub(crate) struct MapWriter {
+    map: Arc<Mapping>,
+}
+
+impl MapWriter {
+    /// The mapping this writer appends to.
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        &self.map
+    }
+
+    /// Copies `bytes` to position `at`, which must not be readable yet.
+    ///
+    /// # Panics
+    /// If `at` is below the published length or the bytes do not fit the mapping: both are
+    /// bugs in segq, and writing anyway could change bytes a reader is looking at.
+    pub fn write(&mut self, at: usize, bytes: &[u8]) {
+        // Only this writer raises `published`, so a relaxed load sees the latest value.
+        let published = self.map.published.load(Ordering::Relaxed);
+        assert!(
+            at >= published,
+            "write at {at} below the published length {published}"
+        );
+        assert!(
+            at.checked_add(bytes.len())
+                .is_some_and(|end| end <= self.map.len()),
+            "write past the mapping"
+        );
+        // SAFETY: the destination lies inside the mapping (checked above) and at or past the
+        // published length, so no reader has a slice over it; `&mut self` on the only writer
+        // rules out a concurrent store. The source is a distinct Rust slice, so the regions
+        // cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.raw.as_mut_ptr().add(at),
+                bytes.len(),
+            )
+        }
+    }
+
+    /// Makes the first `end` bytes readable. Everything below `end` must be written.
+    pub fn publish(&mut self, end: usize) {
+        assert!(end <= self.map.len(), "publish past the mapping");
+        self.map.published.fetch_max(end, Ordering::Release);
+    }
+
+    /// Faults the pages of `range` in for writing ahead of time, so appends do not pay for
+    /// page faults. Best effort: older kernels lack `MADV_POPULATE_WRITE`.
+    pub fn prefault(&self, range: Range<usize>) {
+        if !range.is_empty() {
+            let _ = self
+                .map
+                .raw
+                .advise_range(Advice::PopulateWrite, range.start, range.len());
+        }
+    }
+}

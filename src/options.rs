@@ -1,0 +1,143 @@
+//! Settings chosen when a queue is opened.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// When appended records are made durable (synced to the storage device).
+///
+/// Whatever the policy, a record whose `append` returned survives a crash of the *process*:
+/// its bytes are in the kernel's page cache. The policy decides what survives a crash of the
+/// *machine* (power loss, kernel panic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// `append` returns once the record is on stable storage. Appenders on several threads
+    /// share one sync (group commit). The default.
+    #[default]
+    Always,
+    /// A background thread syncs everything appended every interval: a machine crash loses
+    /// at most about one interval of appends.
+    Interval(Duration),
+    /// Never sync on its own; the OS writes pages back when it likes. [`crate::Queue::flush`]
+    /// and [`crate::Queue::close`] still make everything durable.
+    Never,
+}
+
+/// Smallest accepted segment size.
+pub const MIN_SEGMENT_BYTES: u64 = 4096;
+/// Largest accepted segment size: positions inside a segment are 32-bit.
+pub const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
+/// Largest accepted payload limit (1 GiB): one record plus its headers must fit a segment.
+pub const MAX_RECORD_LIMIT: u32 = 1 << 30;
+
+/// Options for [`crate::Queue::open`], built with consuming setters.
+///
+/// ```
+/// use segq::{Options, SyncPolicy};
+/// use std::time::Duration;
+///
+/// let opts = Options::default()
+///     .segment_bytes(8 << 20)
+///     .sync(SyncPolicy::Interval(Duration::from_millis(10)));
+/// assert_eq!(opts.get_segment_bytes(), 8 << 20);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub(crate) segment_bytes: u64,
+    pub(crate) index_interval_bytes: u32,
+    pub(crate) max_record_bytes: u32,
+    pub(crate) sync: SyncPolicy,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            segment_bytes: 64 << 20,
+            index_interval_bytes: 4096,
+            max_record_bytes: 1 << 20,
+            sync: SyncPolicy::Always,
+        }
+    }
+}
+
+impl Options {
+    /// Size each segment file is preallocated to; a segment rolls when the next record does
+    /// not fit. Default 64 MiB; from 4 KiB up to 4 GiB − 1. Crash recovery scans at most one
+    /// segment, so smaller segments bound recovery time.
+    #[must_use]
+    pub fn segment_bytes(mut self, bytes: u64) -> Self {
+        self.segment_bytes = bytes;
+        self
+    }
+
+    /// Bytes of records between two entries of a segment's sparse offset index; a read by
+    /// offset scans at most this much. Default 4096; at least 1.
+    #[must_use]
+    pub fn index_interval_bytes(mut self, bytes: u32) -> Self {
+        self.index_interval_bytes = bytes;
+        self
+    }
+
+    /// Largest payload accepted, in bytes. Default 1 MiB; at most 1 GiB. A bigger payload is
+    /// [`Error::RecordTooLarge`].
+    #[must_use]
+    pub fn max_record_bytes(mut self, bytes: u32) -> Self {
+        self.max_record_bytes = bytes;
+        self
+    }
+
+    /// When appends are made durable. Default [`SyncPolicy::Always`].
+    #[must_use]
+    pub fn sync(mut self, policy: SyncPolicy) -> Self {
+        self.sync = policy;
+        self
+    }
+
+    /// The segment size in force.
+    pub fn get_segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// The index interval in force.
+    pub fn get_index_interval_bytes(&self) -> u32 {
+        self.index_interval_bytes
+    }
+
+    /// The payload limit in force.
+    pub fn get_max_record_bytes(&self) -> u32 {
+        self.max_record_bytes
+    }
+
+    /// The sync policy in force.
+    pub fn get_sync(&self) -> SyncPolicy {
+        self.sync
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(MIN_SEGMENT_BYTES..=MAX_SEGMENT_BYTES).contains(&self.segment_bytes) {
+            return Err(Error::InvalidOptions(format!(
+                "segment_bytes {} is outside {MIN_SEGMENT_BYTES}..={MAX_SEGMENT_BYTES}",
+                self.segment_bytes
+            )));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err(Error::InvalidOptions(
+                "index_interval_bytes must be at least 1".into(),
+            ));
+        }
+        if self.max_record_bytes > MAX_RECORD_LIMIT {
+            return Err(Error::InvalidOptions(format!(
+                "max_record_bytes {} is over {MAX_RECORD_LIMIT}",
+                self.max_record_bytes
+            )));
+        }
+        if let SyncPolicy::Interval(d) = self.sync {
+            if d.is_zero() {
+                return Err(Error::InvalidOptions(
+                    "SyncPolicy::Interval needs a non-zero interval".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

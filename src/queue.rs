@@ -1,0 +1,223 @@
+//! [`Queue`], the public handle that ties the log, its lock and its flusher together.
+
+use std::fs::{File, TryLockError};
+use std::ops::Range;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fs::{open_rw, sync_dir};
+use crate::log::{Iter, Log, Recovery};
+use crate::options::{Options, SyncPolicy};
+use crate::record::Record;
+use crate::sync::Flusher;
+
+/// Name of the lock file held while a queue is open.
+pub(crate) const LOCK_FILE: &str = "lock";
+
+/// A durable queue stored in one directory.
+///
+/// One `Queue` at a time may have a directory open, in this process or any other; a second
+/// [`Queue::open`] gets [`Error::Locked`]. All methods take `&self`: share a queue between
+/// threads with an `Arc` (or a reference in scoped threads).
+///
+/// ```
+/// use segq::{Options, Queue};
+/// # let dir = tempfile::tempdir()?;
+///
+/// let q = Queue::open(dir.path(), Options::default())?;
+/// let first = q.append(b"one")?;
+/// let batch = q.append_batch(&[b"two".as_slice(), b"three".as_slice()])?;
+/// assert_eq!((first, batch), (0, 1..3));
+///
+/// let payloads: Vec<Vec<u8>> = q.iter_from(0).map(|r| r.map(|r| r.payload().to_vec())).collect::<Result<_, _>>()?;
+/// assert_eq!(payloads, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+/// q.close()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Queue {
+    log: Arc<Log>,
+    lock: Mutex<Option<File>>,
+    flusher: Mutex<Option<Flusher>>,
+}
+
+impl Queue {
+    /// Opens the queue in `dir`, creating the directory and an empty queue if missing, and
+    /// recovering it if it was not closed cleanly: the valid records are kept and a torn,
+    /// unsynced tail is cut.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] if the queue is open elsewhere, [`Error::Corrupt`] for damage that
+    /// recovery may not cut (it lies in data known to be synced),
+    /// [`Error::InvalidOptions`], or [`Error::Io`].
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
+        let dir = dir.as_ref();
+        options.validate()?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).at(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent)?;
+            }
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = open_rw(&lock_path, true)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+            Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
+        }
+        let sync = options.sync;
+        let log = Arc::new(Log::open(dir, options)?);
+        let flusher = match sync {
+            SyncPolicy::Interval(every) => {
+                let weak = Arc::downgrade(&log);
+                let tick = move || match weak.upgrade() {
+                    Some(log) if !log.is_closed() => {
+                        // A failure poisons the log; appenders see it on their next call.
+                        let _ = log.flush();
+                        true
+                    }
+                    _ => false,
+                };
+                Some(Flusher::start(every, tick).at(dir)?)
+            }
+            _ => None,
+        };
+        Ok(Queue {
+            log,
+            lock: Mutex::new(Some(lock)),
+            flusher: Mutex::new(flusher),
+        })
+    }
+
+    /// Appends one record and returns its offset. Offsets start at 0 and are contiguous.
+    ///
+    /// Under [`SyncPolicy::Always`] it returns once the record is durable.
+    ///
+    /// # Errors
+    /// [`Error::RecordTooLarge`] (nothing is written), [`Error::Io`] (a full disk when a new
+    /// segment is needed: nothing is written and later appends may succeed),
+    /// [`Error::Poisoned`] after a failed sync, [`Error::Closed`].
+    pub fn append(&self, payload: &[u8]) -> Result<u64> {
+        self.log.append(&[payload]).map(|r| r.start)
+    }
+
+    /// Appends several records as one batch, with contiguous offsets: either all are stored
+    /// or, on error, none. A batch is also atomic across crashes: recovery never keeps part
+    /// of one. Returns the batch's offsets; an empty batch returns an empty range.
+    ///
+    /// # Errors
+    /// As [`Queue::append`]; one payload over the limit fails the whole batch.
+    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Range<u64>> {
+        self.log.append(payloads)
+    }
+
+    /// Makes everything appended so far durable, whatever the sync policy.
+    pub fn flush(&self) -> Result<()> {
+        self.log.flush()
+    }
+
+    /// Reads the record at `offset`, or `None` outside `first_offset()..next_offset()`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the record's bytes are damaged: damaged data is never returned.
+    pub fn read(&self, offset: u64) -> Result<Option<Record>> {
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
+        self.log.read(offset)
+    }
+
+    /// Iterates over the records from `offset` (or from the first offset, if `offset` is
+    /// below it) to the end of the log. The iterator follows the live log: once it returns
+    /// `None`, calling `next` again yields records appended since.
+    pub fn iter_from(&self, offset: u64) -> Iter {
+        Iter::new(self.log.clone(), offset)
+    }
+
+    /// Offset of the oldest record kept.
+    pub fn first_offset(&self) -> u64 {
+        self.log.first_offset()
+    }
+
+    /// Offset the next appended record will get.
+    pub fn next_offset(&self) -> u64 {
+        self.log.next_offset()
+    }
+
+    /// Offsets below this are durable.
+    pub fn durable_offset(&self) -> u64 {
+        self.log.durable_offset()
+    }
+
+    /// What opening the queue found: a clean shutdown, or how much was scanned and cut.
+    pub fn recovery(&self) -> &Recovery {
+        self.log.recovery()
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        self.log.dir()
+    }
+
+    /// The options the queue was opened with.
+    pub fn options(&self) -> &Options {
+        self.log.options()
+    }
+
+    /// Flushes everything, records a clean shutdown (so the next open scans nothing) and
+    /// releases the directory. Later calls on this handle fail with [`Error::Closed`];
+    /// records already read stay valid. Dropping a queue closes it too, ignoring errors.
+    pub fn close(&self) -> Result<()> {
+        self.stop_flusher();
+        let result = self.log.close();
+        self.unlock();
+        result
+    }
+
+    /// Stops the queue as a crash of the process would: no sync, no clean-shutdown record.
+    /// What was appended stays in the page cache, as after a real crash. For tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(self) {
+        self.stop_flusher();
+        self.log.abandon();
+        self.unlock();
+    }
+
+    fn stop_flusher(&self) {
+        if let Some(mut flusher) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            flusher.stop();
+        }
+    }
+
+    fn unlock(&self) {
+        // Closing the file releases the lock.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        fn assert_record<T: Clone + Send + Sync + 'static>() {}
+        assert_send_sync::<Queue>();
+        assert_send_sync::<Error>();
+        assert_record::<Record>();
+    }
+}

@@ -1,0 +1,239 @@
+//! The record frame: how one record is laid out in a segment, and the public [`Record`].
+//!
+//! Frame grammar (integers little-endian):
+//! `crc: u32 | len_flags: u32 | offset: u64 | timestamp_ms: u64 | payload: [u8; len]`
+//! where `len = len_flags & LEN_MASK`, bit 31 of `len_flags` says "another record of the
+//! same batch follows", and `crc` is CRC-32 (IEEE) of every byte after it.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::{Arc, LazyLock};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::mmap::Mapping;
+
+const CRC_AT: usize = 0;
+const LEN_AT: usize = CRC_AT + 4;
+const OFFSET_AT: usize = LEN_AT + 4;
+const TIMESTAMP_AT: usize = OFFSET_AT + 8;
+/// Bytes before the payload.
+pub(crate) const HEADER_LEN: usize = TIMESTAMP_AT + 8;
+
+/// Bits of `len_flags` that hold the payload length.
+const LEN_MASK: u32 = 0x7fff_ffff;
+/// Bit of `len_flags` set on every record of a batch but its last.
+const BATCH_CONTINUES: u32 = 0x8000_0000;
+
+/// `crc32fast::Hasher::new` probes CPU features on every call; clone a prepared one instead.
+static HASHER: LazyLock<crc32fast::Hasher> = LazyLock::new(crc32fast::Hasher::new);
+
+/// Bytes a record with this payload length takes in a segment.
+pub(crate) fn frame_len(payload_len: usize) -> usize {
+    HEADER_LEN + payload_len
+}
+
+/// Builds the header of a record; the payload follows it verbatim.
+pub(crate) fn encode_header(
+    offset: u64,
+    timestamp_ms: u64,
+    payload: &[u8],
+    batch_continues: bool,
+) -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
+    let mut len_flags = payload.len() as u32;
+    if batch_continues {
+        len_flags |= BATCH_CONTINUES;
+    }
+    LittleEndian::write_u32(&mut header[LEN_AT..], len_flags);
+    LittleEndian::write_u64(&mut header[OFFSET_AT..], offset);
+    LittleEndian::write_u64(&mut header[TIMESTAMP_AT..], timestamp_ms);
+    let mut hasher = HASHER.clone();
+    hasher.update(&header[LEN_AT..]);
+    hasher.update(payload);
+    LittleEndian::write_u32(&mut header[CRC_AT..], hasher.finalize());
+    header
+}
+
+/// A record frame found in a byte buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Frame {
+    pub offset: u64,
+    pub timestamp_ms: u64,
+    /// Where the payload lies in the buffer that was decoded.
+    pub payload: Range<usize>,
+    pub batch_continues: bool,
+}
+
+impl Frame {
+    /// Position just past this frame.
+    pub fn end(&self) -> usize {
+        self.payload.end
+    }
+}
+
+/// Why the bytes at a position are not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FrameError {
+    /// Fewer bytes remain than a header needs.
+    Truncated,
+    /// The header is all zeros: nothing was ever written here (the end of the data).
+    Zeroed,
+    /// The length runs past the end of the buffer.
+    BadLength(u64),
+    /// The checksum does not match.
+    BadCrc { expected: u32, actual: u32 },
+}
+
+/// Reads the header at `pos` without checking the CRC: enough to step to the next record.
+pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
+    let header = bytes
+        .get(pos..pos.saturating_add(HEADER_LEN))
+        .ok_or(FrameError::Truncated)?;
+    if header.iter().all(|&b| b == 0) {
+        return Err(FrameError::Zeroed);
+    }
+    let len_flags = LittleEndian::read_u32(&header[LEN_AT..]);
+    let len = (len_flags & LEN_MASK) as usize;
+    let start = pos + HEADER_LEN;
+    if len > bytes.len() - start {
+        return Err(FrameError::BadLength(len as u64));
+    }
+    Ok(Frame {
+        offset: LittleEndian::read_u64(&header[OFFSET_AT..]),
+        timestamp_ms: LittleEndian::read_u64(&header[TIMESTAMP_AT..]),
+        payload: start..start + len,
+        batch_continues: len_flags & BATCH_CONTINUES != 0,
+    })
+}
+
+/// Decodes and checksums the record at `pos`.
+pub(crate) fn decode(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
+    let frame = peek(bytes, pos)?;
+    let expected = LittleEndian::read_u32(&bytes[pos + CRC_AT..]);
+    let mut hasher = HASHER.clone();
+    hasher.update(&bytes[pos + LEN_AT..frame.end()]);
+    let actual = hasher.finalize();
+    if actual != expected {
+        return Err(FrameError::BadCrc { expected, actual });
+    }
+    Ok(frame)
+}
+
+/// One record read from the queue.
+///
+/// The payload is not copied: it is read straight from the memory-mapped segment, which the
+/// record keeps alive, so a `Record` stays valid even after its segment is deleted by
+/// retention or the queue is closed.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default()).unwrap();
+/// let off = q.append(b"hello")?;
+/// let rec = q.read(off)?.expect("just appended");
+/// assert_eq!(rec.offset(), off);
+/// assert_eq!(rec.payload(), b"hello");
+/// # Ok::<(), segq::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Record {
+    map: Arc<Mapping>,
+    payload: Range<usize>,
+    offset: u64,
+    timestamp_ms: u64,
+}
+
+impl Record {
+    pub(crate) fn new(map: Arc<Mapping>, frame: Frame) -> Record {
+        Record {
+            map,
+            payload: frame.payload,
+            offset: frame.offset,
+            timestamp_ms: frame.timestamp_ms,
+        }
+    }
+
+    /// The record's offset: its position in the queue, counted from 0.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// When it was appended, in milliseconds since the Unix epoch (the appender's clock).
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The bytes that were appended.
+    pub fn payload(&self) -> &[u8] {
+        self.map
+            .bytes(self.payload.clone())
+            .expect("a record only covers published bytes")
+    }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("offset", &self.offset)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("len", &self.payload.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_bytes(offset: u64, payload: &[u8], more: bool) -> Vec<u8> {
+        let mut buf = encode_header(offset, 1234, payload, more).to_vec();
+        buf.extend_from_slice(payload);
+        buf
+    }
+
+    #[test]
+    fn round_trips_offset_timestamp_payload_and_batch_flag() {
+        let buf = frame_bytes(42, b"payload", true);
+        let frame = decode(&buf, 0).unwrap();
+        assert_eq!(frame.offset, 42);
+        assert_eq!(frame.timestamp_ms, 1234);
+        assert_eq!(&buf[frame.payload.clone()], b"payload");
+        assert!(frame.batch_continues);
+        assert_eq!(frame.end(), buf.len());
+    }
+
+    #[test]
+    fn empty_payload_is_a_valid_record() {
+        let buf = frame_bytes(0, b"", false);
+        assert_eq!(decode(&buf, 0).unwrap().payload, HEADER_LEN..HEADER_LEN);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let buf = frame_bytes(7, b"some bytes", false);
+        for i in 0..buf.len() {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[i] ^= 1 << bit;
+                assert!(
+                    decode(&bad, 0).is_err(),
+                    "flip of bit {bit} in byte {i} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_truncation_and_overlong_lengths_are_told_apart() {
+        assert_eq!(decode(&[0u8; 64], 0), Err(FrameError::Zeroed));
+        assert_eq!(decode(&[1u8; 10], 0), Err(FrameError::Truncated));
+        let buf = frame_bytes(1, b"abc", false);
+        assert_eq!(
+            decode(&buf[..buf.len() - 1], 0),
+            Err(FrameError::BadLength(3))
+        );
+        let mut huge = buf.clone();
+        LittleEndian::write_u32(&mut huge[LEN_AT..], LEN_MASK);
+        assert!(matches!(decode(&huge, 0), Err(FrameError::BadLength(_))));
+    }
+}

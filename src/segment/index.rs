@@ -1,0 +1,290 @@
+//! The sparse offset index of one segment, in `<base>.index`.
+//!
+//! Grammar: `file header (32 bytes, INDEX_MAGIC) | entry*`, each entry
+//! `relative_offset: u32 | position: u32` (little-endian): the record with offset
+//! `base + relative_offset` starts at byte `position` of the segment. An entry is added when
+//! a record starts at least `index_interval_bytes` past the previous entry (the segment
+//! start counts as an entry), so a lookup scans at most one interval. The index is derived
+//! data: anything that fails [`valid_len`] is rebuilt from the segment.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use super::header::{self, FILE_HEADER_LEN, INDEX_MAGIC};
+use super::scan;
+use crate::error::{IoContext, Result};
+use crate::fs::{rename, reserve, temp_path};
+use crate::mmap::{MapWriter, Mapping};
+use crate::record;
+
+/// Bytes in one index entry.
+pub(crate) const ENTRY_LEN: usize = 8;
+
+/// Entry `i` of `entries` (the bytes after the header): `(relative offset, position)`.
+fn entry(entries: &[u8], i: usize) -> (u32, u32) {
+    let at = i * ENTRY_LEN;
+    (
+        LittleEndian::read_u32(&entries[at..]),
+        LittleEndian::read_u32(&entries[at + 4..]),
+    )
+}
+
+/// The last entry at or before `rel`: where to start scanning for it. `None` means the
+/// segment start.
+pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
+    let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if u64::from(entry(entries, mid).0) <= rel {
+            lo = mid + 1
+        } else {
+            hi = mid
+        }
+    }
+    lo.checked_sub(1).map(|i| entry(entries, i))
+}
+
+/// Length of the longest prefix of `entries` that can be trusted: relative offsets and
+/// positions strictly increasing, positions inside `FILE_HEADER_LEN..data_end`, relative
+/// offsets below `max_rel`.
+pub(crate) fn valid_len(entries: &[u8], data_end: usize, max_rel: u64) -> usize {
+    let mut prev: Option<(u32, u32)> = None;
+    for i in 0..entries.len() / ENTRY_LEN {
+        let (rel, pos) = entry(entries, i);
+        let increasing = prev.is_none_or(|(r, p)| rel > r && pos > p);
+        let inside =
+            (FILE_HEADER_LEN..data_end).contains(&(pos as usize)) && u64::from(rel) < max_rel;
+        if !(increasing && inside) {
+            return i * ENTRY_LEN;
+        }
+        prev = Some((rel, pos));
+    }
+    entries.len() / ENTRY_LEN * ENTRY_LEN
+}
+
+/// Builds the entries of a segment whose records are `data` (the whole file's bytes).
+pub(crate) fn build(data: &[u8], base: u64, interval: u32) -> Vec<u8> {
+    let mut entries = Vec::new();
+    let mut last = FILE_HEADER_LEN;
+    scan::hop(data, FILE_HEADER_LEN, base, |pos, offset| {
+        if pos - last >= interval as usize {
+            push(&mut entries, (offset - base) as u32, pos as u32);
+            last = pos;
+        }
+    });
+    entries
+}
+
+fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
+    let mut e = [0u8; ENTRY_LEN];
+    LittleEndian::write_u32(&mut e, rel);
+    LittleEndian::write_u32(&mut e[4..], pos);
+    entries.extend_from_slice(&e);
+}
+
+/// Writes a complete index file under a temporary name and renames it into place. The
+/// index is derived, so it is not synced: a lost or torn index is rebuilt on the next open.
+fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result<File> {
+    let tmp = temp_path(path);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .at(&tmp)?;
+    let mut bytes = header::encode(INDEX_MAGIC, base).to_vec();
+    bytes.extend_from_slice(entries);
+    file.write_all_at(&bytes, 0).at(&tmp)?;
+    if reserve_to > bytes.len() as u64 {
+        reserve(&file, &tmp, reserve_to)?;
+    }
+    rename(&tmp, path)?;
+    Ok(file)
+}
+
+/// Opens the index of a sealed segment, rebuilding it from `data` if it cannot be trusted.
+pub(crate) fn open_sealed(
+    path: &Path,
+    base: u64,
+    data: &[u8],
+    max_rel: u64,
+    interval: u32,
+) -> Result<Arc<Mapping>> {
+    if let Ok(file) = File::open(path) {
+        let len = file.metadata().at(path)?.len() as usize;
+        if len >= FILE_HEADER_LEN && (len - FILE_HEADER_LEN) % ENTRY_LEN == 0 {
+            let map = Mapping::read_only(&file, len).at(path)?;
+            let bytes = map.readable();
+            let entries = &bytes[FILE_HEADER_LEN..];
+            if header::check(bytes, INDEX_MAGIC, base).is_ok()
+                && valid_len(entries, data.len(), max_rel) == entries.len()
+            {
+                return Ok(map);
+            }
+        }
+    }
+    let entries = build(data, base, interval);
+    let file = write_file(path, base, &entries, 0)?;
+    Mapping::read_only(&file, FILE_HEADER_LEN + entries.len()).at(path)
+}
+
+/// The index of the active segment, appended to as records are.
+#[derive(Debug)]
+pub(crate) struct IndexWriter {
+    path: PathBuf,
+    file: File,
+    writer: MapWriter,
+    /// Bytes in use: header plus entries.
+    len: usize,
+    /// Position of the newest entry (the segment start before the first).
+    last_pos: usize,
+    interval: usize,
+}
+
+impl IndexWriter {
+    /// Bytes an index may need for a segment of `capacity` bytes: one entry per interval,
+    /// and never more than one per record.
+    fn file_len(capacity: usize, interval: u32) -> usize {
+        let entries = capacity / (interval as usize).max(record::HEADER_LEN) + 1;
+        FILE_HEADER_LEN + entries * ENTRY_LEN
+    }
+
+    /// Creates the index of a new, empty segment.
+    pub fn create(
+        path: PathBuf,
+        base: u64,
+        capacity: usize,
+        interval: u32,
+    ) -> Result<(Arc<Mapping>, IndexWriter)> {
+        Self::open_with(path, base, capacity, interval, &[])
+    }
+
+    /// Opens the index of the active segment after recovery: keeps the trusted entries below
+    /// `data.len()` (the valid data), zeroes the rest and indexes what the kept entries miss.
+    pub fn open_active(
+        path: PathBuf,
+        base: u64,
+        capacity: usize,
+        interval: u32,
+        data: &[u8],
+    ) -> Result<(Arc<Mapping>, IndexWriter)> {
+        let limit = Self::file_len(capacity, interval);
+        let mut old = Vec::new();
+        if let Ok(file) = File::open(&path) {
+            let len = (file.metadata().at(&path)?.len() as usize).min(limit);
+            old.resize(len, 0);
+            file.read_exact_at(&mut old, 0).at(&path)?;
+        }
+        let kept = match header::check(&old, INDEX_MAGIC, base) {
+            Ok(()) => {
+                let entries = &old[FILE_HEADER_LEN..];
+                &entries[..valid_len(entries, data.len(), u64::MAX)]
+            }
+            Err(_) => &[][..],
+        };
+        let (map, mut writer) = Self::open_with(path, base, capacity, interval, kept)?;
+        let (start, offset) = match kept.len() {
+            0 => (FILE_HEADER_LEN, base),
+            n => {
+                let (rel, pos) = entry(kept, n / ENTRY_LEN - 1);
+                (pos as usize, base + u64::from(rel))
+            }
+        };
+        scan::hop(data, start, offset, |pos, offset| {
+            writer.note(offset - base, pos)
+        });
+        Ok((map, writer))
+    }
+
+    fn open_with(
+        path: PathBuf,
+        base: u64,
+        capacity: usize,
+        interval: u32,
+        entries: &[u8],
+    ) -> Result<(Arc<Mapping>, IndexWriter)> {
+        let file_len = Self::file_len(capacity, interval);
+        let file = write_file(&path, base, entries, file_len as u64)?;
+        let len = FILE_HEADER_LEN + entries.len();
+        let (map, writer) = Mapping::read_write(&file, file_len, len).at(&path)?;
+        let last_pos = match entries.len() {
+            0 => FILE_HEADER_LEN,
+            n => entry(entries, n / ENTRY_LEN - 1).1 as usize,
+        };
+        Ok((
+            map,
+            IndexWriter {
+                path,
+                file,
+                writer,
+                len,
+                last_pos,
+                interval: interval as usize,
+            },
+        ))
+    }
+
+    /// Records that the record `base + rel` starts at `pos`, adding an entry if it is an
+    /// interval or more past the previous one.
+    pub fn note(&mut self, rel: u64, pos: usize) {
+        if pos - self.last_pos < self.interval {
+            return;
+        }
+        let mut e = [0u8; ENTRY_LEN];
+        LittleEndian::write_u32(&mut e, rel as u32);
+        LittleEndian::write_u32(&mut e[4..], pos as u32);
+        self.writer.write(self.len, &e);
+        self.len += ENTRY_LEN;
+        self.writer.publish(self.len);
+        self.last_pos = pos;
+    }
+
+    /// Writes the entries back and cuts the file to them, for a segment that is sealed.
+    pub fn seal(&mut self) -> Result<()> {
+        self.writer.mapping().sync(0..self.len).at(&self.path)?;
+        self.file.set_len(self.len as u64).at(&self.path)?;
+        self.file.sync_all().at(&self.path)
+    }
+
+    /// Writes the entries back (at a clean close).
+    pub fn sync(&self) -> Result<()> {
+        self.writer.mapping().sync(0..self.len).at(&self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(list: &[(u32, u32)]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for &(rel, pos) in list {
+            push(&mut v, rel, pos);
+        }
+        v
+    }
+
+    #[test]
+    fn floor_finds_the_last_entry_at_or_before() {
+        let e = entries(&[(10, 100), (20, 200), (30, 300)]);
+        assert_eq!(floor(&e, 5), None);
+        assert_eq!(floor(&e, 10), Some((10, 100)));
+        assert_eq!(floor(&e, 29), Some((20, 200)));
+        assert_eq!(floor(&e, 1000), Some((30, 300)));
+        assert_eq!(floor(&[], 3), None);
+    }
+
+    #[test]
+    fn valid_len_stops_at_the_first_untrustworthy_entry() {
+        let e = entries(&[(1, 100), (2, 200), (2, 300), (4, 400)]);
+        assert_eq!(valid_len(&e, 1000, 100), 2 * ENTRY_LEN);
+        assert_eq!(valid_len(&e, 150, 100), ENTRY_LEN);
+        assert_eq!(valid_len(&entries(&[(0, 0)]), 1000, 100), 0);
+        assert_eq!(valid_len(&entries(&[(5, 100)]), 1000, 5), 0);
+    }
+}

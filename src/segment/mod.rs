@@ -1,0 +1,474 @@
+//! One segment: a `<base offset>.log` file of records and its `.index`.
+//!
+//! A segment file is `file header (32 bytes) | record*`, preallocated to its capacity while
+//! it is active and cut to its data once sealed. [`Segment`] is the shared, read side;
+//! [`Active`] is the writer of the newest segment.
+
+pub(crate) mod header;
+pub(crate) mod index;
+pub(crate) mod scan;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use header::{FILE_HEADER_LEN, LOG_MAGIC};
+use index::IndexWriter;
+
+use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::fs::{open_rw, rename, reserve, sync_dir, temp_path};
+use crate::mmap::{MapWriter, Mapping};
+use crate::record::{self, Frame, Record};
+
+/// File name of the segment whose first offset is `base`.
+pub(crate) fn log_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// File name of that segment's index.
+pub(crate) fn index_name(base: u64) -> String {
+    format!("{base:020}.index")
+}
+
+/// The base offset named by a segment file name, if `name` is one.
+pub(crate) fn parse_log_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The read side of a segment, shared by readers and the writer.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    base: u64,
+    path: PathBuf,
+    index_path: PathBuf,
+    interval: u32,
+    /// Mapped on first read for sealed segments; from the start for the active one.
+    data: OnceLock<Arc<Mapping>>,
+    index: OnceLock<Arc<Mapping>>,
+    /// Serialises the lazy opening of `data` and `index`.
+    opening: Mutex<()>,
+    /// First offset past this segment once sealed; `u64::MAX` while active.
+    end_offset: AtomicU64,
+    /// Data below this position is known to be on stable storage.
+    synced: AtomicUsize,
+}
+
+impl Segment {
+    fn new(dir: &Path, base: u64, interval: u32) -> Segment {
+        Segment {
+            base,
+            path: dir.join(log_name(base)),
+            index_path: dir.join(index_name(base)),
+            interval,
+            data: OnceLock::new(),
+            index: OnceLock::new(),
+            opening: Mutex::new(()),
+            end_offset: AtomicU64::new(u64::MAX),
+            synced: AtomicUsize::new(0),
+        }
+    }
+
+    /// A sealed segment found on disk; nothing is read until it is used.
+    pub fn sealed(dir: &Path, base: u64, end_offset: u64, interval: u32) -> Arc<Segment> {
+        let seg = Segment::new(dir, base, interval);
+        seg.end_offset.store(end_offset, Ordering::Relaxed);
+        Arc::new(seg)
+    }
+
+    /// The first offset in this segment.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The index file.
+    pub fn index_path(&self) -> &Path {
+        &self.index_path
+    }
+
+    fn corrupt(&self, position: usize, kind: CorruptKind) -> Error {
+        Error::corrupt(&self.path, position as u64, kind)
+    }
+
+    /// The segment's readable bytes, mapping the file on first use.
+    pub fn data(&self) -> Result<&Arc<Mapping>> {
+        if let Some(map) = self.data.get() {
+            return Ok(map);
+        }
+        let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = self.data.get() {
+            return Ok(map);
+        }
+        let file = File::open(&self.path).at(&self.path)?;
+        let len = file.metadata().at(&self.path)?.len() as usize;
+        if len < FILE_HEADER_LEN {
+            return Err(self.corrupt(len, CorruptKind::Truncated));
+        }
+        let map = Mapping::read_only(&file, len).at(&self.path)?;
+        header::check(map.readable(), LOG_MAGIC, self.base)
+            .map_err(|kind| self.corrupt(0, kind))?;
+        Ok(self.data.get_or_init(|| map))
+    }
+
+    fn index(&self, data: &[u8]) -> Result<&Arc<Mapping>> {
+        if let Some(map) = self.index.get() {
+            return Ok(map);
+        }
+        let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(map) = self.index.get() {
+            return Ok(map);
+        }
+        let max_rel = self
+            .end_offset
+            .load(Ordering::Acquire)
+            .saturating_sub(self.base);
+        let map = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
+        Ok(self.index.get_or_init(|| map))
+    }
+
+    /// Reads the record with this offset, which the caller knows belongs to this segment.
+    pub fn read(&self, offset: u64) -> Result<Record> {
+        let data = self.data()?;
+        let index = self.index(data.readable())?;
+        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        let (start_offset, start) = match index::floor(entries, offset - self.base) {
+            Some((rel, pos)) => (self.base + u64::from(rel), pos as usize),
+            None => (self.base, FILE_HEADER_LEN),
+        };
+        let frame = self.find(data.readable(), start, start_offset, offset)?;
+        Ok(Record::new(data.clone(), frame))
+    }
+
+    /// Steps from the record at `pos` (offset `at`) to `target` and checks it. Records on
+    /// the way are only framed; if one does not frame, the walk is redone with CRCs to name
+    /// the first damaged record precisely.
+    fn find(&self, bytes: &[u8], mut pos: usize, mut at: u64, target: u64) -> Result<Frame> {
+        let start = (pos, at);
+        while at < target {
+            match record::peek(bytes, pos) {
+                Ok(frame) if frame.offset == at => {
+                    pos = frame.end();
+                    at += 1;
+                }
+                _ => return Err(self.damage_between(bytes, start, target)),
+            }
+        }
+        self.frame_at(bytes, pos, target)
+    }
+
+    fn damage_between(&self, bytes: &[u8], (pos, at): (usize, u64), target: u64) -> Error {
+        let scan = scan::valid_prefix(bytes, pos, at);
+        match scan.damage {
+            Some((pos, kind)) => self.corrupt(pos, kind),
+            None => self.corrupt(
+                scan.end,
+                CorruptKind::Gap {
+                    from: scan.next_offset,
+                    to: target + 1,
+                },
+            ),
+        }
+    }
+
+    /// Decodes the record at `pos` with its CRC and checks its offset.
+    pub fn frame_at(&self, bytes: &[u8], pos: usize, offset: u64) -> Result<Frame> {
+        let frame = record::decode(bytes, pos).map_err(|e| match e {
+            record::FrameError::Truncated if pos == bytes.len() => self.corrupt(
+                pos,
+                CorruptKind::Gap {
+                    from: offset,
+                    to: self.end_offset.load(Ordering::Acquire),
+                },
+            ),
+            e => self.corrupt(pos, scan::corrupt_kind(e)),
+        })?;
+        if frame.offset != offset {
+            return Err(self.corrupt(
+                pos,
+                CorruptKind::BadOffset {
+                    expected: offset,
+                    found: frame.offset,
+                },
+            ));
+        }
+        Ok(frame)
+    }
+
+    /// Position of the record with this offset, for iteration.
+    pub fn position_of(&self, offset: u64) -> Result<usize> {
+        let data = self.data()?;
+        let index = self.index(data.readable())?;
+        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        let (mut at, mut pos) = match index::floor(entries, offset - self.base) {
+            Some((rel, pos)) => (self.base + u64::from(rel), pos as usize),
+            None => (self.base, FILE_HEADER_LEN),
+        };
+        let bytes = data.readable();
+        let start = (pos, at);
+        while at < offset {
+            match record::peek(bytes, pos) {
+                Ok(frame) if frame.offset == at => {
+                    pos = frame.end();
+                    at += 1;
+                }
+                _ => return Err(self.damage_between(bytes, start, offset)),
+            }
+        }
+        Ok(pos)
+    }
+
+    /// First offset past this segment, once sealed.
+    pub fn end_offset(&self) -> Option<u64> {
+        match self.end_offset.load(Ordering::Acquire) {
+            u64::MAX => None,
+            end => Some(end),
+        }
+    }
+}
+
+/// The writer of the newest segment.
+#[derive(Debug)]
+pub(crate) struct Active {
+    seg: Arc<Segment>,
+    file: File,
+    data: MapWriter,
+    index: IndexWriter,
+    /// End of the data written so far.
+    pos: usize,
+    capacity: usize,
+}
+
+/// How the active segment was recovered on open.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Recovered {
+    pub next_offset: u64,
+    /// Bytes of records checked with their CRC.
+    pub scanned_bytes: u64,
+    /// Position where unsynced data was cut, and the damage found there, if any.
+    pub cut: Option<(u64, Option<CorruptKind>)>,
+}
+
+impl Active {
+    /// Creates a segment starting at `base`, able to hold `capacity` bytes (header included),
+    /// and makes it durable before returning: file contents, reserved blocks and name.
+    /// An existing segment of that name (an empty one being resized) is replaced.
+    pub fn create(dir: &Path, base: u64, capacity: usize, interval: u32) -> Result<Active> {
+        let seg = Segment::new(dir, base, interval);
+        let tmp = temp_path(&seg.path);
+        let result = (|| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)
+                .at(&tmp)?;
+            file.write_all_at(&header::encode(LOG_MAGIC, base), 0)
+                .at(&tmp)?;
+            reserve(&file, &tmp, capacity as u64)?;
+            file.sync_all().at(&tmp)?;
+            Ok(file)
+        })();
+        let file = match result {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        rename(&tmp, &seg.path)?;
+        let (index_map, index) =
+            IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
+        sync_dir(dir)?;
+        Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index)
+    }
+
+    /// Reopens the newest segment after the queue was closed or crashed.
+    ///
+    /// `trusted` is a position known to be on stable storage with the next offset there
+    /// (from the checkpoint). With `clean` the data ends exactly there; otherwise the records
+    /// after it are checked and the segment is cut after the last valid one, with everything
+    /// past the cut zeroed so that old bytes can never parse as records again.
+    pub fn recover(
+        dir: &Path,
+        base: u64,
+        min_capacity: usize,
+        interval: u32,
+        trusted: Option<(usize, u64)>,
+        clean: bool,
+    ) -> Result<(Active, Recovered)> {
+        let seg = Segment::new(dir, base, interval);
+        let path = seg.path.clone();
+        let file = open_rw(&path, false)?;
+        let len = file.metadata().at(&path)?.len() as usize;
+        if len < FILE_HEADER_LEN {
+            return Err(Error::corrupt(&path, len as u64, CorruptKind::Truncated));
+        }
+        let view = Mapping::read_only(&file, len).at(&path)?;
+        let bytes = view.readable();
+        header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(&path, 0, kind))?;
+        let trusted = trusted.filter(|&(pos, _)| (FILE_HEADER_LEN..=len).contains(&pos));
+        let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
+        let mut recovered = Recovered {
+            next_offset: start_offset,
+            ..Recovered::default()
+        };
+        let end = if clean && trusted.is_some() {
+            start
+        } else {
+            let scan = scan::valid_prefix(bytes, start, start_offset);
+            recovered.next_offset = scan.next_offset;
+            recovered.scanned_bytes = (scan.end - start) as u64;
+            if scan.end < len {
+                recovered.cut = Some((scan.end as u64, scan.damage.map(|(_, kind)| kind)));
+            }
+            scan.end
+        };
+        let capacity = len.max(min_capacity);
+        let index_data = bytes[..end].to_vec();
+        drop(view);
+        if recovered.cut.is_some() {
+            // Zero everything past the cut: drop those blocks and reserve fresh ones.
+            file.set_len(end as u64).at(&path)?;
+        }
+        reserve(&file, &path, capacity as u64)?;
+        file.sync_all().at(&path)?;
+        let (index_map, index) = IndexWriter::open_active(
+            seg.index_path.clone(),
+            base,
+            capacity,
+            interval,
+            &index_data,
+        )?;
+        Ok((
+            Self::finish(seg, file, capacity, end, index_map, index)?,
+            recovered,
+        ))
+    }
+
+    fn finish(
+        seg: Segment,
+        file: File,
+        capacity: usize,
+        end: usize,
+        index_map: Arc<Mapping>,
+        index: IndexWriter,
+    ) -> Result<Active> {
+        let (map, data) = Mapping::read_write(&file, capacity, end).at(&seg.path)?;
+        seg.synced.store(end, Ordering::Relaxed);
+        let _ = seg.data.set(map);
+        let _ = seg.index.set(index_map);
+        Ok(Active {
+            seg: Arc::new(seg),
+            file,
+            data,
+            index,
+            pos: end,
+            capacity,
+        })
+    }
+
+    /// The shared side of this segment.
+    pub fn segment(&self) -> &Arc<Segment> {
+        &self.seg
+    }
+
+    /// Bytes still free.
+    pub fn remaining(&self) -> usize {
+        self.capacity - self.pos
+    }
+
+    /// Whether no record has been written to it.
+    pub fn is_empty(&self) -> bool {
+        self.pos == FILE_HEADER_LEN
+    }
+
+    /// End of the data written so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Writes one record; it becomes readable at the next [`Active::publish`]. The caller
+    /// has checked that it fits.
+    pub fn write(&mut self, offset: u64, timestamp_ms: u64, payload: &[u8], batch_continues: bool) {
+        let header = record::encode_header(offset, timestamp_ms, payload, batch_continues);
+        self.index.note(offset - self.seg.base, self.pos);
+        self.data.write(self.pos, &header);
+        self.data.write(self.pos + header.len(), payload);
+        self.pos += record::frame_len(payload.len());
+    }
+
+    /// Makes everything written so far readable.
+    pub fn publish(&mut self) {
+        self.data.publish(self.pos);
+    }
+
+    /// Faults in the next `len` bytes so the appends that follow do not.
+    pub fn prefault(&self, len: usize) {
+        self.data
+            .prefault(self.pos..(self.pos + len).min(self.capacity));
+    }
+
+    /// Seals the segment: syncs its data, cuts the file to the data and syncs the index.
+    /// `end_offset` is the first offset past it.
+    pub fn seal(mut self, end_offset: u64) -> Result<()> {
+        sync_data(&self.seg, self.pos)?;
+        self.file.set_len(self.pos as u64).at(&self.seg.path)?;
+        self.file.sync_all().at(&self.seg.path)?;
+        self.index.seal()?;
+        self.seg.end_offset.store(end_offset, Ordering::Release);
+        Ok(())
+    }
+
+    /// Syncs data and index for a clean close.
+    pub fn sync_all(&self) -> Result<()> {
+        sync_data(&self.seg, self.pos)?;
+        self.index.sync()
+    }
+}
+
+/// Makes the data of `seg` below `end` durable, syncing only what is not yet synced.
+pub(crate) fn sync_data(seg: &Segment, end: usize) -> Result<()> {
+    let from = seg.synced.load(Ordering::Acquire);
+    if from >= end {
+        return Ok(());
+    }
+    let map = seg
+        .data
+        .get()
+        .expect("the active segment is mapped from its creation");
+    map.sync(from..end).at(&seg.path)?;
+    seg.synced.fetch_max(end, Ordering::AcqRel);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_reject_look_alikes() {
+        assert_eq!(log_name(42), "00000000000000000042.log");
+        assert_eq!(parse_log_name(&log_name(42)), Some(42));
+        assert_eq!(parse_log_name(&log_name(u64::MAX)), Some(u64::MAX));
+        for bad in [
+            "42.log",
+            "0000000000000000004x.log",
+            "00000000000000000042.index",
+            "00000000000000000042.log.tmp",
+            "99999999999999999999.log",
+        ] {
+            assert_eq!(parse_log_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Walking the records of a segment: the one place that decides where valid data ends.
+
+use crate::error::CorruptKind;
+use crate::record::{self, FrameError};
+
+/// Where a walk over a segment's bytes stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scan {
+    /// Position just past the last complete batch: the valid prefix ends here.
+    pub end: usize,
+    /// Offset of the first record not in the valid prefix.
+    pub next_offset: u64,
+    /// Records in the valid prefix that the walk went through.
+    pub records: u64,
+    /// The first damaged record, if the walk met one before a clean end (zeros or the end of
+    /// the bytes). Its position may lie past `end` when it cut a batch short.
+    pub damage: Option<(usize, CorruptKind)>,
+}
+
+/// Maps a frame decoding failure to what a [`crate::Error::Corrupt`] reports.
+pub(crate) fn corrupt_kind(err: FrameError) -> CorruptKind {
+    match err {
+        FrameError::Truncated => CorruptKind::Truncated,
+        FrameError::Zeroed => CorruptKind::Zeroed,
+        FrameError::BadLength(len) => CorruptKind::BadLength { len },
+        FrameError::BadCrc { expected, actual } => CorruptKind::BadCrc { expected, actual },
+    }
+}
+
+/// Checks every record from `pos` on (CRC, length, offset sequence) and returns the longest
+/// valid prefix that ends on a batch boundary. A zeroed header or the end of `bytes` is a
+/// clean end; anything else is damage.
+pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Scan {
+    let mut scan = Scan {
+        end: pos,
+        next_offset: offset,
+        records: 0,
+        damage: None,
+    };
+    let mut in_batch = 0;
+    loop {
+        if pos == bytes.len() {
+            return scan;
+        }
+        let frame = match record::decode(bytes, pos) {
+            Ok(frame) => frame,
+            Err(FrameError::Zeroed) => return scan,
+            Err(e) => {
+                scan.damage = Some((pos, corrupt_kind(e)));
+                return scan;
+            }
+        };
+        if frame.offset != offset {
+            scan.damage = Some((
+                pos,
+                CorruptKind::BadOffset {
+                    expected: offset,
+                    found: frame.offset,
+                },
+            ));
+            return scan;
+        }
+        pos = frame.end();
+        offset += 1;
+        in_batch += 1;
+        if !frame.batch_continues {
+            scan.end = pos;
+            scan.next_offset = offset;
+            scan.records += in_batch;
+            in_batch = 0;
+        }
+    }
+}
+
+/// Steps from record to record without checking CRCs, calling `visit(position, offset)` for
+/// each, until the end of `bytes`, a zeroed header or a record that does not frame. Used to
+/// rebuild an index; the CRCs are checked when records are read.
+pub(crate) fn hop(
+    bytes: &[u8],
+    mut pos: usize,
+    mut offset: u64,
+    mut visit: impl FnMut(usize, u64),
+) -> (usize, u64) {
+    while let Ok(frame) = record::peek(bytes, pos) {
+        if frame.offset != offset {
+            break;
+        }
+        visit(pos, offset);
+        pos = frame.end();
+        offset += 1;
+    }
+    (pos, offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::encode_header;
+
+    fn log(records: &[(&[u8], bool)]) -> Vec<u8> {
+        let mut buf = vec![0u8; 8];
+        for (i, (payload, more)) in records.iter().enumerate() {
+            buf.extend_from_slice(&encode_header(10 + i as u64, 5, payload, *more));
+            buf.extend_from_slice(payload);
+        }
+        buf
+    }
+
+    #[test]
+    fn stops_cleanly_at_zeros_and_at_the_end() {
+        let mut buf = log(&[(b"a", false), (b"bb", false)]);
+        let len = buf.len();
+        let scan = valid_prefix(&buf, 8, 10);
+        assert_eq!(
+            (scan.end, scan.next_offset, scan.records, scan.damage),
+            (len, 12, 2, None)
+        );
+        buf.resize(len + 100, 0);
+        assert_eq!(valid_prefix(&buf, 8, 10).end, len);
+    }
+
+    #[test]
+    fn an_unfinished_batch_is_not_part_of_the_prefix() {
+        let buf = log(&[(b"a", false), (b"b", true), (b"c", true)]);
+        let scan = valid_prefix(&buf, 8, 10);
+        assert_eq!(scan.next_offset, 11);
+        assert_eq!(scan.end, 8 + record::frame_len(1));
+    }
+
+    #[test]
+    fn damage_and_wrong_offsets_stop_the_walk() {
+        let mut buf = log(&[(b"a", false), (b"b", false), (b"c", false)]);
+        let second = 8 + record::frame_len(1);
+        buf[second + 24] ^= 0xff;
+        let scan = valid_prefix(&buf, 8, 10);
+        assert_eq!(scan.end, second);
+        assert!(matches!(scan.damage, Some((p, CorruptKind::BadCrc { .. })) if p == second));
+        let scan = valid_prefix(&buf, 8, 11);
+        assert!(matches!(
+            scan.damage,
+            Some((
+                8,
+                CorruptKind::BadOffset {
+                    expected: 11,
+                    found: 10
+                }
+            ))
+        ));
+    }
+
+    #[test]
+    fn hop_visits_every_record() {
+        let buf = log(&[(b"a", false), (b"bbb", false)]);
+        let mut seen = vec![];
+        let end = hop(&buf, 8, 10, |pos, off| seen.push((pos, off)));
+        assert_eq!(seen, vec![(8, 10), (8 + record::frame_len(1), 11)]);
+        assert_eq!(end, (buf.len(), 12));
+    }
+}

@@ -1,0 +1,203 @@
+//! Appending, reading by offset and iterating across many segment rolls, and reopening.
+
+mod common;
+
+use common::{all_payloads, payload, segment_files, tiny};
+use segq::{Error, Options, Queue, SyncPolicy};
+
+#[test]
+fn records_survive_many_rolls_and_a_clean_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let n = 2000;
+    for i in 0..n {
+        assert_eq!(q.append(&payload(i)).unwrap(), i);
+    }
+    assert!(
+        segment_files(dir.path()).len() > 50,
+        "tiny segments should roll often"
+    );
+    for i in (0..n).rev() {
+        let rec = q.read(i).unwrap().unwrap();
+        assert_eq!(rec.offset(), i);
+        assert_eq!(rec.payload(), payload(i));
+    }
+    assert!(q.read(n).unwrap().is_none());
+    q.close().unwrap();
+
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.recovery().scanned_bytes, 0);
+    assert_eq!((q.first_offset(), q.next_offset()), (0, n));
+    let all = all_payloads(&q);
+    assert_eq!(all.len(), n as usize);
+    for (i, p) in all.iter().enumerate() {
+        assert_eq!(*p, payload(i as u64));
+    }
+    assert_eq!(q.append(b"more").unwrap(), n);
+}
+
+#[test]
+fn first_offset_is_zero_and_offsets_are_contiguous_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!((q.first_offset(), q.next_offset()), (0, 0));
+    assert!(q.read(0).unwrap().is_none());
+    assert_eq!(q.append(b"hello").unwrap(), 0);
+    assert_eq!(
+        q.append_batch(&[b"a".as_slice(), b"b".as_slice()]).unwrap(),
+        1..3
+    );
+    assert_eq!(q.append_batch(&[]).unwrap(), 3..3);
+    assert_eq!(q.append(b"").unwrap(), 3);
+    assert_eq!(q.read(3).unwrap().unwrap().payload(), b"");
+    assert_eq!(q.read(2).unwrap().unwrap().payload(), b"b");
+    let ts = q.read(0).unwrap().unwrap().timestamp_ms();
+    assert!(
+        ts > 1_700_000_000_000,
+        "timestamp {ts} is not wall-clock milliseconds"
+    );
+}
+
+#[test]
+fn a_record_bigger_than_a_segment_gets_a_segment_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let big = vec![7u8; 10_000];
+    q.append(b"small").unwrap();
+    q.append(&big).unwrap();
+    q.append(&big).unwrap();
+    q.append(b"after").unwrap();
+    q.append_batch(&[big.as_slice(), big.as_slice(), b"x"])
+        .unwrap();
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let all = all_payloads(&q);
+    assert_eq!(all.len(), 7);
+    assert_eq!(all[1], big);
+    assert_eq!(all[3], b"after");
+    assert_eq!(all[5], big);
+    assert_eq!(all[6], b"x");
+}
+
+#[test]
+fn sealed_segments_are_trimmed_to_their_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(8192)).unwrap();
+    for i in 0..500 {
+        q.append(&payload(i)).unwrap();
+    }
+    let files = segment_files(dir.path());
+    let (last, sealed) = files.split_last().unwrap();
+    for f in sealed {
+        assert!(std::fs::metadata(f).unwrap().len() <= 8192);
+    }
+    assert!(
+        sealed
+            .iter()
+            .any(|f| std::fs::metadata(f).unwrap().len() < 8192)
+    );
+    assert_eq!(
+        std::fs::metadata(last).unwrap().len(),
+        8192,
+        "the active segment is preallocated"
+    );
+}
+
+#[test]
+fn too_large_records_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(
+        dir.path(),
+        Options::default()
+            .max_record_bytes(100)
+            .sync(SyncPolicy::Never),
+    )
+    .unwrap();
+    q.append(&[1u8; 100]).unwrap();
+    let err = q.append(&[1u8; 101]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RecordTooLarge {
+                size: 101,
+                limit: 100
+            }
+        ),
+        "{err}"
+    );
+    let err = q
+        .append_batch(&[b"ok".as_slice(), &[0u8; 500]])
+        .unwrap_err();
+    assert!(matches!(err, Error::RecordTooLarge { .. }));
+    assert_eq!(q.next_offset(), 1);
+    assert_eq!(q.append(b"next").unwrap(), 1);
+}
+
+#[test]
+fn reads_race_with_appends_on_other_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let n = 3000u64;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..n {
+                q.append(&payload(i)).unwrap();
+            }
+        });
+        for _ in 0..2 {
+            s.spawn(|| {
+                let mut seen = 0;
+                while seen < n {
+                    let next = q.next_offset();
+                    for o in seen..next {
+                        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o));
+                    }
+                    seen = next;
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn records_outlive_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    q.append(b"kept").unwrap();
+    let rec = q.read(0).unwrap().unwrap();
+    drop(q);
+    assert_eq!(rec.payload(), b"kept");
+}
+
+#[test]
+fn iteration_follows_the_live_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let mut it = q.iter_from(0);
+    assert!(it.next().is_none());
+    q.append(b"a").unwrap();
+    assert_eq!(it.next().unwrap().unwrap().payload(), b"a");
+    assert!(it.next().is_none());
+    for i in 0..200 {
+        q.append(&payload(i)).unwrap();
+    }
+    assert_eq!(it.count(), 200);
+    assert_eq!(q.iter_from(150).next().unwrap().unwrap().offset(), 150);
+}
+
+#[test]
+fn invalid_options_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for opts in [
+        Options::default().segment_bytes(100),
+        Options::default().segment_bytes(1 << 40),
+        Options::default().index_interval_bytes(0),
+        Options::default().max_record_bytes(u32::MAX),
+    ] {
+        assert!(matches!(
+            Queue::open(dir.path(), opts),
+            Err(Error::InvalidOptions(_))
+        ));
+    }
+}
