@@ -81,10 +81,7 @@ fn decode(s: &[u8]) -> Option<Mark> {
 /// Reads both slots of a checkpoint file's bytes: `(slot A, slot B)`, each `None` when
 /// missing or damaged.
 pub(crate) fn parse(bytes: &[u8]) -> (Option<Mark>, Option<Mark>) {
-    (
-        decode(&bytes[SLOT_A as usize..]),
-        bytes.get(SLOT_B as usize..).and_then(decode),
-    )
+    (decode(&bytes[SLOT_A as usize..]), bytes.get(SLOT_B as usize..).and_then(decode))
 }
 
 /// The open checkpoint file.
@@ -104,27 +101,13 @@ impl Checkpoint {
         let mut bytes = vec![0u8; SLOT_B as usize + SLOT_LEN];
         let read = read_up_to(&file, &mut bytes).at(&path)?;
         bytes.truncate(read);
-        let (a, b) = if bytes.len() >= SLOT_LEN {
-            parse(&bytes)
-        } else {
-            (None, None)
-        };
-        Ok((
-            Checkpoint {
-                path,
-                file,
-                progress: None,
-            },
-            a,
-            b,
-        ))
+        let (a, b) = if bytes.len() >= SLOT_LEN { parse(&bytes) } else { (None, None) };
+        Ok((Checkpoint { path, file, progress: None }, a, b))
     }
 
     /// Writes slot A and waits until it is durable.
     pub fn write_durable(&mut self, mark: Mark) -> Result<()> {
-        self.file
-            .write_all_at(&encode(mark), SLOT_A)
-            .at(&self.path)?;
+        self.file.write_all_at(&encode(mark), SLOT_A).at(&self.path)?;
         self.file.sync_data().at(&self.path)
     }
 
@@ -134,15 +117,7 @@ impl Checkpoint {
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
-        self.file
-            .write_all_at(
-                &encode(Mark {
-                    clean: false,
-                    ..mark
-                }),
-                SLOT_B,
-            )
-            .at(&self.path)?;
+        self.file.write_all_at(&encode(Mark { clean: false, ..mark }), SLOT_B).at(&self.path)?;
         self.progress = Some(key);
         Ok(())
     }
@@ -165,12 +140,7 @@ mod tests {
 
     #[test]
     fn slots_round_trip_and_damage_is_ignored() {
-        let mark = Mark {
-            segment_base: 7,
-            position: 4096,
-            next_offset: 99,
-            clean: true,
-        };
+        let mark = Mark { segment_base: 7, position: 4096, next_offset: 99, clean: true };
         let mut bytes = vec![0u8; SLOT_B as usize + SLOT_LEN];
         bytes[..SLOT_LEN].copy_from_slice(&encode(mark));
         assert_eq!(parse(&bytes), (Some(mark), None));
@@ -182,12 +152,7 @@ mod tests {
     fn slot_b_never_goes_backwards() {
         let dir = tempfile::tempdir().unwrap();
         let (mut ck, _, _) = Checkpoint::open(dir.path()).unwrap();
-        let at = |position| Mark {
-            segment_base: 0,
-            position,
-            next_offset: position,
-            clean: false,
-        };
+        let at = |position| Mark { segment_base: 0, position, next_offset: position, clean: false };
         ck.note_synced(at(200)).unwrap();
         ck.note_synced(at(100)).unwrap();
         let (_, _, b) = Checkpoint::open(dir.path()).unwrap();

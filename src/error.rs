@@ -66,6 +66,27 @@ pub enum Error {
     /// The queue was closed; this handle can no longer be used.
     #[error("queue is closed")]
     Closed,
+
+    /// An ack or nack named an offset the group has not delivered yet.
+    #[error("offset {offset} has not been delivered to this group")]
+    NotDelivered {
+        /// The offset named.
+        offset: u64,
+    },
+
+    /// `redrive` named an offset that is not a dead letter of the group.
+    #[error("offset {offset} is not a dead letter of this group")]
+    NotDeadLetter {
+        /// The offset named.
+        offset: u64,
+    },
+
+    /// The group was deleted; this handle can no longer be used.
+    #[error("consumer group {name:?} was deleted")]
+    GroupDeleted {
+        /// The group's name.
+        name: String,
+    },
 }
 
 /// What is wrong with damaged bytes, carried by [`Error::Corrupt`].
@@ -120,10 +141,7 @@ impl fmt::Display for CorruptKind {
             CorruptKind::BadVersion { found } => write!(f, "unsupported format version {found}"),
             CorruptKind::BadHeader(what) => write!(f, "bad header: {what}"),
             CorruptKind::BadCrc { expected, actual } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {expected:#010x}, computed {actual:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {expected:#010x}, computed {actual:#010x})")
             }
             CorruptKind::BadLength { len } => {
                 write!(f, "length {len} runs past the end of the data")
@@ -141,19 +159,12 @@ impl fmt::Display for CorruptKind {
 impl Error {
     /// An [`Error::Io`] whose message names `path`, keeping the error's kind.
     pub(crate) fn io(path: &Path, err: io::Error) -> Error {
-        Error::Io(io::Error::new(
-            err.kind(),
-            format!("{}: {err}", path.display()),
-        ))
+        Error::Io(io::Error::new(err.kind(), format!("{}: {err}", path.display())))
     }
 
     /// An [`Error::Corrupt`].
     pub(crate) fn corrupt(path: &Path, position: u64, kind: CorruptKind) -> Error {
-        Error::Corrupt {
-            path: path.to_path_buf(),
-            position,
-            kind,
-        }
+        Error::Corrupt { path: path.to_path_buf(), position, kind }
     }
 }
 

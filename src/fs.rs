@@ -11,9 +11,7 @@ use crate::error::{IoContext, Result};
 /// stores through a mapping can never hit a full disk (which would be SIGBUS). A full disk
 /// shows up here instead, as an `Err` of kind `StorageFull`.
 pub(crate) fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
-    fallocate(file, FallocateFlags::empty(), 0, len)
-        .map_err(std::io::Error::from)
-        .at(path)
+    fallocate(file, FallocateFlags::empty(), 0, len).map_err(std::io::Error::from).at(path)
 }
 
 /// Makes the directory's entries (new, renamed or removed files) durable.
@@ -23,13 +21,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Opens a file for reading and writing, creating it if missing.
 pub(crate) fn open_rw(path: &Path, create: bool) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .open(path)
-        .at(path)
+    OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path).at(path)
 }
 
 /// The temporary name a file is built under before it is renamed into place.

@@ -5,8 +5,10 @@
 mod checkpoint;
 mod error;
 mod fs;
+mod group;
 mod log;
 mod mmap;
+mod notify;
 mod options;
 mod queue;
 mod record;
@@ -14,7 +16,8 @@ mod segment;
 mod sync;
 
 pub use error::{CorruptKind, Error, Result};
+pub use group::{DeadLetter, Delivery, Group, GroupStats};
 pub use log::{Iter, Recovery};
-pub use options::{Options, SyncPolicy};
+pub use options::{GroupOptions, Options, SyncPolicy};
 pub use queue::Queue;
 pub use record::Record;

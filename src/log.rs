@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::checkpoint::{Checkpoint, Mark};
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::mmap::Mapping;
+use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
 use crate::record::{self, Record};
 use crate::segment::header::FILE_HEADER_LEN;
@@ -45,6 +46,8 @@ pub(crate) struct Log {
     /// Set by the first failed sync: writes are refused from then on.
     poisoned: OnceLock<String>,
     recovery: Recovery,
+    /// Wakes consumers waiting for records.
+    pub(crate) notify: Notify,
 }
 
 #[derive(Debug)]
@@ -56,9 +59,7 @@ struct Writer {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Log {
@@ -73,20 +74,9 @@ impl Log {
             None => {
                 if let Some(mark) = slot_a.or(slot_b).filter(|m| m.next_offset > 0) {
                     let path = dir.join(crate::checkpoint::FILE_NAME);
-                    return Err(Error::corrupt(
-                        &path,
-                        0,
-                        CorruptKind::Gap {
-                            from: 0,
-                            to: mark.next_offset,
-                        },
-                    ));
+                    return Err(Error::corrupt(&path, 0, CorruptKind::Gap { from: 0, to: mark.next_offset }));
                 }
-                (
-                    Vec::new(),
-                    Active::create(dir, 0, min_capacity, interval)?,
-                    0,
-                )
+                (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0)
             }
             Some((&last, sealed)) => {
                 let mut segments = Vec::with_capacity(bases.len());
@@ -95,16 +85,10 @@ impl Log {
                 }
                 let in_last = |m: &Mark| m.segment_base == last && m.next_offset >= last;
                 let clean = slot_a.filter(|m| m.clean && in_last(m));
-                let trusted = clean.or_else(|| {
-                    [slot_a, slot_b]
-                        .into_iter()
-                        .flatten()
-                        .filter(in_last)
-                        .max_by_key(|m| m.position)
-                });
+                let trusted =
+                    clean.or_else(|| [slot_a, slot_b].into_iter().flatten().filter(in_last).max_by_key(|m| m.position));
                 let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
-                let (active, found) =
-                    Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
+                let (active, found) = Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
                 recovery.clean = clean.is_some();
                 recovery.scanned_bytes = found.scanned_bytes;
                 if let Some((at, damage)) = found.cut {
@@ -114,9 +98,7 @@ impl Log {
                 (segments, active, found.next_offset)
             }
         };
-        let first_offset = segments
-            .first()
-            .map_or(active.segment().base(), |s| s.base());
+        let first_offset = segments.first().map_or(active.segment().base(), |s| s.base());
         // Until the next clean close, a crash must not be mistaken for one.
         checkpoint.write_durable(Mark {
             segment_base: active.segment().base(),
@@ -130,16 +112,14 @@ impl Log {
             dir: dir.to_path_buf(),
             opts,
             segments: RwLock::new(segments),
-            writer: Mutex::new(Writer {
-                active: Some(active),
-                closed: false,
-            }),
+            writer: Mutex::new(Writer { active: Some(active), closed: false }),
             first_offset: AtomicU64::new(first_offset),
             next_offset: AtomicU64::new(next_offset),
             commit: GroupCommit::new(next_offset),
             checkpoint: Mutex::new(checkpoint),
             poisoned: OnceLock::new(),
             recovery,
+            notify: Notify::default(),
         })
     }
 
@@ -192,19 +172,13 @@ impl Log {
         let mut needed = 0usize;
         for p in payloads {
             if p.len() > limit as usize {
-                return Err(Error::RecordTooLarge {
-                    size: p.len() as u64,
-                    limit: u64::from(limit),
-                });
+                return Err(Error::RecordTooLarge { size: p.len() as u64, limit: u64::from(limit) });
             }
             needed += record::frame_len(p.len());
         }
         let max_batch = MAX_SEGMENT_BYTES as usize - FILE_HEADER_LEN;
         if needed > max_batch {
-            return Err(Error::RecordTooLarge {
-                size: needed as u64,
-                limit: max_batch as u64,
-            });
+            return Err(Error::RecordTooLarge { size: needed as u64, limit: max_batch as u64 });
         }
         let range = {
             let mut w = self.writer();
@@ -224,6 +198,7 @@ impl Log {
             self.next_offset.store(next, Ordering::Release);
             first..next
         };
+        self.notify.notify();
         if self.opts.sync == SyncPolicy::Always {
             self.sync_to(range.end)?;
         }
@@ -245,22 +220,17 @@ impl Log {
                 w.active = Some(active);
                 let bigger = Active::create(&self.dir, base, capacity, interval)?;
                 let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
-                *segments.last_mut().expect("the active segment is listed") =
-                    bigger.segment().clone();
+                *segments.last_mut().expect("the active segment is listed") = bigger.segment().clone();
                 w.active = Some(bigger);
             }
             active => {
-                if let Some(active) = active {
-                    if let Err(e) = active.seal(next) {
+                if let Some(active) = active
+                    && let Err(e) = active.seal(next) {
                         self.poison(&e);
                         return Err(e);
                     }
-                }
                 let created = Active::create(&self.dir, next, capacity, interval)?;
-                self.segments
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(created.segment().clone());
+                self.segments.write().unwrap_or_else(|e| e.into_inner()).push(created.segment().clone());
                 w.active = Some(created);
             }
         }
@@ -269,8 +239,10 @@ impl Log {
 
     /// Returns once every record below `target` is durable.
     pub fn sync_to(&self, target: u64) -> Result<()> {
-        self.commit
-            .wait_for(target, || self.sync_now(), || self.poisoned_error())
+        self.commit.wait_for(target, || self.sync_now(), || self.poisoned_error())?;
+        // Consumers under `SyncPolicy::Always` wait for durable records.
+        self.notify.notify();
+        Ok(())
     }
 
     /// Syncs everything appended so far; returns the offset it covered up to.
@@ -288,16 +260,8 @@ impl Log {
             self.poison(&e);
             return Err(e);
         }
-        let mark = Mark {
-            segment_base: segment.base(),
-            position: end as u64,
-            next_offset: next,
-            clean: false,
-        };
-        self.checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .note_synced(mark)?;
+        let mark = Mark { segment_base: segment.base(), position: end as u64, next_offset: next, clean: false };
+        self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).note_synced(mark)?;
         Ok(next)
     }
 
@@ -339,18 +303,10 @@ impl Log {
                 // The newest segment is sealed: its data ends at its file's end.
                 let last = self.segments().last().expect("a log has a segment").clone();
                 let len = fs::metadata(last.path()).at(last.path())?.len();
-                Mark {
-                    segment_base: last.base(),
-                    position: len,
-                    next_offset: next,
-                    clean: true,
-                }
+                Mark { segment_base: last.base(), position: len, next_offset: next, clean: true }
             }
         };
-        self.checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_durable(mark)?;
+        self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_durable(mark)?;
         w.closed = true;
         Ok(())
     }
@@ -382,10 +338,6 @@ impl Log {
         }
     }
 
-    /// Snapshot of the segments, oldest first.
-    pub fn segment_list(&self) -> Vec<Arc<Segment>> {
-        self.segments().clone()
-    }
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted
@@ -401,11 +353,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
             bases.push(base);
         } else if name.ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
-        } else if let Some(digits) = name.strip_suffix(".index") {
-            if let Some(base) = segment::parse_log_name(&format!("{digits}.log")) {
+        } else if let Some(digits) = name.strip_suffix(".index")
+            && let Some(base) = segment::parse_log_name(&format!("{digits}.log")) {
                 indexes.push(base);
             }
-        }
     }
     bases.sort_unstable();
     for base in indexes {
@@ -434,30 +385,20 @@ struct Cursor {
 
 impl Iter {
     pub(crate) fn new(log: Arc<Log>, from: u64) -> Iter {
-        Iter {
-            log,
-            next: from,
-            cursor: None,
-            done: false,
-        }
+        Iter { log, next: from, cursor: None, done: false }
     }
 
     fn step(&mut self) -> Result<Record> {
         let cursor = match &mut self.cursor {
             Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
             _ => {
-                let segment = self
-                    .log
-                    .segment_for(self.next)
-                    .expect("offset is at or above the first");
+                let segment = self.log.segment_for(self.next).expect("offset is at or above the first");
                 let pos = segment.position_of(self.next)?;
                 let map = segment.data()?.clone();
                 self.cursor.insert(Cursor { segment, map, pos })
             }
         };
-        let frame = cursor
-            .segment
-            .frame_at(cursor.map.readable(), cursor.pos, self.next)?;
+        let frame = cursor.segment.frame_at(cursor.map.readable(), cursor.pos, self.next)?;
         cursor.pos = frame.end();
         self.next += 1;
         Ok(Record::new(cursor.map.clone(), frame))

@@ -19,7 +19,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use memmap2::{Advice, MmapOptions, MmapRaw};
+use memmap2::{MmapOptions, MmapRaw};
 
 /// A mapped file whose bytes below [`Mapping::published`] can be read by any thread.
 #[derive(Debug)]
@@ -32,28 +32,15 @@ impl Mapping {
     /// Maps `len` bytes of `file` read-only; all of them are readable.
     pub fn read_only(file: &File, len: usize) -> io::Result<Arc<Mapping>> {
         let raw = MmapOptions::new().len(len).map_raw_read_only(file)?;
-        Ok(Arc::new(Mapping {
-            raw,
-            published: AtomicUsize::new(len),
-        }))
+        Ok(Arc::new(Mapping { raw, published: AtomicUsize::new(len) }))
     }
 
     /// Maps `len` bytes of `file` for appending; the first `published` bytes are readable.
     /// The file must be at least `len` bytes long with its blocks reserved.
-    pub fn read_write(
-        file: &File,
-        len: usize,
-        published: usize,
-    ) -> io::Result<(Arc<Mapping>, MapWriter)> {
-        assert!(
-            published <= len,
-            "published {published} is past the mapping's {len} bytes"
-        );
+    pub fn read_write(file: &File, len: usize, published: usize) -> io::Result<(Arc<Mapping>, MapWriter)> {
+        assert!(published <= len, "published {published} is past the mapping's {len} bytes");
         let raw = MmapOptions::new().len(len).map_raw(file)?;
-        let map = Arc::new(Mapping {
-            raw,
-            published: AtomicUsize::new(published),
-        });
+        let map = Arc::new(Mapping { raw, published: AtomicUsize::new(published) });
         Ok((map.clone(), MapWriter { map }))
     }
 
@@ -110,42 +97,18 @@ impl MapWriter {
     pub fn write(&mut self, at: usize, bytes: &[u8]) {
         // Only this writer raises `published`, so a relaxed load sees the latest value.
         let published = self.map.published.load(Ordering::Relaxed);
-        assert!(
-            at >= published,
-            "write at {at} below the published length {published}"
-        );
-        assert!(
-            at.checked_add(bytes.len())
-                .is_some_and(|end| end <= self.map.len()),
-            "write past the mapping"
-        );
+        assert!(at >= published, "write at {at} below the published length {published}");
+        assert!(at.checked_add(bytes.len()).is_some_and(|end| end <= self.map.len()), "write past the mapping");
         // SAFETY: the destination lies inside the mapping (checked above) and at or past the
         // published length, so no reader has a slice over it; `&mut self` on the only writer
         // rules out a concurrent store. The source is a distinct Rust slice, so the regions
         // cannot overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                self.map.raw.as_mut_ptr().add(at),
-                bytes.len(),
-            )
-        }
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.raw.as_mut_ptr().add(at), bytes.len()) }
     }
 
     /// Makes the first `end` bytes readable. Everything below `end` must be written.
     pub fn publish(&mut self, end: usize) {
         assert!(end <= self.map.len(), "publish past the mapping");
         self.map.published.fetch_max(end, Ordering::Release);
-    }
-
-    /// Faults the pages of `range` in for writing ahead of time, so appends do not pay for
-    /// page faults. Best effort: older kernels lack `MADV_POPULATE_WRITE`.
-    pub fn prefault(&self, range: Range<usize>) {
-        if !range.is_empty() {
-            let _ = self
-                .map
-                .raw
-                .advise_range(Advice::PopulateWrite, range.start, range.len());
-        }
     }
 }

@@ -121,9 +121,7 @@ impl Options {
             )));
         }
         if self.index_interval_bytes == 0 {
-            return Err(Error::InvalidOptions(
-                "index_interval_bytes must be at least 1".into(),
-            ));
+            return Err(Error::InvalidOptions("index_interval_bytes must be at least 1".into()));
         }
         if self.max_record_bytes > MAX_RECORD_LIMIT {
             return Err(Error::InvalidOptions(format!(
@@ -131,12 +129,68 @@ impl Options {
                 self.max_record_bytes
             )));
         }
-        if let SyncPolicy::Interval(d) = self.sync {
-            if d.is_zero() {
-                return Err(Error::InvalidOptions(
-                    "SyncPolicy::Interval needs a non-zero interval".into(),
-                ));
+        if let SyncPolicy::Interval(d) = self.sync
+            && d.is_zero() {
+                return Err(Error::InvalidOptions("SyncPolicy::Interval needs a non-zero interval".into()));
             }
+        Ok(())
+    }
+}
+
+/// Settings of a consumer group, for [`crate::Queue::group_with`]. They are stored with the
+/// group: [`crate::Queue::group`] reopens it with the settings it last had.
+///
+/// ```
+/// use segq::GroupOptions;
+/// use std::time::Duration;
+///
+/// let opts = GroupOptions::default().lease(Duration::from_secs(10)).max_attempts(3);
+/// assert_eq!(opts.get_max_attempts(), 3);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOptions {
+    pub(crate) lease: Duration,
+    pub(crate) max_attempts: u32,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions { lease: Duration::from_secs(30), max_attempts: 5 }
+    }
+}
+
+impl GroupOptions {
+    /// How long a delivery stays leased to its consumer: if it is neither acked nor nacked
+    /// by then, it is delivered again. Default 30 s; at least 1 ms.
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How many deliveries a record gets before it is dead-lettered. Default 5; at least 1.
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The lease in force.
+    pub fn get_lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The attempt limit in force.
+    pub fn get_max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.lease < Duration::from_millis(1) {
+            return Err(Error::InvalidOptions("a group's lease must be at least 1 ms".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::InvalidOptions("a group's max_attempts must be at least 1".into()));
         }
         Ok(())
     }

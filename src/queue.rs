@@ -1,5 +1,6 @@
 //! [`Queue`], the public handle that ties the log, its lock and its flusher together.
 
+use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::ops::Range;
 use std::path::Path;
@@ -7,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{open_rw, sync_dir};
+use crate::group::{self, Group, GroupInner};
 use crate::log::{Iter, Log, Recovery};
-use crate::options::{Options, SyncPolicy};
+use crate::options::{GroupOptions, Options, SyncPolicy};
 use crate::record::Record;
 use crate::sync::Flusher;
 
@@ -37,9 +39,31 @@ pub(crate) const LOCK_FILE: &str = "lock";
 /// ```
 #[derive(Debug)]
 pub struct Queue {
+    shared: Arc<Shared>,
     log: Arc<Log>,
     lock: Mutex<Option<File>>,
     flusher: Mutex<Option<Flusher>>,
+}
+
+/// What the flusher thread needs too.
+#[derive(Debug)]
+struct Shared {
+    log: Arc<Log>,
+    /// Open groups by name: every handle to a name shares one state.
+    groups: Mutex<HashMap<String, Arc<GroupInner>>>,
+}
+
+impl Shared {
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<GroupInner>>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes the log and every open group durable.
+    fn flush(&self) -> Result<()> {
+        self.log.flush()?;
+        let groups: Vec<_> = self.groups().values().cloned().collect();
+        groups.iter().try_for_each(|g| g.flush())
+    }
 }
 
 impl Queue {
@@ -69,13 +93,14 @@ impl Queue {
         }
         let sync = options.sync;
         let log = Arc::new(Log::open(dir, options)?);
+        let shared = Arc::new(Shared { log: log.clone(), groups: Mutex::new(HashMap::new()) });
         let flusher = match sync {
             SyncPolicy::Interval(every) => {
-                let weak = Arc::downgrade(&log);
+                let weak = Arc::downgrade(&shared);
                 let tick = move || match weak.upgrade() {
-                    Some(log) if !log.is_closed() => {
-                        // A failure poisons the log; appenders see it on their next call.
-                        let _ = log.flush();
+                    Some(shared) if !shared.log.is_closed() => {
+                        // A failure poisons the log or group; their users see it next call.
+                        let _ = shared.flush();
                         true
                     }
                     _ => false,
@@ -84,11 +109,7 @@ impl Queue {
             }
             _ => None,
         };
-        Ok(Queue {
-            log,
-            lock: Mutex::new(Some(lock)),
-            flusher: Mutex::new(flusher),
-        })
+        Ok(Queue { shared, log, lock: Mutex::new(Some(lock)), flusher: Mutex::new(flusher) })
     }
 
     /// Appends one record and returns its offset. Offsets start at 0 and are contiguous.
@@ -113,9 +134,73 @@ impl Queue {
         self.log.append(payloads)
     }
 
-    /// Makes everything appended so far durable, whatever the sync policy.
+    /// Makes everything appended so far durable, and every change of the open consumer
+    /// groups, whatever the sync policy.
     pub fn flush(&self) -> Result<()> {
-        self.log.flush()
+        self.shared.flush()
+    }
+
+    /// The consumer group `name`, created (durably) on first use at the queue's first
+    /// offset with [`GroupOptions::default`]; an existing group keeps the settings it has.
+    ///
+    /// # Errors
+    /// [`Error::InvalidGroupName`] unless `name` is 1–128 characters of `[A-Za-z0-9._-]`
+    /// other than `.` and `..` (nothing is created then).
+    pub fn group(&self, name: &str) -> Result<Group> {
+        self.open_group(name, None)
+    }
+
+    /// The consumer group `name` with these settings, which replace the stored ones.
+    ///
+    /// ```
+    /// use segq::{GroupOptions, Options, Queue};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// let g = q.group_with("billing", GroupOptions::default().lease(Duration::from_secs(30)).max_attempts(5))?;
+    /// assert_eq!(q.groups()?, ["billing"]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    pub fn group_with(&self, name: &str, options: GroupOptions) -> Result<Group> {
+        self.open_group(name, Some(options))
+    }
+
+    fn open_group(&self, name: &str, options: Option<GroupOptions>) -> Result<Group> {
+        group::validate_name(name)?;
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut groups = self.shared.groups();
+        if let Some(inner) = groups.get(name) {
+            let g = Group::from_inner(inner.clone());
+            if let Some(o) = options {
+                g.configure(o)?;
+            }
+            return Ok(g);
+        }
+        let g = Group::open(self.log.clone(), name, options)?;
+        groups.insert(name.to_string(), g.inner().clone());
+        Ok(g)
+    }
+
+    /// Names of the consumer groups, sorted.
+    pub fn groups(&self) -> Result<Vec<String>> {
+        group::list(self.log.dir())
+    }
+
+    /// Deletes a consumer group and its files; handles to it fail with
+    /// [`Error::GroupDeleted`] from then on. Deleting a group that does not exist is not
+    /// an error.
+    pub fn delete_group(&self, name: &str) -> Result<()> {
+        group::validate_name(name)?;
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
+        let mut groups = self.shared.groups();
+        if let Some(inner) = groups.remove(name) {
+            inner.mark_deleted();
+        }
+        group::remove(self.log.dir(), name)
     }
 
     /// Reads the record at `offset`, or `None` outside `first_offset()..next_offset()`.
@@ -171,7 +256,8 @@ impl Queue {
     /// records already read stay valid. Dropping a queue closes it too, ignoring errors.
     pub fn close(&self) -> Result<()> {
         self.stop_flusher();
-        let result = self.log.close();
+        let groups = if self.log.is_closed() { Ok(()) } else { self.shared.flush() };
+        let result = groups.and(self.log.close());
         self.unlock();
         result
     }
@@ -186,12 +272,7 @@ impl Queue {
     }
 
     fn stop_flusher(&self) {
-        if let Some(mut flusher) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(mut flusher) = self.flusher.lock().unwrap_or_else(|e| e.into_inner()).take() {
             flusher.stop();
         }
     }

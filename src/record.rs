@@ -34,12 +34,7 @@ pub(crate) fn frame_len(payload_len: usize) -> usize {
 }
 
 /// Builds the header of a record; the payload follows it verbatim.
-pub(crate) fn encode_header(
-    offset: u64,
-    timestamp_ms: u64,
-    payload: &[u8],
-    batch_continues: bool,
-) -> [u8; HEADER_LEN] {
+pub(crate) fn encode_header(offset: u64, timestamp_ms: u64, payload: &[u8], batch_continues: bool) -> [u8; HEADER_LEN] {
     let mut header = [0u8; HEADER_LEN];
     let mut len_flags = payload.len() as u32;
     if batch_continues {
@@ -87,9 +82,7 @@ pub(crate) enum FrameError {
 
 /// Reads the header at `pos` without checking the CRC: enough to step to the next record.
 pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
-    let header = bytes
-        .get(pos..pos.saturating_add(HEADER_LEN))
-        .ok_or(FrameError::Truncated)?;
+    let header = bytes.get(pos..pos.saturating_add(HEADER_LEN)).ok_or(FrameError::Truncated)?;
     if header.iter().all(|&b| b == 0) {
         return Err(FrameError::Zeroed);
     }
@@ -145,12 +138,7 @@ pub struct Record {
 
 impl Record {
     pub(crate) fn new(map: Arc<Mapping>, frame: Frame) -> Record {
-        Record {
-            map,
-            payload: frame.payload,
-            offset: frame.offset,
-            timestamp_ms: frame.timestamp_ms,
-        }
+        Record { map, payload: frame.payload, offset: frame.offset, timestamp_ms: frame.timestamp_ms }
     }
 
     /// The record's offset: its position in the queue, counted from 0.
@@ -165,9 +153,7 @@ impl Record {
 
     /// The bytes that were appended.
     pub fn payload(&self) -> &[u8] {
-        self.map
-            .bytes(self.payload.clone())
-            .expect("a record only covers published bytes")
+        self.map.bytes(self.payload.clone()).expect("a record only covers published bytes")
     }
 }
 
@@ -215,10 +201,7 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = buf.clone();
                 bad[i] ^= 1 << bit;
-                assert!(
-                    decode(&bad, 0).is_err(),
-                    "flip of bit {bit} in byte {i} went unnoticed"
-                );
+                assert!(decode(&bad, 0).is_err(), "flip of bit {bit} in byte {i} went unnoticed");
             }
         }
     }
@@ -228,10 +211,7 @@ mod tests {
         assert_eq!(decode(&[0u8; 64], 0), Err(FrameError::Zeroed));
         assert_eq!(decode(&[1u8; 10], 0), Err(FrameError::Truncated));
         let buf = frame_bytes(1, b"abc", false);
-        assert_eq!(
-            decode(&buf[..buf.len() - 1], 0),
-            Err(FrameError::BadLength(3))
-        );
+        assert_eq!(decode(&buf[..buf.len() - 1], 0), Err(FrameError::BadLength(3)));
         let mut huge = buf.clone();
         LittleEndian::write_u32(&mut huge[LEN_AT..], LEN_MASK);
         assert!(matches!(decode(&huge, 0), Err(FrameError::BadLength(_))));

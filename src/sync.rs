@@ -29,13 +29,7 @@ struct CommitState {
 impl GroupCommit {
     /// Starts with every offset below `durable` already durable.
     pub fn new(durable: u64) -> GroupCommit {
-        GroupCommit {
-            state: Mutex::new(CommitState {
-                durable,
-                leader: false,
-            }),
-            synced: Condvar::new(),
-        }
+        GroupCommit { state: Mutex::new(CommitState { durable, leader: false }), synced: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, CommitState> {
@@ -90,36 +84,25 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub fn start(
-        every: Duration,
-        tick: impl Fn() -> bool + Send + 'static,
-    ) -> std::io::Result<Flusher> {
+    pub fn start(every: Duration, tick: impl Fn() -> bool + Send + 'static) -> std::io::Result<Flusher> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let signal = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("segq-flusher".into())
-            .spawn(move || {
-                let (lock, cv) = &*signal;
-                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    stopped = cv
-                        .wait_timeout(stopped, every)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                    if *stopped {
-                        return;
-                    }
-                    drop(stopped);
-                    if !tick() {
-                        return;
-                    }
-                    stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let thread = std::thread::Builder::new().name("segq-flusher".into()).spawn(move || {
+            let (lock, cv) = &*signal;
+            let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                stopped = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner()).0;
+                if *stopped {
+                    return;
                 }
-            })?;
-        Ok(Flusher {
-            stop,
-            thread: Some(thread),
-        })
+                drop(stopped);
+                if !tick() {
+                    return;
+                }
+                stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+            }
+        })?;
+        Ok(Flusher { stop, thread: Some(thread) })
     }
 
     /// Stops the thread and waits for it.
@@ -127,11 +110,10 @@ impl Flusher {
         let (lock, cv) = &*self.stop;
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
-        if let Some(thread) = self.thread.take() {
-            if thread.thread().id() != std::thread::current().id() {
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
-        }
     }
 }
 
@@ -172,18 +154,13 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(commit.durable(), 1600);
-        assert!(
-            syncs.load(Ordering::SeqCst) < 1600,
-            "every waiter paid for its own sync"
-        );
+        assert!(syncs.load(Ordering::SeqCst) < 1600, "every waiter paid for its own sync");
     }
 
     #[test]
     fn a_failed_sync_reaches_the_waiter() {
         let commit = GroupCommit::new(0);
-        let err = commit
-            .wait_for(1, || Err(Error::Closed), || None)
-            .unwrap_err();
+        let err = commit.wait_for(1, || Err(Error::Closed), || None).unwrap_err();
         assert!(matches!(err, Error::Closed));
         assert_eq!(commit.durable(), 0);
     }

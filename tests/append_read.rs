@@ -13,10 +13,7 @@ fn records_survive_many_rolls_and_a_clean_reopen() {
     for i in 0..n {
         assert_eq!(q.append(&payload(i)).unwrap(), i);
     }
-    assert!(
-        segment_files(dir.path()).len() > 50,
-        "tiny segments should roll often"
-    );
+    assert!(segment_files(dir.path()).len() > 50, "tiny segments should roll often");
     for i in (0..n).rev() {
         let rec = q.read(i).unwrap().unwrap();
         assert_eq!(rec.offset(), i);
@@ -44,19 +41,13 @@ fn first_offset_is_zero_and_offsets_are_contiguous_across_batches() {
     assert_eq!((q.first_offset(), q.next_offset()), (0, 0));
     assert!(q.read(0).unwrap().is_none());
     assert_eq!(q.append(b"hello").unwrap(), 0);
-    assert_eq!(
-        q.append_batch(&[b"a".as_slice(), b"b".as_slice()]).unwrap(),
-        1..3
-    );
+    assert_eq!(q.append_batch(&[b"a".as_slice(), b"b".as_slice()]).unwrap(), 1..3);
     assert_eq!(q.append_batch(&[]).unwrap(), 3..3);
     assert_eq!(q.append(b"").unwrap(), 3);
     assert_eq!(q.read(3).unwrap().unwrap().payload(), b"");
     assert_eq!(q.read(2).unwrap().unwrap().payload(), b"b");
     let ts = q.read(0).unwrap().unwrap().timestamp_ms();
-    assert!(
-        ts > 1_700_000_000_000,
-        "timestamp {ts} is not wall-clock milliseconds"
-    );
+    assert!(ts > 1_700_000_000_000, "timestamp {ts} is not wall-clock milliseconds");
 }
 
 #[test]
@@ -68,8 +59,7 @@ fn a_record_bigger_than_a_segment_gets_a_segment_of_its_own() {
     q.append(&big).unwrap();
     q.append(&big).unwrap();
     q.append(b"after").unwrap();
-    q.append_batch(&[big.as_slice(), big.as_slice(), b"x"])
-        .unwrap();
+    q.append_batch(&[big.as_slice(), big.as_slice(), b"x"]).unwrap();
     q.close().unwrap();
     let q = Queue::open(dir.path(), tiny(4096)).unwrap();
     let all = all_payloads(&q);
@@ -92,43 +82,18 @@ fn sealed_segments_are_trimmed_to_their_data() {
     for f in sealed {
         assert!(std::fs::metadata(f).unwrap().len() <= 8192);
     }
-    assert!(
-        sealed
-            .iter()
-            .any(|f| std::fs::metadata(f).unwrap().len() < 8192)
-    );
-    assert_eq!(
-        std::fs::metadata(last).unwrap().len(),
-        8192,
-        "the active segment is preallocated"
-    );
+    assert!(sealed.iter().any(|f| std::fs::metadata(f).unwrap().len() < 8192));
+    assert_eq!(std::fs::metadata(last).unwrap().len(), 8192, "the active segment is preallocated");
 }
 
 #[test]
 fn too_large_records_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(
-        dir.path(),
-        Options::default()
-            .max_record_bytes(100)
-            .sync(SyncPolicy::Never),
-    )
-    .unwrap();
+    let q = Queue::open(dir.path(), Options::default().max_record_bytes(100).sync(SyncPolicy::Never)).unwrap();
     q.append(&[1u8; 100]).unwrap();
     let err = q.append(&[1u8; 101]).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::RecordTooLarge {
-                size: 101,
-                limit: 100
-            }
-        ),
-        "{err}"
-    );
-    let err = q
-        .append_batch(&[b"ok".as_slice(), &[0u8; 500]])
-        .unwrap_err();
+    assert!(matches!(err, Error::RecordTooLarge { size: 101, limit: 100 }), "{err}");
+    let err = q.append_batch(&[b"ok".as_slice(), &[0u8; 500]]).unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { .. }));
     assert_eq!(q.next_offset(), 1);
     assert_eq!(q.append(b"next").unwrap(), 1);
@@ -195,9 +160,6 @@ fn invalid_options_are_refused() {
         Options::default().index_interval_bytes(0),
         Options::default().max_record_bytes(u32::MAX),
     ] {
-        assert!(matches!(
-            Queue::open(dir.path(), opts),
-            Err(Error::InvalidOptions(_))
-        ));
+        assert!(matches!(Queue::open(dir.path(), opts), Err(Error::InvalidOptions(_))));
     }
 }

@@ -66,24 +66,15 @@ mod tests {
         let h = encode(LOG_MAGIC, 77);
         assert_eq!(check(&h, LOG_MAGIC, 77), Ok(()));
         assert_eq!(check(&h, INDEX_MAGIC, 77), Err(CorruptKind::BadMagic));
-        assert!(matches!(
-            check(&h, LOG_MAGIC, 78),
-            Err(CorruptKind::BadHeader(_))
-        ));
+        assert!(matches!(check(&h, LOG_MAGIC, 78), Err(CorruptKind::BadHeader(_))));
         assert_eq!(check(&h[..10], LOG_MAGIC, 77), Err(CorruptKind::Truncated));
         let mut bad = h;
         bad[BASE_AT] ^= 1;
-        assert!(matches!(
-            check(&bad, LOG_MAGIC, 77),
-            Err(CorruptKind::BadCrc { .. })
-        ));
+        assert!(matches!(check(&bad, LOG_MAGIC, 77), Err(CorruptKind::BadCrc { .. })));
         let mut v2 = encode(LOG_MAGIC, 77);
         LittleEndian::write_u32(&mut v2[VERSION_AT..], 2);
         let crc = crc32fast::hash(&v2[..CRC_AT]);
         LittleEndian::write_u32(&mut v2[CRC_AT..], crc);
-        assert_eq!(
-            check(&v2, LOG_MAGIC, 77),
-            Err(CorruptKind::BadVersion { found: 2 })
-        );
+        assert_eq!(check(&v2, LOG_MAGIC, 77), Err(CorruptKind::BadVersion { found: 2 }));
     }
 }

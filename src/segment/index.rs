@@ -27,10 +27,7 @@ pub(crate) const ENTRY_LEN: usize = 8;
 /// Entry `i` of `entries` (the bytes after the header): `(relative offset, position)`.
 fn entry(entries: &[u8], i: usize) -> (u32, u32) {
     let at = i * ENTRY_LEN;
-    (
-        LittleEndian::read_u32(&entries[at..]),
-        LittleEndian::read_u32(&entries[at + 4..]),
-    )
+    (LittleEndian::read_u32(&entries[at..]), LittleEndian::read_u32(&entries[at + 4..]))
 }
 
 /// The last entry at or before `rel`: where to start scanning for it. `None` means the
@@ -39,11 +36,7 @@ pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
     let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if u64::from(entry(entries, mid).0) <= rel {
-            lo = mid + 1
-        } else {
-            hi = mid
-        }
+        if u64::from(entry(entries, mid).0) <= rel { lo = mid + 1 } else { hi = mid }
     }
     lo.checked_sub(1).map(|i| entry(entries, i))
 }
@@ -56,8 +49,7 @@ pub(crate) fn valid_len(entries: &[u8], data_end: usize, max_rel: u64) -> usize 
     for i in 0..entries.len() / ENTRY_LEN {
         let (rel, pos) = entry(entries, i);
         let increasing = prev.is_none_or(|(r, p)| rel > r && pos > p);
-        let inside =
-            (FILE_HEADER_LEN..data_end).contains(&(pos as usize)) && u64::from(rel) < max_rel;
+        let inside = (FILE_HEADER_LEN..data_end).contains(&(pos as usize)) && u64::from(rel) < max_rel;
         if !(increasing && inside) {
             return i * ENTRY_LEN;
         }
@@ -90,13 +82,7 @@ fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
 /// index is derived, so it is not synced: a lost or torn index is rebuilt on the next open.
 fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result<File> {
     let tmp = temp_path(path);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .at(&tmp)?;
+    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
     let mut bytes = header::encode(INDEX_MAGIC, base).to_vec();
     bytes.extend_from_slice(entries);
     file.write_all_at(&bytes, 0).at(&tmp)?;
@@ -108,16 +94,10 @@ fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result
 }
 
 /// Opens the index of a sealed segment, rebuilding it from `data` if it cannot be trusted.
-pub(crate) fn open_sealed(
-    path: &Path,
-    base: u64,
-    data: &[u8],
-    max_rel: u64,
-    interval: u32,
-) -> Result<Arc<Mapping>> {
+pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, interval: u32) -> Result<Arc<Mapping>> {
     if let Ok(file) = File::open(path) {
         let len = file.metadata().at(path)?.len() as usize;
-        if len >= FILE_HEADER_LEN && (len - FILE_HEADER_LEN) % ENTRY_LEN == 0 {
+        if len >= FILE_HEADER_LEN && (len - FILE_HEADER_LEN).is_multiple_of(ENTRY_LEN) {
             let map = Mapping::read_only(&file, len).at(path)?;
             let bytes = map.readable();
             let entries = &bytes[FILE_HEADER_LEN..];
@@ -155,12 +135,7 @@ impl IndexWriter {
     }
 
     /// Creates the index of a new, empty segment.
-    pub fn create(
-        path: PathBuf,
-        base: u64,
-        capacity: usize,
-        interval: u32,
-    ) -> Result<(Arc<Mapping>, IndexWriter)> {
+    pub fn create(path: PathBuf, base: u64, capacity: usize, interval: u32) -> Result<(Arc<Mapping>, IndexWriter)> {
         Self::open_with(path, base, capacity, interval, &[])
     }
 
@@ -195,9 +170,7 @@ impl IndexWriter {
                 (pos as usize, base + u64::from(rel))
             }
         };
-        scan::hop(data, start, offset, |pos, offset| {
-            writer.note(offset - base, pos)
-        });
+        scan::hop(data, start, offset, |pos, offset| writer.note(offset - base, pos));
         Ok((map, writer))
     }
 
@@ -216,17 +189,7 @@ impl IndexWriter {
             0 => FILE_HEADER_LEN,
             n => entry(entries, n / ENTRY_LEN - 1).1 as usize,
         };
-        Ok((
-            map,
-            IndexWriter {
-                path,
-                file,
-                writer,
-                len,
-                last_pos,
-                interval: interval as usize,
-            },
-        ))
+        Ok((map, IndexWriter { path, file, writer, len, last_pos, interval: interval as usize }))
     }
 
     /// Records that the record `base + rel` starts at `pos`, adding an entry if it is an

@@ -91,11 +91,6 @@ impl Segment {
         &self.path
     }
 
-    /// The index file.
-    pub fn index_path(&self) -> &Path {
-        &self.index_path
-    }
-
     fn corrupt(&self, position: usize, kind: CorruptKind) -> Error {
         Error::corrupt(&self.path, position as u64, kind)
     }
@@ -115,8 +110,7 @@ impl Segment {
             return Err(self.corrupt(len, CorruptKind::Truncated));
         }
         let map = Mapping::read_only(&file, len).at(&self.path)?;
-        header::check(map.readable(), LOG_MAGIC, self.base)
-            .map_err(|kind| self.corrupt(0, kind))?;
+        header::check(map.readable(), LOG_MAGIC, self.base).map_err(|kind| self.corrupt(0, kind))?;
         Ok(self.data.get_or_init(|| map))
     }
 
@@ -128,10 +122,7 @@ impl Segment {
         if let Some(map) = self.index.get() {
             return Ok(map);
         }
-        let max_rel = self
-            .end_offset
-            .load(Ordering::Acquire)
-            .saturating_sub(self.base);
+        let max_rel = self.end_offset.load(Ordering::Acquire).saturating_sub(self.base);
         let map = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
         Ok(self.index.get_or_init(|| map))
     }
@@ -170,36 +161,20 @@ impl Segment {
         let scan = scan::valid_prefix(bytes, pos, at);
         match scan.damage {
             Some((pos, kind)) => self.corrupt(pos, kind),
-            None => self.corrupt(
-                scan.end,
-                CorruptKind::Gap {
-                    from: scan.next_offset,
-                    to: target + 1,
-                },
-            ),
+            None => self.corrupt(scan.end, CorruptKind::Gap { from: scan.next_offset, to: target + 1 }),
         }
     }
 
     /// Decodes the record at `pos` with its CRC and checks its offset.
     pub fn frame_at(&self, bytes: &[u8], pos: usize, offset: u64) -> Result<Frame> {
         let frame = record::decode(bytes, pos).map_err(|e| match e {
-            record::FrameError::Truncated if pos == bytes.len() => self.corrupt(
-                pos,
-                CorruptKind::Gap {
-                    from: offset,
-                    to: self.end_offset.load(Ordering::Acquire),
-                },
-            ),
+            record::FrameError::Truncated if pos == bytes.len() => {
+                self.corrupt(pos, CorruptKind::Gap { from: offset, to: self.end_offset.load(Ordering::Acquire) })
+            }
             e => self.corrupt(pos, scan::corrupt_kind(e)),
         })?;
         if frame.offset != offset {
-            return Err(self.corrupt(
-                pos,
-                CorruptKind::BadOffset {
-                    expected: offset,
-                    found: frame.offset,
-                },
-            ));
+            return Err(self.corrupt(pos, CorruptKind::BadOffset { expected: offset, found: frame.offset }));
         }
         Ok(frame)
     }
@@ -266,15 +241,9 @@ impl Active {
         let seg = Segment::new(dir, base, interval);
         let tmp = temp_path(&seg.path);
         let result = (|| {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .at(&tmp)?;
-            file.write_all_at(&header::encode(LOG_MAGIC, base), 0)
-                .at(&tmp)?;
+            let file =
+                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
+            file.write_all_at(&header::encode(LOG_MAGIC, base), 0).at(&tmp)?;
             reserve(&file, &tmp, capacity as u64)?;
             file.sync_all().at(&tmp)?;
             Ok(file)
@@ -287,8 +256,7 @@ impl Active {
             }
         };
         rename(&tmp, &seg.path)?;
-        let (index_map, index) =
-            IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
+        let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
         sync_dir(dir)?;
         Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index)
     }
@@ -319,10 +287,7 @@ impl Active {
         header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(&path, 0, kind))?;
         let trusted = trusted.filter(|&(pos, _)| (FILE_HEADER_LEN..=len).contains(&pos));
         let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
-        let mut recovered = Recovered {
-            next_offset: start_offset,
-            ..Recovered::default()
-        };
+        let mut recovered = Recovered { next_offset: start_offset, ..Recovered::default() };
         let end = if clean && trusted.is_some() {
             start
         } else {
@@ -343,17 +308,9 @@ impl Active {
         }
         reserve(&file, &path, capacity as u64)?;
         file.sync_all().at(&path)?;
-        let (index_map, index) = IndexWriter::open_active(
-            seg.index_path.clone(),
-            base,
-            capacity,
-            interval,
-            &index_data,
-        )?;
-        Ok((
-            Self::finish(seg, file, capacity, end, index_map, index)?,
-            recovered,
-        ))
+        let (index_map, index) =
+            IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, &index_data)?;
+        Ok((Self::finish(seg, file, capacity, end, index_map, index)?, recovered))
     }
 
     fn finish(
@@ -368,14 +325,7 @@ impl Active {
         seg.synced.store(end, Ordering::Relaxed);
         let _ = seg.data.set(map);
         let _ = seg.index.set(index_map);
-        Ok(Active {
-            seg: Arc::new(seg),
-            file,
-            data,
-            index,
-            pos: end,
-            capacity,
-        })
+        Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity })
     }
 
     /// The shared side of this segment.
@@ -413,12 +363,6 @@ impl Active {
         self.data.publish(self.pos);
     }
 
-    /// Faults in the next `len` bytes so the appends that follow do not.
-    pub fn prefault(&self, len: usize) {
-        self.data
-            .prefault(self.pos..(self.pos + len).min(self.capacity));
-    }
-
     /// Seals the segment: syncs its data, cuts the file to the data and syncs the index.
     /// `end_offset` is the first offset past it.
     pub fn seal(mut self, end_offset: u64) -> Result<()> {
@@ -443,10 +387,7 @@ pub(crate) fn sync_data(seg: &Segment, end: usize) -> Result<()> {
     if from >= end {
         return Ok(());
     }
-    let map = seg
-        .data
-        .get()
-        .expect("the active segment is mapped from its creation");
+    let map = seg.data.get().expect("the active segment is mapped from its creation");
     map.sync(from..end).at(&seg.path)?;
     seg.synced.fetch_max(end, Ordering::AcqRel);
     Ok(())

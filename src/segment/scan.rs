@@ -31,12 +31,7 @@ pub(crate) fn corrupt_kind(err: FrameError) -> CorruptKind {
 /// valid prefix that ends on a batch boundary. A zeroed header or the end of `bytes` is a
 /// clean end; anything else is damage.
 pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Scan {
-    let mut scan = Scan {
-        end: pos,
-        next_offset: offset,
-        records: 0,
-        damage: None,
-    };
+    let mut scan = Scan { end: pos, next_offset: offset, records: 0, damage: None };
     let mut in_batch = 0;
     loop {
         if pos == bytes.len() {
@@ -51,13 +46,7 @@ pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Sca
             }
         };
         if frame.offset != offset {
-            scan.damage = Some((
-                pos,
-                CorruptKind::BadOffset {
-                    expected: offset,
-                    found: frame.offset,
-                },
-            ));
+            scan.damage = Some((pos, CorruptKind::BadOffset { expected: offset, found: frame.offset }));
             return scan;
         }
         pos = frame.end();
@@ -75,12 +64,7 @@ pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Sca
 /// Steps from record to record without checking CRCs, calling `visit(position, offset)` for
 /// each, until the end of `bytes`, a zeroed header or a record that does not frame. Used to
 /// rebuild an index; the CRCs are checked when records are read.
-pub(crate) fn hop(
-    bytes: &[u8],
-    mut pos: usize,
-    mut offset: u64,
-    mut visit: impl FnMut(usize, u64),
-) -> (usize, u64) {
+pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl FnMut(usize, u64)) -> (usize, u64) {
     while let Ok(frame) = record::peek(bytes, pos) {
         if frame.offset != offset {
             break;
@@ -111,10 +95,7 @@ mod tests {
         let mut buf = log(&[(b"a", false), (b"bb", false)]);
         let len = buf.len();
         let scan = valid_prefix(&buf, 8, 10);
-        assert_eq!(
-            (scan.end, scan.next_offset, scan.records, scan.damage),
-            (len, 12, 2, None)
-        );
+        assert_eq!((scan.end, scan.next_offset, scan.records, scan.damage), (len, 12, 2, None));
         buf.resize(len + 100, 0);
         assert_eq!(valid_prefix(&buf, 8, 10).end, len);
     }
@@ -136,16 +117,7 @@ mod tests {
         assert_eq!(scan.end, second);
         assert!(matches!(scan.damage, Some((p, CorruptKind::BadCrc { .. })) if p == second));
         let scan = valid_prefix(&buf, 8, 11);
-        assert!(matches!(
-            scan.damage,
-            Some((
-                8,
-                CorruptKind::BadOffset {
-                    expected: 11,
-                    found: 10
-                }
-            ))
-        ));
+        assert!(matches!(scan.damage, Some((8, CorruptKind::BadOffset { expected: 11, found: 10 }))));
     }
 
     #[test]

@@ -1,0 +1,626 @@
+//! Consumer groups: named, durable cursors over the log with leases, acks, retries and
+//! dead letters.
+//!
+//! A group lives in `groups/<name>/` as a snapshot (`state`) and a journal of the changes
+//! since (`journal`). Every change goes to the journal before it takes effect; under
+//! [`SyncPolicy::Always`] it is also synced (with group commit) before the call returns.
+
+mod journal;
+mod snapshot;
+mod state;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use journal::Journal;
+use snapshot::Snapshot;
+use state::{Clock, GroupState, Op, Slot};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fs::sync_dir;
+use crate::log::Log;
+use crate::options::{GroupOptions, SyncPolicy};
+use crate::record::Record;
+use crate::sync::GroupCommit;
+
+/// Folder of a queue directory that holds the groups.
+pub(crate) const GROUPS_DIR: &str = "groups";
+const STATE_FILE: &str = "state";
+const JOURNAL_FILE: &str = "journal";
+
+/// Checks a group name: 1–128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let ok = (1..=128).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name != "."
+        && name != "..";
+    if ok { Ok(()) } else { Err(Error::InvalidGroupName { name: name.to_string() }) }
+}
+
+/// Names of the groups stored under `queue_dir`, sorted.
+pub(crate) fn list(queue_dir: &Path) -> Result<Vec<String>> {
+    let dir = queue_dir.join(GROUPS_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.at(&dir)?;
+        let Ok(name) = entry.file_name().into_string() else { continue };
+        if validate_name(&name).is_ok() && entry.path().join(STATE_FILE).is_file() {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a group's files; the snapshot goes first, so a crash half-way leaves no group.
+pub(crate) fn remove(queue_dir: &Path, name: &str) -> Result<()> {
+    let dir = queue_dir.join(GROUPS_DIR).join(name);
+    match fs::remove_file(dir.join(STATE_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&dir, e)),
+    }
+    if dir.exists() {
+        sync_dir(&dir)?;
+        fs::remove_dir_all(&dir).at(&dir)?;
+    }
+    sync_dir(&queue_dir.join(GROUPS_DIR)).or_else(|e| if queue_dir.join(GROUPS_DIR).exists() { Err(e) } else { Ok(()) })
+}
+
+/// One record handed to a consumer by [`Group::poll`].
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    record: Record,
+    attempt: u32,
+}
+
+impl Delivery {
+    /// The record's offset: pass it to [`Group::ack`] or [`Group::nack`].
+    pub fn offset(&self) -> u64 {
+        self.record.offset()
+    }
+
+    /// The record's payload.
+    pub fn payload(&self) -> &[u8] {
+        self.record.payload()
+    }
+
+    /// Which delivery of this record this is: 1 the first time, 2 after one retry, …
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When the record was appended, in milliseconds since the Unix epoch.
+    pub fn timestamp_ms(&self) -> u64 {
+        self.record.timestamp_ms()
+    }
+
+    /// The record itself.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+}
+
+/// A record that used up its attempts, as listed by [`Group::dead_letters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    offset: u64,
+    attempts: u32,
+}
+
+impl DeadLetter {
+    /// The record's offset.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// How many deliveries were made before it was dead-lettered.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+/// Where a group stands, from [`Group::stats`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// The group's name.
+    pub name: String,
+    /// First offset neither acked nor dead-lettered.
+    pub ack_floor: u64,
+    /// First offset never delivered.
+    pub next_delivery: u64,
+    /// Records between the ack floor and the log's end not yet acked or dead.
+    pub lag: u64,
+    /// Records leased to a consumer right now.
+    pub leased: u64,
+    /// Records waiting for a retry (after a nack or an expired lease).
+    pub waiting: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// The group's settings.
+    pub lease_ms: u64,
+    /// Deliveries before dead-lettering.
+    pub max_attempts: u32,
+}
+
+/// A consumer group: its own durable position in the queue, with at-least-once delivery.
+///
+/// Every record of the queue is delivered to each group; within a group, each record is
+/// leased to one consumer at a time. A record is done when acked; a nack or an expired
+/// lease delivers it again, up to `max_attempts` deliveries, after which it is a dead
+/// letter. Handles are cheap to clone and all handles to one name share its state.
+///
+/// A worker loop:
+/// ```
+/// use segq::{Options, Queue};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+///
+/// let q = Queue::open(dir.path(), Options::default())?;
+/// q.append(b"send invoice 1")?;
+/// q.append(b"send invoice 2")?;
+///
+/// let billing = q.group("billing")?;
+/// while let Some(job) = billing.poll(Duration::from_millis(100))? {
+///     let ok = !job.payload().is_empty(); // do the work here
+///     if ok {
+///         billing.ack(job.offset())?;
+///     } else {
+///         billing.nack(job.offset(), Duration::from_secs(5))?; // try again later
+///     }
+/// }
+/// assert_eq!(billing.ack_floor(), 2);
+/// # Ok::<(), segq::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Group {
+    inner: Arc<GroupInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct GroupInner {
+    name: String,
+    dir: PathBuf,
+    log: Arc<Log>,
+    locked: Mutex<Locked>,
+    commit: GroupCommit,
+    deleted: AtomicBool,
+}
+
+#[derive(Debug)]
+struct Locked {
+    state: GroupState,
+    journal: Journal,
+    opts: GroupOptions,
+    generation: u64,
+    /// Set by a failed write of the group's files: the group refuses changes from then on.
+    failed: Option<String>,
+}
+
+impl Group {
+    /// Opens the group `name` of `log`, creating it (durably) if it does not exist.
+    /// `opts`, when given, replaces the stored settings.
+    pub(crate) fn open(log: Arc<Log>, name: &str, opts: Option<GroupOptions>) -> Result<Group> {
+        validate_name(name)?;
+        if let Some(o) = &opts {
+            o.validate()?;
+        }
+        let groups = log.dir().join(GROUPS_DIR);
+        let dir = groups.join(name);
+        let state_path = dir.join(STATE_FILE);
+        let clock = Clock::now();
+        if !state_path.exists() {
+            create(&log, &groups, &dir, opts.unwrap_or_default(), clock)?;
+        }
+        let snap = Snapshot::read(&state_path)?;
+        let (journal, ops) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
+        let mut state = snap.restore(clock);
+        for op in ops {
+            state.apply(op, clock);
+        }
+        state.expire_leases(clock);
+        let stored = GroupOptions { lease: snap.lease, max_attempts: snap.max_attempts };
+        let mut locked = Locked { state, journal, opts: stored, generation: snap.generation, failed: None };
+        // The state must never be ahead of the log (a log that lost its unsynced tail in a
+        // machine crash): deliveries past the log's end are forgotten.
+        let ahead = locked.state.next() > log.next_offset();
+        if ahead {
+            locked.state.truncate(log.next_offset());
+        }
+        let changed = opts.filter(|o| *o != stored);
+        if let Some(o) = changed {
+            locked.opts = o;
+            locked.state.lease = o.lease;
+        }
+        if ahead || changed.is_some() {
+            locked.compact(&dir, clock)?;
+        }
+        let commit = GroupCommit::new(locked.journal.seq());
+        let inner = GroupInner {
+            name: name.to_string(),
+            dir,
+            log,
+            locked: Mutex::new(locked),
+            commit,
+            deleted: AtomicBool::new(false),
+        };
+        Ok(Group { inner: Arc::new(inner) })
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The group's settings.
+    pub fn options(&self) -> GroupOptions {
+        self.inner.lock().opts
+    }
+
+    /// Hands out the next record: a retry that is due (an expired lease or a nack's delay
+    /// that passed) first, else the next record never delivered to this group. Waits up to
+    /// `timeout` for one, sleeping until a record is appended, a lease or delay expires or
+    /// the timeout passes; `Duration::ZERO` does not wait.
+    ///
+    /// The record is leased to the caller for the group's lease time. Under
+    /// [`SyncPolicy::Always`] the delivery (and its attempt count) is durable before it is
+    /// returned, so a record whose processing crashes the process is dead-lettered after
+    /// `max_attempts` crashes; records are delivered only once they are durable in the log.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the record's bytes are damaged: the record is then
+    /// dead-lettered, so the next poll moves on. [`Error::Closed`], [`Error::GroupDeleted`].
+    pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        let inner = &*self.inner;
+        let start = Instant::now();
+        let deadline = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86400 * 365));
+        loop {
+            let seen = inner.log.notify.generation();
+            let (found, seq, wake_at) = {
+                let mut l = inner.lock();
+                inner.check(&l)?;
+                let (found, seq) = inner.take_next(&mut l)?;
+                let wake_at = if found.is_none() { l.state.next_deadline() } else { None };
+                (found, seq, wake_at)
+            };
+            if let Some(seq) = seq {
+                inner.make_durable(seq)?;
+            }
+            if let Some(found) = found {
+                return found.map(Some);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            inner.log.notify.wait(seen, wake_at.map_or(deadline, |w| w.min(deadline)));
+        }
+    }
+
+    /// Marks a delivered record as done: it is never delivered to this group again. Acks
+    /// may come in any order; acking a record twice is fine, and acking a dead letter
+    /// removes it from the dead letters. Under [`SyncPolicy::Always`] the ack is durable
+    /// when this returns.
+    ///
+    /// # Errors
+    /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    pub fn ack(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            if offset >= l.state.next() {
+                return Err(Error::NotDelivered { offset });
+            }
+            let open = match l.state.slot(offset) {
+                Some(Slot::Acked) => false,
+                Some(_) => true,
+                None => l.state.dead_letters().contains_key(&offset),
+            };
+            if !open {
+                return Ok(());
+            }
+            inner.commit_op(&mut l, Op::Ack { offset }, Clock::now())?
+        };
+        inner.make_durable(seq)
+    }
+
+    /// Gives a delivered record back, to be delivered again (with the next attempt number)
+    /// once `delay` has passed — or dead-lettered, if it has had its `max_attempts`
+    /// deliveries. Nacking a record that is already acked or dead does nothing.
+    ///
+    /// # Errors
+    /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    pub fn nack(&self, offset: u64, delay: Duration) -> Result<()> {
+        let inner = &*self.inner;
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            if offset >= l.state.next() {
+                return Err(Error::NotDelivered { offset });
+            }
+            let op = match l.state.slot(offset) {
+                Some(Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. })
+                    if attempts >= l.opts.max_attempts =>
+                {
+                    Op::Dead { offset }
+                }
+                Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
+                    let clock = Clock::now();
+                    Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay.as_millis() as u64) }
+                }
+                _ => return Ok(()),
+            };
+            inner.commit_op(&mut l, op, Clock::now())?
+        };
+        inner.log.notify.notify();
+        inner.make_durable(seq)
+    }
+
+    /// The records that used up their attempts, by offset. They do not hold back the
+    /// ack floor.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let inner = &*self.inner;
+        let mut l = inner.lock();
+        inner.check(&l)?;
+        inner.reap(&mut l)?;
+        Ok(l.state.dead_letters().iter().map(|(&offset, &attempts)| DeadLetter { offset, attempts }).collect())
+    }
+
+    /// Makes a dead letter deliverable again, with a fresh attempt count.
+    ///
+    /// # Errors
+    /// [`Error::NotDeadLetter`] if `offset` is not a dead letter of this group.
+    pub fn redrive(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            inner.reap(&mut l)?;
+            if !l.state.dead_letters().contains_key(&offset) {
+                return Err(Error::NotDeadLetter { offset });
+            }
+            inner.commit_op(&mut l, Op::Redrive { offset }, Clock::now())?
+        };
+        inner.log.notify.notify();
+        inner.make_durable(seq)
+    }
+
+    /// The first offset that is neither acked nor dead-lettered: every offset below it is
+    /// done. Acking `0..n` in any order gives `n`.
+    pub fn ack_floor(&self) -> u64 {
+        let inner = &*self.inner;
+        let mut l = inner.lock();
+        if inner.check(&l).is_ok() {
+            // Best effort: a failure to record an expired last attempt as dead leaves it
+            // counted as open, which errs on the side of redelivery.
+            let _ = inner.reap(&mut l);
+        }
+        l.state.ack_floor()
+    }
+
+    /// Moves the group to `offset`: the ack floor becomes `offset` (or the queue's first
+    /// offset, if higher) and delivery goes on from there. Seeking back replays records;
+    /// seeking forward skips them. Leases and pending retries are dropped, and dead letters
+    /// at or above `offset` are forgotten (they will be delivered again). Durable like an ack.
+    pub fn seek(&self, offset: u64) -> Result<()> {
+        let inner = &*self.inner;
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            let offset = offset.max(inner.log.first_offset());
+            inner.commit_op(&mut l, Op::Seek { offset }, Clock::now())?
+        };
+        inner.log.notify.notify();
+        inner.make_durable(seq)
+    }
+
+    /// Where the group stands: ack floor, lag, leased, waiting and dead records.
+    pub fn stats(&self) -> GroupStats {
+        let inner = &*self.inner;
+        let l = inner.lock();
+        let (leased, waiting) = l.state.counts();
+        let floor = l.state.ack_floor();
+        let next = inner.log.next_offset();
+        let dead = l.state.dead_letters().len() as u64;
+        let dead_above = l.state.dead_letters().range(floor..).count() as u64;
+        GroupStats {
+            name: inner.name.clone(),
+            ack_floor: floor,
+            next_delivery: l.state.next(),
+            lag: next.saturating_sub(floor).saturating_sub(dead_above),
+            leased: leased as u64,
+            waiting: waiting as u64,
+            dead,
+            lease_ms: l.opts.lease.as_millis() as u64,
+            max_attempts: l.opts.max_attempts,
+        }
+    }
+
+    /// Makes every change of this group so far durable, whatever the sync policy.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    /// Replaces the group's settings, durably.
+    pub(crate) fn configure(&self, opts: GroupOptions) -> Result<()> {
+        opts.validate()?;
+        let inner = &*self.inner;
+        let mut l = inner.lock();
+        inner.check(&l)?;
+        if l.opts == opts {
+            return Ok(());
+        }
+        l.opts = opts;
+        l.state.lease = opts.lease;
+        let result = l.compact(&inner.dir, Clock::now());
+        if let Err(e) = &result {
+            l.failed = Some(e.to_string());
+        }
+        result
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<GroupInner> {
+        &self.inner
+    }
+
+    pub(crate) fn from_inner(inner: Arc<GroupInner>) -> Group {
+        Group { inner }
+    }
+}
+
+impl GroupInner {
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        self.locked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, l: &Locked) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::GroupDeleted { name: self.name.clone() });
+        }
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
+        match &l.failed {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Journals `op` and applies it.
+    fn commit_op(&self, l: &mut Locked, op: Op, clock: Clock) -> Result<u64> {
+        if !l.journal.has_room()
+            && let Err(e) = l.compact(&self.dir, clock) {
+                l.failed = Some(e.to_string());
+                return Err(e);
+            }
+        let seq = l.journal.append(op);
+        l.state.apply(op, clock);
+        Ok(seq)
+    }
+
+    /// Under [`SyncPolicy::Always`], waits until the journal is durable up to `seq`.
+    fn make_durable(&self, seq: u64) -> Result<()> {
+        if self.log.options().get_sync() == SyncPolicy::Always { self.sync_to(seq) } else { Ok(()) }
+    }
+
+    fn sync_to(&self, seq: u64) -> Result<()> {
+        let sync = || {
+            let job = self.lock().journal.sync_job();
+            if let Err(e) = job.run() {
+                let mut l = self.lock();
+                let err = Error::io(l.journal.path(), e);
+                l.failed = Some(err.to_string());
+                return Err(err);
+            }
+            self.lock().journal.synced(&job);
+            Ok(job.seq)
+        };
+        self.commit.wait_for(seq, sync, || self.lock().failed.clone().map(Error::Poisoned))
+    }
+
+    pub(crate) fn flush(&self) -> Result<()> {
+        let seq = self.lock().journal.seq();
+        self.sync_to(seq)
+    }
+
+    pub(crate) fn mark_deleted(&self) {
+        self.deleted.store(true, Ordering::Release);
+        self.log.notify.notify();
+    }
+
+    /// Dead-letters every record whose last allowed attempt expired.
+    fn reap(&self, l: &mut Locked) -> Result<()> {
+        let clock = Clock::now();
+        if l.state.next_deadline().is_none_or(|at| at > clock.now) {
+            return Ok(());
+        }
+        for offset in l.state.expired_finals(clock.now, l.opts.max_attempts) {
+            self.commit_op(l, Op::Dead { offset }, clock)?;
+        }
+        Ok(())
+    }
+
+    /// Finds the next delivery and journals it. Returns the delivery (or the error of a
+    /// damaged record, which is dead-lettered) and the journal sequence to make durable.
+    #[allow(clippy::type_complexity)]
+    fn take_next(&self, l: &mut Locked) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
+        let clock = Clock::now();
+        let mut seq = None;
+        while let Some(due) = l.state.due(clock.now) {
+            let offset = due.offset;
+            if due.attempts >= l.opts.max_attempts {
+                seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
+                continue;
+            }
+            match self.log.read(offset) {
+                Ok(Some(record)) => {
+                    let attempt = due.attempts + 1;
+                    seq = Some(self.commit_op(l, Op::Deliver { offset, attempt }, clock)?);
+                    return Ok((Some(Ok(Delivery { record, attempt })), seq));
+                }
+                // Removed by retention: nothing is left to deliver.
+                Ok(None) => seq = Some(self.commit_op(l, Op::Ack { offset }, clock)?),
+                Err(e @ Error::Corrupt { .. }) => {
+                    seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
+                    return Ok((Some(Err(e)), seq));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let limit = match self.log.options().get_sync() {
+            SyncPolicy::Always => self.log.durable_offset(),
+            _ => self.log.next_offset(),
+        };
+        let offset = l.state.next().max(self.log.first_offset());
+        if offset >= limit {
+            return Ok((None, seq));
+        }
+        match self.log.read(offset) {
+            Ok(Some(record)) => {
+                seq = Some(self.commit_op(l, Op::Deliver { offset, attempt: 1 }, clock)?);
+                Ok((Some(Ok(Delivery { record, attempt: 1 })), seq))
+            }
+            Ok(None) => Ok((None, seq)),
+            Err(e @ Error::Corrupt { .. }) => {
+                seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
+                Ok((Some(Err(e)), seq))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Locked {
+    /// Writes a snapshot of the whole state and starts the journal over.
+    fn compact(&mut self, dir: &Path, clock: Clock) -> Result<()> {
+        let generation = self.generation + 1;
+        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write(&dir.join(STATE_FILE))?;
+        self.journal.restart(generation)?;
+        self.generation = generation;
+        Ok(())
+    }
+}
+
+/// Creates the files of a new group starting at the log's first offset.
+fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: Clock) -> Result<()> {
+    let new_groups_dir = !groups.exists();
+    fs::create_dir_all(dir).at(dir)?;
+    let state = GroupState::new(log.first_offset(), opts.lease);
+    Journal::create(&dir.join(JOURNAL_FILE))?;
+    Snapshot::of(&state, 0, opts.max_attempts, clock).write(&dir.join(STATE_FILE))?;
+    sync_dir(groups)?;
+    if new_groups_dir {
+        sync_dir(log.dir())?;
+    }
+    Ok(())
+}

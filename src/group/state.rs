@@ -1,0 +1,492 @@
+//! The state of one consumer group as a pure state machine: every change is an [`Op`],
+//! applied the same way live and when the journal is replayed at open.
+//!
+//! Offsets below `floor` are done (acked or dead), except the few redriven ones kept in
+//! `below`. Offsets in `floor..next` have been delivered at least once and each has a
+//! [`Slot`] in `window`. Offsets from `next` on have never been delivered.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Where one delivered record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// Handed to a consumer until `until`.
+    Leased {
+        attempts: u32,
+        until: Instant,
+    },
+    /// To be delivered again at `at`.
+    Waiting {
+        attempts: u32,
+        at: Instant,
+    },
+    Acked,
+    Dead {
+        attempts: u32,
+    },
+}
+
+/// One change of group state: what the journal records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `offset` is handed out for the `attempt`-th time.
+    Deliver {
+        offset: u64,
+        attempt: u32,
+    },
+    Ack {
+        offset: u64,
+    },
+    /// Deliver `offset` again at wall-clock time `at_ms`.
+    Nack {
+        offset: u64,
+        at_ms: u64,
+    },
+    /// `offset` is dead-lettered (with the attempts made so far).
+    Dead {
+        offset: u64,
+    },
+    /// A dead letter becomes deliverable again with a fresh attempt count.
+    Redrive {
+        offset: u64,
+    },
+    /// Everything restarts at `offset`.
+    Seek {
+        offset: u64,
+    },
+}
+
+/// "Now" on both clocks: the monotonic one for timers, the wall clock stored on disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    pub now: Instant,
+    pub now_ms: u64,
+}
+
+impl Clock {
+    pub fn now() -> Clock {
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { now: Instant::now(), now_ms }
+    }
+
+    /// The instant of wall-clock time `at_ms` (now, if it has passed).
+    pub fn instant_of(&self, at_ms: u64) -> Instant {
+        self.now + Duration::from_millis(at_ms.saturating_sub(self.now_ms))
+    }
+
+    /// The wall-clock time of `at`.
+    pub fn ms_of(&self, at: Instant) -> u64 {
+        self.now_ms + at.saturating_duration_since(self.now).as_millis() as u64
+    }
+}
+
+/// A record due for another delivery (or for dead-lettering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Due {
+    pub offset: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct GroupState {
+    floor: u64,
+    next: u64,
+    window: VecDeque<Slot>,
+    below: BTreeMap<u64, Slot>,
+    dead: BTreeMap<u64, u32>,
+    /// Lease deadlines in delivery order; entries whose slot moved on are skipped.
+    leases: VecDeque<(Instant, u64)>,
+    /// Retry times of waiting records; entries whose slot moved on are skipped.
+    retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    pub lease: Duration,
+}
+
+impl GroupState {
+    /// A group that has delivered nothing and starts at `offset`.
+    pub fn new(offset: u64, lease: Duration) -> GroupState {
+        GroupState {
+            floor: offset,
+            next: offset,
+            window: VecDeque::new(),
+            below: BTreeMap::new(),
+            dead: BTreeMap::new(),
+            leases: VecDeque::new(),
+            retries: BinaryHeap::new(),
+            lease,
+        }
+    }
+
+    /// First offset never delivered.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// First offset that is neither acked nor dead-lettered.
+    pub fn ack_floor(&self) -> u64 {
+        self.below.keys().next().map_or(self.floor, |&o| o.min(self.floor))
+    }
+
+    /// Offsets below this are done, but for the redriven ones.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    pub fn slot(&self, offset: u64) -> Option<Slot> {
+        if offset >= self.floor {
+            self.window.get((offset - self.floor) as usize).copied()
+        } else {
+            self.below.get(&offset).copied()
+        }
+    }
+
+    fn slot_mut(&mut self, offset: u64) -> Option<&mut Slot> {
+        if offset >= self.floor {
+            self.window.get_mut((offset - self.floor) as usize)
+        } else {
+            self.below.get_mut(&offset)
+        }
+    }
+
+    /// Dead letters with the deliveries each had, by offset.
+    pub fn dead_letters(&self) -> &BTreeMap<u64, u32> {
+        &self.dead
+    }
+
+    /// Every slot that is not trivially done, for a snapshot: `floor..next` and `below`.
+    pub fn exceptions(&self) -> impl Iterator<Item = (u64, Slot)> + '_ {
+        let window = self.window.iter().enumerate().map(|(i, s)| (self.floor + i as u64, *s));
+        self.below.iter().map(|(&o, &s)| (o, s)).chain(window)
+    }
+
+    /// Slots being handed out, waiting for a retry or dead (for reports).
+    pub fn counts(&self) -> (usize, usize) {
+        let (mut leased, mut waiting) = (0, 0);
+        for (_, slot) in self.exceptions() {
+            match slot {
+                Slot::Leased { .. } => leased += 1,
+                Slot::Waiting { .. } => waiting += 1,
+                _ => {}
+            }
+        }
+        (leased, waiting)
+    }
+
+    /// Rebuilds a state from a snapshot's parts.
+    pub fn restore(
+        floor: u64,
+        next: u64,
+        exceptions: impl IntoIterator<Item = (u64, Slot)>,
+        lease: Duration,
+        clock: Clock,
+    ) -> GroupState {
+        let mut state = GroupState::new(floor, lease);
+        state.next = next.max(floor);
+        // Every delivered offset has a slot; one a damaged snapshot lacks is delivered again.
+        state.window = (floor..state.next).map(|_| Slot::Waiting { attempts: 0, at: clock.now }).collect();
+        for (offset, slot) in exceptions {
+            if let Slot::Dead { attempts } = slot {
+                state.dead.insert(offset, attempts);
+            }
+            if offset >= floor {
+                if let Some(s) = state.slot_mut(offset) {
+                    *s = slot;
+                }
+            } else if !matches!(slot, Slot::Acked | Slot::Dead { .. }) {
+                state.below.insert(offset, slot);
+            }
+        }
+        state.expire_leases(clock);
+        state.advance();
+        state
+    }
+
+    /// After a restart no consumer holds a lease: every leased record is due now, and the
+    /// timers are rebuilt.
+    pub fn expire_leases(&mut self, clock: Clock) {
+        self.leases.clear();
+        self.retries.clear();
+        let floor = self.floor;
+        let all = self
+            .below
+            .iter_mut()
+            .map(|(&o, s)| (o, s))
+            .chain(self.window.iter_mut().enumerate().map(|(i, s)| (floor + i as u64, s)));
+        for (offset, slot) in all {
+            match *slot {
+                Slot::Leased { attempts, .. } => {
+                    *slot = Slot::Waiting { attempts, at: clock.now };
+                    self.retries.push(Reverse((clock.now, offset)));
+                }
+                Slot::Waiting { at, .. } => self.retries.push(Reverse((at, offset))),
+                _ => {}
+            }
+        }
+    }
+
+    /// Applies one change. Ops are validated by the caller; one that does not fit the
+    /// state (possible only in a damaged journal) changes nothing.
+    pub fn apply(&mut self, op: Op, clock: Clock) {
+        match op {
+            Op::Deliver { offset, attempt } => {
+                let until = clock.now + self.lease;
+                let leased = Slot::Leased { attempts: attempt, until };
+                if offset >= self.next {
+                    self.skip_to(offset);
+                    self.window.push_back(leased);
+                    self.next = offset + 1;
+                } else if let Some(slot) =
+                    self.slot_mut(offset).filter(|s| matches!(s, Slot::Leased { .. } | Slot::Waiting { .. }))
+                {
+                    *slot = leased;
+                } else {
+                    return;
+                }
+                self.leases.push_back((until, offset));
+            }
+            Op::Ack { offset } => {
+                if offset < self.floor {
+                    self.below.remove(&offset);
+                    self.dead.remove(&offset);
+                } else if let Some(slot) = self.slot_mut(offset) {
+                    *slot = Slot::Acked;
+                    self.dead.remove(&offset);
+                    self.advance();
+                }
+            }
+            Op::Nack { offset, at_ms } => {
+                let at = clock.instant_of(at_ms);
+                if let Some(slot) = self.slot_mut(offset)
+                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot {
+                        *slot = Slot::Waiting { attempts, at };
+                        self.retries.push(Reverse((at, offset)));
+                    }
+            }
+            Op::Dead { offset } => {
+                if offset >= self.next {
+                    self.skip_to(offset);
+                    self.window.push_back(Slot::Dead { attempts: 0 });
+                    self.next = offset + 1;
+                    self.dead.insert(offset, 0);
+                } else if let Some(slot) = self.slot_mut(offset)
+                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot {
+                        *slot = Slot::Dead { attempts };
+                        self.dead.insert(offset, attempts);
+                        if offset < self.floor {
+                            self.below.remove(&offset);
+                        }
+                    }
+                self.advance();
+            }
+            Op::Redrive { offset } => {
+                if self.dead.remove(&offset).is_some() {
+                    let waiting = Slot::Waiting { attempts: 0, at: clock.now };
+                    match self.slot_mut(offset) {
+                        Some(slot) => *slot = waiting,
+                        None => {
+                            self.below.insert(offset, waiting);
+                        }
+                    }
+                    self.retries.push(Reverse((clock.now, offset)));
+                }
+            }
+            Op::Seek { offset } => {
+                self.floor = offset;
+                self.next = offset;
+                self.window.clear();
+                self.below.clear();
+                self.leases.clear();
+                self.retries.clear();
+                self.dead.retain(|&o, _| o < offset);
+            }
+        }
+    }
+
+    /// Forgets every delivery at or past `next`: the log ends there (after a machine crash
+    /// cut its unsynced tail), so those offsets will be new records.
+    pub fn truncate(&mut self, next: u64) {
+        if next >= self.next {
+            return;
+        }
+        if next <= self.floor {
+            self.window.clear();
+            self.floor = next;
+        } else {
+            self.window.truncate((next - self.floor) as usize);
+        }
+        self.next = next;
+        self.below.retain(|&o, _| o < next);
+        self.dead.retain(|&o, _| o < next);
+    }
+
+    /// Leased or waiting records that are due at `now` but have had `max_attempts`
+    /// deliveries: they are to be dead-lettered.
+    pub fn expired_finals(&self, now: Instant, max_attempts: u32) -> Vec<u64> {
+        self.exceptions()
+            .filter(|(_, slot)| match *slot {
+                Slot::Leased { attempts, until } => attempts >= max_attempts && until <= now,
+                Slot::Waiting { attempts, at } => attempts >= max_attempts && at <= now,
+                _ => false,
+            })
+            .map(|(offset, _)| offset)
+            .collect()
+    }
+
+    /// Moves `next` up to `offset`, counting the skipped offsets as done.
+    fn skip_to(&mut self, offset: u64) {
+        while self.next < offset {
+            self.window.push_back(Slot::Acked);
+            self.next += 1;
+        }
+        self.advance();
+    }
+
+    /// Moves the floor past done slots.
+    fn advance(&mut self) {
+        while let Some(Slot::Acked | Slot::Dead { .. }) = self.window.front() {
+            self.window.pop_front();
+            self.floor += 1;
+        }
+        // Drop lease timers whose slot has moved on, so the queue stays short.
+        while let Some(&(until, offset)) = self.leases.front() {
+            if self.timer_is_live(until, offset) {
+                break;
+            }
+            self.leases.pop_front();
+        }
+    }
+
+    fn timer_is_live(&self, at: Instant, offset: u64) -> bool {
+        matches!(self.slot(offset), Some(Slot::Leased { until, .. }) if until == at)
+            || matches!(self.slot(offset), Some(Slot::Waiting { at: a, .. }) if a == at)
+    }
+
+    /// The earliest moment a leased or waiting record becomes due, dropping stale timers.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(at, offset)) = self.leases.front() {
+            if self.timer_is_live(at, offset) {
+                break;
+            }
+            self.leases.pop_front();
+        }
+        while let Some(&Reverse((at, offset))) = self.retries.peek() {
+            if self.timer_is_live(at, offset) {
+                break;
+            }
+            self.retries.pop();
+        }
+        let lease = self.leases.front().map(|&(at, _)| at);
+        let retry = self.retries.peek().map(|&Reverse((at, _))| at);
+        lease.into_iter().chain(retry).min()
+    }
+
+    /// A record whose lease or retry delay has passed at `now`, earliest first.
+    pub fn due(&mut self, now: Instant) -> Option<Due> {
+        let at = self.next_deadline().filter(|&at| at <= now)?;
+        let offset = match self.leases.front() {
+            Some(&(t, o)) if t == at => o,
+            _ => self.retries.peek().map(|&Reverse((_, o))| o)?,
+        };
+        match self.slot(offset)? {
+            Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } => Some(Due { offset, attempts }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> Clock {
+        Clock::now()
+    }
+
+    fn later(c: Clock, ms: u64) -> Clock {
+        Clock { now: c.now + Duration::from_millis(ms), now_ms: c.now_ms + ms }
+    }
+
+    #[test]
+    fn acks_in_any_order_advance_the_floor_past_contiguous_done_slots() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        for o in 0..4 {
+            s.apply(Op::Deliver { offset: o, attempt: 1 }, c);
+        }
+        s.apply(Op::Ack { offset: 2 }, c);
+        s.apply(Op::Ack { offset: 1 }, c);
+        assert_eq!(s.ack_floor(), 0);
+        s.apply(Op::Ack { offset: 0 }, c);
+        assert_eq!(s.ack_floor(), 3);
+        assert_eq!(s.next(), 4);
+    }
+
+    #[test]
+    fn an_expired_lease_is_due_with_its_attempt_count() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_millis(100));
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, c);
+        assert_eq!(s.due(c.now), None);
+        assert_eq!(s.due(later(c, 100).now), Some(Due { offset: 0, attempts: 1 }));
+        s.apply(Op::Deliver { offset: 0, attempt: 2 }, later(c, 100));
+        assert_eq!(s.due(later(c, 150).now), None);
+        assert_eq!(s.slot(0), Some(Slot::Leased { attempts: 2, until: later(c, 200).now }));
+    }
+
+    #[test]
+    fn dead_letters_do_not_hold_the_floor_and_redrive_brings_them_back() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(1));
+        s.apply(Op::Deliver { offset: 0, attempt: 3 }, c);
+        s.apply(Op::Deliver { offset: 1, attempt: 1 }, c);
+        s.apply(Op::Dead { offset: 0 }, c);
+        s.apply(Op::Ack { offset: 1 }, c);
+        assert_eq!(s.ack_floor(), 2);
+        assert_eq!(s.dead_letters().get(&0), Some(&3));
+        s.apply(Op::Redrive { offset: 0 }, c);
+        assert!(s.dead_letters().is_empty());
+        assert_eq!(s.ack_floor(), 0);
+        assert_eq!(s.due(c.now), Some(Due { offset: 0, attempts: 0 }));
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, c);
+        s.apply(Op::Ack { offset: 0 }, c);
+        assert_eq!(s.ack_floor(), 2);
+    }
+
+    #[test]
+    fn nack_delays_the_retry() {
+        let c = clock();
+        let mut s = GroupState::new(5, Duration::from_secs(30));
+        s.apply(Op::Deliver { offset: 5, attempt: 1 }, c);
+        s.apply(Op::Nack { offset: 5, at_ms: c.now_ms + 50 }, c);
+        assert_eq!(s.due(later(c, 49).now), None);
+        assert_eq!(s.due(later(c, 50).now), Some(Due { offset: 5, attempts: 1 }));
+    }
+
+    #[test]
+    fn seek_restarts_delivery_and_forgets_later_dead_letters() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        for o in 0..3 {
+            s.apply(Op::Deliver { offset: o, attempt: 1 }, c);
+            s.apply(Op::Dead { offset: o }, c);
+        }
+        s.apply(Op::Seek { offset: 1 }, c);
+        assert_eq!((s.ack_floor(), s.next()), (1, 1));
+        assert_eq!(s.dead_letters().keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn restore_turns_leases_into_immediate_retries() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        s.apply(Op::Deliver { offset: 0, attempt: 2 }, c);
+        s.apply(Op::Deliver { offset: 1, attempt: 1 }, c);
+        s.apply(Op::Ack { offset: 1 }, c);
+        let exceptions: Vec<_> = s.exceptions().collect();
+        let mut r = GroupState::restore(s.floor(), s.next(), exceptions, s.lease, c);
+        assert_eq!((r.ack_floor(), r.next()), (0, 2));
+        assert_eq!(r.due(c.now), Some(Due { offset: 0, attempts: 2 }));
+    }
+}

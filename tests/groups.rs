@@ -1,0 +1,383 @@
+//! Consumer groups: independent cursors, competing consumers, leases, nacks, dead letters,
+//! redrive, seek, reopen and bounded state.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use segq::{Error, GroupOptions, Options, Queue, SyncPolicy};
+
+const NO_WAIT: Duration = Duration::ZERO;
+
+fn queue(dir: &std::path::Path, sync: SyncPolicy) -> Queue {
+    Queue::open(dir, Options::default().segment_bytes(64 << 10).sync(sync)).unwrap()
+}
+
+fn fill(q: &Queue, n: u64) {
+    for i in 0..n {
+        q.append(format!("record {i}").as_bytes()).unwrap();
+    }
+}
+
+#[test]
+fn each_group_sees_every_record_and_acks_stay_in_their_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 10);
+    let a = q.group("a").unwrap();
+    let b = q.group("b").unwrap();
+    for i in 0..10 {
+        let d = a.poll(NO_WAIT).unwrap().unwrap();
+        assert_eq!((d.offset(), d.attempt()), (i, 1));
+        assert_eq!(d.payload(), format!("record {i}").as_bytes());
+        a.ack(i).unwrap();
+    }
+    assert!(a.poll(NO_WAIT).unwrap().is_none());
+    assert_eq!(a.ack_floor(), 10);
+    assert_eq!(b.ack_floor(), 0);
+    assert_eq!(b.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+    assert_eq!(q.groups().unwrap(), ["a", "b"]);
+}
+
+#[test]
+fn handles_to_one_name_share_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 3);
+    let g1 = q.group("g").unwrap();
+    let g2 = q.group("g").unwrap();
+    let g3 = g1.clone();
+    assert_eq!(g1.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+    assert_eq!(g2.poll(NO_WAIT).unwrap().unwrap().offset(), 1);
+    g3.ack(0).unwrap();
+    assert_eq!(g2.ack_floor(), 1);
+}
+
+#[test]
+fn competing_consumers_get_every_record_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let n = 4000;
+    fill(&q, n);
+    let g = q.group("workers").unwrap();
+    let seen = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while let Some(d) = g.poll(Duration::from_millis(50)).unwrap() {
+                    assert_eq!(d.attempt(), 1);
+                    seen.lock().unwrap().push(d.offset());
+                    g.ack(d.offset()).unwrap();
+                }
+            });
+        }
+    });
+    let mut seen = seen.into_inner().unwrap();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..n).collect::<Vec<_>>());
+    assert_eq!(g.ack_floor(), n);
+}
+
+#[test]
+fn competing_consumers_under_always_share_syncs_and_deliver_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    q.append_batch(&(0..400).map(|_| b"job".as_slice()).collect::<Vec<_>>()).unwrap();
+    let g = q.group("workers").unwrap();
+    let seen = Mutex::new(BTreeSet::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                while let Some(d) = g.poll(Duration::from_millis(50)).unwrap() {
+                    assert!(seen.lock().unwrap().insert(d.offset()), "{} delivered twice", d.offset());
+                    g.ack(d.offset()).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(seen.into_inner().unwrap().len(), 400);
+}
+
+#[test]
+fn an_expired_lease_delivers_the_record_again_with_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 2);
+    let g = q.group_with("g", GroupOptions::default().lease(Duration::from_millis(100))).unwrap();
+    let first = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((first.offset(), first.attempt()), (0, 1));
+    let second = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!(second.offset(), 1);
+    g.ack(1).unwrap();
+    // Nothing else is deliverable until the lease of 0 runs out; poll sleeps until then.
+    let again = g.poll(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!((again.offset(), again.attempt()), (0, 2));
+    g.ack(0).unwrap();
+    assert_eq!(g.ack_floor(), 2);
+}
+
+#[test]
+fn a_nack_delays_the_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 1);
+    let g = q.group("g").unwrap();
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    let nacked = Instant::now();
+    g.nack(d.offset(), Duration::from_millis(200)).unwrap();
+    assert!(g.poll(NO_WAIT).unwrap().is_none(), "the record came back before its delay");
+    let again = g.poll(Duration::from_secs(10)).unwrap().unwrap();
+    assert!(nacked.elapsed() >= Duration::from_millis(200));
+    assert_eq!((again.offset(), again.attempt()), (0, 2));
+    g.nack(0, Duration::ZERO).unwrap();
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().attempt(), 3);
+}
+
+#[test]
+fn a_record_is_dead_lettered_after_max_attempts_and_redrive_brings_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 3);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(3)).unwrap();
+    for attempt in 1..=3 {
+        let d = g.poll(NO_WAIT).unwrap().unwrap();
+        assert_eq!((d.offset(), d.attempt()), (0, attempt));
+        g.nack(0, NO_WAIT).unwrap();
+    }
+    let dead = g.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].offset(), dead[0].attempts()), (0, 3));
+    // The dead letter does not hold the floor back and is not delivered again.
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 1);
+    g.ack(1).unwrap();
+    assert_eq!(g.ack_floor(), 2);
+
+    g.redrive(0).unwrap();
+    assert!(g.dead_letters().unwrap().is_empty());
+    assert_eq!(g.ack_floor(), 0);
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((d.offset(), d.attempt()), (0, 1));
+    g.ack(0).unwrap();
+    assert_eq!(g.ack_floor(), 2);
+    assert!(matches!(g.redrive(2), Err(Error::NotDeadLetter { offset: 2 })));
+}
+
+#[test]
+fn an_expired_last_lease_is_listed_as_dead_without_another_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 1);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(1).lease(Duration::from_millis(20))).unwrap();
+    g.poll(NO_WAIT).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(40));
+    assert_eq!(g.ack_floor(), 1);
+    assert_eq!(g.dead_letters().unwrap()[0].attempts(), 1);
+    assert!(g.poll(NO_WAIT).unwrap().is_none());
+}
+
+#[test]
+fn unacked_records_come_back_after_reopen_with_their_attempts_and_acked_ones_never() {
+    for sync in [SyncPolicy::Always, SyncPolicy::Never] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = queue(dir.path(), sync);
+            fill(&q, 6);
+            let g = q.group("g").unwrap();
+            for _ in 0..5 {
+                g.poll(NO_WAIT).unwrap().unwrap();
+            }
+            for o in [0, 2, 3] {
+                g.ack(o).unwrap();
+            }
+            g.nack(4, Duration::ZERO).unwrap();
+            assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 4);
+            q.close().unwrap();
+        }
+        let q = queue(dir.path(), sync);
+        assert_eq!(q.groups().unwrap(), ["g"]);
+        let g = q.group("g").unwrap();
+        assert_eq!(g.ack_floor(), 1);
+        let mut got: Vec<(u64, u32)> = Vec::new();
+        while let Some(d) = g.poll(NO_WAIT).unwrap() {
+            got.push((d.offset(), d.attempt()));
+            g.ack(d.offset()).unwrap();
+        }
+        got.sort_unstable();
+        assert_eq!(got, vec![(1, 2), (4, 3), (5, 1)], "{sync:?}");
+        assert_eq!(g.ack_floor(), 6);
+    }
+}
+
+#[test]
+fn seek_replays_backwards_and_skips_forwards_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 10);
+        let g = q.group("g").unwrap();
+        while let Some(d) = g.poll(NO_WAIT).unwrap() {
+            g.ack(d.offset()).unwrap();
+        }
+        g.seek(3).unwrap();
+        assert_eq!(g.ack_floor(), 3);
+        assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 3);
+        g.seek(8).unwrap();
+        assert_eq!(g.ack_floor(), 8);
+        q.close().unwrap();
+    }
+    let q = queue(dir.path(), SyncPolicy::Always);
+    let g = q.group("g").unwrap();
+    assert_eq!(g.ack_floor(), 8);
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((d.offset(), d.attempt()), (8, 1));
+}
+
+#[test]
+fn ack_floor_counts_out_of_order_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 100);
+    let g = q.group("g").unwrap();
+    for _ in 0..100 {
+        g.poll(NO_WAIT).unwrap().unwrap();
+    }
+    for o in (0..100).rev() {
+        assert_eq!(g.ack_floor(), 0);
+        g.ack(o).unwrap();
+    }
+    assert_eq!(g.ack_floor(), 100);
+    g.ack(5).unwrap();
+    assert!(matches!(g.ack(100), Err(Error::NotDelivered { offset: 100 })));
+}
+
+#[test]
+fn invalid_group_names_are_refused_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let long = "x".repeat(129);
+    for name in ["../x", "a/b", "", ".", "..", long.as_str(), "a b", "é", "a\0b", "/abs"] {
+        assert!(matches!(q.group(name), Err(Error::InvalidGroupName { .. })), "{name:?}");
+        assert!(matches!(q.delete_group(name), Err(Error::InvalidGroupName { .. })), "{name:?}");
+    }
+    assert!(!dir.path().join("groups").exists());
+    assert!(!dir.path().parent().unwrap().join("x").exists());
+    let ok = "A-z_0.9".to_string() + &"y".repeat(121);
+    assert_eq!(ok.len(), 128);
+    q.group(&ok).unwrap();
+    q.group(".hidden").unwrap();
+    assert_eq!(q.groups().unwrap().len(), 2);
+}
+
+#[test]
+fn a_group_exists_durably_once_created_and_deleting_it_removes_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        q.group("kept").unwrap();
+        let doomed = q.group("doomed").unwrap();
+        q.delete_group("doomed").unwrap();
+        assert!(matches!(doomed.poll(NO_WAIT), Err(Error::GroupDeleted { .. })));
+        q.delete_group("never-existed").unwrap();
+        q.simulate_crash();
+    }
+    let q = queue(dir.path(), SyncPolicy::Never);
+    assert_eq!(q.groups().unwrap(), ["kept"]);
+    assert!(!dir.path().join("groups").join("doomed").exists());
+}
+
+#[test]
+fn state_stays_small_after_100_000_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    let batch: Vec<&[u8]> = (0..1000).map(|_| b"x".as_slice()).collect();
+    for _ in 0..100 {
+        q.append_batch(&batch).unwrap();
+    }
+    let g = q.group("g").unwrap();
+    while let Some(d) = g.poll(NO_WAIT).unwrap() {
+        g.ack(d.offset()).unwrap();
+    }
+    assert_eq!(g.ack_floor(), 100_000);
+    q.close().unwrap();
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir.path().join("groups/g")).unwrap() {
+        bytes += entry.unwrap().metadata().unwrap().len();
+    }
+    assert!(bytes < 512 << 10, "group files take {bytes} bytes");
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.group("g").unwrap().ack_floor(), 100_000);
+}
+
+#[test]
+fn poll_sleeps_until_a_record_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    let g = q.group("g").unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| g.poll(Duration::from_secs(30)).unwrap().map(|d| d.offset()));
+        std::thread::sleep(Duration::from_millis(50));
+        q.append(b"wake up").unwrap();
+        assert_eq!(waiter.join().unwrap(), Some(0));
+    });
+    let start = Instant::now();
+    assert!(g.poll(Duration::from_millis(30)).unwrap().is_none());
+    assert!(start.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn a_torn_journal_entry_leaves_the_earlier_state_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 3);
+        let g = q.group("g").unwrap();
+        for _ in 0..3 {
+            let d = g.poll(NO_WAIT).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+        }
+        q.close().unwrap();
+    }
+    // Journal: 32-byte header, then 24-byte entries: deliver 0, ack 0, deliver 1, ack 1, ...
+    let journal = dir.path().join("groups/g/journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[32 + 3 * 24 + 10] ^= 0xff; // tear "ack 1"
+    std::fs::write(&journal, &bytes).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    assert_eq!(g.ack_floor(), 1);
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((d.offset(), d.attempt()), (1, 2));
+}
+
+#[test]
+fn a_damaged_snapshot_is_reported_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        q.group("g").unwrap();
+    }
+    let state = dir.path().join("groups/g/state");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&state, &bytes).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    match q.group("g") {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, state),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+#[test]
+fn group_settings_are_stored_with_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        q.group_with("g", GroupOptions::default().max_attempts(2).lease(Duration::from_secs(7))).unwrap();
+    }
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let opts = q.group("g").unwrap().options();
+    assert_eq!((opts.get_max_attempts(), opts.get_lease()), (2, Duration::from_secs(7)));
+    assert!(matches!(q.group_with("h", GroupOptions::default().max_attempts(0)), Err(Error::InvalidOptions(_))));
+}
