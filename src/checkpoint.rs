@@ -6,8 +6,9 @@
 //! of the 40 bytes before it:
 //! - slot A (byte 0) is written and synced at open (flags 0) and at a clean close
 //!   (flags `CLEAN`);
-//! - slot B (byte 512, another sector) is written after syncs of the log and never synced
-//!   itself: it may be lost, but never claims more than what was synced.
+//! - slot B (byte 512, another sector) is written after syncs of the log, and synced itself
+//!   when a segment is created and at most once a second: it may lag behind, but it never
+//!   claims more than what was synced.
 //!
 //! Any valid slot naming the newest segment is a position below which that segment's data
 //! was synced; recovery scans from the highest such position. Slot A with `CLEAN` says the
@@ -16,6 +17,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -91,18 +93,28 @@ pub(crate) struct Checkpoint {
     file: File,
     /// Newest position written to slot B, so an older one never overwrites it.
     progress: Option<(u64, u64)>,
+    /// When slot B was last synced.
+    synced_at: Instant,
 }
+
+/// How often slot B is made durable. Between two such syncs, a machine crash can make
+/// recovery scan (and treat as unsynced) up to this much of the most recently synced data.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 impl Checkpoint {
     /// Opens (or creates) the checkpoint of the queue in `dir` and reads its slots.
     pub fn open(dir: &Path) -> Result<(Checkpoint, Option<Mark>, Option<Mark>)> {
         let path = dir.join(FILE_NAME);
+        let created = !path.exists();
         let file = open_rw(&path, true)?;
+        if created {
+            crate::fs::sync_dir(dir)?;
+        }
         let mut bytes = vec![0u8; SLOT_B as usize + SLOT_LEN];
         let read = read_up_to(&file, &mut bytes).at(&path)?;
         bytes.truncate(read);
         let (a, b) = if bytes.len() >= SLOT_LEN { parse(&bytes) } else { (None, None) };
-        Ok((Checkpoint { path, file, progress: None }, a, b))
+        Ok((Checkpoint { path, file, progress: None, synced_at: Instant::now() }, a, b))
     }
 
     /// Writes slot A and waits until it is durable.
@@ -111,14 +123,19 @@ impl Checkpoint {
         self.file.sync_data().at(&self.path)
     }
 
-    /// Notes in slot B that the log is synced up to `mark`, without waiting for the device.
-    pub fn note_synced(&mut self, mark: Mark) -> Result<()> {
+    /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when
+    /// `now` is set or a second has passed since it last was.
+    pub fn note_synced(&mut self, mark: Mark, now: bool) -> Result<()> {
         let key = (mark.segment_base, mark.position);
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
         self.file.write_all_at(&encode(Mark { clean: false, ..mark }), SLOT_B).at(&self.path)?;
         self.progress = Some(key);
+        if now || self.synced_at.elapsed() >= SYNC_EVERY {
+            self.file.sync_data().at(&self.path)?;
+            self.synced_at = Instant::now();
+        }
         Ok(())
     }
 }
@@ -153,8 +170,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ck, _, _) = Checkpoint::open(dir.path()).unwrap();
         let at = |position| Mark { segment_base: 0, position, next_offset: position, clean: false };
-        ck.note_synced(at(200)).unwrap();
-        ck.note_synced(at(100)).unwrap();
+        ck.note_synced(at(200), false).unwrap();
+        ck.note_synced(at(100), true).unwrap();
         let (_, _, b) = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(b, Some(at(200)));
     }

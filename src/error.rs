@@ -17,8 +17,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// An operating-system call failed. The message names the file concerned.
-    #[error("{0}")]
-    Io(#[source] io::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
 
     /// Bytes on disk are not what segq wrote: a checksum, length, offset or header is wrong.
     #[error("corrupt data in {} at byte {position}: {kind}", path.display())]

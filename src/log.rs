@@ -24,9 +24,10 @@ pub struct Recovery {
     pub clean: bool,
     /// Bytes of records checked at open (those after the last known synced position).
     pub scanned_bytes: u64,
-    /// Position in the newest segment where a torn or damaged unsynced tail was cut.
+    /// Position in the newest segment where a damaged (torn) unsynced tail was cut; `None`
+    /// when the data simply ended.
     pub truncated_at: Option<u64>,
-    /// What was wrong at the cut, when it was damage rather than the end of the data.
+    /// What was wrong at the cut.
     pub damage: Option<String>,
 }
 
@@ -70,14 +71,18 @@ impl Log {
         let interval = opts.index_interval_bytes;
         let min_capacity = opts.segment_bytes as usize;
         let mut recovery = Recovery::default();
-        let (segments, active, next_offset) = match bases.split_last() {
-            None => {
-                if let Some(mark) = slot_a.or(slot_b).filter(|m| m.next_offset > 0) {
-                    let path = dir.join(crate::checkpoint::FILE_NAME);
-                    return Err(Error::corrupt(&path, 0, CorruptKind::Gap { from: 0, to: mark.next_offset }));
-                }
-                (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0)
+        // A checkpoint naming a segment newer than the newest file means that file was lost:
+        // starting over from an older one would hand out its offsets again.
+        let newest_named = [slot_a, slot_b].into_iter().flatten().max_by_key(|m| (m.segment_base, m.next_offset));
+        if let Some(mark) = newest_named.filter(|m| bases.last().is_none_or(|&last| m.segment_base > last)) {
+            let missing = dir.join(segment::log_name(mark.segment_base));
+            let from = bases.last().map_or(0, |_| mark.segment_base);
+            if bases.last().is_some() || mark.next_offset > 0 {
+                return Err(Error::corrupt(&missing, 0, CorruptKind::Gap { from, to: mark.next_offset.max(from) }));
             }
+        }
+        let (segments, active, next_offset) = match bases.split_last() {
+            None => (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0),
             Some((&last, sealed)) => {
                 let mut segments = Vec::with_capacity(bases.len());
                 for (i, &base) in sealed.iter().enumerate() {
@@ -89,11 +94,11 @@ impl Log {
                     clean.or_else(|| [slot_a, slot_b].into_iter().flatten().filter(in_last).max_by_key(|m| m.position));
                 let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
                 let (active, found) = Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
-                recovery.clean = clean.is_some();
+                recovery.clean = found.clean;
                 recovery.scanned_bytes = found.scanned_bytes;
                 if let Some((at, damage)) = found.cut {
                     recovery.truncated_at = Some(at);
-                    recovery.damage = damage.map(|kind| kind.to_string());
+                    recovery.damage = Some(damage.to_string());
                 }
                 (segments, active, found.next_offset)
             }
@@ -225,12 +230,16 @@ impl Log {
             }
             active => {
                 if let Some(active) = active
-                    && let Err(e) = active.seal(next) {
-                        self.poison(&e);
-                        return Err(e);
-                    }
+                    && let Err(e) = active.seal(next)
+                {
+                    self.poison(&e);
+                    return Err(e);
+                }
                 let created = Active::create(&self.dir, next, capacity, interval)?;
                 self.segments.write().unwrap_or_else(|e| e.into_inner()).push(created.segment().clone());
+                let mark =
+                    Mark { segment_base: next, position: FILE_HEADER_LEN as u64, next_offset: next, clean: false };
+                self.note_synced(mark, true);
                 w.active = Some(created);
             }
         }
@@ -261,8 +270,15 @@ impl Log {
             return Err(e);
         }
         let mark = Mark { segment_base: segment.base(), position: end as u64, next_offset: next, clean: false };
-        self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).note_synced(mark)?;
+        self.note_synced(mark, false);
         Ok(next)
+    }
+
+    /// Records in the checkpoint that the log is synced up to `mark`, durably if `now`.
+    /// A hint that shortens the next recovery: the data is durable whether or not this
+    /// write succeeds, so its errors are not reported.
+    fn note_synced(&self, mark: Mark, now: bool) {
+        let _ = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).note_synced(mark, now);
     }
 
     /// Makes everything appended so far durable.
@@ -288,10 +304,15 @@ impl Log {
             w.closed = true;
             return Err(err);
         }
+        // Whatever happens below, this handle writes nothing more.
+        w.closed = true;
         let next = self.next_offset.load(Ordering::Relaxed);
         let mark = match &w.active {
             Some(active) => {
-                active.sync_all()?;
+                if let Err(e) = active.sync_all() {
+                    self.poison(&e);
+                    return Err(e);
+                }
                 Mark {
                     segment_base: active.segment().base(),
                     position: active.position() as u64,
@@ -306,9 +327,7 @@ impl Log {
                 Mark { segment_base: last.base(), position: len, next_offset: next, clean: true }
             }
         };
-        self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_durable(mark)?;
-        w.closed = true;
-        Ok(())
+        self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_durable(mark)
     }
 
     /// Stops all writing without syncing or recording a clean shutdown, as a crash would.
@@ -337,7 +356,6 @@ impl Log {
             None => Ok(None),
         }
     }
-
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted
@@ -354,9 +372,10 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         } else if name.ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
         } else if let Some(digits) = name.strip_suffix(".index")
-            && let Some(base) = segment::parse_log_name(&format!("{digits}.log")) {
-                indexes.push(base);
-            }
+            && let Some(base) = segment::parse_log_name(&format!("{digits}.log"))
+        {
+            indexes.push(base);
+        }
     }
     bases.sort_unstable();
     for base in indexes {

@@ -130,9 +130,10 @@ impl Options {
             )));
         }
         if let SyncPolicy::Interval(d) = self.sync
-            && d.is_zero() {
-                return Err(Error::InvalidOptions("SyncPolicy::Interval needs a non-zero interval".into()));
-            }
+            && d.is_zero()
+        {
+            return Err(Error::InvalidOptions("SyncPolicy::Interval needs a non-zero interval".into()));
+        }
         Ok(())
     }
 }

@@ -111,9 +111,10 @@ impl Flusher {
         *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
         if let Some(thread) = self.thread.take()
-            && thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -499,10 +499,11 @@ impl GroupInner {
     /// Journals `op` and applies it.
     fn commit_op(&self, l: &mut Locked, op: Op, clock: Clock) -> Result<u64> {
         if !l.journal.has_room()
-            && let Err(e) = l.compact(&self.dir, clock) {
-                l.failed = Some(e.to_string());
-                return Err(e);
-            }
+            && let Err(e) = l.compact(&self.dir, clock)
+        {
+            l.failed = Some(e.to_string());
+            return Err(e);
+        }
         let seq = l.journal.append(op);
         l.state.apply(op, clock);
         Ok(seq)

@@ -259,10 +259,11 @@ impl GroupState {
             Op::Nack { offset, at_ms } => {
                 let at = clock.instant_of(at_ms);
                 if let Some(slot) = self.slot_mut(offset)
-                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot {
-                        *slot = Slot::Waiting { attempts, at };
-                        self.retries.push(Reverse((at, offset)));
-                    }
+                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot
+                {
+                    *slot = Slot::Waiting { attempts, at };
+                    self.retries.push(Reverse((at, offset)));
+                }
             }
             Op::Dead { offset } => {
                 if offset >= self.next {
@@ -271,13 +272,14 @@ impl GroupState {
                     self.next = offset + 1;
                     self.dead.insert(offset, 0);
                 } else if let Some(slot) = self.slot_mut(offset)
-                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot {
-                        *slot = Slot::Dead { attempts };
-                        self.dead.insert(offset, attempts);
-                        if offset < self.floor {
-                            self.below.remove(&offset);
-                        }
+                    && let Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. } = *slot
+                {
+                    *slot = Slot::Dead { attempts };
+                    self.dead.insert(offset, attempts);
+                    if offset < self.floor {
+                        self.below.remove(&offset);
                     }
+                }
                 self.advance();
             }
             Op::Redrive { offset } => {

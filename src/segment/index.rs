@@ -42,15 +42,17 @@ pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
 }
 
 /// Length of the longest prefix of `entries` that can be trusted: relative offsets and
-/// positions strictly increasing, positions inside `FILE_HEADER_LEN..data_end`, relative
-/// offsets below `max_rel`.
-pub(crate) fn valid_len(entries: &[u8], data_end: usize, max_rel: u64) -> usize {
+/// positions strictly increasing, relative offsets below `max_rel`, and each entry pointing
+/// at the start of the record it names in `data` (the segment's valid bytes).
+pub(crate) fn valid_len(entries: &[u8], data: &[u8], base: u64, max_rel: u64) -> usize {
     let mut prev: Option<(u32, u32)> = None;
     for i in 0..entries.len() / ENTRY_LEN {
         let (rel, pos) = entry(entries, i);
         let increasing = prev.is_none_or(|(r, p)| rel > r && pos > p);
-        let inside = (FILE_HEADER_LEN..data_end).contains(&(pos as usize)) && u64::from(rel) < max_rel;
-        if !(increasing && inside) {
+        let lands = pos as usize >= FILE_HEADER_LEN
+            && u64::from(rel) < max_rel
+            && record::peek(data, pos as usize).is_ok_and(|f| f.offset == base + u64::from(rel));
+        if !(increasing && lands) {
             return i * ENTRY_LEN;
         }
         prev = Some((rel, pos));
@@ -78,8 +80,9 @@ fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
     entries.extend_from_slice(&e);
 }
 
-/// Writes a complete index file under a temporary name and renames it into place. The
-/// index is derived, so it is not synced: a lost or torn index is rebuilt on the next open.
+/// Writes a complete index file under a temporary name and renames it into place, without
+/// syncing it: the index is derived data, and one that is lost or torn in a crash is
+/// rebuilt on the next open. (A sealed segment's index is synced when it is sealed.)
 fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result<File> {
     let tmp = temp_path(path);
     let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
@@ -102,7 +105,7 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
             let bytes = map.readable();
             let entries = &bytes[FILE_HEADER_LEN..];
             if header::check(bytes, INDEX_MAGIC, base).is_ok()
-                && valid_len(entries, data.len(), max_rel) == entries.len()
+                && valid_len(entries, data, base, max_rel) == entries.len()
             {
                 return Ok(map);
             }
@@ -127,8 +130,8 @@ pub(crate) struct IndexWriter {
 }
 
 impl IndexWriter {
-    /// Bytes an index may need for a segment of `capacity` bytes: one entry per interval,
-    /// and never more than one per record.
+    /// Bytes an index may need for a segment of `capacity` bytes written with `interval`:
+    /// one entry per interval, and never more than one per record.
     fn file_len(capacity: usize, interval: u32) -> usize {
         let entries = capacity / (interval as usize).max(record::HEADER_LEN) + 1;
         FILE_HEADER_LEN + entries * ENTRY_LEN
@@ -148,7 +151,8 @@ impl IndexWriter {
         interval: u32,
         data: &[u8],
     ) -> Result<(Arc<Mapping>, IndexWriter)> {
-        let limit = Self::file_len(capacity, interval);
+        // No index of this segment can be longer than one entry per smallest record.
+        let limit = Self::file_len(capacity, 1);
         let mut old = Vec::new();
         if let Ok(file) = File::open(&path) {
             let len = (file.metadata().at(&path)?.len() as usize).min(limit);
@@ -158,7 +162,7 @@ impl IndexWriter {
         let kept = match header::check(&old, INDEX_MAGIC, base) {
             Ok(()) => {
                 let entries = &old[FILE_HEADER_LEN..];
-                &entries[..valid_len(entries, data.len(), u64::MAX)]
+                &entries[..valid_len(entries, data, base, u64::MAX)]
             }
             Err(_) => &[][..],
         };
@@ -181,7 +185,8 @@ impl IndexWriter {
         interval: u32,
         entries: &[u8],
     ) -> Result<(Arc<Mapping>, IndexWriter)> {
-        let file_len = Self::file_len(capacity, interval);
+        // Room for the kept entries and for every entry the segment's records could add.
+        let file_len = entries.len() + Self::file_len(capacity, interval);
         let file = write_file(&path, base, entries, file_len as u64)?;
         let len = FILE_HEADER_LEN + entries.len();
         let (map, writer) = Mapping::read_write(&file, file_len, len).at(&path)?;
@@ -242,12 +247,43 @@ mod tests {
         assert_eq!(floor(&[], 3), None);
     }
 
+    /// A segment's bytes with records of `len`-byte payloads for offsets `base..base + n`,
+    /// and the position of each.
+    fn segment(base: u64, n: u64, len: usize) -> (Vec<u8>, Vec<u32>) {
+        let mut data = vec![0u8; FILE_HEADER_LEN];
+        let mut positions = Vec::new();
+        for o in base..base + n {
+            positions.push(data.len() as u32);
+            data.extend_from_slice(&record::encode_header(o, 0, &vec![1; len], false));
+            data.extend_from_slice(&vec![1; len]);
+        }
+        (data, positions)
+    }
+
     #[test]
     fn valid_len_stops_at_the_first_untrustworthy_entry() {
-        let e = entries(&[(1, 100), (2, 200), (2, 300), (4, 400)]);
-        assert_eq!(valid_len(&e, 1000, 100), 2 * ENTRY_LEN);
-        assert_eq!(valid_len(&e, 150, 100), ENTRY_LEN);
-        assert_eq!(valid_len(&entries(&[(0, 0)]), 1000, 100), 0);
-        assert_eq!(valid_len(&entries(&[(5, 100)]), 1000, 5), 0);
+        let (data, pos) = segment(100, 10, 40);
+        let good = [(1, pos[1]), (3, pos[3]), (7, pos[7])];
+        assert_eq!(valid_len(&entries(&good), &data, 100, 10), 3 * ENTRY_LEN);
+        assert_eq!(valid_len(&entries(&good), &data, 100, 5), 2 * ENTRY_LEN, "relative offset past the end");
+        let not_increasing = [(1, pos[1]), (3, pos[3]), (3, pos[3])];
+        assert_eq!(valid_len(&entries(&not_increasing), &data, 100, 10), 2 * ENTRY_LEN);
+        let wrong_record = [(1, pos[1]), (4, pos[3])];
+        assert_eq!(valid_len(&entries(&wrong_record), &data, 100, 10), ENTRY_LEN);
+        let mid_record = [(1, pos[1] + 8)];
+        assert_eq!(valid_len(&entries(&mid_record), &data, 100, 10), 0);
+        assert_eq!(valid_len(&entries(&[(0, 0)]), &data, 100, 10), 0);
+        assert_eq!(valid_len(&entries(&good), &data[..pos[3] as usize], 100, 10), ENTRY_LEN, "past the data");
+    }
+
+    #[test]
+    fn build_indexes_one_record_per_interval() {
+        let (data, pos) = segment(0, 20, 40);
+        let built = build(&data, 0, 128);
+        assert_eq!(valid_len(&built, &data, 0, 20), built.len());
+        assert_eq!(floor(&built, 0), None);
+        let (rel, at) = floor(&built, 19).unwrap();
+        assert_eq!(pos[rel as usize], at);
+        assert!(19 - rel <= 2);
     }
 }

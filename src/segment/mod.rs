@@ -229,8 +229,10 @@ pub(crate) struct Recovered {
     pub next_offset: u64,
     /// Bytes of records checked with their CRC.
     pub scanned_bytes: u64,
-    /// Position where unsynced data was cut, and the damage found there, if any.
-    pub cut: Option<(u64, Option<CorruptKind>)>,
+    /// The data ends exactly where a clean shutdown said: nothing was scanned.
+    pub clean: bool,
+    /// Position where a damaged, unsynced tail was cut, and what was wrong there.
+    pub cut: Option<(u64, CorruptKind)>,
 }
 
 impl Active {
@@ -287,29 +289,31 @@ impl Active {
         header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(&path, 0, kind))?;
         let trusted = trusted.filter(|&(pos, _)| (FILE_HEADER_LEN..=len).contains(&pos));
         let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
-        let mut recovered = Recovered { next_offset: start_offset, ..Recovered::default() };
-        let end = if clean && trusted.is_some() {
+        let mut recovered =
+            Recovered { next_offset: start_offset, clean: clean && trusted.is_some(), ..Default::default() };
+        let end = if recovered.clean {
             start
         } else {
             let scan = scan::valid_prefix(bytes, start, start_offset);
             recovered.next_offset = scan.next_offset;
             recovered.scanned_bytes = (scan.end - start) as u64;
-            if scan.end < len {
-                recovered.cut = Some((scan.end as u64, scan.damage.map(|(_, kind)| kind)));
+            if let Some((_, kind)) = scan.damage {
+                recovered.cut = Some((scan.end as u64, kind));
             }
             scan.end
         };
         let capacity = len.max(min_capacity);
-        let index_data = bytes[..end].to_vec();
+        let (index_map, index) =
+            IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, &bytes[..end])?;
         drop(view);
-        if recovered.cut.is_some() {
-            // Zero everything past the cut: drop those blocks and reserve fresh ones.
+        if !recovered.clean {
+            // Bytes past the end may hold records of the crashed run beyond a torn or zeroed
+            // stretch; they must never parse as records once new ones are appended before
+            // them. Drop those blocks and reserve fresh, zeroed ones.
             file.set_len(end as u64).at(&path)?;
         }
         reserve(&file, &path, capacity as u64)?;
         file.sync_all().at(&path)?;
-        let (index_map, index) =
-            IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, &index_data)?;
         Ok((Self::finish(seg, file, capacity, end, index_map, index)?, recovered))
     }
 
