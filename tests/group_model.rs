@@ -1,0 +1,180 @@
+//! A consumer group behaves like a simple in-memory model through random sequences of
+//! appends, polls, acks, nacks, redrives, seeks and reopens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use segq::{GroupOptions, Options, Queue, SyncPolicy};
+
+const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Append(u8),
+    Poll,
+    Ack(usize),
+    Nack(usize),
+    Redrive(usize),
+    Seek(u8),
+    Reopen,
+    Crash,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (1u8..4).prop_map(Step::Append),
+        6 => Just(Step::Poll),
+        4 => any::<usize>().prop_map(Step::Ack),
+        2 => any::<usize>().prop_map(Step::Nack),
+        1 => any::<usize>().prop_map(Step::Redrive),
+        1 => any::<u8>().prop_map(Step::Seek),
+        1 => Just(Step::Reopen),
+        1 => Just(Step::Crash),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Leased(u32),
+    Due(u32),
+    Acked,
+    Dead(u32),
+}
+
+/// What the group must look like: offsets below `next` were delivered (or skipped).
+#[derive(Debug, Default)]
+struct Model {
+    records: u64,
+    next: u64,
+    states: BTreeMap<u64, State>,
+}
+
+impl Model {
+    fn ack_floor(&self) -> u64 {
+        let mut floor = self.next;
+        for (&o, s) in &self.states {
+            if matches!(s, State::Leased(_) | State::Due(_)) {
+                floor = floor.min(o);
+            }
+        }
+        floor
+    }
+
+    fn dead(&self) -> Vec<(u64, u32)> {
+        self.states
+            .iter()
+            .filter_map(|(&o, s)| if let State::Dead(a) = s { Some((o, a.to_owned())) } else { None })
+            .collect()
+    }
+
+    fn restart(&mut self) {
+        for s in self.states.values_mut() {
+            if let State::Leased(a) = *s {
+                *s = if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) };
+            }
+        }
+    }
+}
+
+fn open(dir: &std::path::Path) -> (Queue, segq::Group) {
+    let q = Queue::open(dir, Options::default().segment_bytes(4096).sync(SyncPolicy::Never)).unwrap();
+    let g =
+        q.group_with("g", GroupOptions::default().lease(Duration::from_secs(3600)).max_attempts(MAX_ATTEMPTS)).unwrap();
+    (q, g)
+}
+
+fn check(g: &segq::Group, m: &Model) {
+    assert_eq!(g.ack_floor(), m.ack_floor(), "ack floor; model {m:?}");
+    let dead: Vec<_> = g.dead_letters().unwrap().iter().map(|d| (d.offset(), d.attempts())).collect();
+    assert_eq!(dead, m.dead(), "dead letters");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48), ..ProptestConfig::default() })]
+
+    #[test]
+    fn group_matches_model(steps in proptest::collection::vec(step(), 1..60)) {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut q, mut g) = open(dir.path());
+        let mut m = Model::default();
+        let mut outstanding: Vec<u64> = Vec::new();
+        for step in steps {
+            match step {
+                Step::Append(n) => {
+                    for _ in 0..n {
+                        q.append(format!("r{}", m.records).as_bytes()).unwrap();
+                        m.records += 1;
+                    }
+                }
+                Step::Poll => {
+                    let got = g.poll(Duration::ZERO).unwrap();
+                    let due: Vec<u64> = m.states.iter().filter(|(_, s)| matches!(s, State::Due(a) if *a < MAX_ATTEMPTS)).map(|(&o, _)| o).collect();
+                    match got {
+                        None => {
+                            prop_assert!(due.is_empty(), "nothing delivered but {due:?} are due");
+                            prop_assert_eq!(m.next, m.records);
+                        }
+                        Some(d) => {
+                            let o = d.offset();
+                            let want = format!("r{o}");
+                            prop_assert_eq!(d.payload(), want.as_bytes());
+                            if due.is_empty() {
+                                prop_assert_eq!(o, m.next, "a new record comes in order");
+                                prop_assert_eq!(d.attempt(), 1);
+                                m.next += 1;
+                            } else {
+                                prop_assert!(due.contains(&o), "{o} delivered while {due:?} are due");
+                                let State::Due(a) = m.states[&o] else { unreachable!() };
+                                prop_assert_eq!(d.attempt(), a + 1);
+                            }
+                            m.states.insert(o, State::Leased(d.attempt()));
+                            outstanding.push(o);
+                        }
+                    }
+                }
+                Step::Ack(i) if !outstanding.is_empty() => {
+                    let o = outstanding.remove(i % outstanding.len());
+                    g.ack(o).unwrap();
+                    m.states.insert(o, State::Acked);
+                }
+                Step::Nack(i) if !outstanding.is_empty() => {
+                    let o = outstanding.remove(i % outstanding.len());
+                    g.nack(o, Duration::ZERO).unwrap();
+                    if let Some(State::Leased(a)) = m.states.get(&o).copied() {
+                        m.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
+                    }
+                }
+                Step::Redrive(i) => {
+                    let dead = m.dead();
+                    if !dead.is_empty() {
+                        let (o, _) = dead[i % dead.len()];
+                        g.redrive(o).unwrap();
+                        m.states.insert(o, State::Due(0));
+                    }
+                }
+                Step::Seek(to) => {
+                    let to = u64::from(to) % (m.records + 1);
+                    g.seek(to).unwrap();
+                    m.states.retain(|&o, s| o < to && matches!(s, State::Dead(_)));
+                    m.next = to;
+                    outstanding.clear();
+                }
+                Step::Reopen | Step::Crash => {
+                    if matches!(step, Step::Reopen) {
+                        drop(g);
+                        q.close().unwrap();
+                    } else {
+                        drop(g);
+                        q.simulate_crash();
+                    }
+                    (q, g) = open(dir.path());
+                    m.restart();
+                    outstanding.clear();
+                }
+                _ => {}
+            }
+            check(&g, &m);
+        }
+    }
+}
