@@ -17,7 +17,7 @@ mod sync;
 
 pub use error::{CorruptKind, Error, Result};
 pub use group::{DeadLetter, Delivery, Group, GroupStats};
-pub use log::{Iter, Recovery};
+pub use log::{Iter, Recovery, RetentionReport, Stats};
 pub use options::{GroupOptions, Options, SyncPolicy};
 pub use queue::Queue;
 pub use record::Record;

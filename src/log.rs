@@ -3,12 +3,13 @@
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::{Checkpoint, Mark};
 use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::fs::sync_dir;
 use crate::mmap::Mapping;
 use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
@@ -49,6 +50,40 @@ pub(crate) struct Log {
     recovery: Recovery,
     /// Wakes consumers waiting for records.
     pub(crate) notify: Notify,
+    /// Set when a segment is sealed, so the queue knows to enforce retention.
+    rolled: AtomicBool,
+    /// One retention pass at a time.
+    retention: Mutex<()>,
+}
+
+/// What the queue holds, from [`crate::Queue::stats`]. Computed without reading any file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Segment files.
+    pub segments: u64,
+    /// Bytes the segment files take on disk (the active one is preallocated in full).
+    pub bytes_on_disk: u64,
+    /// Offset of the oldest record kept.
+    pub first_offset: u64,
+    /// Offset the next record will get.
+    pub next_offset: u64,
+    /// Offsets below this are durable.
+    pub durable_offset: u64,
+    /// Records kept (`next_offset - first_offset`).
+    pub records: u64,
+}
+
+/// What one retention pass did, from [`crate::Queue::enforce_retention`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// Segments deleted.
+    pub segments_deleted: u64,
+    /// Bytes of segment files deleted.
+    pub bytes_deleted: u64,
+    /// The queue's first offset after the pass.
+    pub first_offset: u64,
 }
 
 #[derive(Debug)]
@@ -66,7 +101,8 @@ fn now_ms() -> u64 {
 impl Log {
     /// Opens the log in `dir` (which exists and is locked by the caller), recovering it.
     pub fn open(dir: &Path, opts: Options) -> Result<Log> {
-        let bases = list_segments(dir)?;
+        let files = list_segments(dir)?;
+        let bases: Vec<u64> = files.iter().map(|&(base, _)| base).collect();
         let (mut checkpoint, slot_a, slot_b) = Checkpoint::open(dir)?;
         let interval = opts.index_interval_bytes;
         let min_capacity = opts.segment_bytes as usize;
@@ -86,7 +122,7 @@ impl Log {
             Some((&last, sealed)) => {
                 let mut segments = Vec::with_capacity(bases.len());
                 for (i, &base) in sealed.iter().enumerate() {
-                    segments.push(Segment::sealed(dir, base, bases[i + 1], interval));
+                    segments.push(Segment::sealed(dir, base, bases[i + 1], interval, files[i].1));
                 }
                 let in_last = |m: &Mark| m.segment_base == last && m.next_offset >= last;
                 let clean = slot_a.filter(|m| m.clean && in_last(m));
@@ -125,6 +161,8 @@ impl Log {
             poisoned: OnceLock::new(),
             recovery,
             notify: Notify::default(),
+            rolled: AtomicBool::new(false),
+            retention: Mutex::new(()),
         })
     }
 
@@ -229,11 +267,12 @@ impl Log {
                 w.active = Some(bigger);
             }
             active => {
-                if let Some(active) = active
-                    && let Err(e) = active.seal(next)
-                {
-                    self.poison(&e);
-                    return Err(e);
+                if let Some(active) = active {
+                    if let Err(e) = active.seal(next) {
+                        self.poison(&e);
+                        return Err(e);
+                    }
+                    self.rolled.store(true, Ordering::Release);
                 }
                 let created = Active::create(&self.dir, next, capacity, interval)?;
                 self.segments.write().unwrap_or_else(|e| e.into_inner()).push(created.segment().clone());
@@ -351,16 +390,71 @@ impl Log {
         if offset >= self.next_offset() || offset < self.first_offset() {
             return Ok(None);
         }
-        match self.segment_for(offset) {
-            Some(segment) => segment.read(offset).map(Some),
+        match self.segment_for(offset).map(|segment| segment.read(offset)) {
+            Some(Ok(record)) => Ok(Some(record)),
+            // Retention deleted the segment between the check above and the read.
+            Some(Err(_)) if offset < self.first_offset() => Ok(None),
+            Some(Err(e)) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// Whether a segment was sealed since the last call.
+    pub fn take_rolled(&self) -> bool {
+        self.rolled.load(Ordering::Relaxed) && self.rolled.swap(false, Ordering::AcqRel)
+    }
+
+    /// Statistics kept in memory: no file is read.
+    pub fn stats(&self) -> Stats {
+        let segments = self.segments();
+        let (first_offset, next_offset) = (self.first_offset(), self.next_offset());
+        Stats {
+            segments: segments.len() as u64,
+            bytes_on_disk: segments.iter().map(|s| s.bytes()).sum(),
+            first_offset,
+            next_offset,
+            durable_offset: self.durable_offset(),
+            records: next_offset - first_offset,
+        }
+    }
+
+    /// Deletes sealed segments, oldest first, for as long as `delete(segment, log_bytes)`
+    /// says so; the newest segment is always kept. Each deletion is durable before the next
+    /// starts, so a crash leaves a contiguous run of segments.
+    pub fn retain(&self, mut delete: impl FnMut(&Segment, u64) -> Result<bool>) -> Result<RetentionReport> {
+        let _pass = self.retention.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = RetentionReport::default();
+        loop {
+            let (oldest, total) = {
+                let segments = self.segments();
+                if segments.len() < 2 {
+                    break;
+                }
+                (segments[0].clone(), segments.iter().map(|s| s.bytes()).sum())
+            };
+            if !delete(&oldest, total)? {
+                break;
+            }
+            {
+                let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+                segments.remove(0);
+                self.first_offset.store(segments[0].base(), Ordering::Release);
+            }
+            // Readers holding the segment keep its mapping; only the names go.
+            fs::remove_file(oldest.path()).at(oldest.path())?;
+            let _ = fs::remove_file(self.dir.join(segment::index_name(oldest.base())));
+            sync_dir(&self.dir)?;
+            report.segments_deleted += 1;
+            report.bytes_deleted += oldest.bytes();
+        }
+        report.first_offset = self.first_offset();
+        Ok(report)
     }
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted
 /// file creation (`*.tmp`) and index files whose segment is gone.
-fn list_segments(dir: &Path) -> Result<Vec<u64>> {
+fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
     let mut bases = Vec::new();
     let mut indexes = Vec::new();
     for entry in fs::read_dir(dir).at(dir)? {
@@ -368,7 +462,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_log_name(name) {
-            bases.push(base);
+            bases.push((base, entry.metadata().at(&entry.path())?.len()));
         } else if name.ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
         } else if let Some(digits) = name.strip_suffix(".index")
@@ -379,7 +473,7 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     bases.sort_unstable();
     for base in indexes {
-        if bases.binary_search(&base).is_err() {
+        if bases.binary_search_by_key(&base, |&(b, _)| b).is_err() {
             let _ = fs::remove_file(dir.join(segment::index_name(base)));
         }
     }
@@ -407,11 +501,12 @@ impl Iter {
         Iter { log, next: from, cursor: None, done: false }
     }
 
-    fn step(&mut self) -> Result<Record> {
+    /// Reads the record at `self.next`; `Ok(None)` if its segment was just deleted.
+    fn step(&mut self) -> Result<Option<Record>> {
         let cursor = match &mut self.cursor {
             Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
             _ => {
-                let segment = self.log.segment_for(self.next).expect("offset is at or above the first");
+                let Some(segment) = self.log.segment_for(self.next) else { return Ok(None) };
                 let pos = segment.position_of(self.next)?;
                 let map = segment.data()?.clone();
                 self.cursor.insert(Cursor { segment, map, pos })
@@ -420,7 +515,7 @@ impl Iter {
         let frame = cursor.segment.frame_at(cursor.map.readable(), cursor.pos, self.next)?;
         cursor.pos = frame.end();
         self.next += 1;
-        Ok(Record::new(cursor.map.clone(), frame))
+        Ok(Some(Record::new(cursor.map.clone(), frame)))
     }
 }
 
@@ -431,26 +526,27 @@ impl Iterator for Iter {
     /// live log: calling `next` again later yields records appended since. After a damaged
     /// record the iterator yields the error and goes on with the next segment.
     fn next(&mut self) -> Option<Result<Record>> {
-        if self.done || self.log.is_closed() {
-            return None;
-        }
-        if self.next >= self.log.next_offset() {
-            return None;
-        }
-        let first = self.log.first_offset();
-        if self.next < first {
-            self.next = first;
-            self.cursor = None;
-        }
-        match self.step() {
-            Ok(record) => Some(Ok(record)),
-            Err(e) => {
-                match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
-                    Some(end) => self.next = end,
-                    None => self.done = true,
-                }
+        loop {
+            if self.done || self.log.is_closed() || self.next >= self.log.next_offset() {
+                return None;
+            }
+            if self.next < self.log.first_offset() {
+                self.next = self.log.first_offset();
                 self.cursor = None;
-                Some(Err(e))
+            }
+            match self.step() {
+                Ok(Some(record)) => return Some(Ok(record)),
+                // Retention deleted the segment under us: go on from the new first offset.
+                Ok(None) => self.cursor = None,
+                Err(_) if self.next < self.log.first_offset() => self.cursor = None,
+                Err(e) => {
+                    match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
+                        Some(end) => self.next = end,
+                        None => self.done = true,
+                    }
+                    self.cursor = None;
+                    return Some(Err(e));
+                }
             }
         }
     }

@@ -47,6 +47,9 @@ pub struct Options {
     pub(crate) index_interval_bytes: u32,
     pub(crate) max_record_bytes: u32,
     pub(crate) sync: SyncPolicy,
+    pub(crate) retain_bytes: Option<u64>,
+    pub(crate) retain_age: Option<Duration>,
+    pub(crate) retain_until_consumed: bool,
 }
 
 impl Default for Options {
@@ -56,6 +59,9 @@ impl Default for Options {
             index_interval_bytes: 4096,
             max_record_bytes: 1 << 20,
             sync: SyncPolicy::Always,
+            retain_bytes: None,
+            retain_age: None,
+            retain_until_consumed: false,
         }
     }
 }
@@ -91,6 +97,37 @@ impl Options {
     pub fn sync(mut self, policy: SyncPolicy) -> Self {
         self.sync = policy;
         self
+    }
+
+    /// Keep at most about this many bytes of log: once the segment files add up to more,
+    /// the oldest sealed segments are deleted, whole. The active segment is never deleted,
+    /// so the log can exceed this by up to one segment. Default: no limit.
+    #[must_use]
+    pub fn retain_bytes(mut self, bytes: u64) -> Self {
+        self.retain_bytes = Some(bytes);
+        self
+    }
+
+    /// Delete sealed segments whose newest record is older than this. Default: no limit.
+    #[must_use]
+    pub fn retain_age(mut self, age: Duration) -> Self {
+        self.retain_age = Some(age);
+        self
+    }
+
+    /// Never delete a record that some consumer group has not acked, and delete a sealed
+    /// segment as soon as every group has acked all of it (even without a size or age
+    /// limit: consumed data goes, as in a work queue). Dead letters count as not acked.
+    /// With no group at all, nothing counts as consumed. Default: false.
+    #[must_use]
+    pub fn retain_until_consumed(mut self, on: bool) -> Self {
+        self.retain_until_consumed = on;
+        self
+    }
+
+    /// Whether any retention rule is set.
+    pub(crate) fn has_retention(&self) -> bool {
+        self.retain_bytes.is_some() || self.retain_age.is_some() || self.retain_until_consumed
     }
 
     /// The segment size in force.

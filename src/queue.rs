@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, IoContext, Result};
 use crate::fs::{open_rw, sync_dir};
 use crate::group::{self, Group, GroupInner};
-use crate::log::{Iter, Log, Recovery};
+use crate::log::{Iter, Log, Recovery, RetentionReport, Stats};
 use crate::options::{GroupOptions, Options, SyncPolicy};
 use crate::record::Record;
 use crate::sync::Flusher;
@@ -121,7 +121,9 @@ impl Queue {
     /// segment is needed: nothing is written and later appends may succeed),
     /// [`Error::Poisoned`] after a failed sync, [`Error::Closed`].
     pub fn append(&self, payload: &[u8]) -> Result<u64> {
-        self.log.append(&[payload]).map(|r| r.start)
+        let range = self.log.append(&[payload])?;
+        self.after_append();
+        Ok(range.start)
     }
 
     /// Appends several records as one batch, with contiguous offsets: either all are stored
@@ -131,7 +133,74 @@ impl Queue {
     /// # Errors
     /// As [`Queue::append`]; one payload over the limit fails the whole batch.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Range<u64>> {
-        self.log.append(payloads)
+        let range = self.log.append(payloads)?;
+        self.after_append();
+        Ok(range)
+    }
+
+    /// Runs retention when an append sealed a segment.
+    fn after_append(&self) {
+        if self.log.options().has_retention() && self.log.take_rolled() {
+            // The append itself succeeded; a failed pass is retried at the next roll, and
+            // `enforce_retention` reports its errors to callers who want them.
+            let _ = self.enforce_retention();
+        }
+    }
+
+    /// Deletes the sealed segments that the retention options let go (see
+    /// [`Options::retain_bytes`], [`Options::retain_age`], [`Options::retain_until_consumed`]),
+    /// oldest first, and moves consumer groups that fell behind up to the new first offset.
+    /// Runs by itself whenever a segment is sealed.
+    ///
+    /// Records already read stay valid after their segment is deleted.
+    pub fn enforce_retention(&self) -> Result<RetentionReport> {
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
+        let opts = self.log.options().clone();
+        // With `retain_until_consumed`, the lowest offset any group still needs.
+        let needed = if opts.retain_until_consumed {
+            let names = self.groups()?;
+            let mut needed = None;
+            for name in names {
+                let floor = self.group(&name)?.inner().oldest_needed();
+                needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
+            }
+            Some(needed)
+        } else {
+            None
+        };
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let report = self.log.retain(|segment, log_bytes| {
+            let end = segment.end_offset().unwrap_or(u64::MAX);
+            if let Some(needed) = needed {
+                // Consumed data goes; nothing else does. No group: nothing is consumed.
+                return Ok(needed.is_some_and(|n| n >= end));
+            }
+            let over_size = opts.retain_bytes.is_some_and(|max| log_bytes > max);
+            let too_old = match opts.retain_age {
+                Some(age) => {
+                    let newest = segment.newest_timestamp()?;
+                    newest.is_some_and(|ts| ts.saturating_add(age.as_millis() as u64) < now_ms)
+                }
+                None => false,
+            };
+            Ok(over_size || too_old)
+        })?;
+        if report.segments_deleted > 0 {
+            let groups: Vec<_> = self.shared.groups().values().cloned().collect();
+            for g in groups {
+                Group::from_inner(g).stats();
+            }
+        }
+        Ok(report)
+    }
+
+    /// Segments, bytes on disk, first, next and durable offsets: kept in memory, so this
+    /// reads no file.
+    pub fn stats(&self) -> Stats {
+        self.log.stats()
     }
 
     /// Makes everything appended so far durable, and every change of the open consumer

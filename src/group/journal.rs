@@ -39,6 +39,7 @@ const NACK: u8 = 3;
 const DEAD: u8 = 4;
 const REDRIVE: u8 = 5;
 const SEEK: u8 = 6;
+const SKIP: u8 = 7;
 
 fn crc(generation: u64, entry: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
@@ -56,6 +57,7 @@ pub(crate) fn encode(op: Op, generation: u64) -> [u8; ENTRY_LEN] {
         Op::Dead { offset } => (DEAD, offset, 0),
         Op::Redrive { offset } => (REDRIVE, offset, 0),
         Op::Seek { offset } => (SEEK, offset, 0),
+        Op::Skip { offset } => (SKIP, offset, 0),
     };
     let mut e = [0u8; ENTRY_LEN];
     e[KIND_AT] = kind;
@@ -81,6 +83,7 @@ pub(crate) fn decode(e: &[u8], generation: u64) -> Option<Op> {
         DEAD => Op::Dead { offset },
         REDRIVE => Op::Redrive { offset },
         SEEK => Op::Seek { offset },
+        SKIP => Op::Skip { offset },
         _ => return None,
     })
 }
@@ -228,6 +231,7 @@ mod tests {
             Op::Dead { offset: 4 },
             Op::Redrive { offset: 5 },
             Op::Seek { offset: 6 },
+            Op::Skip { offset: 7 },
         ];
         for op in ops {
             let e = encode(op, 7);

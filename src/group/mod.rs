@@ -5,9 +5,9 @@
 //! since (`journal`). Every change goes to the journal before it takes effect; under
 //! [`SyncPolicy::Always`] it is also synced (with group commit) before the call returns.
 
-mod journal;
-mod snapshot;
-mod state;
+pub(crate) mod journal;
+pub(crate) mod snapshot;
+pub(crate) mod state;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,8 +28,8 @@ use crate::sync::GroupCommit;
 
 /// Folder of a queue directory that holds the groups.
 pub(crate) const GROUPS_DIR: &str = "groups";
-const STATE_FILE: &str = "state";
-const JOURNAL_FILE: &str = "journal";
+pub(crate) const STATE_FILE: &str = "state";
+pub(crate) const JOURNAL_FILE: &str = "journal";
 
 /// Checks a group name: 1–128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
@@ -146,6 +146,8 @@ pub struct GroupStats {
     pub waiting: u64,
     /// Dead letters.
     pub dead: u64,
+    /// Records that retention deleted before this group was done with them.
+    pub lost: u64,
     /// The group's settings.
     pub lease_ms: u64,
     /// Deliveries before dead-lettering.
@@ -232,8 +234,8 @@ impl Group {
         let mut locked = Locked { state, journal, opts: stored, generation: snap.generation, failed: None };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
-        let ahead = locked.state.next() > log.next_offset();
-        if ahead {
+        let mut rewrite = locked.state.next() > log.next_offset();
+        if rewrite {
             locked.state.truncate(log.next_offset());
         }
         let changed = opts.filter(|o| *o != stored);
@@ -241,7 +243,11 @@ impl Group {
             locked.opts = o;
             locked.state.lease = o.lease;
         }
-        if ahead || changed.is_some() {
+        if locked.state.oldest_needed() < log.first_offset() || locked.state.next() < log.first_offset() {
+            locked.state.apply(Op::Skip { offset: log.first_offset() }, clock);
+            rewrite = true;
+        }
+        if rewrite || changed.is_some() {
             locked.compact(&dir, clock)?;
         }
         let commit = GroupCommit::new(locked.journal.seq());
@@ -372,6 +378,7 @@ impl Group {
         let inner = &*self.inner;
         let mut l = inner.lock();
         inner.check(&l)?;
+        inner.catch_up(&mut l)?;
         inner.reap(&mut l)?;
         Ok(l.state.dead_letters().iter().map(|(&offset, &attempts)| DeadLetter { offset, attempts }).collect())
     }
@@ -403,6 +410,7 @@ impl Group {
         if inner.check(&l).is_ok() {
             // Best effort: a failure to record an expired last attempt as dead leaves it
             // counted as open, which errs on the side of redelivery.
+            let _ = inner.catch_up(&mut l);
             let _ = inner.reap(&mut l);
         }
         l.state.ack_floor()
@@ -427,7 +435,10 @@ impl Group {
     /// Where the group stands: ack floor, lag, leased, waiting and dead records.
     pub fn stats(&self) -> GroupStats {
         let inner = &*self.inner;
-        let l = inner.lock();
+        let mut l = inner.lock();
+        if inner.check(&l).is_ok() {
+            let _ = inner.catch_up(&mut l);
+        }
         let (leased, waiting) = l.state.counts();
         let floor = l.state.ack_floor();
         let next = inner.log.next_offset();
@@ -441,6 +452,7 @@ impl Group {
             leased: leased as u64,
             waiting: waiting as u64,
             dead,
+            lost: l.state.lost,
             lease_ms: l.opts.lease.as_millis() as u64,
             max_attempts: l.opts.max_attempts,
         }
@@ -539,6 +551,20 @@ impl GroupInner {
         self.log.notify.notify();
     }
 
+    /// Moves the group past records that retention deleted, counting those it lost.
+    fn catch_up(&self, l: &mut Locked) -> Result<Option<u64>> {
+        let first = self.log.first_offset();
+        if l.state.oldest_needed() >= first && l.state.next() >= first {
+            return Ok(None);
+        }
+        self.commit_op(l, Op::Skip { offset: first }, Clock::now()).map(Some)
+    }
+
+    /// The lowest offset this group still needs, for retention.
+    pub(crate) fn oldest_needed(&self) -> u64 {
+        self.lock().state.oldest_needed()
+    }
+
     /// Dead-letters every record whose last allowed attempt expired.
     fn reap(&self, l: &mut Locked) -> Result<()> {
         let clock = Clock::now();
@@ -556,7 +582,7 @@ impl GroupInner {
     #[allow(clippy::type_complexity)]
     fn take_next(&self, l: &mut Locked) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
         let clock = Clock::now();
-        let mut seq = None;
+        let mut seq = self.catch_up(l)?;
         while let Some(due) = l.state.due(clock.now) {
             let offset = due.offset;
             if due.attempts >= l.opts.max_attempts {

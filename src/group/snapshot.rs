@@ -2,8 +2,8 @@
 //! fsync, rename, directory fsync) so that a crash leaves either the old or the new one.
 //!
 //! Grammar (little-endian): `file header (32 bytes, STATE_MAGIC, base field = generation) |
-//! lease_ms: u64 | max_attempts: u32 | reserved: u32 | floor: u64 | next: u64 | count: u64 |
-//! entry * count | crc: u32`, each entry `offset: u64 | kind: u32 | attempts: u32 | at_ms: u64`
+//! lease_ms: u64 | max_attempts: u32 | reserved: u32 | floor: u64 | next: u64 | lost: u64 |
+//! count: u64 | entry * count | crc: u32`, each entry `offset: u64 | kind: u32 | attempts: u32 | at_ms: u64`
 //! with kind 1 = to be delivered (again) at `at_ms`, 2 = acked, 3 = dead. `crc` covers every
 //! byte before it.
 
@@ -20,7 +20,7 @@ use crate::segment::header::{self, FILE_HEADER_LEN};
 /// Magic number of a snapshot file.
 pub(crate) const STATE_MAGIC: [u8; 8] = *b"SEGQGRP\0";
 
-const FIXED_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8;
+const FIXED_LEN: usize = 8 + 4 + 4 + 8 + 8 + 8 + 8;
 const ENTRY_LEN: usize = 24;
 
 const WAITING: u32 = 1;
@@ -35,6 +35,7 @@ pub(crate) struct Snapshot {
     pub max_attempts: u32,
     pub floor: u64,
     pub next: u64,
+    pub lost: u64,
     /// `(offset, kind, attempts, at_ms)`.
     pub entries: Vec<(u64, u32, u32, u64)>,
 }
@@ -53,7 +54,8 @@ impl Snapshot {
             })
             .chain(state.dead_letters().iter().filter(|&(&o, _)| o < state.floor()).map(|(&o, &a)| (o, DEAD, a, 0)))
             .collect();
-        Snapshot { generation, lease: state.lease, max_attempts, floor: state.floor(), next: state.next(), entries }
+        let (floor, next, lost) = (state.floor(), state.next(), state.lost);
+        Snapshot { generation, lease: state.lease, max_attempts, floor, next, lost, entries }
     }
 
     /// Rebuilds the state it captured.
@@ -66,7 +68,9 @@ impl Snapshot {
             };
             (offset, slot)
         });
-        GroupState::restore(self.floor, self.next, slots, self.lease, clock)
+        let mut state = GroupState::restore(self.floor, self.next, slots, self.lease, clock);
+        state.lost = self.lost;
+        state
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -77,7 +81,8 @@ impl Snapshot {
         LittleEndian::write_u32(&mut fixed[8..], self.max_attempts);
         LittleEndian::write_u64(&mut fixed[16..], self.floor);
         LittleEndian::write_u64(&mut fixed[24..], self.next);
-        LittleEndian::write_u64(&mut fixed[32..], self.entries.len() as u64);
+        LittleEndian::write_u64(&mut fixed[32..], self.lost);
+        LittleEndian::write_u64(&mut fixed[40..], self.entries.len() as u64);
         b.extend_from_slice(&fixed);
         for &(offset, kind, attempts, at_ms) in &self.entries {
             let mut e = [0u8; ENTRY_LEN];
@@ -106,10 +111,10 @@ impl Snapshot {
         let generation = LittleEndian::read_u64(&b[16..24]);
         header::check(b, STATE_MAGIC, generation).map_err(|kind| (0, kind))?;
         let f = &b[FILE_HEADER_LEN..];
-        let count = LittleEndian::read_u64(&f[32..]);
+        let count = LittleEndian::read_u64(&f[40..]);
         let entries_bytes = &b[FILE_HEADER_LEN + FIXED_LEN..body_end];
         if count.checked_mul(ENTRY_LEN as u64) != Some(entries_bytes.len() as u64) {
-            return Err(((FILE_HEADER_LEN + 32) as u64, CorruptKind::BadLength { len: count }));
+            return Err(((FILE_HEADER_LEN + 40) as u64, CorruptKind::BadLength { len: count }));
         }
         let entries = entries_bytes
             .chunks_exact(ENTRY_LEN)
@@ -128,6 +133,7 @@ impl Snapshot {
             max_attempts: LittleEndian::read_u32(&f[8..]),
             floor: LittleEndian::read_u64(&f[16..]),
             next: LittleEndian::read_u64(&f[24..]),
+            lost: LittleEndian::read_u64(&f[32..]),
             entries,
         })
     }

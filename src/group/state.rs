@@ -56,6 +56,10 @@ pub(crate) enum Op {
     Seek {
         offset: u64,
     },
+    /// Records below `offset` were deleted by retention: those not yet done are lost.
+    Skip {
+        offset: u64,
+    },
 }
 
 /// "Now" on both clocks: the monotonic one for timers, the wall clock stored on disk.
@@ -102,6 +106,8 @@ pub(crate) struct GroupState {
     /// Retry times of waiting records; entries whose slot moved on are skipped.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
     pub lease: Duration,
+    /// Records deleted by retention before this group was done with them.
+    pub lost: u64,
 }
 
 impl GroupState {
@@ -116,6 +122,7 @@ impl GroupState {
             leases: VecDeque::new(),
             retries: BinaryHeap::new(),
             lease,
+            lost: 0,
         }
     }
 
@@ -148,6 +155,12 @@ impl GroupState {
         } else {
             self.below.get_mut(&offset)
         }
+    }
+
+    /// The lowest offset this group still needs kept: its ack floor, or its oldest dead
+    /// letter if that is lower.
+    pub fn oldest_needed(&self) -> u64 {
+        self.dead.keys().next().map_or(self.ack_floor(), |&o| o.min(self.ack_floor()))
     }
 
     /// Dead letters with the deliveries each had, by offset.
@@ -293,6 +306,26 @@ impl GroupState {
                     }
                     self.retries.push(Reverse((clock.now, offset)));
                 }
+            }
+            Op::Skip { offset } => {
+                let open_below = |s: &Slot| matches!(s, Slot::Leased { .. } | Slot::Waiting { .. });
+                let mut lost = self.below.range(..offset).filter(|(_, s)| open_below(s)).count() as u64;
+                lost += self.dead.range(..offset).count() as u64;
+                let in_window = offset.min(self.next).saturating_sub(self.floor) as usize;
+                lost += self.window.iter().take(in_window).filter(|s| open_below(s)).count() as u64;
+                lost += offset.saturating_sub(self.next);
+                self.lost += lost;
+                self.below.retain(|&o, _| o >= offset);
+                self.dead.retain(|&o, _| o >= offset);
+                if offset >= self.next {
+                    self.window.clear();
+                    self.floor = offset;
+                    self.next = offset;
+                } else if offset > self.floor {
+                    self.window.drain(..in_window);
+                    self.floor = offset;
+                }
+                self.advance();
             }
             Op::Seek { offset } => {
                 self.floor = offset;
@@ -477,6 +510,28 @@ mod tests {
         s.apply(Op::Seek { offset: 1 }, c);
         assert_eq!((s.ack_floor(), s.next()), (1, 1));
         assert_eq!(s.dead_letters().keys().copied().collect::<Vec<_>>(), vec![0]);
+    }
+
+    #[test]
+    fn skip_counts_what_retention_took_before_it_was_done() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        for o in 0..4 {
+            s.apply(Op::Deliver { offset: o, attempt: 1 }, c);
+        }
+        s.apply(Op::Ack { offset: 1 }, c);
+        s.apply(Op::Dead { offset: 2 }, c);
+        // 0 leased (lost), 1 acked, 2 dead (lost), 3 leased (kept), 4..6 never delivered (lost).
+        s.apply(Op::Skip { offset: 6 }, c);
+        assert_eq!(s.lost, 5);
+        assert_eq!((s.ack_floor(), s.next()), (6, 6));
+        let mut t = GroupState::new(0, Duration::from_secs(30));
+        for o in 0..4 {
+            t.apply(Op::Deliver { offset: o, attempt: 1 }, c);
+        }
+        t.apply(Op::Ack { offset: 0 }, c);
+        t.apply(Op::Skip { offset: 2 }, c);
+        assert_eq!((t.lost, t.ack_floor(), t.next()), (1, 2, 4));
     }
 
     #[test]

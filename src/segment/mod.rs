@@ -57,6 +57,8 @@ pub(crate) struct Segment {
     end_offset: AtomicU64,
     /// Data below this position is known to be on stable storage.
     synced: AtomicUsize,
+    /// Length of the file on disk.
+    bytes: AtomicU64,
 }
 
 impl Segment {
@@ -71,13 +73,15 @@ impl Segment {
             opening: Mutex::new(()),
             end_offset: AtomicU64::new(u64::MAX),
             synced: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
     /// A sealed segment found on disk; nothing is read until it is used.
-    pub fn sealed(dir: &Path, base: u64, end_offset: u64, interval: u32) -> Arc<Segment> {
+    pub fn sealed(dir: &Path, base: u64, end_offset: u64, interval: u32, bytes: u64) -> Arc<Segment> {
         let seg = Segment::new(dir, base, interval);
         seg.end_offset.store(end_offset, Ordering::Relaxed);
+        seg.bytes.store(bytes, Ordering::Relaxed);
         Arc::new(seg)
     }
 
@@ -200,6 +204,19 @@ impl Segment {
             }
         }
         Ok(pos)
+    }
+
+    /// Length of the segment file on disk: its capacity while active, its data once sealed.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Timestamp of the newest record of a sealed segment (`None` if it is active or empty).
+    pub fn newest_timestamp(&self) -> Result<Option<u64>> {
+        let Some(end) = self.end_offset().filter(|&end| end > self.base) else { return Ok(None) };
+        let pos = self.position_of(end - 1)?;
+        let data = self.data()?;
+        Ok(Some(self.frame_at(data.readable(), pos, end - 1)?.timestamp_ms))
     }
 
     /// First offset past this segment, once sealed.
@@ -327,6 +344,7 @@ impl Active {
     ) -> Result<Active> {
         let (map, data) = Mapping::read_write(&file, capacity, end).at(&seg.path)?;
         seg.synced.store(end, Ordering::Relaxed);
+        seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(map);
         let _ = seg.index.set(index_map);
         Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity })
@@ -374,6 +392,7 @@ impl Active {
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
         self.file.sync_all().at(&self.seg.path)?;
         self.index.seal()?;
+        self.seg.bytes.store(self.pos as u64, Ordering::Release);
         self.seg.end_offset.store(end_offset, Ordering::Release);
         Ok(())
     }

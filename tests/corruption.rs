@@ -1,0 +1,368 @@
+//! Damage to synced data is reported as `Error::Corrupt` naming the file and byte position,
+//! never returned as data and never silently cut; other segments stay readable; damaged or
+//! missing index and checkpoint files are rebuilt or done without and never change reads.
+
+mod common;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use common::{
+    FILE_HEADER_LEN, RECORD_HEADER_LEN, active_segment, assert_holds, flip_byte, payload, record_spans, segment_base,
+    segment_files, tiny, truncate_file,
+};
+use segq::{CorruptKind, Error, Options, Queue};
+
+const RECORDS: u64 = 120;
+
+fn opts() -> Options {
+    tiny(4096).index_interval_bytes(100)
+}
+
+/// A cleanly closed queue of `RECORDS` records over several segments.
+fn closed_queue() -> (tempfile::TempDir, Vec<Vec<u8>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    let payloads: Vec<Vec<u8>> = (0..RECORDS).map(payload).collect();
+    common::append_all(&q, 0, &payloads);
+    q.close().unwrap();
+    assert!(segment_files(dir.path()).len() >= 4, "want several segments");
+    (dir, payloads)
+}
+
+/// A segment file, its base offset and its record frames.
+struct Seg {
+    path: PathBuf,
+    base: u64,
+    spans: Vec<Range<usize>>,
+}
+
+impl Seg {
+    fn load(path: PathBuf) -> Seg {
+        let spans = record_spans(&std::fs::read(&path).unwrap());
+        Seg { base: segment_base(&path), path, spans }
+    }
+
+    fn end_offset(&self) -> u64 {
+        self.base + self.spans.len() as u64
+    }
+
+    /// Index of a record in the middle with a payload of at least a few bytes.
+    fn middle_record(&self) -> usize {
+        let mid = self.spans.len() / 2;
+        (mid..self.spans.len()).find(|&i| self.spans[i].len() > RECORD_HEADER_LEN + 4).expect("a record with a payload")
+    }
+}
+
+/// Panics unless `err` is `Corrupt` at `position` of `path`; returns its kind.
+fn assert_corrupt_at(err: &Error, path: &Path, position: usize) -> CorruptKind {
+    match err {
+        Error::Corrupt { path: p, position: at, kind } => {
+            assert_eq!(p, path, "{err}");
+            assert_eq!(*at, position as u64, "{err}");
+            kind.clone()
+        }
+        other => panic!("expected Corrupt at {position} of {path:?}, got {other}"),
+    }
+}
+
+/// Checks what reads and iteration return when record `k` of the sealed segment `seg` is
+/// damaged at byte `pos` of it: earlier records and all later segments are intact.
+fn check_sealed_damage(dir: &Path, payloads: &[Vec<u8>], seg: &Seg, k: usize) -> CorruptKind {
+    let damaged = seg.base + k as u64;
+    let at = seg.spans[k].start;
+    let q = Queue::open(dir, opts()).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.next_offset(), payloads.len() as u64);
+
+    let err = q.read(damaged).unwrap_err();
+    let kind = assert_corrupt_at(&err, &seg.path, at);
+    assert!(err.to_string().contains(&seg.path.display().to_string()), "message does not name the file: {err}");
+    for off in (0..damaged).chain(seg.end_offset()..payloads.len() as u64) {
+        let rec = q.read(off).unwrap().unwrap();
+        assert_eq!(rec.payload(), payloads[off as usize], "record {off}");
+    }
+
+    // Iteration from the start: the good records, the error, then the next segment on.
+    let mut it = q.iter_from(0);
+    for off in 0..damaged {
+        assert_eq!(it.next().unwrap().unwrap().offset(), off);
+    }
+    let err = it.next().unwrap().unwrap_err();
+    assert_corrupt_at(&err, &seg.path, at);
+    let rest: Vec<_> = it.map(|r| r.unwrap()).collect();
+    let offsets: Vec<u64> = rest.iter().map(|r| r.offset()).collect();
+    assert_eq!(offsets, (seg.end_offset()..payloads.len() as u64).collect::<Vec<_>>());
+    for rec in &rest {
+        assert_eq!(rec.payload(), payloads[rec.offset() as usize]);
+    }
+
+    // Iteration from later offsets never meets the damage.
+    for from in [seg.end_offset(), seg.end_offset() + 1, payloads.len() as u64 - 1] {
+        let got: Vec<u64> = q.iter_from(from).map(|r| r.unwrap().offset()).collect();
+        assert_eq!(got, (from..payloads.len() as u64).collect::<Vec<_>>());
+    }
+    kind
+}
+
+#[test]
+fn a_flipped_payload_byte_in_a_sealed_segment_is_corrupt_at_that_record() {
+    let (dir, payloads) = closed_queue();
+    let seg = Seg::load(segment_files(dir.path())[1].clone());
+    let k = seg.middle_record();
+    flip_byte(&seg.path, seg.spans[k].start + RECORD_HEADER_LEN + 2);
+    let kind = check_sealed_damage(dir.path(), &payloads, &seg, k);
+    assert!(matches!(kind, CorruptKind::BadCrc { .. }), "{kind}");
+}
+
+#[test]
+fn a_flipped_header_byte_in_a_sealed_segment_is_corrupt_at_that_record() {
+    let (pristine, _) = closed_queue();
+    let files = segment_files(pristine.path());
+    let name = files[2].file_name().unwrap().to_owned();
+    let seg = Seg::load(files[2].clone());
+    let k = seg.middle_record();
+    for byte in 0..RECORD_HEADER_LEN {
+        let (dir, payloads) = closed_queue();
+        let seg = Seg::load(dir.path().join(&name));
+        flip_byte(&seg.path, seg.spans[k].start + byte);
+        check_sealed_damage(dir.path(), &payloads, &seg, k);
+    }
+}
+
+#[test]
+fn damage_to_the_first_record_of_a_sealed_segment_is_corrupt_at_its_header_end() {
+    let (dir, payloads) = closed_queue();
+    let seg = Seg::load(segment_files(dir.path())[1].clone());
+    assert_eq!(seg.spans[0].start, FILE_HEADER_LEN);
+    flip_byte(&seg.path, seg.spans[0].end - 1);
+    check_sealed_damage(dir.path(), &payloads, &seg, 0);
+}
+
+#[test]
+fn damage_in_the_last_record_after_a_clean_close_is_corrupt_not_cut() {
+    let (dir, payloads) = closed_queue();
+    let active = Seg::load(active_segment(dir.path()));
+    let last = active.spans.len() - 1;
+    let span = active.spans[last].clone();
+    assert!(span.len() > RECORD_HEADER_LEN, "want a payload to damage");
+    flip_byte(&active.path, span.end - 1);
+
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.recovery().truncated_at, None);
+    assert_eq!(q.next_offset(), payloads.len() as u64, "the record was cut");
+    let damaged = active.base + last as u64;
+    let err = q.read(damaged).unwrap_err();
+    let kind = assert_corrupt_at(&err, &active.path, span.start);
+    assert!(matches!(kind, CorruptKind::BadCrc { .. }), "{kind}");
+    for off in 0..damaged {
+        assert_eq!(q.read(off).unwrap().unwrap().payload(), payloads[off as usize]);
+    }
+    let from_active: Vec<_> = q.iter_from(active.base).collect();
+    assert_eq!(from_active.len(), last + 1);
+    assert_corrupt_at(from_active[last].as_ref().unwrap_err(), &active.path, span.start);
+    // Still there, still damaged, after another clean close.
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.next_offset(), payloads.len() as u64);
+    assert_corrupt_at(&q.read(damaged).unwrap_err(), &active.path, span.start);
+}
+
+fn index_files(dir: &Path) -> Vec<PathBuf> {
+    segment_files(dir).iter().map(|p| p.with_extension("index")).collect()
+}
+
+/// A cleanly closed queue that the index tests copy before damaging the copy.
+struct Pristine {
+    dir: tempfile::TempDir,
+    payloads: Vec<Vec<u8>>,
+    /// Which index files get damaged: a sealed segment's and the active one's.
+    indexes: [usize; 2],
+}
+
+impl Pristine {
+    fn new() -> Pristine {
+        let (dir, payloads) = closed_queue();
+        let indexes = [1, index_files(dir.path()).len() - 1];
+        Pristine { dir, payloads, indexes }
+    }
+}
+
+/// Damages one index file of a copy of the pristine queue with `damage` and checks every
+/// read, before and after more appends.
+fn reads_unchanged_after(pristine: &Pristine, index: usize, damage: impl Fn(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(pristine.dir.path(), dir.path());
+    let payloads = pristine.payloads.clone();
+    let path = index_files(dir.path())[index].clone();
+    assert!(path.exists());
+    damage(&path);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_holds(&q, &payloads);
+    // And the appends after it are indexed and readable too.
+    let more: Vec<Vec<u8>> = (RECORDS..RECORDS + 30).map(payload).collect();
+    common::append_all(&q, RECORDS, &more);
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    let all: Vec<Vec<u8>> = payloads.into_iter().chain(more).collect();
+    assert_holds(&q, &all);
+}
+
+#[test]
+fn a_truncated_deleted_or_garbage_index_never_changes_reads() {
+    let pristine = Pristine::new();
+    for index in pristine.indexes {
+        reads_unchanged_after(&pristine, index, |p| std::fs::remove_file(p).unwrap());
+        for len in [0, 1, FILE_HEADER_LEN - 1, FILE_HEADER_LEN, FILE_HEADER_LEN + 3] {
+            reads_unchanged_after(&pristine, index, |p| truncate_file(p, len));
+        }
+        reads_unchanged_after(&pristine, index, |p| {
+            let len = std::fs::metadata(p).unwrap().len() as usize;
+            truncate_file(p, len - 1)
+        });
+        reads_unchanged_after(&pristine, index, |p| {
+            let len = std::fs::metadata(p).unwrap().len() as usize;
+            let garbage: Vec<u8> = (0..len).map(|i| (i * 151 + 7) as u8).collect();
+            std::fs::write(p, garbage).unwrap();
+        });
+        reads_unchanged_after(&pristine, index, |p| std::fs::write(p, vec![0xffu8; 4096]).unwrap());
+        reads_unchanged_after(&pristine, index, |p| std::fs::write(p, b"not an index").unwrap());
+    }
+}
+
+#[test]
+fn a_flipped_index_header_byte_never_changes_reads() {
+    let pristine = Pristine::new();
+    for index in pristine.indexes {
+        for pos in 0..FILE_HEADER_LEN {
+            reads_unchanged_after(&pristine, index, |p| flip_byte(p, pos));
+        }
+    }
+}
+
+#[test]
+fn a_flipped_index_entry_byte_never_changes_reads() {
+    let pristine = Pristine::new();
+    for index in pristine.indexes {
+        let path = index_files(pristine.dir.path())[index].clone();
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        // The entries in use: the active index is preallocated with zeros after them.
+        let bytes = std::fs::read(&path).unwrap();
+        let used =
+            (FILE_HEADER_LEN..len).step_by(8).take_while(|&at| bytes[at..at + 8].iter().any(|&b| b != 0)).count();
+        assert!(used >= 3, "want an index with a few entries, got {used}");
+        for pos in FILE_HEADER_LEN..FILE_HEADER_LEN + used * 8 {
+            reads_unchanged_after(&pristine, index, |p| flip_byte(p, pos));
+        }
+    }
+}
+
+/// The smallest case of the test above: one segment, an entry per record, the low byte of
+/// the first entry's position flipped (156 becomes 99, still between the file header and
+/// the next entry's 280, so it looks plausible). Trusting it made record 1 read as
+/// `Corrupt { position: 99, BadLength }` of an intact segment.
+#[test]
+fn a_wrong_but_plausible_index_position_never_changes_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().index_interval_bytes(1);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    let payloads: Vec<Vec<u8>> = (1..=3u8).map(|b| vec![b; 100]).collect();
+    common::append_all(&q, 0, &payloads);
+    q.close().unwrap();
+    let index = dir.path().join("00000000000000000000.index");
+    let bytes = std::fs::read(&index).unwrap();
+    // Entries (1, 156) and (2, 280): records of 24 + 100 bytes after the 32-byte header.
+    assert_eq!(&bytes[FILE_HEADER_LEN..FILE_HEADER_LEN + 8], &[1, 0, 0, 0, 156, 0, 0, 0]);
+    flip_byte(&index, FILE_HEADER_LEN + 4);
+
+    let q = Queue::open(dir.path(), opts).unwrap();
+    assert_holds(&q, &payloads);
+}
+
+#[test]
+fn a_damaged_sealed_segment_header_makes_only_that_segment_corrupt() {
+    let (dir, payloads) = closed_queue();
+    let seg = Seg::load(segment_files(dir.path())[1].clone());
+    flip_byte(&seg.path, 3);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    for off in 0..payloads.len() as u64 {
+        let got = q.read(off);
+        if (seg.base..seg.end_offset()).contains(&off) {
+            let kind = assert_corrupt_at(&got.unwrap_err(), &seg.path, 0);
+            assert_eq!(kind, CorruptKind::BadMagic);
+        } else {
+            assert_eq!(got.unwrap().unwrap().payload(), payloads[off as usize]);
+        }
+    }
+    let results: Vec<_> = q.iter_from(0).collect();
+    assert_eq!(results.len() as u64, payloads.len() as u64 - seg.spans.len() as u64 + 1);
+    let bad = results.iter().position(Result::is_err).unwrap();
+    assert_eq!(bad as u64, seg.base);
+    assert_corrupt_at(results[bad].as_ref().unwrap_err(), &seg.path, 0);
+    assert!(results.iter().filter(|r| r.is_err()).count() == 1);
+}
+
+#[test]
+fn a_sealed_segment_cut_short_reports_its_missing_records_as_corrupt() {
+    let (dir, payloads) = closed_queue();
+    let seg = Seg::load(segment_files(dir.path())[1].clone());
+    let k = seg.middle_record();
+    let cut = seg.spans[k].start + 5;
+    truncate_file(&seg.path, cut);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.next_offset(), payloads.len() as u64);
+    for off in 0..payloads.len() as u64 {
+        let got = q.read(off);
+        if (seg.base + k as u64..seg.end_offset()).contains(&off) {
+            let err = got.unwrap_err();
+            assert!(matches!(&err, Error::Corrupt { path, .. } if *path == seg.path), "record {off}: {err}");
+        } else {
+            assert_eq!(got.unwrap().unwrap().payload(), payloads[off as usize]);
+        }
+    }
+}
+
+/// Closes a queue cleanly, then applies `damage` to its checkpoint file and reopens it.
+fn opens_with_damaged_checkpoint(damage: impl Fn(&Path)) -> segq::Recovery {
+    let (dir, payloads) = closed_queue();
+    damage(&dir.path().join("checkpoint"));
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert!(!q.recovery().clean, "a damaged checkpoint cannot say clean");
+    assert_holds(&q, &payloads);
+    assert_eq!(q.append(b"next").unwrap(), RECORDS);
+    q.recovery().clone()
+}
+
+/// As [`opens_with_damaged_checkpoint`], when nothing is left of the checkpoint: the whole
+/// active segment is scanned.
+fn opens_without_checkpoint(damage: impl Fn(&Path)) {
+    let recovery = opens_with_damaged_checkpoint(damage);
+    assert!(recovery.scanned_bytes > 0, "the active segment is not scanned: {recovery:?}");
+}
+
+#[test]
+fn a_missing_or_garbage_checkpoint_makes_open_scan_instead() {
+    opens_without_checkpoint(|p| std::fs::remove_file(p).unwrap());
+    opens_without_checkpoint(|p| std::fs::write(p, b"").unwrap());
+    opens_without_checkpoint(|p| std::fs::write(p, b"garbage").unwrap());
+    opens_without_checkpoint(|p| std::fs::write(p, vec![0xa5u8; 100]).unwrap());
+    opens_without_checkpoint(|p| std::fs::write(p, vec![0u8; 4096]).unwrap());
+    opens_without_checkpoint(|p| {
+        let garbage: Vec<u8> = (0..576).map(|i: usize| (i * 97 + 13) as u8).collect();
+        std::fs::write(p, garbage).unwrap()
+    });
+    // Both slots damaged: the position of slot A (byte 0) and of slot B (byte 512).
+    opens_without_checkpoint(|p| {
+        flip_byte(p, 16);
+        flip_byte(p, 512 + 16);
+    });
+}
+
+#[test]
+fn a_damaged_clean_shutdown_slot_is_not_taken_for_a_clean_shutdown() {
+    // Slot B, written when the data was last synced, may still be used: nothing is lost.
+    opens_with_damaged_checkpoint(|p| flip_byte(p, 16));
+    opens_with_damaged_checkpoint(|p| flip_byte(p, 12));
+    opens_with_damaged_checkpoint(|p| truncate_file(p, 40));
+}

@@ -1,0 +1,101 @@
+//! A full filesystem: appends fail with an error (never SIGBUS or a panic), what was stored
+//! stays readable and durable, and appends resume once space is freed, without reopening.
+//! Runs on a real, small tmpfs mounted by the test; skipped with a message when the test
+//! cannot mount (not root).
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use segq::{Error, Options, Queue, SyncPolicy};
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().ok()?;
+        let mount = dir.path().join("fs");
+        std::fs::create_dir(&mount).ok()?;
+        let status =
+            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&mount).status();
+        match status {
+            Ok(s) if s.success() => Some(SmallFs { _dir: dir, mount }),
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs ({other:?}); run as root to test a really full disk");
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.mount
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn is_full(err: &Error) -> bool {
+    matches!(err, Error::Io(e) if e.kind() == ErrorKind::StorageFull)
+}
+
+#[test]
+fn a_full_disk_is_an_error_and_appends_resume_once_space_is_freed() {
+    let Some(fs) = SmallFs::mount("2m") else { return };
+    let ballast = fs.path().join("ballast");
+    std::fs::write(&ballast, vec![1u8; 512 << 10]).unwrap();
+    let dir = fs.path().join("queue");
+    let opts = Options::default().segment_bytes(64 << 10).sync(SyncPolicy::Always);
+    let q = Queue::open(&dir, opts.clone()).unwrap();
+    let payload = |i: u64| vec![(i % 251) as u8; 1000];
+
+    let mut acked = 0u64;
+    let err = loop {
+        match q.append(&payload(acked)) {
+            Ok(offset) => {
+                assert_eq!(offset, acked);
+                acked += 1;
+                assert!(acked < 10_000, "the filesystem never filled up");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(is_full(&err), "expected a full-disk error, got {err}");
+    assert!(acked > 100);
+    // The failure wrote nothing and broke nothing: a second try fails the same way, and
+    // everything acknowledged reads back.
+    assert!(is_full(&q.append(b"again").unwrap_err()));
+    assert_eq!(q.next_offset(), acked);
+    for o in 0..acked {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o));
+    }
+    q.flush().unwrap();
+
+    std::fs::remove_file(&ballast).unwrap();
+    for i in 0..50 {
+        assert_eq!(q.append(&payload(acked + i)).unwrap(), acked + i);
+    }
+    let total = acked + 50;
+    q.close().unwrap();
+
+    let q = Queue::open(&dir, opts).unwrap();
+    assert_eq!(q.next_offset(), total);
+    for o in 0..total {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o));
+    }
+}
+
+#[test]
+fn opening_a_queue_on_a_full_disk_fails_cleanly() {
+    let Some(fs) = SmallFs::mount("256k") else { return };
+    std::fs::write(fs.path().join("ballast"), vec![1u8; 240 << 10]).unwrap();
+    let err = Queue::open(fs.path().join("queue"), Options::default().segment_bytes(64 << 10)).unwrap_err();
+    assert!(is_full(&err), "expected a full-disk error, got {err}");
+}

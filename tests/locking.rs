@@ -1,0 +1,170 @@
+//! Only one `Queue` at a time has a directory open: a second open, in the same process or
+//! another, is `Error::Locked` and disturbs nothing; closing, dropping or dying releases it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Stdio};
+
+use common::{child_test, process_lock};
+use segq::{Error, Options, Queue};
+
+const HOLDER: &str = "child_holds_the_queue_until_stdin_closes";
+const OPENER: &str = "child_tries_to_open_the_queue";
+const ENV_DIR: &str = "SEGQ_LOCK_DIR";
+
+fn assert_locked(result: segq::Result<Queue>, dir: &Path) {
+    match result {
+        Err(Error::Locked { path }) => assert_eq!(path, dir.join("lock")),
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second handle opened a locked queue"),
+    }
+}
+
+#[test]
+fn a_second_open_in_the_same_process_is_locked_until_close() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    q.append(b"first").unwrap();
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    // The failed opens disturbed nothing.
+    assert_eq!(q.append(b"second").unwrap(), 1);
+    assert_eq!(q.read(0).unwrap().unwrap().payload(), b"first");
+    q.close().unwrap();
+
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.next_offset(), 2);
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    drop(q);
+
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    q.simulate_crash();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.next_offset(), 2);
+}
+
+#[test]
+fn a_closed_handle_refuses_use_but_releases_the_directory() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    q.close().unwrap();
+    let other = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(matches!(q.append(b"x"), Err(Error::Closed)));
+    assert!(matches!(q.read(0), Err(Error::Closed)));
+    // Closing the old handle again must not release the new handle's lock.
+    q.close().unwrap();
+    drop(q);
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    assert_eq!(other.append(b"y").unwrap(), 0);
+}
+
+/// Run in a child process: opens the queue, appends a record, says `opened`, and holds the
+/// queue until its stdin is closed; then closes it and says `closed`.
+#[test]
+#[ignore = "child process of the locking tests"]
+fn child_holds_the_queue_until_stdin_closes() {
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
+    let q = Queue::open(&dir, Options::default()).unwrap();
+    q.append(b"from the child").unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "\nopened").unwrap();
+    out.flush().unwrap();
+    // Blocks until the parent closes our stdin.
+    std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink()).unwrap();
+    q.close().unwrap();
+    writeln!(out, "closed").unwrap();
+    out.flush().unwrap();
+}
+
+/// Run in a child process: tries to open the queue and says what happened.
+#[test]
+#[ignore = "child process of the locking tests"]
+fn child_tries_to_open_the_queue() {
+    let Ok(dir) = std::env::var(ENV_DIR) else {
+        return;
+    };
+    let verdict = match Queue::open(&dir, Options::default()) {
+        Ok(_) => "verdict: opened".to_string(),
+        Err(Error::Locked { .. }) => "verdict: locked".to_string(),
+        Err(e) => format!("verdict: error {e}"),
+    };
+    println!("\n{verdict}");
+}
+
+/// Starts a child that holds the queue in `dir` and waits until it has it open.
+fn spawn_holder(dir: &Path) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let mut child = child_test(HOLDER, &[(ENV_DIR, dir.display().to_string())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let opened = lines.by_ref().map_while(Result::ok).any(|l| l.trim() == "opened");
+    if !opened {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!("child ended before opening the queue: {status:?}");
+    }
+    (child, lines)
+}
+
+#[test]
+fn a_queue_held_by_another_process_is_locked_until_it_closes() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, lines) = spawn_holder(dir.path());
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+
+    drop(child.stdin.take());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(rest.iter().any(|l| l.trim() == "closed"), "{rest:?}");
+    assert!(child.wait().unwrap().success());
+
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.read(0).unwrap().unwrap().payload(), b"from the child");
+}
+
+#[test]
+fn a_killed_process_releases_its_lock() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, _lines) = spawn_holder(dir.path());
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(!q.recovery().clean);
+    assert_eq!(q.read(0).unwrap().unwrap().payload(), b"from the child");
+}
+
+fn verdict_of_child_open(dir: &Path) -> String {
+    let out = child_test(OPENER, &[(ENV_DIR, dir.display().to_string())]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("verdict: ").map(str::to_string))
+        .unwrap_or_else(|| panic!("no verdict in {stdout:?}"))
+}
+
+#[test]
+fn another_process_cannot_open_a_queue_held_here_until_it_is_closed() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(verdict_of_child_open(dir.path()), "locked");
+    q.append(b"still mine").unwrap();
+    q.close().unwrap();
+    assert_eq!(verdict_of_child_open(dir.path()), "opened");
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.read(0).unwrap().unwrap().payload(), b"still mine");
+}

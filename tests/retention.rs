@@ -1,0 +1,197 @@
+//! Retention: whole sealed segments go, oldest first, by size, by age or once consumed;
+//! offsets stay honest, readers stay safe and a crash mid-deletion leaves a usable queue.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{payload, segment_files};
+use segq::{Options, Queue, SyncPolicy};
+
+fn opts() -> Options {
+    Options::default().segment_bytes(4096).index_interval_bytes(512).sync(SyncPolicy::Never)
+}
+
+fn fill(q: &Queue, n: u64) {
+    for i in 0..n {
+        q.append(&payload(i)).unwrap();
+    }
+}
+
+#[test]
+fn size_limit_deletes_the_oldest_sealed_segments_and_offsets_stay_honest() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_bytes(16 << 10)).unwrap();
+    fill(&q, 2000);
+    let stats = q.stats();
+    assert!(stats.bytes_on_disk <= (16 << 10) + 4096, "{stats:?}");
+    let first = q.first_offset();
+    assert!(first > 0);
+    assert_eq!(stats.first_offset, first);
+    assert_eq!(stats.records, 2000 - first);
+    assert!(q.read(first - 1).unwrap().is_none());
+    assert!(q.read(0).unwrap().is_none());
+    assert_eq!(q.read(first).unwrap().unwrap().payload(), payload(first));
+    let from_zero: Vec<u64> = q.iter_from(0).map(|r| r.unwrap().offset()).collect();
+    assert_eq!(from_zero, (first..2000).collect::<Vec<_>>());
+    assert_eq!(common::segment_base(&segment_files(dir.path())[0]), first);
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!((q.first_offset(), q.next_offset()), (first, 2000));
+}
+
+#[test]
+fn the_active_segment_is_never_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_bytes(0)).unwrap();
+    fill(&q, 500);
+    q.enforce_retention().unwrap();
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    assert_eq!(q.stats().segments, 1);
+    let first = q.first_offset();
+    assert_eq!(q.read(first).unwrap().unwrap().offset(), first);
+    assert_eq!(q.next_offset(), 500);
+}
+
+#[test]
+fn age_limit_deletes_segments_whose_newest_record_is_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_age(Duration::from_millis(500))).unwrap();
+    fill(&q, 300);
+    let old_segments = q.stats().segments;
+    assert!(old_segments > 3);
+    assert_eq!(q.enforce_retention().unwrap().segments_deleted, 0, "nothing is old yet");
+    std::thread::sleep(Duration::from_millis(800));
+    let first_new = q.next_offset();
+    fill(&q, 5);
+    let report = q.enforce_retention().unwrap();
+    assert_eq!(report.segments_deleted, old_segments - 1);
+    assert!(q.first_offset() <= first_new);
+}
+
+#[test]
+fn a_group_holds_back_deletion_until_it_has_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_until_consumed(true)).unwrap();
+    fill(&q, 300);
+    // No group: nothing counts as consumed.
+    assert_eq!(q.enforce_retention().unwrap().segments_deleted, 0);
+    let fast = q.group("fast").unwrap();
+    let slow = q.group("slow").unwrap();
+    while let Some(d) = fast.poll(Duration::ZERO).unwrap() {
+        fast.ack(d.offset()).unwrap();
+    }
+    assert_eq!(q.enforce_retention().unwrap().segments_deleted, 0, "slow has acked nothing");
+    for _ in 0..150 {
+        let d = slow.poll(Duration::ZERO).unwrap().unwrap();
+        slow.ack(d.offset()).unwrap();
+    }
+    q.enforce_retention().unwrap();
+    let first = q.first_offset();
+    assert!(first > 0 && first <= 150, "first offset {first}");
+    // A dead letter is not acked: it holds deletion back too.
+    let d = slow.poll(Duration::ZERO).unwrap().unwrap();
+    let dead = d.offset();
+    let g = q.group_with("slow", segq::GroupOptions::default().max_attempts(1)).unwrap();
+    g.nack(dead, Duration::ZERO).unwrap();
+    assert_eq!(g.dead_letters().unwrap()[0].offset(), dead);
+    while let Some(d) = slow.poll(Duration::ZERO).unwrap() {
+        slow.ack(d.offset()).unwrap();
+    }
+    q.enforce_retention().unwrap();
+    assert!(q.first_offset() <= dead);
+    assert!(q.read(dead).unwrap().is_some());
+    g.ack(dead).unwrap();
+    fill(&q, 200); // rolls, which runs retention by itself
+    assert!(q.first_offset() > dead);
+}
+
+#[test]
+fn a_group_that_fell_behind_moves_up_and_counts_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_bytes(8 << 10)).unwrap();
+    let g = q.group("laggard").unwrap();
+    let first_delivery = {
+        q.append(b"early").unwrap();
+        g.poll(Duration::ZERO).unwrap().unwrap()
+    };
+    assert_eq!(first_delivery.offset(), 0);
+    fill(&q, 1000);
+    let first = q.first_offset();
+    assert!(first > 1);
+    // The record obtained before its segment was deleted still reads.
+    assert_eq!(first_delivery.payload(), b"early");
+    let stats = g.stats();
+    assert_eq!(stats.ack_floor, first);
+    assert_eq!(stats.lost, first, "offsets 0..{first} were lost, 0 while leased");
+    let d = g.poll(Duration::ZERO).unwrap().unwrap();
+    assert_eq!((d.offset(), d.attempt()), (first, 1));
+    assert!(matches!(g.ack(0), Ok(())), "acking a deleted record is harmless");
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.group("laggard").unwrap().stats().lost, first);
+}
+
+#[test]
+fn a_crash_part_way_through_deletion_leaves_a_queue_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        fill(&q, 1000);
+        q.close().unwrap();
+    }
+    // Deletion removes the oldest segment first, then its index: stop at every point.
+    let files = segment_files(dir.path());
+    std::fs::remove_file(&files[0]).unwrap();
+    std::fs::remove_file(&files[1]).unwrap();
+    std::fs::remove_file(files[1].with_extension("index")).unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    let first = common::segment_base(&files[2]);
+    assert_eq!((q.first_offset(), q.next_offset()), (first, 1000));
+    assert!(!files[0].with_extension("index").exists(), "the orphan index is cleaned up");
+    let all: Vec<u64> = q.iter_from(0).map(|r| r.unwrap().offset()).collect();
+    assert_eq!(all, (first..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn retention_races_with_readers_on_other_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_bytes(12 << 10)).unwrap();
+    let n = 4000u64;
+    std::thread::scope(|s| {
+        s.spawn(|| fill(&q, n));
+        for t in 0..2u64 {
+            let q = &q;
+            s.spawn(move || {
+                let mut read = 0u64;
+                while q.next_offset() < n || read == 0 {
+                    let next = q.next_offset();
+                    for o in (0..next).rev().step_by(7 + t as usize) {
+                        if let Some(rec) = q.read(o).unwrap() {
+                            assert_eq!(rec.payload(), payload(o));
+                            read += 1;
+                        }
+                    }
+                    for rec in q.iter_from(0).take(50) {
+                        let rec = rec.unwrap();
+                        assert_eq!(rec.payload(), payload(rec.offset()));
+                    }
+                }
+            });
+        }
+    });
+    assert!(q.first_offset() > 0);
+}
+
+#[test]
+fn stats_are_serializable() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    fill(&q, 10);
+    q.flush().unwrap();
+    let stats = q.stats();
+    assert_eq!((stats.first_offset, stats.next_offset, stats.durable_offset, stats.records), (0, 10, 10, 10));
+    fn serializable<T: serde::Serialize>(_: &T) {}
+    serializable(&stats);
+    serializable(&q.enforce_retention().unwrap());
+}
