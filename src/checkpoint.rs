@@ -119,8 +119,8 @@ impl Checkpoint {
 
     /// Writes slot A and waits until it is durable.
     pub fn write_durable(&mut self, mark: Mark) -> Result<()> {
-        self.file.write_all_at(&encode(mark), SLOT_A).at(&self.path)?;
-        self.file.sync_data().at(&self.path)
+        crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_A)?;
+        crate::fs::sync_file_data(&self.file, &self.path)
     }
 
     /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when
@@ -130,10 +130,10 @@ impl Checkpoint {
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
-        self.file.write_all_at(&encode(Mark { clean: false, ..mark }), SLOT_B).at(&self.path)?;
+        crate::fs::write_at(&self.file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
         self.progress = Some(key);
         if now || self.synced_at.elapsed() >= SYNC_EVERY {
-            self.file.sync_data().at(&self.path)?;
+            crate::fs::sync_file_data(&self.file, &self.path)?;
             self.synced_at = Instant::now();
         }
         Ok(())

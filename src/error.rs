@@ -157,14 +157,42 @@ impl fmt::Display for CorruptKind {
 }
 
 impl Error {
-    /// An [`Error::Io`] whose message names `path`, keeping the error's kind.
+    /// An [`Error::Io`] whose message names `path`. It keeps the error's kind, and the
+    /// original error (with its OS error number) is its source.
     pub(crate) fn io(path: &Path, err: io::Error) -> Error {
-        Error::Io(io::Error::new(err.kind(), format!("{}: {err}", path.display())))
+        Error::Io(io::Error::new(err.kind(), PathError { path: path.to_path_buf(), source: err }))
+    }
+
+    /// The OS error number behind an [`Error::Io`], if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        let Error::Io(e) = self else { return None };
+        e.raw_os_error().or_else(|| {
+            e.get_ref().and_then(|inner| inner.downcast_ref::<PathError>()).and_then(|p| p.source.raw_os_error())
+        })
     }
 
     /// An [`Error::Corrupt`].
     pub(crate) fn corrupt(path: &Path, position: u64, kind: CorruptKind) -> Error {
         Error::Corrupt { path: path.to_path_buf(), position, kind }
+    }
+}
+
+/// An I/O error and the file it concerns.
+#[derive(Debug)]
+struct PathError {
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.source)
+    }
+}
+
+impl std::error::Error for PathError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 

@@ -3,7 +3,12 @@
 use std::fs::{self, File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::FileExt;
+
 use rustix::fs::{FallocateFlags, fallocate};
+
+use crate::fault::{self, Point};
+use crate::mmap::Mapping;
 
 use crate::error::{IoContext, Result};
 
@@ -11,12 +16,33 @@ use crate::error::{IoContext, Result};
 /// stores through a mapping can never hit a full disk (which would be SIGBUS). A full disk
 /// shows up here instead, as an `Err` of kind `StorageFull`.
 pub(crate) fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
+    fault::check(path, Point::Allocate).at(path)?;
     fallocate(file, FallocateFlags::empty(), 0, len).map_err(std::io::Error::from).at(path)
+}
+
+/// Writes all of `bytes` at `pos` of `file`.
+pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<()> {
+    fault::check(path, Point::Write).and_then(|()| file.write_all_at(bytes, pos)).at(path)
+}
+
+/// Makes a file's data and metadata durable (`fsync`).
+pub(crate) fn sync_file(file: &File, path: &Path) -> Result<()> {
+    fault::check(path, Point::Sync).and_then(|()| file.sync_all()).at(path)
+}
+
+/// Makes a file's data durable (`fdatasync`).
+pub(crate) fn sync_file_data(file: &File, path: &Path) -> Result<()> {
+    fault::check(path, Point::Sync).and_then(|()| file.sync_data()).at(path)
+}
+
+/// Writes back `range` of a mapping of `path` and waits for the device (`msync`).
+pub(crate) fn sync_mapping(map: &Mapping, path: &Path, range: std::ops::Range<usize>) -> Result<()> {
+    fault::check(path, Point::Sync).and_then(|()| map.sync(range)).at(path)
 }
 
 /// Makes the directory's entries (new, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    fault::check(dir, Point::Sync).and_then(|()| File::open(dir)?.sync_all()).at(dir)
 }
 
 /// Opens a file for reading and writing, creating it if missing.
@@ -33,5 +59,5 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 
 /// Renames `from` to `to`, replacing `to` atomically.
 pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
-    fs::rename(from, to).at(to)
+    fault::check(to, Point::Rename).and_then(|()| fs::rename(from, to)).at(to)
 }

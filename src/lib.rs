@@ -4,8 +4,10 @@
 
 mod checkpoint;
 mod error;
+pub mod fault;
 mod fs;
 mod group;
+pub mod inspect;
 mod log;
 mod mmap;
 mod notify;

@@ -116,6 +116,7 @@ pub(crate) struct Journal {
 
 /// What a sync of the journal has to write back.
 pub(crate) struct SyncJob {
+    path: PathBuf,
     map: Arc<Mapping>,
     range: Range<usize>,
     generation: u64,
@@ -123,8 +124,8 @@ pub(crate) struct SyncJob {
 }
 
 impl SyncJob {
-    pub fn run(&self) -> std::io::Result<()> {
-        self.map.sync(self.range.clone())
+    pub fn run(&self) -> Result<()> {
+        crate::fs::sync_mapping(&self.map, &self.path, self.range.clone())
     }
 }
 
@@ -135,9 +136,9 @@ impl Journal {
         let tmp = temp_path(path);
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
-        std::os::unix::fs::FileExt::write_all_at(&file, &header::encode(JOURNAL_MAGIC, 0), 0).at(&tmp)?;
+        crate::fs::write_at(&file, &tmp, &header::encode(JOURNAL_MAGIC, 0), 0)?;
         reserve(&file, &tmp, JOURNAL_BYTES as u64)?;
-        file.sync_all().at(&tmp)?;
+        crate::fs::sync_file(&file, &tmp)?;
         rename(&tmp, path)
     }
 
@@ -194,6 +195,7 @@ impl Journal {
     /// What must be synced for every entry so far to be durable.
     pub fn sync_job(&self) -> SyncJob {
         SyncJob {
+            path: self.path.clone(),
             map: self.writer.mapping().clone(),
             range: self.synced..self.pos,
             generation: self.generation,
@@ -211,10 +213,6 @@ impl Journal {
     /// Entries written so far.
     pub fn seq(&self) -> u64 {
         self.seq
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

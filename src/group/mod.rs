@@ -529,10 +529,8 @@ impl GroupInner {
     fn sync_to(&self, seq: u64) -> Result<()> {
         let sync = || {
             let job = self.lock().journal.sync_job();
-            if let Err(e) = job.run() {
-                let mut l = self.lock();
-                let err = Error::io(l.journal.path(), e);
-                l.failed = Some(err.to_string());
+            if let Err(err) = job.run() {
+                self.lock().failed = Some(err.to_string());
                 return Err(err);
             }
             self.lock().journal.synced(&job);

@@ -141,10 +141,13 @@ impl Snapshot {
     /// Replaces the snapshot at `path` atomically and durably.
     pub fn write(&self, path: &Path) -> Result<()> {
         let tmp = temp_path(path);
-        let result = std::fs::write(&tmp, self.encode()).and_then(|()| std::fs::File::open(&tmp)?.sync_all());
+        let result = std::fs::File::create(&tmp).at(&tmp).and_then(|file| {
+            crate::fs::write_at(&file, &tmp, &self.encode(), 0)?;
+            crate::fs::sync_file(&file, &tmp)
+        });
         if let Err(e) = result {
             let _ = std::fs::remove_file(&tmp);
-            return Err(crate::Error::io(&tmp, e));
+            return Err(e);
         }
         rename(&tmp, path)?;
         sync_dir(path.parent().expect("a snapshot lives in its group's directory"))

@@ -88,7 +88,7 @@ fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result
     let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
     let mut bytes = header::encode(INDEX_MAGIC, base).to_vec();
     bytes.extend_from_slice(entries);
-    file.write_all_at(&bytes, 0).at(&tmp)?;
+    crate::fs::write_at(&file, &tmp, &bytes, 0)?;
     if reserve_to > bytes.len() as u64 {
         reserve(&file, &tmp, reserve_to)?;
     }
@@ -214,14 +214,14 @@ impl IndexWriter {
 
     /// Writes the entries back and cuts the file to them, for a segment that is sealed.
     pub fn seal(&mut self) -> Result<()> {
-        self.writer.mapping().sync(0..self.len).at(&self.path)?;
+        crate::fs::sync_mapping(self.writer.mapping(), &self.path, 0..self.len)?;
         self.file.set_len(self.len as u64).at(&self.path)?;
-        self.file.sync_all().at(&self.path)
+        crate::fs::sync_file(&self.file, &self.path)
     }
 
     /// Writes the entries back (at a clean close).
     pub fn sync(&self) -> Result<()> {
-        self.writer.mapping().sync(0..self.len).at(&self.path)
+        crate::fs::sync_mapping(self.writer.mapping(), &self.path, 0..self.len)
     }
 }
 

@@ -9,7 +9,6 @@ pub(crate) mod index;
 pub(crate) mod scan;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -262,9 +261,9 @@ impl Active {
         let result = (|| {
             let file =
                 std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
-            file.write_all_at(&header::encode(LOG_MAGIC, base), 0).at(&tmp)?;
+            crate::fs::write_at(&file, &tmp, &header::encode(LOG_MAGIC, base), 0)?;
             reserve(&file, &tmp, capacity as u64)?;
-            file.sync_all().at(&tmp)?;
+            crate::fs::sync_file(&file, &tmp)?;
             Ok(file)
         })();
         let file = match result {
@@ -330,7 +329,7 @@ impl Active {
             file.set_len(end as u64).at(&path)?;
         }
         reserve(&file, &path, capacity as u64)?;
-        file.sync_all().at(&path)?;
+        crate::fs::sync_file(&file, &path)?;
         Ok((Self::finish(seg, file, capacity, end, index_map, index)?, recovered))
     }
 
@@ -390,7 +389,7 @@ impl Active {
     pub fn seal(mut self, end_offset: u64) -> Result<()> {
         sync_data(&self.seg, self.pos)?;
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
-        self.file.sync_all().at(&self.seg.path)?;
+        crate::fs::sync_file(&self.file, &self.seg.path)?;
         self.index.seal()?;
         self.seg.bytes.store(self.pos as u64, Ordering::Release);
         self.seg.end_offset.store(end_offset, Ordering::Release);
@@ -411,7 +410,7 @@ pub(crate) fn sync_data(seg: &Segment, end: usize) -> Result<()> {
         return Ok(());
     }
     let map = seg.data.get().expect("the active segment is mapped from its creation");
-    map.sync(from..end).at(&seg.path)?;
+    crate::fs::sync_mapping(map, &seg.path, from..end)?;
     seg.synced.fetch_max(end, Ordering::AcqRel);
     Ok(())
 }

@@ -1,0 +1,110 @@
+//! Fault injection for tests: makes chosen file operations under a directory fail with
+//! `EIO` or `ENOSPC`, to check that segq reports the error, keeps what was acknowledged and
+//! refuses to go on writing after a failed sync.
+//!
+//! Every write, sync, block reservation and rename that segq does passes through
+//! [`check`]; when no fault is armed that costs one relaxed atomic load.
+//!
+//! ```
+//! use segq::fault::{self, Fault, Point};
+//! # let dir = tempfile::tempdir().unwrap();
+//! fault::inject(Fault::new(dir.path(), Point::Sync).after(3).errno(fault::EIO));
+//! // ... the 4th sync of a file under `dir` fails with EIO, later ones succeed.
+//! fault::clear(dir.path());
+//! ```
+#![doc(hidden)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `EIO`: an I/O error from the device.
+pub const EIO: i32 = 5;
+/// `ENOSPC`: no space left on the device.
+pub const ENOSPC: i32 = 28;
+
+/// A kind of file operation that can be made to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// `pwrite` of headers, checkpoint slots, index and snapshot files.
+    Write,
+    /// `fsync`, `fdatasync` and `msync`, of files and directories.
+    Sync,
+    /// `fallocate`: reserving the blocks of a new segment, index or journal.
+    Allocate,
+    /// `rename` of a finished file into place.
+    Rename,
+}
+
+/// One armed fault.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    dir: PathBuf,
+    point: Point,
+    skip: u64,
+    times: u64,
+    errno: i32,
+}
+
+impl Fault {
+    /// Fails the next operation of kind `point` on any file under `dir`, with `EIO`.
+    pub fn new(dir: &Path, point: Point) -> Fault {
+        Fault { dir: dir.to_path_buf(), point, skip: 0, times: 1, errno: EIO }
+    }
+
+    /// Lets `n` matching operations succeed first.
+    pub fn after(mut self, n: u64) -> Fault {
+        self.skip = n;
+        self
+    }
+
+    /// Fails `n` operations (`u64::MAX`: all of them) instead of one.
+    pub fn times(mut self, n: u64) -> Fault {
+        self.times = n;
+        self
+    }
+
+    /// The error number to fail with.
+    pub fn errno(mut self, errno: i32) -> Fault {
+        self.errno = errno;
+        self
+    }
+}
+
+static ARMED: AtomicBool = AtomicBool::new(false);
+static FAULTS: Mutex<Vec<Fault>> = Mutex::new(Vec::new());
+
+fn faults() -> std::sync::MutexGuard<'static, Vec<Fault>> {
+    FAULTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Arms a fault.
+pub fn inject(fault: Fault) {
+    faults().push(fault);
+    ARMED.store(true, Ordering::SeqCst);
+}
+
+/// Disarms every fault under `dir`.
+pub fn clear(dir: &Path) {
+    let mut faults = faults();
+    faults.retain(|f| !f.dir.starts_with(dir));
+    ARMED.store(!faults.is_empty(), Ordering::SeqCst);
+}
+
+/// Fails if an armed fault matches an operation of kind `point` on `path`.
+pub(crate) fn check(path: &Path, point: Point) -> io::Result<()> {
+    if !ARMED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut faults = faults();
+    for f in faults.iter_mut().filter(|f| f.point == point && path.starts_with(&f.dir)) {
+        if f.skip > 0 {
+            f.skip -= 1;
+        } else if f.times > 0 {
+            f.times -= 1;
+            return Err(io::Error::from_raw_os_error(f.errno));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Injected I/O faults (EIO, ENOSPC) on writes, syncs, block reservation and renames: the
+//! error reaches the caller, nothing acknowledged is lost, and after a failed sync the
+//! handle refuses writes until the queue is reopened.
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::time::Duration;
+
+use segq::fault::{self, ENOSPC, Fault, Point};
+use segq::{Error, Options, Queue, SyncPolicy};
+
+fn opts(sync: SyncPolicy) -> Options {
+    Options::default().segment_bytes(4096).sync(sync)
+}
+
+fn payload(i: u64) -> Vec<u8> {
+    format!("record number {i}").into_bytes()
+}
+
+/// Appends until `n` records are acknowledged or an append fails; returns the count.
+fn append_until_error(q: &Queue, from: u64, n: u64) -> (u64, Option<Error>) {
+    for i in from..from + n {
+        if let Err(e) = q.append(&payload(i)) {
+            return (i, Some(e));
+        }
+    }
+    (from + n, None)
+}
+
+fn assert_has(dir: &Path, acked: u64) {
+    let q = Queue::open(dir, opts(SyncPolicy::Always)).unwrap();
+    assert!(q.next_offset() >= acked, "records were lost: next offset {} < {acked}", q.next_offset());
+    for o in 0..acked {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o));
+    }
+}
+
+#[test]
+fn a_failed_sync_poisons_the_queue_and_reopening_recovers_every_acked_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+    let (acked, _) = append_until_error(&q, 0, 20);
+    fault::inject(Fault::new(dir.path(), Point::Sync));
+    let err = q.append(b"not acknowledged").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(fault::EIO), "{err}");
+    assert!(err.to_string().contains("00000000000000000000.log"), "the error names the file: {err}");
+    fault::clear(dir.path());
+    // The kernel may have dropped the unsynced pages: no more writes through this handle.
+    assert!(matches!(q.append(b"more"), Err(Error::Poisoned(_))));
+    assert!(matches!(q.flush(), Err(Error::Poisoned(_))));
+    assert!(matches!(q.close(), Err(Error::Poisoned(_))));
+    drop(q);
+    assert_has(dir.path(), acked);
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+    let next = q.next_offset();
+    assert_eq!(q.append(b"after reopen").unwrap(), next);
+}
+
+#[test]
+fn every_sync_point_failing_keeps_what_was_acknowledged() {
+    for after in 0..12 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+        fault::inject(Fault::new(dir.path(), Point::Sync).after(after));
+        let (acked, err) = append_until_error(&q, 0, 300);
+        fault::clear(dir.path());
+        assert!(err.is_some(), "sync {after} never failed");
+        assert!(q.append(b"x").is_err(), "a write went through after sync {after} failed");
+        drop(q);
+        assert_has(dir.path(), acked);
+    }
+}
+
+#[test]
+fn a_full_disk_when_rolling_is_not_fatal() {
+    for point in [Point::Allocate, Point::Rename, Point::Write] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+        let (acked, _) = append_until_error(&q, 0, 50);
+        fault::inject(Fault::new(dir.path(), point).errno(ENOSPC).times(u64::MAX));
+        let (acked, err) = append_until_error(&q, acked, 1000);
+        let err = err.unwrap_or_else(|| panic!("{point:?}: the queue never needed a new segment"));
+        assert!(matches!(&err, Error::Io(e) if e.kind() == ErrorKind::StorageFull), "{point:?}: {err}");
+        assert!(q.append(b"still full").is_err());
+        fault::clear(dir.path());
+        // Space is back: appends go on without reopening, after the records acknowledged.
+        let (total, err) = append_until_error(&q, acked, 100);
+        assert!(err.is_none(), "{point:?}: {err:?}");
+        q.close().unwrap();
+        assert_has(dir.path(), total);
+    }
+}
+
+#[test]
+fn a_failed_clean_shutdown_record_leaves_a_recoverable_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+    let (acked, _) = append_until_error(&q, 0, 100);
+    q.flush().unwrap();
+    fault::inject(Fault::new(&dir.path().join("checkpoint"), Point::Write).times(u64::MAX));
+    assert!(q.close().is_err());
+    fault::clear(dir.path());
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+    assert!(!q.recovery().clean);
+    drop(q);
+    assert_has(dir.path(), acked);
+}
+
+#[test]
+fn a_failed_open_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+        append_until_error(&q, 0, 100);
+        q.simulate_crash();
+    }
+    for point in [Point::Allocate, Point::Sync, Point::Write, Point::Rename] {
+        fault::inject(Fault::new(dir.path(), point).times(u64::MAX));
+        assert!(Queue::open(dir.path(), opts(SyncPolicy::Never)).is_err(), "{point:?}");
+        fault::clear(dir.path());
+    }
+    assert_has(dir.path(), 100);
+}
+
+#[test]
+fn a_failed_group_journal_sync_poisons_the_group_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+    for i in 0..5 {
+        q.append(&payload(i)).unwrap();
+    }
+    let g = q.group("g").unwrap();
+    let d = g.poll(Duration::ZERO).unwrap().unwrap();
+    g.ack(d.offset()).unwrap();
+    fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync));
+    let d = g.poll(Duration::ZERO);
+    assert!(matches!(d, Err(Error::Io(_))), "{d:?}");
+    fault::clear(dir.path());
+    assert!(matches!(g.ack(1), Err(Error::Poisoned(_))));
+    // The log itself is fine.
+    assert_eq!(q.append(b"more").unwrap(), 5);
+    drop(g);
+    drop(q);
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+    let g = q.group("g").unwrap();
+    assert_eq!(g.ack_floor(), 1, "the durable ack of 0 survived");
+    let d = g.poll(Duration::ZERO).unwrap().unwrap();
+    assert_eq!(d.offset(), 1);
+}
+
+#[test]
+fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+    let batch: Vec<&[u8]> = (0..20_000).map(|_| b"x".as_slice()).collect();
+    q.append_batch(&batch).unwrap();
+    let g = q.group("g").unwrap();
+    // The journal holds about 10,900 entries: the snapshot comes after ~5,400 records.
+    fault::inject(Fault::new(&dir.path().join("groups"), Point::Rename));
+    let mut acked = 0;
+    let err = loop {
+        match g.poll(Duration::ZERO).and_then(|d| g.ack(d.unwrap().offset())) {
+            Ok(()) => acked += 1,
+            Err(e) => break e,
+        }
+    };
+    fault::clear(dir.path());
+    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(acked > 1000);
+    assert!(matches!(g.ack(0), Err(Error::Poisoned(_))));
+    drop(g);
+    q.close().unwrap_or(());
+    drop(q);
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    let floor = q.group("g").unwrap().ack_floor();
+    assert!(floor >= acked, "acks were lost: floor {floor} < {acked}");
+}
