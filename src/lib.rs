@@ -12,6 +12,7 @@ mod log;
 mod mmap;
 mod notify;
 mod options;
+mod prefault;
 mod queue;
 mod record;
 mod segment;

@@ -68,6 +68,17 @@ impl Mapping {
         self.readable().get(range)
     }
 
+    /// Faults the pages of `range` in for writing (`MADV_POPULATE_WRITE`), so that stores
+    /// into them later do not stop for a page fault. Does not change any byte. Best effort:
+    /// older kernels lack the advice, and pages past the end of the file are skipped by the
+    /// kernel with an error instead of a signal.
+    pub fn populate_write(&self, range: Range<usize>) {
+        let end = range.end.min(self.len());
+        if range.start < end {
+            let _ = self.raw.advise_range(memmap2::Advice::PopulateWrite, range.start, end - range.start);
+        }
+    }
+
     /// Writes `range` back to the file and waits for the device (msync `MS_SYNC`).
     pub fn sync(&self, range: Range<usize>) -> io::Result<()> {
         if range.is_empty() {

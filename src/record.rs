@@ -82,22 +82,21 @@ pub(crate) enum FrameError {
 
 /// Reads the header at `pos` without checking the CRC: enough to step to the next record.
 pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
-    let header = bytes.get(pos..pos.saturating_add(HEADER_LEN)).ok_or(FrameError::Truncated)?;
-    if header.iter().all(|&b| b == 0) {
+    let header: &[u8; HEADER_LEN] =
+        bytes.get(pos..pos.saturating_add(HEADER_LEN)).and_then(|h| h.try_into().ok()).ok_or(FrameError::Truncated)?;
+    let crc_len = LittleEndian::read_u64(&header[CRC_AT..]);
+    let offset = LittleEndian::read_u64(&header[OFFSET_AT..]);
+    let timestamp_ms = LittleEndian::read_u64(&header[TIMESTAMP_AT..]);
+    if crc_len | offset | timestamp_ms == 0 {
         return Err(FrameError::Zeroed);
     }
-    let len_flags = LittleEndian::read_u32(&header[LEN_AT..]);
+    let len_flags = (crc_len >> 32) as u32;
     let len = (len_flags & LEN_MASK) as usize;
     let start = pos + HEADER_LEN;
     if len > bytes.len() - start {
         return Err(FrameError::BadLength(len as u64));
     }
-    Ok(Frame {
-        offset: LittleEndian::read_u64(&header[OFFSET_AT..]),
-        timestamp_ms: LittleEndian::read_u64(&header[TIMESTAMP_AT..]),
-        payload: start..start + len,
-        batch_continues: len_flags & BATCH_CONTINUES != 0,
-    })
+    Ok(Frame { offset, timestamp_ms, payload: start..start + len, batch_continues: len_flags & BATCH_CONTINUES != 0 })
 }
 
 /// Decodes and checksums the record at `pos`.

@@ -19,7 +19,9 @@ use index::IndexWriter;
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::fs::{open_rw, rename, reserve, sync_dir, temp_path};
 use crate::mmap::{MapWriter, Mapping};
+use crate::prefault::{self, Job};
 use crate::record::{self, Frame, Record};
+use std::sync::mpsc::Sender;
 
 /// File name of the segment whose first offset is `base`.
 pub(crate) fn log_name(base: u64) -> String {
@@ -237,6 +239,9 @@ pub(crate) struct Active {
     /// End of the data written so far.
     pos: usize,
     capacity: usize,
+    /// Where pages are (being) faulted in up to, by the prefault thread.
+    prefaulted: usize,
+    prefault: Option<Sender<Job>>,
 }
 
 /// How the active segment was recovered on open.
@@ -346,7 +351,7 @@ impl Active {
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(map);
         let _ = seg.index.set(index_map);
-        Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity })
+        Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity, prefaulted: end, prefault: None })
     }
 
     /// The shared side of this segment.
@@ -382,6 +387,23 @@ impl Active {
     /// Makes everything written so far readable.
     pub fn publish(&mut self) {
         self.data.publish(self.pos);
+        if self.pos + prefault::AHEAD > self.prefaulted && self.prefaulted < self.capacity {
+            self.request_prefault();
+        }
+    }
+
+    /// Has `tx`'s thread fault in pages ahead of the writer.
+    pub fn prefault_with(&mut self, tx: Option<Sender<Job>>) {
+        self.prefault = tx;
+        self.request_prefault();
+    }
+
+    fn request_prefault(&mut self) {
+        let Some(tx) = &self.prefault else { return };
+        let range = self.prefaulted..(self.prefaulted + prefault::CHUNK).min(self.capacity);
+        if !range.is_empty() && tx.send((self.data.mapping().clone(), range.clone())).is_ok() {
+            self.prefaulted = range.end;
+        }
     }
 
     /// Seals the segment: syncs its data, cuts the file to the data and syncs the index.
