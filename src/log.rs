@@ -13,7 +13,7 @@ use crate::mmap::Mapping;
 use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
 use crate::prefault;
-use crate::record::{self, Record};
+use crate::record::{self, Record, now_ms};
 use crate::segment::header::FILE_HEADER_LEN;
 use crate::segment::{self, Active, Segment};
 use crate::sync::GroupCommit;
@@ -97,14 +97,6 @@ struct Writer {
     /// disk); the next append tries again.
     active: Option<Active>,
     closed: bool,
-}
-
-/// Wall-clock milliseconds for record timestamps, from the coarse clock: it is read on
-/// every append, and costs a few nanoseconds instead of ~25 for the precise one, at a
-/// resolution of a few milliseconds (one kernel tick).
-fn now_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-    (t.tv_sec.max(0) as u64) * 1000 + (t.tv_nsec.max(0) as u64) / 1_000_000
 }
 
 impl Log {
@@ -517,6 +509,11 @@ struct Cursor {
 impl Iter {
     pub(crate) fn new(log: Arc<Log>, from: u64) -> Iter {
         Iter { log, next: from, cursor: None, done: false }
+    }
+
+    /// The offset the next call to `next` looks for.
+    pub(crate) fn peek_offset(&self) -> u64 {
+        self.next
     }
 
     /// Reads the record at `self.next`; `Ok(None)` if its segment was just deleted.

@@ -28,6 +28,19 @@ const BATCH_CONTINUES: u32 = 0x8000_0000;
 /// `crc32fast::Hasher::new` probes CPU features on every call; clone a prepared one instead.
 static HASHER: LazyLock<crc32fast::Hasher> = LazyLock::new(crc32fast::Hasher::new);
 
+/// A CRC-32 hasher ready for use.
+pub(crate) fn hasher() -> crc32fast::Hasher {
+    HASHER.clone()
+}
+
+/// Wall-clock milliseconds since the Unix epoch, from the coarse clock: it is read on every
+/// append, and costs a few nanoseconds instead of ~25 for the precise one, at a resolution
+/// of a few milliseconds (one kernel tick).
+pub(crate) fn now_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+    (t.tv_sec.max(0) as u64) * 1000 + (t.tv_nsec.max(0) as u64) / 1_000_000
+}
+
 /// Bytes a record with this payload length takes in a segment.
 pub(crate) fn frame_len(payload_len: usize) -> usize {
     HEADER_LEN + payload_len

@@ -42,9 +42,11 @@ const SEEK: u8 = 6;
 const SKIP: u8 = 7;
 
 fn crc(generation: u64, entry: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&generation.to_le_bytes());
-    h.update(&entry[KIND_AT..ENTRY_LEN]);
+    let mut covered = [0u8; 8 + ENTRY_LEN - KIND_AT];
+    covered[..8].copy_from_slice(&generation.to_le_bytes());
+    covered[8..].copy_from_slice(&entry[KIND_AT..ENTRY_LEN]);
+    let mut h = crate::record::hasher();
+    h.update(&covered);
     h.finalize()
 }
 

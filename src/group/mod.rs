@@ -21,7 +21,7 @@ use state::{Clock, GroupState, Op, Slot};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fs::sync_dir;
-use crate::log::Log;
+use crate::log::{Iter, Log};
 use crate::options::{GroupOptions, SyncPolicy};
 use crate::record::Record;
 use crate::sync::GroupCommit;
@@ -206,6 +206,8 @@ struct Locked {
     generation: u64,
     /// Set by a failed write of the group's files: the group refuses changes from then on.
     failed: Option<String>,
+    /// Where new records are read from.
+    cursor: Option<Iter>,
 }
 
 impl Group {
@@ -231,7 +233,8 @@ impl Group {
         }
         state.expire_leases(clock);
         let stored = GroupOptions { lease: snap.lease, max_attempts: snap.max_attempts };
-        let mut locked = Locked { state, journal, opts: stored, generation: snap.generation, failed: None };
+        let mut locked =
+            Locked { state, journal, opts: stored, generation: snap.generation, failed: None, cursor: None };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
         let mut rewrite = locked.state.next() > log.next_offset();
@@ -610,7 +613,24 @@ impl GroupInner {
         if offset >= limit {
             return Ok((None, seq));
         }
-        match self.log.read(offset) {
+        // New records are read with a cursor that walks the log, cheaper than a lookup each.
+        let read = match &mut l.cursor {
+            Some(cursor) if cursor.peek_offset() == offset => cursor.next().transpose(),
+            _ => {
+                let mut cursor = Iter::new(self.log.clone(), offset);
+                let read = cursor.next().transpose();
+                l.cursor = Some(cursor);
+                read
+            }
+        };
+        let read = match read {
+            Ok(Some(record)) if record.offset() == offset => Ok(Some(record)),
+            _ => {
+                l.cursor = None;
+                self.log.read(offset)
+            }
+        };
+        match read {
             Ok(Some(record)) => {
                 seq = Some(self.commit_op(l, Op::Deliver { offset, attempt: 1 }, clock)?);
                 Ok((Some(Ok(Delivery { record, attempt: 1 })), seq))

@@ -71,9 +71,7 @@ pub(crate) struct Clock {
 
 impl Clock {
     pub fn now() -> Clock {
-        let now_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Clock { now: Instant::now(), now_ms }
+        Clock { now: Instant::now(), now_ms: crate::record::now_ms() }
     }
 
     /// The instant of wall-clock time `at_ms` (now, if it has passed).
