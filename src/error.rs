@@ -74,13 +74,6 @@ pub enum Error {
         offset: u64,
     },
 
-    /// `redrive` named an offset that is not a dead letter of the group.
-    #[error("offset {offset} is not a dead letter of this group")]
-    NotDeadLetter {
-        /// The offset named.
-        offset: u64,
-    },
-
     /// The group was deleted; this handle can no longer be used.
     #[error("consumer group {name:?} was deleted")]
     GroupDeleted {

@@ -386,23 +386,23 @@ impl Group {
         Ok(l.state.dead_letters().iter().map(|(&offset, &attempts)| DeadLetter { offset, attempts }).collect())
     }
 
-    /// Makes a dead letter deliverable again, with a fresh attempt count.
-    ///
-    /// # Errors
-    /// [`Error::NotDeadLetter`] if `offset` is not a dead letter of this group.
-    pub fn redrive(&self, offset: u64) -> Result<()> {
+    /// Makes a dead letter deliverable again, with a fresh attempt count. Returns whether
+    /// `offset` was a dead letter: redriving anything else changes nothing, so two
+    /// operators redriving the same record do not get in each other's way.
+    pub fn redrive(&self, offset: u64) -> Result<bool> {
         let inner = &*self.inner;
         let seq = {
             let mut l = inner.lock();
             inner.check(&l)?;
             inner.reap(&mut l)?;
             if !l.state.dead_letters().contains_key(&offset) {
-                return Err(Error::NotDeadLetter { offset });
+                return Ok(false);
             }
             inner.commit_op(&mut l, Op::Redrive { offset }, Clock::now())?
         };
         inner.log.notify.notify();
-        inner.make_durable(seq)
+        inner.make_durable(seq)?;
+        Ok(true)
     }
 
     /// The first offset that is neither acked nor dead-lettered: every offset below it is
