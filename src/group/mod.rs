@@ -419,16 +419,17 @@ impl Group {
         l.state.ack_floor()
     }
 
-    /// Moves the group to `offset`: the ack floor becomes `offset` (or the queue's first
-    /// offset, if higher) and delivery goes on from there. Seeking back replays records;
-    /// seeking forward skips them. Leases and pending retries are dropped, and dead letters
-    /// at or above `offset` are forgotten (they will be delivered again). Durable like an ack.
+    /// Moves the group to `offset`: the ack floor becomes `offset` and delivery goes on from
+    /// there. Seeking back replays records; seeking forward skips them. `offset` is kept
+    /// within the records the queue holds: below the first offset it means the first, past
+    /// the end it means the end. Leases and pending retries are dropped, and dead letters at
+    /// or above `offset` are forgotten (they will be delivered again). Durable like an ack.
     pub fn seek(&self, offset: u64) -> Result<()> {
         let inner = &*self.inner;
         let seq = {
             let mut l = inner.lock();
             inner.check(&l)?;
-            let offset = offset.max(inner.log.first_offset());
+            let offset = offset.clamp(inner.log.first_offset(), inner.log.next_offset());
             inner.commit_op(&mut l, Op::Seek { offset }, Clock::now())?
         };
         inner.log.notify.notify();
