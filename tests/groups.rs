@@ -381,3 +381,51 @@ fn group_settings_are_stored_with_the_group() {
     assert_eq!((opts.get_max_attempts(), opts.get_lease()), (2, Duration::from_secs(7)));
     assert!(matches!(q.group_with("h", GroupOptions::default().max_attempts(0)), Err(Error::InvalidOptions(_))));
 }
+
+#[test]
+fn journal_entries_after_a_torn_one_never_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 4);
+        let g = q.group("g").unwrap();
+        while let Some(d) = g.poll(NO_WAIT).unwrap() {
+            g.ack(d.offset()).unwrap();
+        }
+        q.close().unwrap();
+    }
+    // Entries: deliver 0, ack 0, deliver 1, ack 1, ... Tear "ack 0": the later entries are
+    // still valid on their own, but must never count once the journal has moved on.
+    let journal = dir.path().join("groups/g/journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[32 + 24 + 12] ^= 0xff;
+    std::fs::write(&journal, &bytes).unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        let g = q.group("g").unwrap();
+        assert_eq!(g.ack_floor(), 0);
+        g.seek(0).unwrap();
+        q.close().unwrap();
+    }
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    assert_eq!(g.ack_floor(), 0, "old journal entries came back");
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+}
+
+#[test]
+fn lag_counts_only_records_still_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 10);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(1)).unwrap();
+    for _ in 0..4 {
+        g.poll(NO_WAIT).unwrap().unwrap();
+    }
+    g.ack(1).unwrap();
+    g.ack(3).unwrap();
+    g.nack(2, Duration::ZERO).unwrap(); // dead: max_attempts 1
+    let s = g.stats();
+    // 0 leased; 1, 3 acked; 2 dead; 4..10 never delivered.
+    assert_eq!((s.ack_floor, s.lag, s.leased, s.dead), (0, 7, 1, 1));
+}

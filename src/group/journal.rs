@@ -145,8 +145,11 @@ impl Journal {
     }
 
     /// Opens the journal and returns the changes it holds for `generation`; new entries go
-    /// after them.
-    pub fn open(path: &Path, generation: u64) -> Result<(Journal, Vec<Op>)> {
+    /// after them. The flag says whether entries of this generation lie past the first one
+    /// that failed its check (a torn or lost write in the middle): new entries would
+    /// overwrite them one by one, and the rest would be replayed again at the next open, so
+    /// the caller must start a new generation first.
+    pub fn open(path: &Path, generation: u64) -> Result<(Journal, Vec<Op>, bool)> {
         let file = crate::fs::open_rw(path, false)?;
         let len = file.metadata().at(path)?.len() as usize;
         if len < FILE_HEADER_LEN {
@@ -156,15 +159,17 @@ impl Journal {
             reserve(&file, path, JOURNAL_BYTES as u64)?;
         }
         let len = len.max(JOURNAL_BYTES);
-        let (ops, end) = {
+        let (ops, end, stale) = {
             let view = Mapping::read_only(&file, len).at(path)?;
             let bytes = view.readable();
             header::check(bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
-            replay(bytes, generation)
+            let (ops, end) = replay(bytes, generation);
+            let stale = bytes[end..].chunks_exact(ENTRY_LEN).any(|e| decode(e, generation).is_some());
+            (ops, end, stale)
         };
         let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
         let journal = Journal { path: path.to_path_buf(), file, writer, generation, pos: end, synced: end, seq: 0 };
-        Ok((journal, ops))
+        Ok((journal, ops, stale))
     }
 
     /// Whether another entry fits.
@@ -245,7 +250,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal");
         Journal::create(&path).unwrap();
-        let (mut j, ops) = Journal::open(&path, 0).unwrap();
+        let (mut j, ops, _) = Journal::open(&path, 0).unwrap();
         assert!(ops.is_empty());
         for o in 0..3 {
             j.append(Op::Ack { offset: o });
@@ -253,10 +258,15 @@ mod tests {
         j.restart(1).unwrap();
         j.append(Op::Seek { offset: 9 });
         drop(j);
-        let (_, ops) = Journal::open(&path, 1).unwrap();
+        let (_, ops, stale) = Journal::open(&path, 1).unwrap();
+        assert!(!stale, "entries of generation 0 are not this generation's");
         assert_eq!(ops, vec![Op::Seek { offset: 9 }]);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[FILE_HEADER_LEN + 5] ^= 1;
         assert_eq!(replay(&bytes, 1).0, vec![]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, ops, stale) = Journal::open(&path, 1).unwrap();
+        assert!(ops.is_empty());
+        assert!(!stale);
     }
 }

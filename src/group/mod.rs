@@ -138,7 +138,7 @@ pub struct GroupStats {
     pub ack_floor: u64,
     /// First offset never delivered.
     pub next_delivery: u64,
-    /// Records between the ack floor and the log's end not yet acked or dead.
+    /// Records not yet acked or dead: never delivered, leased or waiting for a retry.
     pub lag: u64,
     /// Records leased to a consumer right now.
     pub leased: u64,
@@ -225,9 +225,10 @@ impl Group {
         if !state_path.exists() {
             create(&log, &groups, &dir, opts.unwrap_or_default(), clock)?;
         }
+        remove_temp_files(&dir);
         let snap = Snapshot::read(&state_path)?;
-        let (journal, ops) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
-        let mut state = snap.restore(clock);
+        let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
+        let mut state = snap.restore(clock, log.next_offset());
         for op in ops {
             state.apply(op, clock);
         }
@@ -237,7 +238,7 @@ impl Group {
             Locked { state, journal, opts: stored, generation: snap.generation, failed: None, cursor: None };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
-        let mut rewrite = locked.state.next() > log.next_offset();
+        let mut rewrite = stale || locked.state.next() > log.next_offset();
         if rewrite {
             locked.state.truncate(log.next_offset());
         }
@@ -447,12 +448,12 @@ impl Group {
         let floor = l.state.ack_floor();
         let next = inner.log.next_offset();
         let dead = l.state.dead_letters().len() as u64;
-        let dead_above = l.state.dead_letters().range(floor..).count() as u64;
+        let undelivered = next.saturating_sub(l.state.next());
         GroupStats {
             name: inner.name.clone(),
             ack_floor: floor,
             next_delivery: l.state.next(),
-            lag: next.saturating_sub(floor).saturating_sub(dead_above),
+            lag: undelivered + (leased + waiting) as u64,
             leased: leased as u64,
             waiting: waiting as u64,
             dead,
@@ -548,7 +549,10 @@ impl GroupInner {
         self.sync_to(seq)
     }
 
+    /// Stops every use of this group. Taken under the group's lock, so no change (and no
+    /// snapshot that could recreate its files) is under way once this returns.
     pub(crate) fn mark_deleted(&self) {
+        let _locked = self.lock();
         self.deleted.store(true, Ordering::Release);
         self.log.notify.notify();
     }
@@ -654,6 +658,17 @@ impl Locked {
         self.journal.restart(generation)?;
         self.generation = generation;
         Ok(())
+    }
+}
+
+/// Removes files left half-written by a crash (a snapshot being replaced).
+fn remove_temp_files(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }
 

@@ -44,13 +44,15 @@ impl Snapshot {
     /// Captures `state`; leased records are saved as due at once, since no consumer holds
     /// a lease across a restart.
     pub fn of(state: &GroupState, generation: u64, max_attempts: u32, clock: Clock) -> Snapshot {
+        // Acked offsets are left out: whatever lies in `floor..next` unlisted is acked, so
+        // the snapshot grows with the records still open, not with those done.
         let entries = state
             .exceptions()
-            .map(|(offset, slot)| match slot {
-                Slot::Leased { attempts, .. } => (offset, WAITING, attempts, clock.now_ms),
-                Slot::Waiting { attempts, at } => (offset, WAITING, attempts, clock.ms_of(at)),
-                Slot::Acked => (offset, ACKED, 0, 0),
-                Slot::Dead { attempts } => (offset, DEAD, attempts, 0),
+            .filter_map(|(offset, slot)| match slot {
+                Slot::Leased { attempts, .. } => Some((offset, WAITING, attempts, clock.now_ms)),
+                Slot::Waiting { attempts, at } => Some((offset, WAITING, attempts, clock.ms_of(at))),
+                Slot::Acked => None,
+                Slot::Dead { attempts } => Some((offset, DEAD, attempts, 0)),
             })
             .chain(state.dead_letters().iter().filter(|&(&o, _)| o < state.floor()).map(|(&o, &a)| (o, DEAD, a, 0)))
             .collect();
@@ -58,8 +60,8 @@ impl Snapshot {
         Snapshot { generation, lease: state.lease, max_attempts, floor, next, lost, entries }
     }
 
-    /// Rebuilds the state it captured.
-    pub fn restore(&self, clock: Clock) -> GroupState {
+    /// Rebuilds the state it captured, for a log whose next offset is `limit`.
+    pub fn restore(&self, clock: Clock, limit: u64) -> GroupState {
         let slots = self.entries.iter().map(|&(offset, kind, attempts, at_ms)| {
             let slot = match kind {
                 ACKED => Slot::Acked,
@@ -68,7 +70,7 @@ impl Snapshot {
             };
             (offset, slot)
         });
-        let mut state = GroupState::restore(self.floor, self.next, slots, self.lease, clock);
+        let mut state = GroupState::restore(self.floor, self.next, slots, self.lease, clock, limit);
         state.lost = self.lost;
         state
     }
@@ -177,7 +179,7 @@ mod tests {
         let snap = Snapshot::of(&s, 4, 5, c);
         let bytes = snap.encode();
         assert_eq!(Snapshot::decode(&bytes).unwrap(), snap);
-        let restored = snap.restore(c);
+        let restored = snap.restore(c, u64::MAX);
         assert_eq!((restored.ack_floor(), restored.next()), (12, 14));
         assert_eq!(restored.dead_letters().get(&10), Some(&2));
         for i in 0..bytes.len() {

@@ -186,17 +186,20 @@ impl GroupState {
     }
 
     /// Rebuilds a state from a snapshot's parts.
+    /// Delivered offsets in `floor..next` that `exceptions` does not list are acked. `limit`
+    /// (the log's next offset) caps `next`, so a snapshot can never make the group allocate
+    /// slots for records that do not exist.
     pub fn restore(
         floor: u64,
         next: u64,
         exceptions: impl IntoIterator<Item = (u64, Slot)>,
         lease: Duration,
         clock: Clock,
+        limit: u64,
     ) -> GroupState {
-        let mut state = GroupState::new(floor, lease);
-        state.next = next.max(floor);
-        // Every delivered offset has a slot; one a damaged snapshot lacks is delivered again.
-        state.window = (floor..state.next).map(|_| Slot::Waiting { attempts: 0, at: clock.now }).collect();
+        let mut state = GroupState::new(floor.min(limit), lease);
+        state.next = next.clamp(state.floor, limit.max(state.floor));
+        state.window = (state.floor..state.next).map(|_| Slot::Acked).collect();
         for (offset, slot) in exceptions {
             if let Slot::Dead { attempts } = slot {
                 state.dead.insert(offset, attempts);
@@ -540,7 +543,7 @@ mod tests {
         s.apply(Op::Deliver { offset: 1, attempt: 1 }, c);
         s.apply(Op::Ack { offset: 1 }, c);
         let exceptions: Vec<_> = s.exceptions().collect();
-        let mut r = GroupState::restore(s.floor(), s.next(), exceptions, s.lease, c);
+        let mut r = GroupState::restore(s.floor(), s.next(), exceptions, s.lease, c, u64::MAX);
         assert_eq!((r.ack_floor(), r.next()), (0, 2));
         assert_eq!(r.due(c.now), Some(Due { offset: 0, attempts: 2 }));
     }

@@ -45,14 +45,29 @@ pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
 /// positions strictly increasing, relative offsets below `max_rel`, and each entry pointing
 /// at the start of the record it names in `data` (the segment's valid bytes).
 pub(crate) fn valid_len(entries: &[u8], data: &[u8], base: u64, max_rel: u64) -> usize {
+    prefix_len(entries, data.len(), max_rel, |rel, pos| {
+        record::peek(data, pos).is_ok_and(|f| f.offset == base + u64::from(rel))
+    })
+}
+
+/// Like [`valid_len`] without looking at the records: cheap enough for a sealed segment,
+/// whose entries are then checked one by one as reads use them ([`lands`]).
+pub(crate) fn ordered_len(entries: &[u8], data_len: usize, max_rel: u64) -> usize {
+    prefix_len(entries, data_len, max_rel, |_, _| true)
+}
+
+/// Whether the entry `(rel, pos)` points at the record it names.
+pub(crate) fn lands(data: &[u8], base: u64, (rel, pos): (u32, u32)) -> bool {
+    record::peek(data, pos as usize).is_ok_and(|f| f.offset == base + u64::from(rel))
+}
+
+fn prefix_len(entries: &[u8], data_len: usize, max_rel: u64, lands: impl Fn(u32, usize) -> bool) -> usize {
     let mut prev: Option<(u32, u32)> = None;
     for i in 0..entries.len() / ENTRY_LEN {
         let (rel, pos) = entry(entries, i);
         let increasing = prev.is_none_or(|(r, p)| rel > r && pos > p);
-        let lands = pos as usize >= FILE_HEADER_LEN
-            && u64::from(rel) < max_rel
-            && record::peek(data, pos as usize).is_ok_and(|f| f.offset == base + u64::from(rel));
-        if !(increasing && lands) {
+        let inside = (FILE_HEADER_LEN..data_len).contains(&(pos as usize)) && u64::from(rel) < max_rel;
+        if !(increasing && inside && lands(rel, pos as usize)) {
             return i * ENTRY_LEN;
         }
         prev = Some((rel, pos));
@@ -105,7 +120,7 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
             let bytes = map.readable();
             let entries = &bytes[FILE_HEADER_LEN..];
             if header::check(bytes, INDEX_MAGIC, base).is_ok()
-                && valid_len(entries, data, base, max_rel) == entries.len()
+                && ordered_len(entries, data.len(), max_rel) == entries.len()
             {
                 return Ok(map);
             }

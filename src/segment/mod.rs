@@ -10,7 +10,7 @@ pub(crate) mod scan;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use header::{FILE_HEADER_LEN, LOG_MAGIC};
@@ -60,6 +60,8 @@ pub(crate) struct Segment {
     synced: AtomicUsize,
     /// Length of the file on disk.
     bytes: AtomicU64,
+    /// An index entry was found not to point at its record: lookups ignore the index.
+    index_distrusted: AtomicBool,
 }
 
 impl Segment {
@@ -75,6 +77,7 @@ impl Segment {
             end_offset: AtomicU64::new(u64::MAX),
             synced: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
+            index_distrusted: AtomicBool::new(false),
         }
     }
 
@@ -135,14 +138,33 @@ impl Segment {
     /// Reads the record with this offset, which the caller knows belongs to this segment.
     pub fn read(&self, offset: u64) -> Result<Record> {
         let data = self.data()?;
-        let index = self.index(data.readable())?;
-        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
-        let (start_offset, start) = match index::floor(entries, offset - self.base) {
-            Some((rel, pos)) => (self.base + u64::from(rel), pos as usize),
-            None => (self.base, FILE_HEADER_LEN),
-        };
+        let (start_offset, start) = self.scan_start(data.readable(), offset)?;
         let frame = self.find(data.readable(), start, start_offset, offset)?;
         Ok(Record::new(data.clone(), frame))
+    }
+
+    /// Where to start stepping to `offset`: the index entry at or before it, as
+    /// `(offset, position)`. An entry that does not point at the record it names makes the
+    /// whole index untrusted: reads of this segment then scan from its start, and the index
+    /// file is removed so that the next open rebuilds it.
+    fn scan_start(&self, bytes: &[u8], offset: u64) -> Result<(u64, usize)> {
+        let from_start = (self.base, FILE_HEADER_LEN);
+        if self.index_distrusted.load(Ordering::Relaxed) {
+            return Ok(from_start);
+        }
+        let index = self.index(bytes)?;
+        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        match index::floor(entries, offset - self.base) {
+            Some(e) if index::lands(bytes, self.base, e) => Ok((self.base + u64::from(e.0), e.1 as usize)),
+            Some(_) => {
+                self.index_distrusted.store(true, Ordering::Relaxed);
+                if self.end_offset().is_some() {
+                    let _ = std::fs::remove_file(&self.index_path);
+                }
+                Ok(from_start)
+            }
+            None => Ok(from_start),
+        }
     }
 
     /// Steps from the record at `pos` (offset `at`) to `target` and checks it. Records on
@@ -187,13 +209,8 @@ impl Segment {
     /// Position of the record with this offset, for iteration.
     pub fn position_of(&self, offset: u64) -> Result<usize> {
         let data = self.data()?;
-        let index = self.index(data.readable())?;
-        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
-        let (mut at, mut pos) = match index::floor(entries, offset - self.base) {
-            Some((rel, pos)) => (self.base + u64::from(rel), pos as usize),
-            None => (self.base, FILE_HEADER_LEN),
-        };
         let bytes = data.readable();
+        let (mut at, mut pos) = self.scan_start(bytes, offset)?;
         let start = (pos, at);
         while at < offset {
             match record::peek(bytes, pos) {

@@ -34,12 +34,18 @@ pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Sca
     let mut scan = Scan { end: pos, next_offset: offset, records: 0, damage: None };
     let mut in_batch = 0;
     loop {
+        // The end of the data in the middle of a batch is a torn batch, not a clean end.
+        let end_kind = |kind| if in_batch > 0 { Some((pos, kind)) } else { None };
         if pos == bytes.len() {
+            scan.damage = end_kind(CorruptKind::Truncated);
             return scan;
         }
         let frame = match record::decode(bytes, pos) {
             Ok(frame) => frame,
-            Err(FrameError::Zeroed) => return scan,
+            Err(FrameError::Zeroed) => {
+                scan.damage = end_kind(CorruptKind::Zeroed);
+                return scan;
+            }
             Err(e) => {
                 scan.damage = Some((pos, corrupt_kind(e)));
                 return scan;
@@ -101,11 +107,15 @@ mod tests {
     }
 
     #[test]
-    fn an_unfinished_batch_is_not_part_of_the_prefix() {
+    fn an_unfinished_batch_is_not_part_of_the_prefix_and_is_reported() {
         let buf = log(&[(b"a", false), (b"b", true), (b"c", true)]);
         let scan = valid_prefix(&buf, 8, 10);
         assert_eq!(scan.next_offset, 11);
         assert_eq!(scan.end, 8 + record::frame_len(1));
+        assert_eq!(scan.damage, Some((buf.len(), CorruptKind::Truncated)));
+        let mut zeroed = buf.clone();
+        zeroed.resize(buf.len() + 64, 0);
+        assert_eq!(valid_prefix(&zeroed, 8, 10).damage, Some((buf.len(), CorruptKind::Zeroed)));
     }
 
     #[test]
