@@ -429,3 +429,31 @@ fn lag_counts_only_records_still_to_do() {
     // 0 leased; 1, 3 acked; 2 dead; 4..10 never delivered.
     assert_eq!((s.ack_floor, s.lag, s.leased, s.dead), (0, 7, 1, 1));
 }
+
+#[test]
+fn a_journal_entry_past_the_log_end_is_dropped_not_allocated_for() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 2);
+        q.group("g").unwrap();
+        q.close().unwrap();
+    }
+    // A well-formed "deliver offset 2^60" entry in generation 0, as the first entry.
+    let mut entry = [0u8; 24];
+    entry[4] = 1;
+    entry[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    entry[16..24].copy_from_slice(&1u64.to_le_bytes());
+    let mut covered = 0u64.to_le_bytes().to_vec();
+    covered.extend_from_slice(&entry[4..]);
+    entry[..4].copy_from_slice(&crc32fast::hash(&covered).to_le_bytes());
+    let journal = dir.path().join("groups/g/journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[32..56].copy_from_slice(&entry);
+    std::fs::write(&journal, &bytes).unwrap();
+
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    assert_eq!((g.ack_floor(), g.stats().next_delivery), (0, 0));
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+}

@@ -229,8 +229,15 @@ impl Group {
         let snap = Snapshot::read(&state_path)?;
         let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
         let mut state = snap.restore(clock, log.next_offset());
+        // Changes that reach past the log's end are dropped: the log lost those records (or
+        // the entry is damaged in a way its checksum missed), and applying them could make
+        // the state allocate a slot per offset up to an arbitrary number.
+        let mut beyond_log = false;
         for op in ops {
-            state.apply(op, clock);
+            match op.within(log.next_offset()) {
+                Some(op) => state.apply(op, clock),
+                None => beyond_log = true,
+            }
         }
         state.expire_leases(clock);
         let stored = GroupOptions { lease: snap.lease, max_attempts: snap.max_attempts };
@@ -238,7 +245,7 @@ impl Group {
             Locked { state, journal, opts: stored, generation: snap.generation, failed: None, cursor: None };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
-        let mut rewrite = stale || locked.state.next() > log.next_offset();
+        let mut rewrite = stale || beyond_log || locked.state.next() > log.next_offset();
         if rewrite {
             locked.state.truncate(log.next_offset());
         }

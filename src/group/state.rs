@@ -62,6 +62,19 @@ pub(crate) enum Op {
     },
 }
 
+impl Op {
+    /// This change for a log whose next offset is `limit`: deliveries and dead letters past
+    /// the log's end are dropped (`None`), seeks and skips past it go to the end.
+    pub fn within(self, limit: u64) -> Option<Op> {
+        match self {
+            Op::Deliver { offset, .. } | Op::Dead { offset } if offset >= limit => None,
+            Op::Seek { offset } if offset > limit => Some(Op::Seek { offset: limit }),
+            Op::Skip { offset } if offset > limit => Some(Op::Skip { offset: limit }),
+            op => Some(op),
+        }
+    }
+}
+
 /// "Now" on both clocks: the monotonic one for timers, the wall clock stored on disk.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
