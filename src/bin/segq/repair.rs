@@ -1,0 +1,161 @@
+//! `segq repair --truncate-at-first-damage`: cuts the queue back to the records before its
+//! first damage, keeping every byte it removes in side files.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use segq::inspect::{QueueDir, RepairPlan, plan_repair};
+
+use crate::output::json;
+use crate::{Failure, Outcome};
+
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = "\
+Without --yes, prints what it would do and changes nothing (exit code 1 if there is damage).
+With --yes it takes the queue's lock (refusing, with exit code 2, while a writer has the queue
+open), then: deletes the checkpoint so that the next open scans the newest segment; copies
+the bytes after the cut to <segment>.cut-<position> and cuts the segment there, at the end of
+the last complete batch before the damage; renames every later segment to
+<segment>.cut-0; deletes the index files of the segments it changed (they are rebuilt).
+Nothing is removed that is not kept in a side file, apart from derived data.")]
+pub struct Args {
+    /// The queue directory
+    dir: PathBuf,
+    /// Cut the log at its first damaged record (the only repair there is)
+    #[arg(long)]
+    truncate_at_first_damage: bool,
+    /// Do it; without this, only print what would be done
+    #[arg(long)]
+    yes: bool,
+    /// Print one JSON document
+    #[arg(long)]
+    json: bool,
+}
+
+/// Name of the lock file a writer holds while the queue is open.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the queue's lock, or says who has it. `create` makes the lock file if missing (a
+/// queue without one has never been opened by a writer).
+fn lock(dir: &Path, create: bool) -> Result<Option<File>, Failure> {
+    let path = dir.join(LOCK_FILE);
+    let file = match OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Failure::usage(format!("{}: {e}", path.display()))),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(Failure::usage(format!(
+            "{} is locked: a writer has this queue open; close it before repairing",
+            path.display()
+        ))),
+        Err(TryLockError::Error(e)) => Err(Failure::usage(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn describe(out: &mut impl Write, plan: &RepairPlan, done: bool) -> io::Result<()> {
+    let (cut, moved, deleted) =
+        if done { ("cut", "moved", "deleted") } else { ("would cut", "would move", "would delete") };
+    if let Some(d) = &plan.damage {
+        writeln!(out, "first damage: {} at byte {}: {}", d.file.display(), d.position, d.what)?;
+    }
+    if let Some(c) = &plan.cut {
+        writeln!(
+            out,
+            "{cut} {} at byte {} (the queue continues at offset {}); {} bytes kept in {}",
+            c.file.display(),
+            c.position,
+            c.next_offset,
+            c.bytes,
+            c.side_file.display()
+        )?;
+    }
+    for m in &plan.moves {
+        writeln!(out, "{moved} {} to {}", m.file.display(), m.side_file.display())?;
+    }
+    for d in &plan.deletes {
+        writeln!(out, "{deleted} {}", d.display())?;
+    }
+    if !plan.is_empty() {
+        writeln!(out, "the next open continues at offset {}", plan.next_offset)?;
+    }
+    if !done && !plan.is_empty() {
+        writeln!(out, "nothing was changed: run again with --yes to do it")?;
+    }
+    Ok(())
+}
+
+pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
+    if !args.truncate_at_first_damage {
+        return Err(Failure::usage("repair needs --truncate-at-first-damage (the only repair there is); see --help"));
+    }
+    let dir = QueueDir::open(&args.dir)?;
+    // With --yes the lock is held from here on, so no writer opens the queue half-repaired;
+    // a dry run only checks that no writer has it and lets go at once.
+    let held = if args.yes { lock(&dir.path, true)? } else { lock(&dir.path, false)?.and(None) };
+    let dir = QueueDir::open(&args.dir)?;
+    let plan = plan_repair(&dir)?;
+    if args.yes && !plan.is_empty() {
+        apply(&dir, &plan).map_err(|e| Failure::usage(format!("repair failed part-way: {e}; run it again")))?;
+    }
+    if args.json {
+        json(out, &serde_json::json!({ "dir": dir.path, "applied": args.yes && !plan.is_empty(), "plan": plan }))?;
+    } else if plan.is_empty() {
+        writeln!(out, "no damage found: nothing to repair")?;
+    } else {
+        describe(out, &plan, args.yes)?;
+    }
+    drop(held);
+    Ok(if plan.is_empty() || args.yes { 0 } else { 1 })
+}
+
+/// Carries out the plan. Each step leaves a queue that opens: the checkpoint goes first
+/// (so nothing refers to a segment about to go), later segments go newest first (so the
+/// log stays a prefix), and the cut segment is cut last.
+fn apply(dir: &QueueDir, plan: &RepairPlan) -> io::Result<()> {
+    let at = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let checkpoint = &dir.checkpoint.path;
+    if plan.deletes.contains(checkpoint) {
+        remove(checkpoint).map_err(|e| at(checkpoint, e))?;
+        sync_dir(&dir.path)?;
+    }
+    for m in plan.moves.iter().rev() {
+        fs::rename(&m.file, &m.side_file).map_err(|e| at(&m.file, e))?;
+    }
+    if let Some(c) = &plan.cut {
+        let file = OpenOptions::new().read(true).write(true).open(&c.file).map_err(|e| at(&c.file, e))?;
+        let mut side =
+            OpenOptions::new().write(true).create_new(true).open(&c.side_file).map_err(|e| at(&c.side_file, e))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = c.position;
+        loop {
+            let n = file.read_at(&mut buf, pos).map_err(|e| at(&c.file, e))?;
+            if n == 0 {
+                break;
+            }
+            side.write_all(&buf[..n]).map_err(|e| at(&c.side_file, e))?;
+            pos += n as u64;
+        }
+        side.sync_all().map_err(|e| at(&c.side_file, e))?;
+        file.set_len(c.position).map_err(|e| at(&c.file, e))?;
+        file.sync_all().map_err(|e| at(&c.file, e))?;
+    }
+    for d in plan.deletes.iter().filter(|d| *d != checkpoint) {
+        remove(d).map_err(|e| at(d, e))?;
+    }
+    sync_dir(&dir.path)
+}
+
+fn remove(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}

@@ -1,0 +1,226 @@
+//! The files of a queue directory, listed without opening the queue.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, Mark};
+use crate::error::{Error, IoContext, Result};
+use crate::group::{self, GROUPS_DIR};
+use crate::segment::{self, header::FILE_HEADER_LEN};
+
+/// Bytes of a checkpoint file that hold its two slots.
+const CHECKPOINT_LEN: usize = 576;
+/// Length of one checkpoint slot.
+const SLOT_LEN: usize = 64;
+/// Position of slot B.
+const SLOT_B: usize = 512;
+
+/// One segment file of a queue directory.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentFile {
+    /// The `<base>.log` file.
+    pub path: PathBuf,
+    /// Its base offset, from its name.
+    pub base: u64,
+    /// Its length when the directory was listed.
+    pub len: u64,
+    /// Its `<base>.index` file, if there is one.
+    pub index: Option<PathBuf>,
+}
+
+impl SegmentFile {
+    /// Where to start reading for `offset`: the position and offset of the last entry of the
+    /// segment's index at or before it, as a hint (the caller checks that a record with that
+    /// offset is there). `None` without a usable index, or when the segment start is nearest.
+    pub fn index_floor(&self, offset: u64) -> Option<(u64, u64)> {
+        let rel = offset.checked_sub(self.base)?;
+        super::index::floor(self.index.as_deref()?, self.base, rel)
+    }
+}
+
+/// One valid slot of the checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CheckpointSlot {
+    /// Base offset of the segment the position is in.
+    pub segment_base: u64,
+    /// Byte position in that segment, just past a complete batch.
+    pub position: u64,
+    /// Offset of the record that would start at `position`.
+    pub next_offset: u64,
+    /// The queue was closed cleanly with its data ending at `position` (slot A only).
+    pub clean: bool,
+}
+
+impl From<Mark> for CheckpointSlot {
+    fn from(m: Mark) -> Self {
+        CheckpointSlot {
+            segment_base: m.segment_base,
+            position: m.position,
+            next_offset: m.next_offset,
+            clean: m.clean,
+        }
+    }
+}
+
+/// What the `checkpoint` file says.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct CheckpointInfo {
+    /// The file.
+    pub path: PathBuf,
+    /// Whether the file exists.
+    pub present: bool,
+    /// Its length.
+    pub len: u64,
+    /// Slot A (written at open and at a clean close), if valid.
+    pub slot_a: Option<CheckpointSlot>,
+    /// Slot B (written after syncs), if valid.
+    pub slot_b: Option<CheckpointSlot>,
+    /// Slot A holds bytes but does not verify (segq ignores it).
+    pub slot_a_damaged: bool,
+    /// Slot B holds bytes but does not verify (segq ignores it).
+    pub slot_b_damaged: bool,
+}
+
+impl CheckpointInfo {
+    /// Reads the checkpoint of the queue in `dir`; a missing file is not an error.
+    fn read(dir: &Path) -> Result<CheckpointInfo> {
+        let path = dir.join(checkpoint::FILE_NAME);
+        let mut info = CheckpointInfo { path: path.clone(), ..Default::default() };
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(info),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        info.present = true;
+        info.len = file.metadata().at(&path)?.len();
+        let mut bytes = Vec::with_capacity(CHECKPOINT_LEN);
+        file.take(CHECKPOINT_LEN as u64).read_to_end(&mut bytes).at(&path)?;
+        if bytes.len() >= SLOT_LEN {
+            let (a, b) = checkpoint::parse(&bytes);
+            info.slot_a = a.map(Into::into);
+            info.slot_b = b.map(Into::into);
+        }
+        let written = |range: std::ops::Range<usize>| bytes.get(range).is_some_and(|s| s.iter().any(|&b| b != 0));
+        info.slot_a_damaged = info.slot_a.is_none() && written(0..SLOT_LEN.min(bytes.len()));
+        info.slot_b_damaged = info.slot_b.is_none() && written(SLOT_B.min(bytes.len())..bytes.len());
+        Ok(info)
+    }
+
+    /// The valid slots, with their names.
+    pub fn slots(&self) -> impl Iterator<Item = (&'static str, CheckpointSlot)> + '_ {
+        [("A", self.slot_a), ("B", self.slot_b)].into_iter().filter_map(|(n, s)| s.map(|s| (n, s)))
+    }
+}
+
+/// A queue directory as found on disk: its segment files, checkpoint and groups.
+///
+/// Listing reads the checkpoint first and the directory second, so that on a live queue
+/// every segment the checkpoint names was already there when the directory was listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QueueDir {
+    /// The directory.
+    pub path: PathBuf,
+    /// The segment files, oldest first. The last one is the active (newest) segment.
+    pub segments: Vec<SegmentFile>,
+    /// The checkpoint file.
+    pub checkpoint: CheckpointInfo,
+    /// Names of the consumer groups (those with a snapshot file), sorted.
+    pub groups: Vec<String>,
+    /// Files segq leaves behind only when interrupted: `*.tmp` files and `.index` files
+    /// without their segment. The next open of the queue deletes them.
+    pub leftovers: Vec<PathBuf>,
+    /// Folders under `groups/` without a snapshot file (a group half created or deleted).
+    pub incomplete_groups: Vec<PathBuf>,
+}
+
+impl QueueDir {
+    /// Lists the queue in `path`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directory cannot be read, or holds neither a segment file nor
+    /// a checkpoint (then it is not a queue directory).
+    pub fn open(path: impl AsRef<Path>) -> Result<QueueDir> {
+        let path = path.as_ref();
+        let checkpoint = CheckpointInfo::read(path)?;
+        let mut segments = Vec::new();
+        let mut indexes = Vec::new();
+        let mut leftovers = Vec::new();
+        for entry in fs::read_dir(path).at(path)? {
+            let entry = entry.at(path)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(base) = segment::parse_log_name(name) {
+                let len = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    // Deleted by retention since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(&entry.path(), e)),
+                };
+                segments.push(SegmentFile { path: entry.path(), base, len, index: None });
+            } else if name.ends_with(".tmp") {
+                leftovers.push(entry.path());
+            } else if let Some(digits) = name.strip_suffix(".index")
+                && let Some(base) = segment::parse_log_name(&format!("{digits}.log"))
+            {
+                indexes.push((base, entry.path()));
+            }
+        }
+        segments.sort_by_key(|s| s.base);
+        for (base, index) in indexes {
+            match segments.binary_search_by_key(&base, |s| s.base) {
+                Ok(i) => segments[i].index = Some(index),
+                Err(_) => leftovers.push(index),
+            }
+        }
+        leftovers.sort();
+        if segments.is_empty() && !checkpoint.present {
+            let msg = format!("{}: not a segq queue directory (no segment files, no checkpoint)", path.display());
+            return Err(Error::Io(io::Error::new(io::ErrorKind::NotFound, msg)));
+        }
+        let groups = group::list(path)?;
+        let mut incomplete_groups = Vec::new();
+        if let Ok(entries) = fs::read_dir(path.join(GROUPS_DIR)) {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                let named = entry.file_name().to_str().is_some_and(|n| groups.iter().any(|g| g == n));
+                if dir.is_dir() && !named {
+                    incomplete_groups.push(dir);
+                }
+            }
+        }
+        incomplete_groups.sort();
+        Ok(QueueDir { path: path.to_path_buf(), segments, checkpoint, groups, leftovers, incomplete_groups })
+    }
+
+    /// The newest segment: the one a writer appends to.
+    pub fn newest(&self) -> Option<&SegmentFile> {
+        self.segments.last()
+    }
+
+    /// The queue was closed cleanly: checkpoint slot A carries the clean flag and names the
+    /// newest segment, so the next open scans nothing.
+    pub fn is_clean(&self) -> bool {
+        let newest = self.newest().map(|s| s.base);
+        self.checkpoint.slot_a.is_some_and(|a| a.clean && Some(a.segment_base) == newest)
+    }
+
+    /// Where the checkpoint says the newest segment's data was durable, as recovery would
+    /// choose it: `(position, next offset)`. Data below it was synced; damage there is not
+    /// a torn tail.
+    pub fn trusted(&self) -> Option<(u64, u64)> {
+        let newest = self.newest()?;
+        let names = |s: &CheckpointSlot| s.segment_base == newest.base && s.next_offset >= newest.base;
+        let clean = self.checkpoint.slot_a.filter(|a| a.clean && names(a));
+        let chosen = clean.or_else(|| self.checkpoint.slots().map(|(_, s)| s).filter(names).max_by_key(|s| s.position));
+        chosen
+            .filter(|s| (FILE_HEADER_LEN as u64..=newest.len).contains(&s.position))
+            .map(|s| (s.position, s.next_offset))
+    }
+
+    /// The snapshot and journal files of group `name`.
+    pub(crate) fn group_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        let dir = self.path.join(GROUPS_DIR).join(name);
+        (dir.join(group::STATE_FILE), dir.join(group::JOURNAL_FILE))
+    }
+}

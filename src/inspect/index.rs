@@ -1,0 +1,200 @@
+//! Checking a segment's sparse index against its records, entry by entry, as the records
+//! are walked.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use super::Finding;
+use super::source::{Source, Window};
+use crate::segment::header::{self, FILE_HEADER_LEN, INDEX_MAGIC};
+use crate::segment::index::ENTRY_LEN;
+
+const CHUNK: usize = 1 << 20;
+const REBUILT: &str = "segq rebuilds the index when it next reads the segment";
+
+/// Walks the entries of one index file alongside the records of its segment.
+#[derive(Debug)]
+pub(crate) struct IndexCheck {
+    path: PathBuf,
+    src: Source,
+    len: u64,
+    window: Window,
+    base: u64,
+    /// Position of the next entry in the index file.
+    pos: u64,
+    prev: Option<(u32, u32)>,
+    /// Entries read so far.
+    pub entries: u64,
+    /// No more entries to check: the end of the file, an unused (zero) entry, or the first
+    /// bad entry (what follows a bad entry is not trusted either).
+    done: bool,
+    active: bool,
+    pub findings: Vec<Finding>,
+}
+
+impl IndexCheck {
+    /// Opens the index of a segment and checks its header. `None` (with the reason in
+    /// `findings`) when there is nothing to check.
+    pub fn open(path: &Path, base: u64, active: bool, findings: &mut Vec<Finding>) -> Option<IndexCheck> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
+                return None;
+            }
+        };
+        let mut check = IndexCheck {
+            path: path.to_path_buf(),
+            len: file.metadata().map(|m| m.len()).unwrap_or(0),
+            src: Source::File(file),
+            window: Window::default(),
+            base,
+            pos: FILE_HEADER_LEN as u64,
+            prev: None,
+            entries: 0,
+            done: false,
+            active,
+            findings: Vec::new(),
+        };
+        if let Err(e) = check.window.ensure(&check.src, &mut check.len, 0, FILE_HEADER_LEN, CHUNK) {
+            findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
+            return None;
+        }
+        let (bytes, _) = check.window.bytes();
+        if bytes.len() < FILE_HEADER_LEN {
+            findings.push(Finding::damage(
+                path,
+                bytes.len() as u64,
+                format!("index file is shorter than its header; {REBUILT}"),
+            ));
+            return None;
+        }
+        if let Err(kind) = header::check(bytes, INDEX_MAGIC, base) {
+            findings.push(Finding::damage(path, 0, format!("{kind}; {REBUILT}")));
+            return None;
+        }
+        if !active && !(check.len - FILE_HEADER_LEN as u64).is_multiple_of(ENTRY_LEN as u64) {
+            findings.push(Finding::damage(
+                path,
+                check.len,
+                format!("a sealed index holds whole 8-byte entries, but the file is {} bytes; {REBUILT}", check.len),
+            ));
+        }
+        Some(check)
+    }
+
+    fn bad(&mut self, what: String) {
+        self.findings.push(Finding::damage(&self.path, self.pos, format!("{what}; {REBUILT}")));
+        self.done = true;
+    }
+
+    /// The next entry, without consuming it.
+    fn peek(&mut self) -> Option<(u32, u32)> {
+        if self.done {
+            return None;
+        }
+        if let Err(e) = self.window.ensure(&self.src, &mut self.len, self.pos, ENTRY_LEN, CHUNK) {
+            self.findings.push(Finding::damage(&self.path, self.pos, format!("cannot read the index: {e}")));
+            self.done = true;
+            return None;
+        }
+        let (bytes, start) = self.window.bytes();
+        let Some(e) = bytes.get((self.pos - start) as usize..).and_then(|b| b.get(..ENTRY_LEN)) else {
+            self.done = true;
+            return None;
+        };
+        let entry = (LittleEndian::read_u32(e), LittleEndian::read_u32(&e[4..]));
+        if entry == (0, 0) {
+            if !self.active {
+                self.bad("an unused (zero) entry in a sealed index".into());
+            }
+            self.done = true;
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn consume(&mut self, entry: (u32, u32)) {
+        self.prev = Some(entry);
+        self.entries += 1;
+        self.pos += ENTRY_LEN as u64;
+    }
+
+    /// Checks every entry that points at or before the record at `position` with `offset`.
+    pub fn at_record(&mut self, position: u64, offset: u64) {
+        while let Some((rel, pos)) = self.peek() {
+            let pos64 = u64::from(pos);
+            if pos64 > position {
+                return;
+            }
+            if let Some((r, p)) = self.prev
+                && !(rel > r && pos > p)
+            {
+                return self.bad(format!("entry ({rel}, {pos}) does not follow entry ({r}, {p}) in order"));
+            }
+            if pos64 < position || pos64 < FILE_HEADER_LEN as u64 {
+                return self.bad(format!(
+                    "entry for offset {} points at byte {pos}, inside a record",
+                    self.base + u64::from(rel)
+                ));
+            }
+            if self.base + u64::from(rel) != offset {
+                return self.bad(format!(
+                    "entry for offset {} points at byte {pos}, where the record with offset {offset} starts",
+                    self.base + u64::from(rel)
+                ));
+            }
+            self.consume((rel, pos));
+        }
+    }
+
+    /// Checks the entries left once the records end at `data_end`: in a sealed segment none
+    /// may be left; in the active one, entries past the data belong to records being written.
+    pub fn finish(&mut self, data_end: u64) {
+        while let Some((rel, pos)) = self.peek() {
+            let in_order = self.prev.is_none_or(|(r, p)| rel > r && pos > p);
+            if self.active && !in_order {
+                // A writer may be writing this entry right now: past the data, entries of
+                // the active segment are not checked.
+                self.done = true;
+                return;
+            }
+            if !in_order {
+                return self.bad(format!("entry ({rel}, {pos}) is out of order"));
+            }
+            if !self.active {
+                return self.bad(format!(
+                    "entry for offset {} points at byte {pos}, past the segment's records (which end at byte {data_end})",
+                    self.base + u64::from(rel)
+                ));
+            }
+            self.consume((rel, pos));
+        }
+    }
+}
+
+/// Largest index file read whole for a lookup.
+const MAX_LOOKUP_INDEX: u64 = 64 << 20;
+
+/// The last entry of the index at `path` whose relative offset is at most `rel`, as
+/// `(position, offset)`; `None` if the index is missing, damaged or too big to read whole.
+pub(crate) fn floor(path: &Path, base: u64, rel: u64) -> Option<(u64, u64)> {
+    use std::io::Read;
+    let file = File::open(path).ok()?;
+    if file.metadata().ok()?.len() > MAX_LOOKUP_INDEX {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_LOOKUP_INDEX).read_to_end(&mut bytes).ok()?;
+    header::check(&bytes, INDEX_MAGIC, base).ok()?;
+    let entries = &bytes[FILE_HEADER_LEN..];
+    // Only entries before the first unused (zero) one are sorted.
+    let used =
+        entries.chunks_exact(ENTRY_LEN).position(|e| e.iter().all(|&b| b == 0)).unwrap_or(entries.len() / ENTRY_LEN);
+    let (r, pos) = crate::segment::index::floor(&entries[..used * ENTRY_LEN], rel)?;
+    (pos as usize >= FILE_HEADER_LEN).then(|| (u64::from(pos), base + u64::from(r)))
+}

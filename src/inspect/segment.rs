@@ -1,0 +1,361 @@
+//! One segment file, scanned from end to end: what it holds, how it ends, and what is wrong.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::dir::{CheckpointSlot, QueueDir, SegmentFile};
+use super::index::IndexCheck;
+use super::walk::{EndReason, ScanEnd, SegmentReader};
+use super::{Finding, Severity};
+use crate::error::{CorruptKind, Error, Result};
+use crate::segment::header::FILE_HEADER_LEN;
+
+/// How often a damaged-looking end of the active segment is read again before it counts:
+/// a writer may be in the middle of the record.
+const LIVE_RETRIES: u32 = 3;
+const LIVE_PAUSE: Duration = Duration::from_millis(30);
+/// Progress is reported about this often (in bytes).
+const PROGRESS_STEP: u64 = 1 << 20;
+
+/// How a segment's data ends.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SegmentEnd {
+    /// At the end of the file (a sealed segment) or at zeros (the unused part of the active
+    /// segment).
+    Clean,
+    /// The active segment ends with an incomplete record or batch past the data known to be
+    /// synced: a record being written, or the torn tail of a crash that the next open cuts.
+    /// Not damage.
+    Torn {
+        /// Where the incomplete record or batch starts.
+        position: u64,
+        /// What is there.
+        what: String,
+    },
+    /// Damaged records: the data stops at `position`, before the end of the segment.
+    Damaged {
+        /// Position of the first damaged record.
+        position: u64,
+        /// What is wrong there.
+        what: String,
+    },
+    /// The file header is damaged or missing: nothing in the file can be read.
+    Unreadable {
+        /// Where the problem is.
+        position: u64,
+        /// What is wrong.
+        what: String,
+    },
+    /// The file was deleted while it was being read (by retention, on a live queue).
+    Gone,
+}
+
+/// What one segment file holds, from a walk over all of its records.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentReport {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Its base offset (from its name).
+    pub base: u64,
+    /// Length of the file.
+    pub bytes: u64,
+    /// Whether it is the active (newest) segment; the others are sealed.
+    pub active: bool,
+    /// Records in its valid data (complete batches only).
+    pub records: u64,
+    /// Offset of its last valid record.
+    pub last_offset: Option<u64>,
+    /// Offset just past its valid data.
+    pub next_offset: u64,
+    /// Position just past its valid data.
+    pub data_end: u64,
+    /// Timestamp of its first valid record, in milliseconds since the Unix epoch.
+    pub first_timestamp_ms: Option<u64>,
+    /// Timestamp of its last valid record.
+    pub last_timestamp_ms: Option<u64>,
+    /// Entries in its `.index` file (`None` without an index file).
+    pub index_entries: Option<u64>,
+    /// How its data ends.
+    pub end: SegmentEnd,
+    /// Problems found in the segment, its index, or the checkpoint positions naming it.
+    pub findings: Vec<Finding>,
+}
+
+impl SegmentReport {
+    /// Whether a finding of this report is damage.
+    pub fn is_damaged(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Damage)
+    }
+}
+
+/// Walks every record of segment `i` of `dir`, checking each CRC and offset, and, with
+/// `check_index`, each index entry and each checkpoint position that names the segment.
+/// `progress` is called with the bytes read since its last call.
+///
+/// # Errors
+/// [`Error::Io`] when a read fails. Damage is not an error: it is in the report.
+pub fn scan_segment(
+    dir: &QueueDir,
+    i: usize,
+    check_index: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SegmentReport> {
+    scan_from(dir, i, None, check_index, progress)
+}
+
+/// [`scan_segment`] starting at `from` (a position and the offset there) instead of the
+/// first record: the counts and timestamps then cover only what follows it.
+pub(crate) fn scan_from(
+    dir: &QueueDir,
+    i: usize,
+    from: Option<(u64, u64)>,
+    check_index: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<SegmentReport> {
+    let seg: &SegmentFile = &dir.segments[i];
+    let active = i + 1 == dir.segments.len();
+    let mut report = SegmentReport {
+        file: seg.path.clone(),
+        base: seg.base,
+        bytes: seg.len,
+        active,
+        records: 0,
+        last_offset: None,
+        next_offset: seg.base,
+        data_end: FILE_HEADER_LEN as u64,
+        first_timestamp_ms: None,
+        last_timestamp_ms: None,
+        index_entries: None,
+        end: SegmentEnd::Clean,
+        findings: Vec::new(),
+    };
+    let mut reader = match SegmentReader::open(&seg.path) {
+        Ok(r) => r,
+        Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.end = SegmentEnd::Gone;
+            return Ok(report);
+        }
+        Err(Error::Corrupt { position, kind, .. }) => {
+            report.data_end = 0;
+            report.end = SegmentEnd::Unreadable { position, what: kind.to_string() };
+            report.findings.push(Finding::damage(&seg.path, position, kind));
+            return Ok(report);
+        }
+        Err(e) => return Err(e),
+    };
+    report.bytes = reader.file_len();
+    if let Some((position, offset)) = from {
+        reader.seek(position, offset);
+    }
+    let mut index = match (&seg.index, check_index) {
+        (Some(path), true) => IndexCheck::open(path, seg.base, active, &mut report.findings),
+        _ => None,
+    };
+    let marks: Vec<(&str, CheckpointSlot)> = if check_index {
+        dir.checkpoint.slots().filter(|(_, s)| s.segment_base == seg.base).collect()
+    } else {
+        Vec::new()
+    };
+    let mut matched = vec![false; marks.len()];
+    let mut check_boundary = |pos: u64, next: u64| {
+        for (m, (_, slot)) in marks.iter().enumerate() {
+            if slot.position == pos && slot.next_offset == next {
+                matched[m] = true;
+            }
+        }
+    };
+    check_boundary(FILE_HEADER_LEN as u64, seg.base);
+    let trusted = if active { dir.trusted().map_or(FILE_HEADER_LEN as u64, |(p, _)| p) } else { 0 };
+    let mut first_ts = None;
+    let mut last_committed_ts = None;
+    let mut reported = FILE_HEADER_LEN as u64;
+    let mut retries = 0;
+    let end = loop {
+        while let Some(rec) = reader.next_record()? {
+            if let Some(ix) = index.as_mut() {
+                ix.at_record(rec.position, rec.offset);
+            }
+            first_ts.get_or_insert(rec.timestamp_ms);
+            let end = rec.end();
+            if !rec.batch_continues {
+                last_committed_ts = Some(rec.timestamp_ms);
+                check_boundary(end, rec.offset + 1);
+            }
+            if end - reported >= PROGRESS_STEP {
+                progress(end - reported);
+                reported = end;
+            }
+        }
+        let end = reader.end().expect("the walk stopped").clone();
+        let verdict = judge(&mut reader, &end, active, trusted)?;
+        let suspicious = matches!(verdict.0, SegmentEnd::Damaged { .. }) || verdict.1.is_some();
+        if active && suspicious && retries < LIVE_RETRIES {
+            // A writer may be writing there right now: look again in a moment.
+            retries += 1;
+            std::thread::sleep(LIVE_PAUSE);
+            reader.seek(end.valid_end, end.valid_next_offset);
+            continue;
+        }
+        break (end, verdict);
+    };
+    let (end, (verdict, stray)) = end;
+    // The rest of the file (zeros of the active segment, damage) was read or is skipped.
+    progress(reader.file_len().max(reported) - reported);
+    report.bytes = reader.file_len();
+    report.records = end.valid_next_offset - from.map_or(seg.base, |(_, offset)| offset);
+    report.next_offset = end.valid_next_offset;
+    report.last_offset = end.valid_next_offset.checked_sub(1).filter(|&o| o >= seg.base);
+    report.data_end = end.valid_end;
+    if report.records > 0 {
+        report.first_timestamp_ms = first_ts;
+        report.last_timestamp_ms = last_committed_ts;
+    }
+    match &verdict {
+        SegmentEnd::Damaged { position, what } => report.findings.push(Finding::damage(&seg.path, *position, what)),
+        SegmentEnd::Torn { .. } | SegmentEnd::Clean | SegmentEnd::Unreadable { .. } | SegmentEnd::Gone => {}
+    }
+    if let Some(stray) = stray {
+        report.findings.push(stray);
+    }
+    report.end = verdict;
+    if let Some(mut ix) = index {
+        ix.finish(end.valid_end);
+        report.index_entries = Some(ix.entries);
+        report.findings.append(&mut ix.findings);
+    }
+    for ((name, slot), ok) in marks.iter().zip(matched) {
+        if ok {
+            continue;
+        }
+        let ck = &dir.checkpoint.path;
+        let what = if slot.position > end.valid_end {
+            format!(
+                "slot {name} says the data of {} was synced up to byte {} (offset {}), but its valid data ends at byte {}",
+                seg.path.display(),
+                slot.position,
+                slot.next_offset,
+                end.valid_end
+            )
+        } else {
+            format!(
+                "slot {name} names byte {} of {} with next offset {}, which is not the end of a batch there",
+                slot.position,
+                seg.path.display(),
+                slot.next_offset
+            )
+        };
+        let position = if *name == "A" { 0 } else { 512 };
+        report.findings.push(Finding::damage(ck, position, what));
+    }
+    if let Some(a) = dir.checkpoint.slot_a.filter(|a| a.clean && a.segment_base == seg.base && active && check_index)
+        && end.valid_end > a.position
+    {
+        report.findings.push(Finding::damage(
+            &dir.checkpoint.path,
+            0,
+            format!(
+                "slot A says the queue was closed cleanly with its data ending at byte {} of {}, but records go on to byte {}: the next open overwrites them",
+                a.position,
+                seg.path.display(),
+                end.valid_end
+            ),
+        ));
+    }
+    Ok(report)
+}
+
+/// What the end of `reader`'s walk means, once [`SegmentReader::next_record`] returned
+/// `None`: in a sealed segment anything but the end of the file is damage; in the `active`
+/// one, an incomplete record or batch at or past `trusted` (the position the checkpoint
+/// records as synced) with only zeros after it is the tail being written, or torn by a
+/// crash, and not damage. [`SegmentEnd::Clean`] if the walk has not ended.
+///
+/// # Errors
+/// [`Error::Io`] when a read fails.
+pub fn judge_end(reader: &mut SegmentReader, active: bool, trusted: u64) -> Result<SegmentEnd> {
+    let Some(end) = reader.end().cloned() else { return Ok(SegmentEnd::Clean) };
+    Ok(judge(reader, &end, active, trusted)?.0)
+}
+
+/// Decides what the end of a walk means: in a sealed segment anything but the end of the
+/// file is damage; in the active one, an incomplete record or batch past the synced data is
+/// the tail being written (or torn by a crash), as long as only zeros follow it.
+/// Also returns a warning for stray bytes past the end of the active segment's data.
+fn judge(
+    reader: &mut SegmentReader,
+    end: &ScanEnd,
+    active: bool,
+    trusted: u64,
+) -> Result<(SegmentEnd, Option<Finding>)> {
+    let unfinished = end.valid_end < end.position;
+    let batch_cut = || {
+        format!(
+            "a batch starting with offset {} has no last record (it ends at byte {})",
+            end.valid_next_offset, end.position
+        )
+    };
+    if !active {
+        let verdict = match &end.reason {
+            EndReason::EndOfFile if !unfinished => SegmentEnd::Clean,
+            EndReason::EndOfFile => SegmentEnd::Damaged { position: end.valid_end, what: batch_cut() },
+            EndReason::Zeros => SegmentEnd::Damaged { position: end.position, what: CorruptKind::Zeroed.to_string() },
+            EndReason::Damage(kind) => SegmentEnd::Damaged { position: end.position, what: kind.to_string() },
+        };
+        return Ok((verdict, None));
+    }
+    let after = match &end.reason {
+        EndReason::EndOfFile => None,
+        EndReason::Zeros => Some(end.position),
+        EndReason::Damage(kind @ CorruptKind::BadOffset { .. }) => {
+            // A whole, checksummed record with the wrong offset is not a write in progress.
+            return Ok((SegmentEnd::Damaged { position: end.position, what: kind.to_string() }, None));
+        }
+        EndReason::Damage(_) => {
+            let claimed = reader.claimed_frame_end(end.position)?;
+            Some(claimed.filter(|&e| e <= reader.file_len()).unwrap_or(end.position + crate::record::HEADER_LEN as u64))
+        }
+    };
+    let stray = match after {
+        Some(from) => reader.first_nonzero(from.min(reader.file_len()))?,
+        None => None,
+    };
+    let damage_at = match &end.reason {
+        EndReason::Damage(kind) => Some((end.position, kind.to_string())),
+        _ => None,
+    };
+    if let Some((position, what)) = damage_at {
+        if position < trusted || stray.is_some() {
+            return Ok((SegmentEnd::Damaged { position, what }, None));
+        }
+        let start = if unfinished { end.valid_end } else { position };
+        return Ok((
+            SegmentEnd::Torn { position: start, what: format!("incomplete record at byte {position}: {what}") },
+            None,
+        ));
+    }
+    if end.position < trusted {
+        let what = format!(
+            "{} (the checkpoint says data was synced up to byte {trusted})",
+            if unfinished { batch_cut() } else { CorruptKind::Zeroed.to_string() }
+        );
+        return Ok((
+            SegmentEnd::Damaged { position: if unfinished { end.valid_end } else { end.position }, what },
+            None,
+        ));
+    }
+    let verdict =
+        if unfinished { SegmentEnd::Torn { position: end.valid_end, what: batch_cut() } } else { SegmentEnd::Clean };
+    let stray = stray.map(|at| {
+        Finding::warning(
+            reader.path(),
+            at,
+            format!(
+                "bytes that are not zero lie past the end of the data (byte {}); the next open drops them",
+                end.position
+            ),
+        )
+    });
+    Ok((verdict, stray))
+}

@@ -1,0 +1,436 @@
+//! Walking the records of one segment file with positional reads, in bounded chunks.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use super::source::{Source, Window};
+use crate::error::{CorruptKind, Error, Result};
+use crate::options::MAX_RECORD_LIMIT;
+use crate::record::{self, FrameError, HEADER_LEN};
+use crate::segment::header::{self, FILE_HEADER_LEN, LOG_MAGIC};
+use crate::segment::scan::corrupt_kind;
+
+/// Bytes read at a time unless a record needs more.
+pub const DEFAULT_CHUNK: usize = 4 << 20;
+
+/// Largest frame the walker reads: no payload can be longer than
+/// [`crate::Options::max_record_bytes`] allows, so a longer length field is damage and never
+/// sizes a read.
+const MAX_FRAME: u64 = MAX_RECORD_LIMIT as u64 + HEADER_LEN as u64;
+
+/// One record found by [`SegmentReader::next_record`], its checksum and offset checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    /// The record's offset in the queue.
+    pub offset: u64,
+    /// When it was appended, in milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// Byte position of the record's header in the segment file.
+    pub position: u64,
+    /// Another record of the same batch follows it.
+    pub batch_continues: bool,
+    /// The payload.
+    pub payload: &'a [u8],
+}
+
+impl RecordView<'_> {
+    /// Position just past this record in the segment file.
+    pub fn end(&self) -> u64 {
+        self.position + HEADER_LEN as u64 + self.payload.len() as u64
+    }
+}
+
+/// Why a walk over a segment stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// The file ends right after the last record.
+    EndOfFile,
+    /// An all-zero record header: nothing was written past this point.
+    Zeros,
+    /// The bytes at the stop position are not the next record.
+    Damage(CorruptKind),
+}
+
+/// Where and why a walk over a segment stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Position where the walk stopped: just past the last record read.
+    pub position: u64,
+    /// Offset the record at `position` should have carried.
+    pub next_offset: u64,
+    /// Why the walk stopped there.
+    pub reason: EndReason,
+    /// End of the last complete batch: the valid data ends here. Below `position` when the
+    /// records after it belong to a batch whose last record is missing.
+    pub valid_end: u64,
+    /// Offset of the first record past `valid_end`.
+    pub valid_next_offset: u64,
+}
+
+/// Reads the records of one segment file in order, checking each one's CRC and offset.
+///
+/// It reads with positional reads in chunks (never a memory map) and never takes the queue's
+/// lock, so it is safe on a queue that a writer has open. No buffer is sized by a length
+/// read from the file beyond what the file holds and the largest record segq writes.
+#[derive(Debug)]
+pub struct SegmentReader {
+    path: PathBuf,
+    src: Source,
+    /// Length of the file as last known.
+    len: u64,
+    base: u64,
+    window: Window,
+    chunk: usize,
+    pos: u64,
+    next_offset: u64,
+    valid_end: u64,
+    valid_next_offset: u64,
+    end: Option<ScanEnd>,
+}
+
+impl SegmentReader {
+    /// Opens the segment file at `path` and checks its 32-byte header. The base offset is
+    /// the one in the file name when it is a segment name (`<20 digits>.log`), else the one
+    /// in the header.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read; [`Error::Corrupt`] naming the file and the
+    /// position if it is shorter than a header or its header is wrong (magic, checksum,
+    /// version, base offset).
+    pub fn open(path: &Path) -> Result<SegmentReader> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        SegmentReader::new(path, Source::File(file))
+    }
+
+    /// A reader over a segment file's bytes held in memory (for tests and fuzzing); `path`
+    /// only names it in errors.
+    ///
+    /// # Errors
+    /// As [`SegmentReader::open`].
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<SegmentReader> {
+        SegmentReader::new(path, Source::Bytes(bytes))
+    }
+
+    fn new(path: &Path, src: Source) -> Result<SegmentReader> {
+        let len = src.len().map_err(|e| Error::io(path, e))?;
+        let mut reader = SegmentReader {
+            path: path.to_path_buf(),
+            src,
+            len,
+            base: 0,
+            window: Window::default(),
+            chunk: DEFAULT_CHUNK,
+            pos: FILE_HEADER_LEN as u64,
+            next_offset: 0,
+            valid_end: FILE_HEADER_LEN as u64,
+            valid_next_offset: 0,
+            end: None,
+        };
+        reader.fill(0, FILE_HEADER_LEN)?;
+        let (bytes, _) = reader.window.bytes();
+        if bytes.len() < FILE_HEADER_LEN {
+            return Err(Error::corrupt(path, bytes.len() as u64, CorruptKind::Truncated));
+        }
+        let named = path.file_name().and_then(|n| n.to_str()).and_then(crate::segment::parse_log_name);
+        let base = named.unwrap_or_else(|| LittleEndian::read_u64(&bytes[16..24]));
+        header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(path, 0, kind))?;
+        reader.base = base;
+        reader.seek(FILE_HEADER_LEN as u64, base);
+        Ok(reader)
+    }
+
+    /// Reads `chunk` bytes at a time (at least a record header's worth) instead of
+    /// [`DEFAULT_CHUNK`]. Small chunks are for tests of the chunk boundaries.
+    #[must_use]
+    pub fn with_chunk_size(mut self, chunk: usize) -> SegmentReader {
+        self.chunk = chunk.max(HEADER_LEN);
+        self
+    }
+
+    /// The segment file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The segment's base offset: the offset of its first record.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Length of the file as last seen (it shrinks if a writer cuts the file).
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    /// Goes on from `position`, where the record with offset `offset` should start (an
+    /// index entry, a checkpoint position, or the end of a previous walk to look for
+    /// records appended since). Bytes read before are read again.
+    pub fn seek(&mut self, position: u64, offset: u64) {
+        self.pos = position.max(FILE_HEADER_LEN as u64);
+        self.next_offset = offset;
+        self.valid_end = self.pos;
+        self.valid_next_offset = offset;
+        self.end = None;
+        self.window.clear();
+        if let Ok(len) = self.src.len() {
+            self.len = len;
+        }
+    }
+
+    /// Where and why the walk stopped, once [`SegmentReader::next_record`] returned `None`.
+    pub fn end(&self) -> Option<&ScanEnd> {
+        self.end.as_ref()
+    }
+
+    /// Offset the next record should carry.
+    pub fn next_offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Position of the next record.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    fn fill(&mut self, pos: u64, need: usize) -> Result<()> {
+        self.window.ensure(&self.src, &mut self.len, pos, need, self.chunk).map_err(|e| Error::io(&self.path, e))
+    }
+
+    fn stop(&mut self, reason: EndReason) {
+        self.end = Some(ScanEnd {
+            position: self.pos,
+            next_offset: self.next_offset,
+            reason,
+            valid_end: self.valid_end,
+            valid_next_offset: self.valid_next_offset,
+        });
+    }
+
+    /// The next record, or `None` when the walk has stopped: see [`SegmentReader::end`]
+    /// for where and why. Damage ends the walk; it is not an error.
+    ///
+    /// # Errors
+    /// Only [`Error::Io`], when a read fails.
+    pub fn next_record(&mut self) -> Result<Option<RecordView<'_>>> {
+        if self.end.is_some() {
+            return Ok(None);
+        }
+        loop {
+            let pos = self.pos;
+            if pos >= self.len {
+                self.stop(EndReason::EndOfFile);
+                return Ok(None);
+            }
+            self.fill(pos, HEADER_LEN)?;
+            let (bytes, start) = self.window.bytes();
+            let at = (pos - start) as usize;
+            let frame = match record::decode(bytes, at) {
+                Ok(frame) => frame,
+                Err(FrameError::Zeroed) => {
+                    self.stop(EndReason::Zeros);
+                    return Ok(None);
+                }
+                Err(FrameError::BadLength(len)) => {
+                    let frame_end = pos.saturating_add(HEADER_LEN as u64).saturating_add(len);
+                    if len + (HEADER_LEN as u64) <= MAX_FRAME && frame_end <= self.len && self.window.end() < frame_end
+                    {
+                        self.fill(pos, HEADER_LEN + len as usize)?;
+                        continue;
+                    }
+                    self.stop(EndReason::Damage(CorruptKind::BadLength { len }));
+                    return Ok(None);
+                }
+                Err(e) => {
+                    self.stop(EndReason::Damage(corrupt_kind(e)));
+                    return Ok(None);
+                }
+            };
+            if frame.offset != self.next_offset {
+                let kind = CorruptKind::BadOffset { expected: self.next_offset, found: frame.offset };
+                self.stop(EndReason::Damage(kind));
+                return Ok(None);
+            }
+            self.pos = start + frame.end() as u64;
+            self.next_offset += 1;
+            if !frame.batch_continues {
+                self.valid_end = self.pos;
+                self.valid_next_offset = self.next_offset;
+            }
+            let (bytes, _) = self.window.bytes();
+            return Ok(Some(RecordView {
+                offset: frame.offset,
+                timestamp_ms: frame.timestamp_ms,
+                position: pos,
+                batch_continues: frame.batch_continues,
+                payload: &bytes[frame.payload],
+            }));
+        }
+    }
+
+    /// Where the record whose header is at `position` claims to end, judging by its length
+    /// field alone (no checksum): where the next record would start. `None` when no record
+    /// header is there.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a read fails.
+    pub fn claimed_frame_end(&mut self, position: u64) -> Result<Option<u64>> {
+        self.fill(position, HEADER_LEN)?;
+        let (bytes, start) = self.window.bytes();
+        let Some(at) = position.checked_sub(start) else { return Ok(None) };
+        Ok(match record::peek(bytes, at as usize) {
+            Ok(frame) => Some(start + frame.end() as u64),
+            Err(FrameError::BadLength(len)) => Some(position + HEADER_LEN as u64 + len),
+            Err(_) => None,
+        })
+    }
+
+    /// Position of the first byte that is not zero at or after `from`, reading to the end of
+    /// the file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when a read fails.
+    pub fn first_nonzero(&mut self, from: u64) -> Result<Option<u64>> {
+        let mut pos = from;
+        while pos < self.len {
+            self.fill(pos, self.chunk)?;
+            let (bytes, start) = self.window.bytes();
+            let slice = &bytes[(pos - start) as usize..];
+            if slice.is_empty() {
+                break;
+            }
+            if let Some(i) = first_nonzero(slice) {
+                return Ok(Some(pos + i as u64));
+            }
+            pos += slice.len() as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Index of the first byte that is not zero, checking 16 bytes at a time.
+fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(16);
+    for (i, c) in chunks.by_ref().enumerate() {
+        if u128::from_ne_bytes(c.try_into().expect("16 bytes")) != 0 {
+            return c.iter().position(|&b| b != 0).map(|j| i * 16 + j);
+        }
+    }
+    let done = bytes.len() - chunks.remainder().len();
+    chunks.remainder().iter().position(|&b| b != 0).map(|j| done + j)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::scan;
+    use proptest::prelude::*;
+
+    fn segment(base: u64, records: &[(Vec<u8>, bool)]) -> Vec<u8> {
+        let mut bytes = header::encode(LOG_MAGIC, base).to_vec();
+        for (i, (payload, more)) in records.iter().enumerate() {
+            bytes.extend_from_slice(&record::encode_header(base + i as u64, 1000 + i as u64, payload, *more));
+            bytes.extend_from_slice(payload);
+        }
+        bytes
+    }
+
+    fn walk(bytes: &[u8], chunk: usize) -> (Vec<(u64, u64, Vec<u8>)>, ScanEnd) {
+        let name = Path::new("00000000000000000007.log");
+        let mut r = SegmentReader::from_bytes(name, bytes.to_vec()).unwrap().with_chunk_size(chunk);
+        let mut seen = Vec::new();
+        while let Some(rec) = r.next_record().unwrap() {
+            seen.push((rec.offset, rec.position, rec.payload.to_vec()));
+        }
+        (seen, r.end().unwrap().clone())
+    }
+
+    #[test]
+    fn records_across_chunk_boundaries_are_read_whole() {
+        let records: Vec<_> = (0..20).map(|i| (vec![i as u8; i * 7], i % 3 == 1)).collect();
+        let bytes = segment(7, &records);
+        for chunk in [1, 24, 25, 31, 100, 1 << 20] {
+            let (seen, end) = walk(&bytes, chunk);
+            assert_eq!(seen.len(), 20, "chunk {chunk}");
+            assert_eq!(seen[5].2, vec![5u8; 35]);
+            assert_eq!((end.reason, end.position, end.next_offset), (EndReason::EndOfFile, bytes.len() as u64, 27));
+        }
+    }
+
+    #[test]
+    fn a_huge_length_is_damage_not_an_allocation() {
+        let mut bytes = segment(7, &[(b"abc".to_vec(), false)]);
+        let at = bytes.len();
+        bytes.extend_from_slice(&record::encode_header(8, 0, b"", false));
+        LittleEndian::write_u32(&mut bytes[at + 4..], u32::MAX);
+        let (seen, end) = walk(&bytes, 64);
+        assert_eq!(seen.len(), 1);
+        assert_eq!(end.reason, EndReason::Damage(CorruptKind::BadLength { len: 0x7fff_ffff }));
+        assert_eq!(end.position, at as u64);
+    }
+
+    #[test]
+    fn hostile_headers_name_the_position() {
+        let name = Path::new("x.log");
+        let short = SegmentReader::from_bytes(name, vec![1; 10]).unwrap_err();
+        assert!(matches!(short, Error::Corrupt { position: 10, kind: CorruptKind::Truncated, .. }));
+        let magic = SegmentReader::from_bytes(name, vec![0; 64]).unwrap_err();
+        assert!(matches!(magic, Error::Corrupt { position: 0, kind: CorruptKind::BadMagic, .. }));
+        let empty = SegmentReader::from_bytes(name, vec![]).unwrap_err();
+        assert!(matches!(empty, Error::Corrupt { position: 0, kind: CorruptKind::Truncated, .. }));
+    }
+
+    #[test]
+    fn first_nonzero_finds_the_first_byte() {
+        let mut v = vec![0u8; 100];
+        assert_eq!(first_nonzero(&v), None);
+        v[99] = 1;
+        assert_eq!(first_nonzero(&v), Some(99));
+        v[17] = 3;
+        assert_eq!(first_nonzero(&v), Some(17));
+    }
+
+    /// Records, then optionally a damaged byte and trailing zeros.
+    fn arb_segment() -> impl Strategy<Value = Vec<u8>> {
+        let records = prop::collection::vec((prop::collection::vec(any::<u8>(), 0..80), any::<bool>()), 0..12);
+        (records, any::<Option<(prop::sample::Index, u8)>>(), 0..64usize, prop::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(records, flip, zeros, junk)| {
+                let mut bytes = segment(7, &records);
+                if let Some((i, x)) = flip {
+                    let i = FILE_HEADER_LEN + i.index(bytes.len() - FILE_HEADER_LEN + 1);
+                    if i < bytes.len() {
+                        bytes[i] ^= x | 1;
+                    }
+                }
+                bytes.extend(std::iter::repeat_n(0, zeros));
+                bytes.extend(junk);
+                bytes
+            })
+    }
+
+    proptest! {
+        /// The chunked walk agrees with the crate's own scan over the whole bytes, whatever
+        /// the chunk size.
+        #[test]
+        fn the_chunked_walk_agrees_with_valid_prefix(bytes in arb_segment(), chunk in 1usize..200) {
+            let scan = scan::valid_prefix(&bytes, FILE_HEADER_LEN, 7);
+            let (_, end) = walk(&bytes, chunk);
+            prop_assert_eq!(end.valid_end, scan.end as u64);
+            prop_assert_eq!(end.valid_next_offset, scan.next_offset);
+            match (&end.reason, &scan.damage) {
+                (EndReason::Damage(kind), Some((pos, expected))) => {
+                    prop_assert_eq!(kind, expected);
+                    prop_assert_eq!(end.position, *pos as u64);
+                }
+                (EndReason::EndOfFile | EndReason::Zeros, None) => {}
+                // The data ended inside a batch: the scan reports the torn batch as damage.
+                (EndReason::EndOfFile | EndReason::Zeros, Some((pos, _))) if end.valid_end < end.position => {
+                    prop_assert_eq!(end.position, *pos as u64);
+                }
+                (reason, damage) => prop_assert!(false, "walk ended with {:?}, scan with {:?}", reason, damage),
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The `segq` binary on damaged and hostile files: every problem is a clear line naming the
+//! file and the byte position, with exit code 1 for damage and 2 for usage or I/O errors,
+//! and never a panic.
+
+mod cli_support;
+
+use std::fs;
+use std::path::Path;
+
+use cli_support::*;
+
+/// A valid 32-byte segment header for `base`, built as FORMAT.md describes.
+fn header(base: u64, version: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(32);
+    h.extend_from_slice(b"SEGQLOG\0");
+    h.extend_from_slice(&version.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&base.to_le_bytes());
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+/// A record frame as FORMAT.md describes it.
+fn record(offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut frame = crc32fast::hash(&body).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs `dump` on a lone file with these bytes and returns the run.
+fn dump_file(dir: &Path, name: &str, bytes: &[u8]) -> Run {
+    let path = dir.join(name);
+    fs::write(&path, bytes).unwrap();
+    segq(["dump", &arg(&path)])
+}
+
+#[test]
+fn hostile_segment_files_give_one_clear_line_naming_file_and_position() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut huge = header(0, 1);
+    huge.extend(record(0, b"fine"));
+    let at = huge.len();
+    let mut bad = record(1, b"");
+    bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge.extend(bad);
+    let mut wrong_version = header(0, 2);
+    wrong_version.extend(record(0, b"x"));
+    let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
+        ("random.bin", random_bytes(100_000, 7), "at byte 0".into(), "bad magic number"),
+        ("empty.log", Vec::new(), "at byte 0".into(), "file ends inside a structure"),
+        ("short.seg", header(0, 1)[..10].to_vec(), "at byte 10".into(), "file ends inside a structure"),
+        ("magic.seg", [b"NOTSEGQ\0".as_slice(), &header(0, 1)[8..]].concat(), "at byte 0".into(), "bad magic number"),
+        ("version.seg", wrong_version, "at byte 0".into(), "unsupported format version 2"),
+        ("huge.seg", huge, format!("at byte {at}"), "length 2147483647 runs past the end of the data"),
+    ];
+    for (name, bytes, position, what) in cases {
+        let run = dump_file(d, name, &bytes);
+        assert_eq!(run.code, 1, "{name}: {}", run.stderr);
+        let line = run.stderr.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name}: {}", run.stderr));
+        assert!(line.contains(&position) && line.contains(what), "{name}: {line}");
+    }
+}
+
+#[test]
+fn a_huge_length_in_a_sealed_segment_is_damage_at_its_position() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let files = segment_files(tmp.path());
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let positions = record_positions(&bytes);
+    let at = positions[3];
+    bytes[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs::write(&files[0], &bytes).unwrap();
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 1);
+    let j = run.json();
+    let f = &j["findings"][0];
+    assert_eq!(f["severity"].as_str(), Some("damage"));
+    assert!(f["file"].as_str().unwrap().ends_with("00000000000000000000.log"));
+    assert_eq!(f["position"].as_u64(), Some(at as u64));
+    assert!(f["what"].as_str().unwrap().contains("length 2147483647"), "{f}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_is_found_and_dump_goes_on_past_it() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let files = segment_files(tmp.path());
+    let mut bytes = fs::read(&files[1]).unwrap();
+    let at = record_positions(&bytes)[5];
+    bytes[at + 30] ^= 0x55;
+    fs::write(&files[1], &bytes).unwrap();
+
+    let text = segq(["verify", &arg(tmp.path())]);
+    assert_eq!(text.code, 1, "{}", text.stdout);
+    let line = text.stdout.lines().find(|l| l.starts_with("DAMAGE")).unwrap();
+    assert!(
+        line.contains("00000000000000000029.log") && line.contains(&at.to_string()) && line.contains("checksum"),
+        "{line}"
+    );
+
+    let dump = segq(["dump", &arg(tmp.path()), "--payload", "none", "--json"]);
+    assert_eq!(dump.code, 1);
+    let j = dump.json();
+    let offsets: Vec<u64> = j["records"].as_array().unwrap().iter().map(|r| r["offset"].as_u64().unwrap()).collect();
+    assert!(offsets.contains(&33) && !offsets.contains(&34), "records up to the damage");
+    assert!(offsets.contains(&60) && offsets.contains(&(RECORDS - 1)), "and the segments after it");
+    assert_eq!(j["findings"][0]["position"].as_u64(), Some(at as u64));
+
+    let segments = segq(["segments", &arg(tmp.path())]);
+    assert_eq!(segments.code, 1);
+    assert!(segments.stdout.contains(&format!("DAMAGED at {at}")), "{}", segments.stdout);
+}
+
+#[test]
+fn a_torn_tail_in_the_active_segment_is_the_end_not_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let active = segment_files(tmp.path()).pop().unwrap();
+    let mut bytes = fs::read(&active).unwrap();
+    let end = *record_positions(&bytes).last().unwrap() + 24 + 7;
+    // Half a record: a header and the start of its payload, then the zeros of the
+    // preallocated file, as a crash in the middle of an append leaves it.
+    let torn = record(RECORDS, &[b'z'; 200]);
+    bytes[end..end + 100].copy_from_slice(&torn[..100]);
+    fs::write(&active, &bytes).unwrap();
+    // As after a crash: the checkpoint no longer says the queue was closed cleanly.
+    fs::remove_file(tmp.path().join("checkpoint")).unwrap();
+
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let info = segq(["info", &arg(tmp.path()), "--json"]).json();
+    assert_eq!(info["next_offset"].as_u64(), Some(RECORDS));
+    assert_eq!(info["tail"]["kind"].as_str(), Some("torn"));
+    assert_eq!(info["tail"]["position"].as_u64(), Some(end as u64));
+    let dump = segq(["dump", &arg(tmp.path()), "--from", "100", "--json"]);
+    assert_eq!((dump.code, dump.json()["records"].as_array().unwrap().len()), (0, 3));
+}
+
+#[test]
+fn damage_in_synced_data_of_the_active_segment_is_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let active = segment_files(tmp.path()).pop().unwrap();
+    let mut bytes = fs::read(&active).unwrap();
+    let at = record_positions(&bytes)[2];
+    bytes[at + 40] ^= 1;
+    fs::write(&active, &bytes).unwrap();
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(run.json()["findings"][0]["position"].as_u64(), Some(at as u64));
+}
+
+#[test]
+fn a_bad_index_entry_is_damage_in_the_index() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let index = tmp.path().join("00000000000000000000.index");
+    let mut bytes = fs::read(&index).unwrap();
+    bytes[32 + 8 + 4] ^= 0x10; // the position of the second entry
+    fs::write(&index, &bytes).unwrap();
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 1);
+    let f = &run.json()["findings"][0];
+    assert!(f["file"].as_str().unwrap().ends_with(".index"), "{f}");
+    assert_eq!(f["position"].as_u64(), Some(40));
+}
+
+#[test]
+fn a_directory_of_garbage_is_reported_not_a_panic() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    fs::write(d.join("00000000000000000000.log"), random_bytes(5000, 1)).unwrap();
+    fs::write(d.join("00000000000000000010.log"), random_bytes(10, 2)).unwrap();
+    fs::write(d.join("00000000000000000010.index"), random_bytes(77, 3)).unwrap();
+    fs::write(d.join("checkpoint"), random_bytes(576, 4)).unwrap();
+    fs::create_dir_all(d.join("groups/g")).unwrap();
+    fs::write(d.join("groups/g/state"), random_bytes(300, 5)).unwrap();
+    fs::write(d.join("groups/g/journal"), random_bytes(300, 6)).unwrap();
+    let verify = segq(["verify", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    assert!(verify.stdout.contains("00000000000000000000.log") && verify.stdout.contains("bad magic number"));
+    assert!(verify.stdout.contains("state"), "the group's snapshot is checked:\n{}", verify.stdout);
+    let info = segq(["info", &arg(d)]);
+    assert_eq!(info.code, 1);
+    assert!(info.stderr.contains("00000000000000000010.log at byte 10"), "{}", info.stderr);
+    for cmd in ["segments", "dump", "groups"] {
+        let run = segq([cmd, &arg(d)]);
+        assert_eq!(run.code, 1, "{cmd}: {}{}", run.stdout, run.stderr);
+    }
+    let json = segq(["verify", &arg(d), "--json"]);
+    assert!(json.json()["damage"].as_u64().unwrap() >= 3);
+}
+
+#[test]
+fn usage_and_io_errors_exit_with_2() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = segq(["verify", &arg(tmp.path())]);
+    assert_eq!(empty.code, 2);
+    assert!(empty.stderr.contains("not a segq queue directory"), "{}", empty.stderr);
+    let missing = segq(["info", &arg(&tmp.path().join("nope"))]);
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("nope"), "{}", missing.stderr);
+    assert_eq!(segq(["dump", &arg(tmp.path()), "--payload", "base64"]).code, 2);
+    assert_eq!(segq(["frobnicate"]).code, 2);
+}
+
+#[test]
+fn a_lost_journal_write_in_the_middle_is_damage_in_the_journal() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let journal = tmp.path().join("groups/billing/journal");
+    let mut bytes = fs::read(&journal).unwrap();
+    bytes[32 + 24 * 2 + 5] ^= 1; // the third entry
+    fs::write(&journal, &bytes).unwrap();
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let f = &run.json()["findings"][0];
+    assert!(f["file"].as_str().unwrap().ends_with("billing/journal"), "{f}");
+    assert_eq!(f["position"].as_u64(), Some(32 + 48));
+    let groups = segq(["groups", &arg(tmp.path()), "billing", "--json"]).json();
+    assert_eq!(groups["journal_entries"].as_u64(), Some(2), "replay stops at the damaged entry");
+}

@@ -1,0 +1,125 @@
+//! `segq repair --truncate-at-first-damage`: refuses while a writer has the queue open,
+//! only tells without `--yes`, and with `--yes` leaves a queue the library opens, keeping
+//! every byte it cut in side files.
+
+mod cli_support;
+
+use std::fs;
+
+use cli_support::*;
+use segq::Queue;
+
+/// A queue whose second segment has a damaged record; returns its directory, the damaged
+/// file, the record's position and the offset of the last record before it.
+fn damaged_queue() -> (tempfile::TempDir, std::path::PathBuf, usize, u64) {
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let file = segment_files(tmp.path())[1].clone();
+    let mut bytes = fs::read(&file).unwrap();
+    let at = record_positions(&bytes)[4];
+    bytes[at + 50] ^= 0xff;
+    fs::write(&file, &bytes).unwrap();
+    let base: u64 = file.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    (tmp, file, at, base + 3)
+}
+
+#[test]
+fn repair_refuses_while_a_writer_has_the_queue_open() {
+    let _s = serial();
+    let (tmp, file, _, _) = damaged_queue();
+    let before = fs::read(&file).unwrap();
+    let q = Queue::open(tmp.path(), small()).unwrap();
+    for args in [vec!["repair", "--truncate-at-first-damage"], vec!["repair", "--truncate-at-first-damage", "--yes"]] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.insert(1, arg(tmp.path()));
+        let run = segq(&args);
+        assert_eq!(run.code, 2, "{}", run.stdout);
+        assert!(run.stderr.contains("locked") && run.stderr.contains("writer"), "{}", run.stderr);
+    }
+    assert_eq!(fs::read(&file).unwrap(), before, "nothing was changed");
+    q.close().unwrap();
+}
+
+#[test]
+fn repair_without_yes_tells_what_it_would_cut_and_changes_nothing() {
+    let _s = serial();
+    let (tmp, file, at, _) = damaged_queue();
+    let listing = |d: &std::path::Path| {
+        let mut v: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        v.sort();
+        v
+    };
+    let before = listing(tmp.path());
+    let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage"]);
+    assert_eq!(run.code, 1, "damage is there and was not repaired: {}", run.stderr);
+    assert!(run.stdout.contains(&format!("would cut {} at byte {at}", file.display())), "{}", run.stdout);
+    assert!(run.stdout.contains("--yes"), "{}", run.stdout);
+    assert_eq!(listing(tmp.path()), before);
+    let json = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--json"]).json();
+    assert_eq!(json["applied"].as_bool(), Some(false));
+    assert_eq!(json["plan"]["cut"]["position"].as_u64(), Some(at as u64));
+    assert_eq!(json["plan"]["moves"].as_array().unwrap().len(), segment_files(tmp.path()).len() - 2);
+    assert_eq!(segq(["repair", &arg(tmp.path())]).code, 2, "the kind of repair must be named");
+}
+
+#[test]
+fn repair_with_yes_cuts_keeps_the_bytes_aside_and_the_library_reopens() {
+    let _s = serial();
+    let (tmp, file, at, last_kept) = damaged_queue();
+    let original = fs::read(&file).unwrap();
+    let later: Vec<_> = segment_files(tmp.path())[2..].to_vec();
+    let later_bytes: Vec<Vec<u8>> = later.iter().map(|f| fs::read(f).unwrap()).collect();
+    let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--yes"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(&format!("cut {} at byte {at}", file.display())), "{}", run.stdout);
+
+    assert_eq!(fs::read(&file).unwrap(), original[..at], "cut at the damaged record");
+    let side = format!("{}.cut-{at}", file.display());
+    assert_eq!(fs::read(&side).unwrap(), original[at..], "the cut bytes are kept");
+    for (f, bytes) in later.iter().zip(&later_bytes) {
+        assert!(!f.exists());
+        assert_eq!(&fs::read(format!("{}.cut-0", f.display())).unwrap(), bytes, "later segments are kept aside");
+    }
+    assert!(!tmp.path().join("checkpoint").exists());
+
+    let q = Queue::open(tmp.path(), small()).unwrap();
+    assert_eq!(q.next_offset(), last_kept + 1);
+    for o in 0..=last_kept {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o).as_bytes());
+    }
+    assert_eq!(q.append(b"after the repair").unwrap(), last_kept + 1);
+    q.group("billing").unwrap();
+    q.close().unwrap();
+    let verify = segq(["verify", &arg(tmp.path())]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+}
+
+#[test]
+fn repair_of_a_healthy_queue_does_nothing() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--yes"]);
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("nothing to repair"), "{}", run.stdout);
+    assert_eq!(segq(["verify", &arg(tmp.path())]).code, 0);
+}
+
+#[test]
+fn repair_moves_aside_a_segment_whose_header_is_damaged() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let files = segment_files(tmp.path());
+    let mut bytes = fs::read(&files[2]).unwrap();
+    bytes[0] = b'X';
+    fs::write(&files[2], &bytes).unwrap();
+    let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--yes", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let next = run.json()["plan"]["next_offset"].as_u64().unwrap();
+    let base2: u64 = files[2].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    assert_eq!(next, base2);
+    let q = Queue::open(tmp.path(), small()).unwrap();
+    assert_eq!(q.next_offset(), base2);
+    q.close().unwrap();
+}
