@@ -36,6 +36,9 @@ pub struct Info {
     pub tail: SegmentEnd,
     /// The checkpoint file.
     pub checkpoint: CheckpointInfo,
+    /// The figures [`crate::Queue::stats`] gives the process that has the queue open, as far
+    /// as the files tell: `durable_offset` is what the checkpoint records as synced.
+    pub stats: crate::Stats,
 }
 
 /// Summarises the queue in `dir`, reading only the newest segment, and of it only what
@@ -63,7 +66,17 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     } else {
         "no checkpoint"
     };
+    let durable_offset = if dir.is_clean() { next_offset } else { dir.trusted().map_or(first_offset, |(_, next)| next) };
+    let stats = crate::Stats {
+        segments: dir.segments.len() as u64,
+        bytes_on_disk: bytes,
+        first_offset,
+        next_offset,
+        durable_offset: durable_offset.min(next_offset),
+        records: next_offset.saturating_sub(first_offset),
+    };
     Ok(Info {
+        stats,
         dir: dir.path.clone(),
         format_version: FORMAT_VERSION,
         first_offset,
