@@ -19,10 +19,35 @@ use crate::segment::{self, Active, Segment};
 use crate::sync::GroupCommit;
 use std::sync::mpsc::Sender;
 
-/// What [`Log::open`] found and did.
+/// What [`crate::Queue::open`] found and did, from [`crate::Queue::recovery`].
+///
+/// ```
+/// use segq::{Options, Queue};
+/// # use segq::SyncPolicy;
+/// # let dir = tempfile::tempdir()?;
+/// # let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never))?;
+/// # q.append_batch(&[b"first".as_slice(), b"second"])?;
+/// # q.simulate_crash();
+/// # let segment = dir.path().join("00000000000000000000.log");
+/// # use std::os::unix::fs::FileExt;
+/// # let file = std::fs::OpenOptions::new().read(true).write(true).open(&segment)?;
+/// # let mut head = [0; 4096];
+/// # file.read_exact_at(&mut head, 0)?;
+/// # let end = head.windows(6).position(|w| w == b"second").unwrap() + 6;
+/// # file.write_all_at(&[0xff; 16], end as u64)?;
+/// // The last process appended two records without syncing them, crashed while writing a
+/// // third, and left the torn bytes of the third behind.
+/// let q = Queue::open(dir.path(), Options::default())?;
+/// let found = q.recovery();
+/// assert!(!found.clean && found.scanned_bytes > 0);
+/// assert!(found.truncated_at.is_some() && found.damage.is_some()); // the torn tail was cut
+/// assert_eq!(q.next_offset(), 2); // the two whole records were kept
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Recovery {
-    /// The queue had been closed cleanly, so nothing was scanned.
+    /// The queue had been closed cleanly, so nothing was scanned. False for a queue that
+    /// did not exist before this open.
     pub clean: bool,
     /// Bytes of records checked at open (those after the last known synced position).
     pub scanned_bytes: u64,
@@ -62,6 +87,17 @@ pub(crate) struct Log {
 }
 
 /// What the queue holds, from [`crate::Queue::stats`]. Computed without reading any file.
+///
+/// ```
+/// use segq::{Options, Queue};
+/// # let dir = tempfile::tempdir()?;
+/// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096))?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let s = q.stats();
+/// assert_eq!((s.segments, s.bytes_on_disk), (1, 4096)); // the active segment is preallocated
+/// assert_eq!((s.first_offset, s.next_offset, s.durable_offset, s.records), (0, 3, 3, 3));
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct Stats {
@@ -80,6 +116,24 @@ pub struct Stats {
 }
 
 /// What one retention pass did, from [`crate::Queue::enforce_retention`].
+///
+/// ```
+/// use segq::{Options, Queue};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).retain_until_consumed(true))?;
+/// let g = q.group("workers")?;
+/// for _ in 0..3 {
+///     q.append(&[0; 3000])?; // one record per segment
+/// }
+/// while let Some(job) = g.poll(Duration::ZERO)? {
+///     g.ack(job.offset())?;
+/// }
+/// let report = q.enforce_retention()?;
+/// assert_eq!((report.segments_deleted, report.first_offset), (2, 2));
+/// assert!(report.bytes_deleted > 2 * 3000);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct RetentionReport {
@@ -491,6 +545,22 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
 }
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
+///
+/// It yields `Result<Record>`: a damaged record is an [`Error::Corrupt`], after which the
+/// iterator skips to the next segment (the records after the damage in the same segment
+/// are not yielded, though [`crate::Queue::read`] may still read them).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let mut seen = Vec::new();
+/// for record in q.iter_from(1) {
+///     seen.push(record?.payload().to_vec());
+/// }
+/// assert_eq!(seen, [b"b".to_vec(), b"c".to_vec()]);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Iter {
     log: Arc<Log>,
@@ -539,7 +609,8 @@ impl Iterator for Iter {
 
     /// The next record, or `None` once the end of the log is reached. Iteration follows the
     /// live log: calling `next` again later yields records appended since. After a damaged
-    /// record the iterator yields the error and goes on with the next segment.
+    /// record the iterator yields the error and goes on with the next segment, skipping the
+    /// rest of the damaged one. Once the queue is closed it yields `None`.
     fn next(&mut self) -> Option<Result<Record>> {
         loop {
             if self.done || self.log.is_closed() || self.next >= self.log.next_offset() {

@@ -9,17 +9,60 @@ use crate::error::{Error, Result};
 /// Whatever the policy, a record whose `append` returned survives a crash of the *process*:
 /// its bytes are in the kernel's page cache. The policy decides what survives a crash of the
 /// *machine* (power loss, kernel panic).
+///
+/// ```
+/// use segq::{Options, SyncPolicy};
+/// use std::time::Duration;
+///
+/// assert_eq!(Options::default().get_sync(), SyncPolicy::Always);
+/// let relaxed = Options::default().sync(SyncPolicy::Interval(Duration::from_millis(10)));
+/// assert_eq!(relaxed.get_sync(), SyncPolicy::Interval(Duration::from_millis(10)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
     /// `append` returns once the record is on stable storage. Appenders on several threads
     /// share one sync (group commit). The default.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"order 1")?;
+    /// assert_eq!(q.durable_offset(), 1); // offset 0 is on stable storage
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[default]
     Always,
     /// A background thread syncs everything appended every interval: a machine crash loses
-    /// at most about one interval of appends.
+    /// at most about one interval of appends. The interval must not be zero.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// use std::time::{Duration, Instant};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Interval(Duration::from_millis(10))))?;
+    /// q.append(b"order 1")?; // returns without waiting for a sync
+    /// # let deadline = Instant::now() + Duration::from_secs(10);
+    /// # while q.durable_offset() < 1 && Instant::now() < deadline {
+    /// #     std::thread::sleep(Duration::from_millis(1));
+    /// # }
+    /// // About 10 ms later, the background thread has synced it.
+    /// assert_eq!(q.durable_offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     Interval(Duration),
     /// Never sync on its own; the OS writes pages back when it likes. [`crate::Queue::flush`]
     /// and [`crate::Queue::close`] still make everything durable.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never))?;
+    /// q.append(b"order 1")?;
+    /// assert_eq!(q.durable_offset(), 0); // in the page cache only
+    /// q.flush()?;
+    /// assert_eq!(q.durable_offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     Never,
 }
 
@@ -69,7 +112,19 @@ impl Default for Options {
 impl Options {
     /// Size each segment file is preallocated to; a segment rolls when the next record does
     /// not fit. Default 64 MiB; from 4 KiB up to 4 GiB − 1. Crash recovery scans at most one
-    /// segment, so smaller segments bound recovery time.
+    /// segment, so smaller segments bound recovery time. A record (or batch) too big for a
+    /// segment of this size gets a segment of its own, sized to fit.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096))?;
+    /// for _ in 0..3 {
+    ///     q.append(&[0; 3000])?; // two such records do not fit in 4 KiB
+    /// }
+    /// assert_eq!(q.stats().segments, 3);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = bytes;
@@ -78,6 +133,16 @@ impl Options {
 
     /// Bytes of records between two entries of a segment's sparse offset index; a read by
     /// offset scans at most this much. Default 4096; at least 1.
+    ///
+    /// ```
+    /// use segq::{Error, Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = Options::default().index_interval_bytes(512); // a denser index, shorter scans
+    /// assert_eq!(opts.get_index_interval_bytes(), 512);
+    /// let zero = Options::default().index_interval_bytes(0);
+    /// assert!(matches!(Queue::open(dir.path(), zero), Err(Error::InvalidOptions(_))));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn index_interval_bytes(mut self, bytes: u32) -> Self {
         self.index_interval_bytes = bytes;
@@ -86,6 +151,15 @@ impl Options {
 
     /// Largest payload accepted, in bytes. Default 1 MiB; at most 1 GiB. A bigger payload is
     /// [`Error::RecordTooLarge`].
+    ///
+    /// ```
+    /// use segq::{Error, Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().max_record_bytes(16))?;
+    /// q.append(&[7; 16])?;
+    /// assert!(matches!(q.append(&[7; 17]), Err(Error::RecordTooLarge { size: 17, limit: 16 })));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn max_record_bytes(mut self, bytes: u32) -> Self {
         self.max_record_bytes = bytes;
@@ -93,6 +167,13 @@ impl Options {
     }
 
     /// When appends are made durable. Default [`SyncPolicy::Always`].
+    ///
+    /// ```
+    /// use segq::{Options, SyncPolicy};
+    ///
+    /// let opts = Options::default().sync(SyncPolicy::Never);
+    /// assert_eq!(opts.get_sync(), SyncPolicy::Never);
+    /// ```
     #[must_use]
     pub fn sync(mut self, policy: SyncPolicy) -> Self {
         self.sync = policy;
@@ -102,6 +183,18 @@ impl Options {
     /// Keep at most about this many bytes of log: once the segment files add up to more,
     /// the oldest sealed segments are deleted, whole. The active segment is never deleted,
     /// so the log can exceed this by up to one segment. Default: no limit.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).retain_bytes(8192))?;
+    /// for _ in 0..10 {
+    ///     q.append(&[0; 3000])?; // one record per segment
+    /// }
+    /// assert!(q.stats().bytes_on_disk <= 8192);
+    /// assert_eq!(q.first_offset(), 8); // records 0 to 7 are gone
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn retain_bytes(mut self, bytes: u64) -> Self {
         self.retain_bytes = Some(bytes);
@@ -109,6 +202,22 @@ impl Options {
     }
 
     /// Delete sealed segments whose newest record is older than this. Default: no limit.
+    ///
+    /// Like every retention rule, it is applied when a segment is sealed and by
+    /// [`crate::Queue::enforce_retention`], not by a timer.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// let opts = Options::default().segment_bytes(4096).retain_age(Duration::from_secs(3600));
+    /// let q = Queue::open(dir.path(), opts)?;
+    /// for _ in 0..3 {
+    ///     q.append(&[0; 3000])?; // one record per segment
+    /// }
+    /// assert_eq!(q.enforce_retention()?.segments_deleted, 0); // nothing is an hour old yet
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn retain_age(mut self, age: Duration) -> Self {
         self.retain_age = Some(age);
@@ -119,6 +228,27 @@ impl Options {
     /// segment as soon as every group has acked all of it (even without a size or age
     /// limit: consumed data goes, as in a work queue). Dead letters count as not acked.
     /// With no group at all, nothing counts as consumed. Default: false.
+    ///
+    /// When this is on, [`Options::retain_bytes`] and [`Options::retain_age`] are not
+    /// consulted. Acks do not start a retention pass: an acked segment goes at the next
+    /// roll or [`crate::Queue::enforce_retention`].
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).retain_until_consumed(true))?;
+    /// let workers = q.group("workers")?;
+    /// for _ in 0..3 {
+    ///     q.append(&[0; 3000])?; // one record per segment
+    /// }
+    /// assert_eq!(q.stats().segments, 3); // nothing is acked, so nothing goes
+    /// while let Some(job) = workers.poll(Duration::ZERO)? {
+    ///     workers.ack(job.offset())?;
+    /// }
+    /// assert_eq!(q.enforce_retention()?.segments_deleted, 2); // all but the active segment
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn retain_until_consumed(mut self, on: bool) -> Self {
         self.retain_until_consumed = on;
@@ -131,21 +261,37 @@ impl Options {
     }
 
     /// The segment size in force.
+    ///
+    /// ```
+    /// assert_eq!(segq::Options::default().get_segment_bytes(), 64 << 20);
+    /// ```
     pub fn get_segment_bytes(&self) -> u64 {
         self.segment_bytes
     }
 
     /// The index interval in force.
+    ///
+    /// ```
+    /// assert_eq!(segq::Options::default().get_index_interval_bytes(), 4096);
+    /// ```
     pub fn get_index_interval_bytes(&self) -> u32 {
         self.index_interval_bytes
     }
 
     /// The payload limit in force.
+    ///
+    /// ```
+    /// assert_eq!(segq::Options::default().get_max_record_bytes(), 1 << 20);
+    /// ```
     pub fn get_max_record_bytes(&self) -> u32 {
         self.max_record_bytes
     }
 
     /// The sync policy in force.
+    ///
+    /// ```
+    /// assert_eq!(segq::Options::default().get_sync(), segq::SyncPolicy::Always);
+    /// ```
     pub fn get_sync(&self) -> SyncPolicy {
         self.sync
     }
@@ -200,6 +346,20 @@ impl Default for GroupOptions {
 impl GroupOptions {
     /// How long a delivery stays leased to its consumer: if it is neither acked nor nacked
     /// by then, it is delivered again. Default 30 s; at least 1 ms.
+    ///
+    /// ```
+    /// use segq::{GroupOptions, Options, Queue};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = Queue::open(dir.path(), Options::default())?;
+    /// q.append(b"job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().lease(Duration::from_millis(20)))?;
+    /// let first = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// // No ack within 20 ms: the lease expires and the job is delivered again.
+    /// let again = g.poll(Duration::from_secs(10))?.expect("redelivered");
+    /// assert_eq!((again.offset(), again.attempt()), (first.offset(), 2));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -207,6 +367,22 @@ impl GroupOptions {
     }
 
     /// How many deliveries a record gets before it is dead-lettered. Default 5; at least 1.
+    ///
+    /// ```
+    /// use segq::{GroupOptions, Options, Queue};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = Queue::open(dir.path(), Options::default())?;
+    /// q.append(b"poison pill")?;
+    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(2))?;
+    /// for _ in 0..2 {
+    ///     let job = g.poll(Duration::ZERO)?.expect("delivered");
+    ///     g.nack(job.offset(), Duration::ZERO)?;
+    /// }
+    /// assert!(g.poll(Duration::ZERO)?.is_none()); // a dead letter now
+    /// assert_eq!(g.dead_letters()?[0].attempts(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
@@ -214,11 +390,21 @@ impl GroupOptions {
     }
 
     /// The lease in force.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// assert_eq!(segq::GroupOptions::default().get_lease(), Duration::from_secs(30));
+    /// ```
     pub fn get_lease(&self) -> Duration {
         self.lease
     }
 
     /// The attempt limit in force.
+    ///
+    /// ```
+    /// assert_eq!(segq::GroupOptions::default().get_max_attempts(), 5);
+    /// ```
     pub fn get_max_attempts(&self) -> u32 {
         self.max_attempts
     }

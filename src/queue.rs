@@ -71,6 +71,19 @@ impl Queue {
     /// recovering it if it was not closed cleanly: the valid records are kept and a torn,
     /// unsynced tail is cut.
     ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("jobs");
+    /// let q = Queue::open(&path, Options::default())?; // creates the directory
+    /// q.append(b"kept")?;
+    /// q.close()?;
+    ///
+    /// let q = Queue::open(&path, Options::default())?;
+    /// assert_eq!(q.read(0)?.expect("still there").payload(), b"kept");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Locked`] if the queue is open elsewhere, [`Error::Corrupt`] for damage that
     /// recovery may not cut (it lies in data known to be synced),
@@ -116,10 +129,24 @@ impl Queue {
     ///
     /// Under [`SyncPolicy::Always`] it returns once the record is durable.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let first = q.append(b"a")?;
+    /// let second = q.append(b"")?; // an empty payload is a record too
+    /// assert_eq!((first, second), (0, 1));
+    /// assert_eq!(q.next_offset(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::RecordTooLarge`] (nothing is written), [`Error::Io`] (a full disk when a new
     /// segment is needed: nothing is written and later appends may succeed),
     /// [`Error::Poisoned`] after a failed sync, [`Error::Closed`].
+    ///
+    /// An [`Error::Io`] from the sync itself (under [`SyncPolicy::Always`]) comes after the
+    /// record was written: it poisons the queue, yet the record is readable, and it may or
+    /// may not be there after a reopen. Treat its fate as unknown.
     pub fn append(&self, payload: &[u8]) -> Result<u64> {
         let range = self.log.append(&[payload])?;
         self.after_append();
@@ -130,8 +157,19 @@ impl Queue {
     /// or, on error, none. A batch is also atomic across crashes: recovery never keeps part
     /// of one. Returns the batch's offsets; an empty batch returns an empty range.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let batch = q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// assert_eq!(batch, 0..3);
+    /// assert_eq!(q.append_batch(&[])?, 3..3); // empty: nothing is written
+    /// assert_eq!(q.read(2)?.expect("in the batch").payload(), b"c");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
-    /// As [`Queue::append`]; one payload over the limit fails the whole batch.
+    /// As [`Queue::append`]; one payload over the limit fails the whole batch. A failed sync
+    /// leaves the whole batch in the same unknown state as a single record.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Range<u64>> {
         let range = self.log.append(payloads)?;
         self.after_append();
@@ -153,6 +191,32 @@ impl Queue {
     /// Runs by itself whenever a segment is sealed.
     ///
     /// Records already read stay valid after their segment is deleted.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = Queue::open(dir.path(), Options::default().segment_bytes(4096))?;
+    /// # for _ in 0..5 {
+    /// #     q.append(&[0; 3000])?;
+    /// # }
+    /// # q.close()?;
+    /// # drop(q);
+    /// // Five segments of one 3000-byte record each, reopened with a size limit:
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).retain_bytes(8192))?;
+    /// assert_eq!(q.stats().segments, 5); // opening deletes nothing
+    /// let report = q.enforce_retention()?;
+    /// assert_eq!((report.segments_deleted, report.first_offset), (3, 3));
+    /// assert!(q.read(0)?.is_none());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], or the error that stopped the pass: [`Error::Io`], or
+    /// [`Error::Corrupt`] for a damaged last record of the oldest segment (under
+    /// [`Options::retain_age`]) or a consumer group that cannot be opened (under
+    /// [`Options::retain_until_consumed`]). Segments deleted before the error stay deleted.
+    /// The passes that run by themselves drop their errors, so retention stops until the
+    /// cause is fixed: call this to see why.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
         if self.log.is_closed() {
             return Err(Error::Closed);
@@ -199,12 +263,35 @@ impl Queue {
 
     /// Segments, bytes on disk, first, next and durable offsets: kept in memory, so this
     /// reads no file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b"])?;
+    /// let stats = q.stats();
+    /// assert_eq!((stats.segments, stats.records, stats.next_offset), (1, 2, 2));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.log.stats()
     }
 
     /// Makes everything appended so far durable, and every change of the open consumer
     /// groups, whatever the sync policy.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never))?;
+    /// q.append(b"a")?;
+    /// q.flush()?;
+    /// assert_eq!(q.durable_offset(), q.next_offset());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a sync fails (which poisons the queue or the group concerned),
+    /// [`Error::Poisoned`] after an earlier failed sync, [`Error::Closed`].
     pub fn flush(&self) -> Result<()> {
         self.shared.flush()
     }
@@ -212,9 +299,21 @@ impl Queue {
     /// The consumer group `name`, created (durably) on first use at the queue's first
     /// offset with [`GroupOptions::default`]; an existing group keeps the settings it has.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"appended before the group existed")?;
+    /// let g = q.group("billing")?; // starts at the first offset
+    /// assert_eq!(g.poll(Duration::ZERO)?.expect("a record").offset(), 0);
+    /// assert_eq!(q.groups()?, ["billing"]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidGroupName`] unless `name` is 1–128 characters of `[A-Za-z0-9._-]`
-    /// other than `.` and `..` (nothing is created then).
+    /// other than `.` and `..` (nothing is created then). [`Error::Corrupt`] if the group's
+    /// stored files are damaged, [`Error::Io`], [`Error::Closed`].
     pub fn group(&self, name: &str) -> Result<Group> {
         self.open_group(name, None)
     }
@@ -226,10 +325,18 @@ impl Queue {
     /// use std::time::Duration;
     /// # let dir = tempfile::tempdir()?;
     /// let q = Queue::open(dir.path(), Options::default())?;
-    /// let g = q.group_with("billing", GroupOptions::default().lease(Duration::from_secs(30)).max_attempts(5))?;
-    /// assert_eq!(q.groups()?, ["billing"]);
+    /// let g = q.group_with("billing", GroupOptions::default().lease(Duration::from_secs(10)).max_attempts(3))?;
+    /// assert_eq!(g.options().get_lease(), Duration::from_secs(10));
+    /// q.close()?;
+    ///
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// assert_eq!(q.group("billing")?.options().get_max_attempts(), 3); // the settings were stored
     /// # Ok::<(), segq::Error>(())
     /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::group`], and [`Error::InvalidOptions`] for a lease under 1 ms or
+    /// `max_attempts` of 0 (a new group is not created then).
     pub fn group_with(&self, name: &str, options: GroupOptions) -> Result<Group> {
         self.open_group(name, Some(options))
     }
@@ -253,6 +360,18 @@ impl Queue {
     }
 
     /// Names of the consumer groups, sorted.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.group("shipping")?;
+    /// q.group("billing")?;
+    /// assert_eq!(q.groups()?, ["billing", "shipping"]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the groups' folder cannot be read.
     pub fn groups(&self) -> Result<Vec<String>> {
         group::list(self.log.dir())
     }
@@ -260,6 +379,19 @@ impl Queue {
     /// Deletes a consumer group and its files; handles to it fail with
     /// [`Error::GroupDeleted`] from then on. Deleting a group that does not exist is not
     /// an error.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.group("old")?;
+    /// q.delete_group("old")?;
+    /// assert!(q.groups()?.is_empty());
+    /// q.delete_group("old")?; // already gone: not an error
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidGroupName`], [`Error::Io`], [`Error::Closed`].
     pub fn delete_group(&self, name: &str) -> Result<()> {
         group::validate_name(name)?;
         if self.log.is_closed() {
@@ -274,8 +406,18 @@ impl Queue {
 
     /// Reads the record at `offset`, or `None` outside `first_offset()..next_offset()`.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let off = q.append(b"a")?;
+    /// assert_eq!(q.read(off)?.expect("just appended").payload(), b"a");
+    /// assert!(q.read(off + 1)?.is_none()); // not appended yet
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
-    /// [`Error::Corrupt`] if the record's bytes are damaged: damaged data is never returned.
+    /// [`Error::Corrupt`] if the record's bytes are damaged: damaged data is never returned
+    /// (see the example there). [`Error::Closed`].
     pub fn read(&self, offset: u64) -> Result<Option<Record>> {
         if self.log.is_closed() {
             return Err(Error::Closed);
@@ -286,36 +428,114 @@ impl Queue {
     /// Iterates over the records from `offset` (or from the first offset, if `offset` is
     /// below it) to the end of the log. The iterator follows the live log: once it returns
     /// `None`, calling `next` again yields records appended since.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"a")?;
+    /// let mut it = q.iter_from(0);
+    /// assert_eq!(it.next().transpose()?.map(|r| r.offset()), Some(0));
+    /// assert!(it.next().is_none()); // the end, for now
+    /// q.append(b"b")?;
+    /// assert_eq!(it.next().transpose()?.map(|r| r.offset()), Some(1));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// A damaged record is yielded as an [`Error::Corrupt`], and iteration goes on with the
+    /// next segment: the rest of the damaged segment is skipped. Once the queue is closed
+    /// the iterator yields nothing more (no [`Error::Closed`]).
     pub fn iter_from(&self, offset: u64) -> Iter {
         Iter::new(self.log.clone(), offset)
     }
 
     /// Offset of the oldest record kept.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).retain_bytes(4096))?;
+    /// assert_eq!(q.first_offset(), 0);
+    /// for _ in 0..3 {
+    ///     q.append(&[0; 3000])?; // one record per segment
+    /// }
+    /// assert_eq!(q.first_offset(), 2); // retention deleted the segments of 0 and 1
+    /// assert!(q.read(0)?.is_none());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn first_offset(&self) -> u64 {
         self.log.first_offset()
     }
 
     /// Offset the next appended record will get.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert_eq!(q.next_offset(), 0);
+    /// q.append_batch(&[b"a".as_slice(), b"b"])?;
+    /// assert_eq!(q.next_offset(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn next_offset(&self) -> u64 {
         self.log.next_offset()
     }
 
     /// Offsets below this are durable.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never))?;
+    /// q.append(b"a")?;
+    /// assert_eq!((q.durable_offset(), q.next_offset()), (0, 1)); // not synced yet
+    /// q.flush()?;
+    /// assert_eq!(q.durable_offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn durable_offset(&self) -> u64 {
         self.log.durable_offset()
     }
 
     /// What opening the queue found: a clean shutdown, or how much was scanned and cut.
+    /// [`Recovery`] shows the open after a crash.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// q.append(b"a")?;
+    /// q.close()?;
+    ///
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// assert!(q.recovery().clean);
+    /// assert_eq!(q.recovery().scanned_bytes, 0);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn recovery(&self) -> &Recovery {
         self.log.recovery()
     }
 
     /// The queue's directory.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert_eq!(q.dir(), dir.path());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn dir(&self) -> &Path {
         self.log.dir()
     }
 
     /// The options the queue was opened with.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().segment_bytes(1 << 20))?;
+    /// assert_eq!(q.options().get_segment_bytes(), 1 << 20);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn options(&self) -> &Options {
         self.log.options()
     }
@@ -323,6 +543,26 @@ impl Queue {
     /// Flushes everything, records a clean shutdown (so the next open scans nothing) and
     /// releases the directory. Later calls on this handle fail with [`Error::Closed`];
     /// records already read stay valid. Dropping a queue closes it too, ignoring errors.
+    /// Closing a closed queue does nothing.
+    ///
+    /// ```
+    /// use segq::{Error, Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// let rec = q.read(q.append(b"a")?)?.expect("just appended");
+    /// q.close()?;
+    /// assert!(matches!(q.append(b"b"), Err(Error::Closed)));
+    /// assert_eq!(rec.payload(), b"a"); // still valid
+    /// let q = Queue::open(dir.path(), Options::default())?; // the directory is free again
+    /// assert_eq!(q.next_offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if a final sync fails, or [`Error::Poisoned`] after an earlier failed
+    /// sync. The handle is closed and the directory released all the same; when it is the
+    /// log's sync that failed, no clean shutdown is recorded, so the next open recovers the
+    /// queue as after a crash.
     pub fn close(&self) -> Result<()> {
         self.stop_flusher();
         let groups = if self.log.is_closed() { Ok(()) } else { self.shared.flush() };

@@ -154,16 +154,49 @@ impl Record {
     }
 
     /// The record's offset: its position in the queue, counted from 0.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let offsets: Vec<u64> = q.iter_from(1).map(|r| r.map(|r| r.offset())).collect::<Result<_, _>>()?;
+    /// assert_eq!(offsets, [1, 2]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
     /// When it was appended, in milliseconds since the Unix epoch (the appender's clock).
+    ///
+    /// It is read from a coarse clock, to a few milliseconds: it may be a little earlier
+    /// than a [`std::time::SystemTime::now`] taken just before the append. All the records of
+    /// one batch carry the same timestamp.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let rec = q.read(q.append(b"tick")?)?.expect("just appended");
+    /// let appended = UNIX_EPOCH + Duration::from_millis(rec.timestamp_ms());
+    /// let age = SystemTime::now().duration_since(appended)?;
+    /// assert!(age < Duration::from_secs(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn timestamp_ms(&self) -> u64 {
         self.timestamp_ms
     }
 
     /// The bytes that were appended.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let rec = q.read(q.append(b"hello")?)?.expect("just appended");
+    /// q.close()?;
+    /// assert_eq!(rec.payload(), b"hello"); // the record keeps its segment mapped
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn payload(&self) -> &[u8] {
         self.map.bytes(self.payload.clone()).expect("a record only covers published bytes")
     }

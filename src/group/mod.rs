@@ -76,6 +76,17 @@ pub(crate) fn remove(queue_dir: &Path, name: &str) -> Result<()> {
 }
 
 /// One record handed to a consumer by [`Group::poll`].
+///
+/// ```
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append(b"job")?;
+/// let g = q.group("workers")?;
+/// let d = g.poll(Duration::ZERO)?.expect("a job is waiting");
+/// assert_eq!((d.offset(), d.payload(), d.attempt()), (0, b"job".as_slice(), 1));
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Delivery {
     record: Record,
@@ -84,32 +95,102 @@ pub struct Delivery {
 
 impl Delivery {
     /// The record's offset: pass it to [`Group::ack`] or [`Group::nack`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"job")?;
+    /// let g = q.group("workers")?;
+    /// let d = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// g.ack(d.offset())?;
+    /// assert_eq!(g.ack_floor(), d.offset() + 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn offset(&self) -> u64 {
         self.record.offset()
     }
 
     /// The record's payload.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"resize photo 7")?;
+    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// assert_eq!(d.payload(), b"resize photo 7");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn payload(&self) -> &[u8] {
         self.record.payload()
     }
 
     /// Which delivery of this record this is: 1 the first time, 2 after one retry, …
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"flaky job")?;
+    /// let g = q.group("workers")?;
+    /// let first = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// g.nack(first.offset(), Duration::ZERO)?;
+    /// let second = g.poll(Duration::ZERO)?.expect("delivered again");
+    /// assert_eq!((first.attempt(), second.attempt()), (1, 2));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// When the record was appended, in milliseconds since the Unix epoch.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let off = q.append(b"job")?;
+    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// assert_eq!(d.timestamp_ms(), q.read(off)?.expect("appended").timestamp_ms());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn timestamp_ms(&self) -> u64 {
         self.record.timestamp_ms()
     }
 
     /// The record itself.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"job")?;
+    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// let record: segq::Record = d.record().clone(); // cheap: the payload is not copied
+    /// assert_eq!((record.offset(), record.payload()), (d.offset(), d.payload()));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn record(&self) -> &Record {
         &self.record
     }
 }
 
 /// A record that used up its attempts, as listed by [`Group::dead_letters`].
+///
+/// ```
+/// use segq::GroupOptions;
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append(b"bad job")?;
+/// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
+/// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+/// g.nack(job.offset(), Duration::ZERO)?; // its only attempt failed
+/// let dead = g.dead_letters()?;
+/// assert_eq!((dead[0].offset(), dead[0].attempts()), (0, 1));
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct DeadLetter {
     offset: u64,
@@ -118,17 +199,61 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// The record's offset.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append_batch(&[b"good".as_slice(), b"bad"])?;
+    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
+    /// while let Some(job) = g.poll(Duration::ZERO)? {
+    ///     if job.payload() == b"bad" { g.nack(job.offset(), Duration::ZERO)? } else { g.ack(job.offset())? }
+    /// }
+    /// let offsets: Vec<u64> = g.dead_letters()?.iter().map(|d| d.offset()).collect();
+    /// assert_eq!(offsets, [1]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn offset(&self) -> u64 {
         self.offset
     }
 
-    /// How many deliveries were made before it was dead-lettered.
+    /// How many deliveries were made before it was dead-lettered. A record whose bytes were
+    /// found damaged is dead-lettered without a delivery, with 0 attempts.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"flaky job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(3))?;
+    /// while let Some(job) = g.poll(Duration::ZERO)? {
+    ///     g.nack(job.offset(), Duration::ZERO)?; // it fails every time
+    /// }
+    /// assert_eq!(g.dead_letters()?[0].attempts(), 3);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
 }
 
 /// Where a group stands, from [`Group::stats`].
+///
+/// ```
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let g = q.group("workers")?;
+/// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+/// g.ack(job.offset())?;
+/// g.poll(Duration::ZERO)?.expect("a second job");
+/// let stats = g.stats();
+/// assert_eq!((stats.ack_floor, stats.next_delivery, stats.leased, stats.lag), (1, 2, 1, 2));
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct GroupStats {
@@ -274,11 +399,28 @@ impl Group {
     }
 
     /// The group's name.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert_eq!(q.group("billing")?.name(), "billing");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
     /// The group's settings.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert_eq!(q.group("billing")?.options(), GroupOptions::default());
+    /// q.group_with("billing", GroupOptions::default().max_attempts(2))?;
+    /// assert_eq!(q.group("billing")?.options().get_max_attempts(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn options(&self) -> GroupOptions {
         self.inner.lock().opts
     }
@@ -293,9 +435,27 @@ impl Group {
     /// returned, so a record whose processing crashes the process is dead-lettered after
     /// `max_attempts` crashes; records are delivered only once they are durable in the log.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// let g = q.group("workers")?;
+    /// assert!(g.poll(Duration::ZERO)?.is_none()); // nothing to do yet
+    /// std::thread::scope(|s| {
+    ///     s.spawn(|| q.append(b"job"));
+    ///     // Sleeps until the other thread's append (or for at most 10 s).
+    ///     let job = g.poll(Duration::from_secs(10))?.expect("appended meanwhile");
+    ///     assert_eq!(job.payload(), b"job");
+    ///     Ok::<(), segq::Error>(())
+    /// })?;
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Corrupt`] if the record's bytes are damaged: the record is then
     /// dead-lettered, so the next poll moves on. [`Error::Closed`], [`Error::GroupDeleted`].
+    /// [`Error::Io`] if the group's files cannot be written or synced, which poisons the
+    /// group: [`Error::Poisoned`] from then on.
     pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
         let inner = &*self.inner;
         let start = Instant::now();
@@ -328,8 +488,24 @@ impl Group {
     /// removes it from the dead letters. Under [`SyncPolicy::Always`] the ack is durable
     /// when this returns.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b"])?;
+    /// let g = q.group("workers")?;
+    /// let (a, b) = (g.poll(Duration::ZERO)?.expect("a"), g.poll(Duration::ZERO)?.expect("b"));
+    /// g.ack(b.offset())?; // out of order is fine
+    /// assert_eq!(g.ack_floor(), 0); // offset 0 is still open
+    /// g.ack(a.offset())?;
+    /// assert_eq!(g.ack_floor(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
+    /// as for [`Group::poll`].
     pub fn ack(&self, offset: u64) -> Result<()> {
         let inner = &*self.inner;
         let seq = {
@@ -355,8 +531,26 @@ impl Group {
     /// once `delay` has passed — or dead-lettered, if it has had its `max_attempts`
     /// deliveries. Nacking a record that is already acked or dead does nothing.
     ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"job")?;
+    /// let g = q.group("workers")?;
+    /// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// g.nack(job.offset(), Duration::ZERO)?; // retry at once
+    /// let retry = g.poll(Duration::ZERO)?.expect("delivered again");
+    /// assert_eq!((retry.offset(), retry.attempt()), (job.offset(), 2));
+    /// g.nack(retry.offset(), Duration::from_secs(3600))?; // retry in an hour
+    /// assert!(g.poll(Duration::ZERO)?.is_none());
+    /// assert_eq!(g.stats().waiting, 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
+    /// as for [`Group::poll`].
     pub fn nack(&self, offset: u64, delay: Duration) -> Result<()> {
         let inner = &*self.inner;
         let seq = {
@@ -385,6 +579,24 @@ impl Group {
 
     /// The records that used up their attempts, by offset. They do not hold back the
     /// ack floor.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"bad job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
+    /// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// g.nack(job.offset(), Duration::ZERO)?; // out of attempts: dead
+    /// assert_eq!(g.dead_letters()?.len(), 1);
+    /// assert_eq!(g.ack_floor(), 1); // the dead letter does not hold it back
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
+    /// as for [`Group::poll`]: a last attempt whose lease ran out is recorded as dead first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let inner = &*self.inner;
         let mut l = inner.lock();
@@ -397,6 +609,27 @@ impl Group {
     /// Makes a dead letter deliverable again, with a fresh attempt count. Returns whether
     /// `offset` was a dead letter: redriving anything else changes nothing, so two
     /// operators redriving the same record do not get in each other's way.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
+    /// # let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// # g.nack(job.offset(), Duration::ZERO)?;
+    /// // Offset 0 failed its only attempt and is a dead letter; the bug is fixed now.
+    /// assert!(g.redrive(0)?);
+    /// assert!(!g.redrive(0)?); // not a dead letter any more
+    /// let again = g.poll(Duration::ZERO)?.expect("redriven");
+    /// assert_eq!((again.offset(), again.attempt()), (0, 1));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
+    /// as for [`Group::poll`].
     pub fn redrive(&self, offset: u64) -> Result<bool> {
         let inner = &*self.inner;
         let seq = {
@@ -415,6 +648,20 @@ impl Group {
 
     /// The first offset that is neither acked nor dead-lettered: every offset below it is
     /// done. Acking `0..n` in any order gives `n`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let g = q.group("workers")?;
+    /// let jobs: Vec<_> = std::iter::from_fn(|| g.poll(Duration::ZERO).transpose()).collect::<Result<_, _>>()?;
+    /// for job in jobs.iter().rev() {
+    ///     g.ack(job.offset())?;
+    /// }
+    /// assert_eq!(g.ack_floor(), 3);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn ack_floor(&self) -> u64 {
         let inner = &*self.inner;
         let mut l = inner.lock();
@@ -432,6 +679,25 @@ impl Group {
     /// within the records the queue holds: below the first offset it means the first, past
     /// the end it means the end. Leases and pending retries are dropped, and dead letters at
     /// or above `offset` are forgotten (they will be delivered again). Durable like an ack.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let g = q.group("replay")?;
+    /// g.seek(2)?; // skip the first two
+    /// assert_eq!(g.poll(Duration::ZERO)?.expect("c").offset(), 2);
+    /// g.seek(0)?; // replay from the start
+    /// assert_eq!(g.poll(Duration::ZERO)?.expect("a").offset(), 0);
+    /// g.seek(100)?; // past the end means the end
+    /// assert_eq!(g.ack_floor(), 3);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
+    /// as for [`Group::poll`].
     pub fn seek(&self, offset: u64) -> Result<()> {
         let inner = &*self.inner;
         let seq = {
@@ -445,13 +711,22 @@ impl Group {
     }
 
     /// Where the group stands: ack floor, lag, leased, waiting and dead records.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b"])?;
+    /// let stats = q.group("workers")?.stats();
+    /// assert_eq!((stats.name.as_str(), stats.ack_floor, stats.lag), ("workers", 0, 2));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn stats(&self) -> GroupStats {
         let inner = &*self.inner;
         let mut l = inner.lock();
         if inner.check(&l).is_ok() {
             let _ = inner.catch_up(&mut l);
         }
-        let (leased, waiting) = l.state.counts();
+        let (leased, waiting) = l.state.counts(Instant::now());
         let floor = l.state.ack_floor();
         let next = inner.log.next_offset();
         let dead = l.state.dead_letters().len() as u64;
@@ -471,7 +746,24 @@ impl Group {
     }
 
     /// Makes every change of this group so far durable, whatever the sync policy.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never))?;
+    /// q.append(b"job")?;
+    /// let g = q.group("workers")?;
+    /// g.ack(g.poll(Duration::ZERO)?.expect("a job is waiting").offset())?; // not synced yet
+    /// g.flush()?; // now the ack is durable
+    /// assert_eq!(g.ack_floor(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the sync fails (which poisons the group), [`Error::Poisoned`].
     pub fn flush(&self) -> Result<()> {
+        self.inner.check(&self.inner.lock())?;
         self.inner.flush()
     }
 

@@ -185,13 +185,14 @@ impl GroupState {
         self.below.iter().map(|(&o, &s)| (o, s)).chain(window)
     }
 
-    /// Slots being handed out, waiting for a retry or dead (for reports).
-    pub fn counts(&self) -> (usize, usize) {
+    /// Records leased at `now`, and records waiting for a retry (a lease that has run out
+    /// counts as waiting), for reports.
+    pub fn counts(&self, now: Instant) -> (usize, usize) {
         let (mut leased, mut waiting) = (0, 0);
         for (_, slot) in self.exceptions() {
             match slot {
-                Slot::Leased { .. } => leased += 1,
-                Slot::Waiting { .. } => waiting += 1,
+                Slot::Leased { until, .. } if until > now => leased += 1,
+                Slot::Leased { .. } | Slot::Waiting { .. } => waiting += 1,
                 _ => {}
             }
         }
