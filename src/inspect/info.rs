@@ -66,7 +66,8 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     } else {
         "no checkpoint"
     };
-    let durable_offset = if dir.is_clean() { next_offset } else { dir.trusted().map_or(first_offset, |(_, next)| next) };
+    let durable_offset =
+        if dir.is_clean() { next_offset } else { dir.trusted().map_or(first_offset, |(_, next)| next) };
     let stats = crate::Stats {
         segments: dir.segments.len() as u64,
         bytes_on_disk: bytes,
