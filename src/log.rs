@@ -546,9 +546,10 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
 ///
-/// It yields `Result<Record>`: a damaged record is an [`Error::Corrupt`], after which the
-/// iterator skips to the next segment (the records after the damage in the same segment
-/// are not yielded, though [`crate::Queue::read`] may still read them).
+/// It yields `Result<Record>`: a damaged record is an [`Error::Corrupt`]. If only its
+/// checksum fails and its frame still leads to the next record (a damaged payload), the
+/// iterator goes on with that record; otherwise it goes on with the next segment (and the
+/// rest of the damaged one is skipped, though [`crate::Queue::read`] may still read some).
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -567,6 +568,8 @@ pub struct Iter {
     next: u64,
     cursor: Option<Cursor>,
     done: bool,
+    /// The last error skipped only the damaged record: go on in the same segment.
+    resumed: bool,
 }
 
 #[derive(Debug)]
@@ -578,7 +581,7 @@ struct Cursor {
 
 impl Iter {
     pub(crate) fn new(log: Arc<Log>, from: u64) -> Iter {
-        Iter { log, next: from, cursor: None, done: false }
+        Iter { log, next: from, cursor: None, done: false, resumed: false }
     }
 
     /// The offset the next call to `next` looks for.
@@ -597,7 +600,25 @@ impl Iter {
                 self.cursor.insert(Cursor { segment, map, pos })
             }
         };
-        let frame = cursor.segment.frame_at(cursor.map.readable(), cursor.pos, self.next)?;
+        let bytes = cursor.map.readable();
+        let frame = match cursor.segment.frame_at(bytes, cursor.pos, self.next) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // A record whose checksum fails but whose frame still leads to the next
+                // record (a damaged payload, typically) costs only itself.
+                let resume = record::peek(bytes, cursor.pos).ok().filter(|f| {
+                    f.offset == self.next
+                        && (Some(self.next + 1) == cursor.segment.end_offset() && f.end() == bytes.len()
+                            || record::decode(bytes, f.end()).is_ok_and(|n| n.offset == self.next + 1))
+                });
+                if let Some(damaged) = resume {
+                    cursor.pos = damaged.end();
+                    self.next += 1;
+                    self.resumed = true;
+                }
+                return Err(e);
+            }
+        };
         cursor.pos = frame.end();
         self.next += 1;
         Ok(Some(Record::new(cursor.map.clone(), frame)))
@@ -609,8 +630,9 @@ impl Iterator for Iter {
 
     /// The next record, or `None` once the end of the log is reached. Iteration follows the
     /// live log: calling `next` again later yields records appended since. After a damaged
-    /// record the iterator yields the error and goes on with the next segment, skipping the
-    /// rest of the damaged one. Once the queue is closed it yields `None`.
+    /// record the iterator yields the error and goes on with the record after it when the
+    /// damage left its frame intact, else with the next segment. Once the queue is closed it
+    /// yields `None`.
     fn next(&mut self) -> Option<Result<Record>> {
         loop {
             if self.done || self.log.is_closed() || self.next >= self.log.next_offset() {
@@ -625,6 +647,7 @@ impl Iterator for Iter {
                 // Retention deleted the segment under us: go on from the new first offset.
                 Ok(None) => self.cursor = None,
                 Err(_) if self.next < self.log.first_offset() => self.cursor = None,
+                Err(e) if std::mem::take(&mut self.resumed) => return Some(Err(e)),
                 Err(e) => {
                     match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
                         Some(end) => self.next = end,

@@ -442,8 +442,8 @@ impl Queue {
     /// ```
     ///
     /// A damaged record is yielded as an [`Error::Corrupt`], and iteration goes on with the
-    /// next segment: the rest of the damaged segment is skipped. Once the queue is closed
-    /// the iterator yields nothing more (no [`Error::Closed`]).
+    /// record after it if the damage left its frame intact, else with the next segment.
+    /// Once the queue is closed the iterator yields nothing more (no [`Error::Closed`]).
     pub fn iter_from(&self, offset: u64) -> Iter {
         Iter::new(self.log.clone(), offset)
     }
