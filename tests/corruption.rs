@@ -96,11 +96,12 @@ fn check_sealed_damage_in(dir: &Path, payloads: &[Vec<u8>], seg: &Seg, k: usize,
         assert_eq!(it.next().unwrap().unwrap().offset(), off);
     }
     let err = it.next().unwrap().unwrap_err();
-    let kind = assert_corrupt_at(&err, &seg.path, at);
+    let iter_kind = assert_corrupt_at(&err, &seg.path, at);
+    assert_eq!(iter_kind, kind, "read and iteration report the same damage");
     let rest: Vec<_> = it.map(|r| r.unwrap()).collect();
     let offsets: Vec<u64> = rest.iter().map(|r| r.offset()).collect();
     let resumed = offsets.first() == Some(&(damaged + 1)) && damaged + 1 < seg.end_offset();
-    if matches!(kind, CorruptKind::BadCrc { .. }) && payload_damage {
+    if matches!(iter_kind, CorruptKind::BadCrc { .. }) && payload_damage {
         assert!(resumed || damaged + 1 == seg.end_offset(), "a damaged payload cost more than its record");
     }
     let from = if resumed { damaged + 1 } else { seg.end_offset() };
