@@ -156,7 +156,7 @@ fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
     q.append_batch(&batch).unwrap();
     let g = q.group("g").unwrap();
     // The journal holds about 10,900 entries: the snapshot comes after ~5,400 records.
-    fault::inject(Fault::new(&dir.path().join("groups"), Point::Rename));
+    fault::inject(Fault::new(&dir.path().join("groups"), Point::Write));
     let mut acked = 0;
     let err = loop {
         match g.poll(Duration::ZERO).and_then(|d| g.ack(d.unwrap().offset())) {

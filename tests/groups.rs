@@ -457,3 +457,34 @@ fn a_journal_entry_past_the_log_end_is_dropped_not_allocated_for() {
     assert_eq!((g.ack_floor(), g.stats().next_delivery), (0, 0));
     assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
 }
+
+#[test]
+fn a_lost_newer_snapshot_is_reported_not_silently_undone() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
+        q.append_batch(&(0..8000).map(|_| b"x".as_slice()).collect::<Vec<_>>()).unwrap();
+        let g = q.group("g").unwrap();
+        // The journal holds ~10,900 entries: this writes snapshot generation 1 (in the
+        // second snapshot file) and goes on in a restarted journal.
+        for _ in 0..6000 {
+            let d = g.poll(NO_WAIT).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+        }
+        q.close().unwrap();
+    }
+    let newer = dir.path().join("groups/g/state.1");
+    assert!(newer.exists(), "the journal was never compacted");
+    {
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(q.group("g").unwrap().ack_floor(), 6000);
+    }
+    let mut bytes = std::fs::read(&newer).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&newer, &bytes).unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    match q.group("g") {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, newer),
+        other => panic!("expected Corrupt naming {newer:?}, got {other:?}"),
+    }
+}

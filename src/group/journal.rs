@@ -114,6 +114,8 @@ pub(crate) struct Journal {
     /// Entries written since the group was opened, across restarts of the file: what group
     /// commit counts.
     seq: u64,
+    /// The first entry verifies for the next generation (see `written_by_next_generation`).
+    newer: bool,
 }
 
 /// What a sync of the journal has to write back.
@@ -159,17 +161,25 @@ impl Journal {
             reserve(&file, path, JOURNAL_BYTES as u64)?;
         }
         let len = len.max(JOURNAL_BYTES);
-        let (ops, end, stale) = {
+        let (ops, end, stale, newer) = {
             let view = Mapping::read_only(&file, len).at(path)?;
             let bytes = view.readable();
             header::check(bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
             let (ops, end) = replay(bytes, generation);
             let stale = bytes[end..].chunks_exact(ENTRY_LEN).any(|e| decode(e, generation).is_some());
-            (ops, end, stale)
+            let newer = decode(&bytes[FILE_HEADER_LEN..], generation + 1).is_some();
+            (ops, end, stale, newer)
         };
         let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
-        let journal = Journal { path: path.to_path_buf(), file, writer, generation, pos: end, synced: end, seq: 0 };
+        let journal =
+            Journal { path: path.to_path_buf(), file, writer, generation, pos: end, synced: end, seq: 0, newer };
         Ok((journal, ops, stale))
+    }
+
+    /// Whether the first entry is of the generation after this one: the journal was
+    /// restarted for a newer snapshot than the one being opened.
+    pub fn written_by_next_generation(&self) -> bool {
+        self.newer
     }
 
     /// Whether another entry fits.

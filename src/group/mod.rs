@@ -351,8 +351,15 @@ impl Group {
             create(&log, &groups, &dir, opts.unwrap_or_default(), clock)?;
         }
         remove_temp_files(&dir);
-        let snap = Snapshot::read(&state_path)?;
+        let snap = Snapshot::read_latest(&dir)?;
         let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
+        if journal.written_by_next_generation() {
+            // The journal was restarted for a snapshot that is no longer readable: the
+            // changes it held are lost, and the older snapshot would quietly undo them.
+            let lost = dir.join(snapshot::file_for(snap.generation + 1));
+            let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
+            return Err(Error::corrupt(&lost, 0, crate::error::CorruptKind::BadHeader(why)));
+        }
         let mut state = snap.restore(clock, log.next_offset());
         // Changes that reach past the log's end are dropped: the log lost those records (or
         // the entry is damaged in a way its checksum missed), and applying them could make
@@ -953,7 +960,7 @@ impl Locked {
     /// Writes a snapshot of the whole state and starts the journal over.
     fn compact(&mut self, dir: &Path, clock: Clock) -> Result<()> {
         let generation = self.generation + 1;
-        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write(&dir.join(STATE_FILE))?;
+        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
         self.journal.restart(generation)?;
         self.generation = generation;
         Ok(())
@@ -974,10 +981,14 @@ fn remove_temp_files(dir: &Path) {
 /// Creates the files of a new group starting at the log's first offset.
 fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: Clock) -> Result<()> {
     let new_groups_dir = !groups.exists();
+    // Files left by a deletion that a crash interrupted must not mix with the new group's.
+    if dir.exists() {
+        fs::remove_dir_all(dir).at(dir)?;
+    }
     fs::create_dir_all(dir).at(dir)?;
     let state = GroupState::new(log.first_offset(), opts.lease);
     Journal::create(&dir.join(JOURNAL_FILE))?;
-    Snapshot::of(&state, 0, opts.max_attempts, clock).write(&dir.join(STATE_FILE))?;
+    Snapshot::of(&state, 0, opts.max_attempts, clock).write_new(dir)?;
     sync_dir(groups)?;
     if new_groups_dir {
         sync_dir(log.dir())?;

@@ -140,9 +140,11 @@ impl Snapshot {
         })
     }
 
-    /// Replaces the snapshot at `path` atomically and durably.
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = temp_path(path);
+    /// Writes the first snapshot of a new group under a temporary name and renames it into
+    /// place, so that the group exists (with a valid snapshot) or not at all.
+    pub fn write_new(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(file_for(self.generation));
+        let tmp = temp_path(&path);
         let result = std::fs::File::create(&tmp).at(&tmp).and_then(|file| {
             crate::fs::write_at(&file, &tmp, &self.encode(), 0)?;
             crate::fs::sync_file(&file, &tmp)
@@ -151,14 +153,67 @@ impl Snapshot {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        rename(&tmp, path)?;
-        sync_dir(path.parent().expect("a snapshot lives in its group's directory"))
+        rename(&tmp, &path)?;
+        sync_dir(dir)
     }
 
-    /// Reads the snapshot at `path`.
-    pub fn read(path: &Path) -> Result<Snapshot> {
-        let bytes = std::fs::read(path).at(path)?;
-        Snapshot::decode(&bytes).map_err(|(position, kind)| crate::Error::corrupt(path, position, kind))
+    /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
+    /// The newer file (the current generation) is untouched, so a write torn by a crash
+    /// leaves it in charge: it fails its checksum, and the older generation wins.
+    pub fn write_in_place(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(file_for(self.generation));
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).at(&path)?;
+        let bytes = self.encode();
+        crate::fs::write_at(&file, &path, &bytes, 0)?;
+        file.set_len(bytes.len() as u64).at(&path)?;
+        crate::fs::sync_file(&file, &path)?;
+        if !existed {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the newest valid snapshot of the group in `dir`.
+    pub fn read_latest(dir: &Path) -> Result<Snapshot> {
+        let files = FILES.map(|name| {
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).ok();
+            (path, bytes)
+        });
+        latest(&files)
+    }
+}
+
+/// The two files a group's snapshots alternate between: generation `g` is written to
+/// `FILES[g % 2]`, so the previous generation survives while the next is written.
+pub(crate) const FILES: [&str; 2] = ["state", "state.1"];
+
+/// The file that holds generation `generation`.
+pub(crate) fn file_for(generation: u64) -> &'static str {
+    FILES[(generation % 2) as usize]
+}
+
+/// The newest valid snapshot among the contents of a group's snapshot files (`None` for a
+/// missing file). Damage is reported only when no file holds a valid snapshot.
+pub(crate) fn latest(files: &[(std::path::PathBuf, Option<Vec<u8>>)]) -> Result<Snapshot> {
+    let mut best: Option<Snapshot> = None;
+    let mut damage = None;
+    for (path, bytes) in files {
+        let Some(bytes) = bytes else { continue };
+        match Snapshot::decode(bytes) {
+            Ok(s) if best.as_ref().is_none_or(|b| s.generation > b.generation) => best = Some(s),
+            Ok(_) => {}
+            Err((position, kind)) => damage = damage.or(Some(crate::Error::corrupt(path, position, kind))),
+        }
+    }
+    match (best, damage) {
+        (Some(s), _) => Ok(s),
+        (None, Some(e)) => Err(e),
+        (None, None) => {
+            let path = files.first().map(|(p, _)| p.as_path()).unwrap_or(Path::new("state"));
+            Err(crate::Error::io(path, std::io::Error::from(std::io::ErrorKind::NotFound)))
+        }
     }
 }
 
@@ -188,5 +243,46 @@ mod tests {
             assert!(Snapshot::decode(&bad).is_err(), "flip at {i} went unnoticed");
         }
         assert!(Snapshot::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod alternation_tests {
+    use super::*;
+
+    fn snap(generation: u64) -> Snapshot {
+        Snapshot {
+            generation,
+            lease: Duration::from_secs(1),
+            max_attempts: 3,
+            floor: 0,
+            next: 0,
+            lost: 0,
+            entries: vec![],
+        }
+    }
+
+    #[test]
+    fn the_newest_valid_generation_wins_and_a_torn_one_is_passed_over() {
+        let (a, b) = ("a".into(), "b".into());
+        let four = snap(4).encode();
+        let mut five = snap(5).encode();
+        assert_eq!(latest(&[(a, Some(four.clone())), (b, Some(five.clone()))]).unwrap().generation, 5);
+        five[40] ^= 1;
+        let files = [("a".into(), Some(four)), ("b".into(), Some(five.clone()))];
+        assert_eq!(latest(&files).unwrap().generation, 4);
+        let only_torn = [("a".into(), None), ("b".into(), Some(five))];
+        assert!(matches!(latest(&only_torn), Err(crate::Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn in_place_writes_alternate_between_the_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        snap(0).write_new(dir.path()).unwrap();
+        for generation in 1..5 {
+            snap(generation).write_in_place(dir.path()).unwrap();
+            assert_eq!(Snapshot::read_latest(dir.path()).unwrap().generation, generation);
+        }
+        assert!(dir.path().join("state").exists() && dir.path().join("state.1").exists());
     }
 }

@@ -9,7 +9,7 @@ use super::dir::QueueDir;
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::group::journal::{self, JOURNAL_MAGIC};
-use crate::group::snapshot::Snapshot;
+use crate::group::snapshot::{self, Snapshot};
 use crate::group::state::{Clock, Op, Slot};
 use crate::segment::header::{self, FILE_HEADER_LEN};
 
@@ -84,6 +84,23 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The newest valid snapshot of the group whose first snapshot file is `state_path`: a
+/// group's snapshots alternate between two files.
+fn read_snapshot(state_path: &Path) -> Result<Snapshot> {
+    let dir = state_path.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::new();
+    for name in snapshot::FILES {
+        let path = dir.join(name);
+        let bytes = match read_bounded(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        files.push((path, bytes));
+    }
+    snapshot::latest(&files)
+}
+
 /// Decodes group `name` of `dir`: its snapshot, then its journal replayed on top.
 /// `log_next` is the log's next offset, for the lag.
 ///
@@ -99,8 +116,7 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
     let mut tries = 0;
     let (snap, ops, stale) = loop {
         tries += 1;
-        let snap = Snapshot::decode(&read_bounded(&state_path)?)
-            .map_err(|(position, kind)| Error::corrupt(&state_path, position, kind))?;
+        let snap = read_snapshot(&state_path)?;
         let bytes = match read_bounded(&journal_path) {
             Ok(bytes) => bytes,
             Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
@@ -119,7 +135,7 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
             .chunks_exact(journal::ENTRY_LEN)
             .position(|e| journal::decode(e, snap.generation).is_some())
             .map(|i| (end + i * journal::ENTRY_LEN) as u64);
-        let again = Snapshot::decode(&read_bounded(&state_path)?).map(|s| s.generation).ok();
+        let again = read_snapshot(&state_path).map(|s| s.generation).ok();
         if again == Some(snap.generation) || tries >= 3 {
             break (snap, ops, stale.map(|at| (end as u64, at)));
         }
