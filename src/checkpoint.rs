@@ -117,6 +117,16 @@ impl Checkpoint {
         Ok((Checkpoint { path, file, progress: None, synced_at: Instant::now() }, a, b))
     }
 
+    /// Records where a freshly opened log ends, in both slots, durably: slot B may name a
+    /// position of data that recovery has since cut (a tail torn in a crash, or a file cut
+    /// by hand), and must never send a later recovery past records appended from here on.
+    pub fn write_opened(&mut self, mark: Mark) -> Result<()> {
+        let mark = Mark { clean: false, ..mark };
+        crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_B)?;
+        self.progress = Some((mark.segment_base, mark.position));
+        self.write_durable(mark)
+    }
+
     /// Writes slot A and waits until it is durable.
     pub fn write_durable(&mut self, mark: Mark) -> Result<()> {
         crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_A)?;

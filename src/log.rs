@@ -196,7 +196,7 @@ impl Log {
         };
         let first_offset = segments.first().map_or(active.segment().base(), |s| s.base());
         // Until the next clean close, a crash must not be mistaken for one.
-        checkpoint.write_durable(Mark {
+        checkpoint.write_opened(Mark {
             segment_base: active.segment().base(),
             position: active.position() as u64,
             next_offset,
@@ -635,12 +635,18 @@ impl Iterator for Iter {
     /// yields `None`.
     fn next(&mut self) -> Option<Result<Record>> {
         loop {
-            if self.done || self.log.is_closed() || self.next >= self.log.next_offset() {
+            if self.done || self.log.is_closed() {
                 return None;
             }
-            if self.next < self.log.first_offset() {
-                self.next = self.log.first_offset();
+            // First move up past what retention deleted, then look for the end: the first
+            // offset can equal the next one (a roll emptied the log of sealed segments).
+            let first = self.log.first_offset();
+            if self.next < first {
+                self.next = first;
                 self.cursor = None;
+            }
+            if self.next >= self.log.next_offset() {
+                return None;
             }
             match self.step() {
                 Ok(Some(record)) => return Some(Ok(record)),

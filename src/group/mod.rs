@@ -574,7 +574,8 @@ impl Group {
                 }
                 Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
                     let clock = Clock::now();
-                    Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay.as_millis() as u64) }
+                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay_ms) }
                 }
                 _ => return Ok(()),
             };

@@ -75,6 +75,11 @@ impl Op {
     }
 }
 
+/// `at + by`, or as far as an `Instant` goes: a delay that long never ends in practice.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 86400))
+}
+
 /// "Now" on both clocks: the monotonic one for timers, the wall clock stored on disk.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
@@ -89,7 +94,7 @@ impl Clock {
 
     /// The instant of wall-clock time `at_ms` (now, if it has passed).
     pub fn instant_of(&self, at_ms: u64) -> Instant {
-        self.now + Duration::from_millis(at_ms.saturating_sub(self.now_ms))
+        later(self.now, Duration::from_millis(at_ms.saturating_sub(self.now_ms)))
     }
 
     /// The wall-clock time of `at`.
@@ -214,11 +219,14 @@ impl GroupState {
         let mut state = GroupState::new(floor.min(limit), lease);
         state.next = next.clamp(state.floor, limit.max(state.floor));
         state.window = (state.floor..state.next).map(|_| Slot::Acked).collect();
-        for (offset, slot) in exceptions {
+        // Entries are sorted against the clamped window; those past the log's end name
+        // records that do not exist and are dropped.
+        let end = state.next;
+        for (offset, slot) in exceptions.into_iter().filter(|&(offset, _)| offset < end) {
             if let Slot::Dead { attempts } = slot {
                 state.dead.insert(offset, attempts);
             }
-            if offset >= floor {
+            if offset >= state.floor {
                 if let Some(s) = state.slot_mut(offset) {
                     *s = slot;
                 }
@@ -259,7 +267,7 @@ impl GroupState {
     pub fn apply(&mut self, op: Op, clock: Clock) {
         match op {
             Op::Deliver { offset, attempt } => {
-                let until = clock.now + self.lease;
+                let until = later(clock.now, self.lease);
                 let leased = Slot::Leased { attempts: attempt, until };
                 if offset >= self.next {
                     self.skip_to(offset);

@@ -41,6 +41,31 @@ pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
     lo.checked_sub(1).map(|i| entry(entries, i))
 }
 
+/// The last entry whose position is at or before `pos`.
+pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)> {
+    let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if entry(entries, mid).1 as usize <= pos { lo = mid + 1 } else { hi = mid }
+    }
+    lo.checked_sub(1).map(|i| entry(entries, i))
+}
+
+/// The trusted entries of the index file at `path` for the segment whose bytes are `data`
+/// (empty if the file is missing or damaged). `capacity` bounds how much is read.
+pub(crate) fn read_entries(path: &Path, base: u64, capacity: usize, data: &[u8]) -> Vec<u8> {
+    let limit = IndexWriter::file_len(capacity, 1);
+    let Ok(file) = File::open(path) else { return Vec::new() };
+    let len = file.metadata().map_or(0, |m| m.len() as usize).min(limit);
+    let mut bytes = vec![0u8; len];
+    if file.read_exact_at(&mut bytes, 0).is_err() || header::check(&bytes, INDEX_MAGIC, base).is_err() {
+        return Vec::new();
+    }
+    let mut entries = bytes.split_off(FILE_HEADER_LEN);
+    entries.truncate(valid_len(&entries, data, base, u64::MAX));
+    entries
+}
+
 /// Length of the longest prefix of `entries` that can be trusted: relative offsets and
 /// positions strictly increasing, relative offsets below `max_rel`, and each entry pointing
 /// at the start of the record it names in `data` (the segment's valid bytes).

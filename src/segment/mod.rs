@@ -325,10 +325,18 @@ impl Active {
         let view = Mapping::read_only(&file, len).at(&path)?;
         let bytes = view.readable();
         header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(&path, 0, kind))?;
-        let trusted = trusted.filter(|&(pos, _)| (FILE_HEADER_LEN..=len).contains(&pos));
+        // The checkpoint is a hint: its position must fall on a batch boundary with the
+        // offset it names, and a clean end must have nothing after it.
+        let entries = index::read_entries(&seg.index_path, base, len.max(min_capacity), bytes);
+        let trusted = trusted.filter(|&(pos, next)| {
+            (FILE_HEADER_LEN..=len).contains(&pos) && mark_lands(bytes, base, &entries, pos, next)
+        });
+        let clean = clean
+            && trusted.is_some_and(|(pos, _)| {
+                matches!(record::peek(bytes, pos), Err(record::FrameError::Zeroed | record::FrameError::Truncated))
+            });
         let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
-        let mut recovered =
-            Recovered { next_offset: start_offset, clean: clean && trusted.is_some(), ..Default::default() };
+        let mut recovered = Recovered { next_offset: start_offset, clean, ..Default::default() };
         let end = if recovered.clean {
             start
         } else {
@@ -440,6 +448,25 @@ impl Active {
         sync_data(&self.seg, self.pos)?;
         self.index.sync()
     }
+}
+
+/// Whether `pos` is the end of a batch in `bytes` and `next` the offset after it, stepping
+/// there from the last trusted index entry before it (at most one index interval).
+fn mark_lands(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) -> bool {
+    let (mut at, mut p) = index::floor_by_position(entries, pos)
+        .map_or((base, FILE_HEADER_LEN), |(rel, entry_pos)| (base + u64::from(rel), entry_pos as usize));
+    let mut in_batch = false;
+    while p < pos {
+        match record::peek(bytes, p) {
+            Ok(f) if f.offset == at => {
+                p = f.end();
+                at += 1;
+                in_batch = f.batch_continues;
+            }
+            _ => return false,
+        }
+    }
+    p == pos && at == next && !in_batch
 }
 
 /// Makes the data of `seg` below `end` durable, syncing only what is not yet synced.
