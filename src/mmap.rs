@@ -117,6 +117,20 @@ impl MapWriter {
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.map.raw.as_mut_ptr().add(at), bytes.len()) }
     }
 
+    /// The bytes in `range`, which lies at or past the published length: bytes only this
+    /// writer touches (to checksum what it just wrote, before publishing it).
+    ///
+    /// # Panics
+    /// If `range` starts below the published length or ends past the mapping.
+    pub fn unpublished(&self, range: Range<usize>) -> &[u8] {
+        let published = self.map.published.load(Ordering::Relaxed);
+        assert!(range.start >= published && range.start <= range.end && range.end <= self.map.len(), "not unpublished");
+        // SAFETY: the range lies inside the mapping (checked above) and at or past the
+        // published length, where no reader forms a slice; `write` takes `&mut self`, so it
+        // cannot store into these bytes while this shared borrow of the writer lives.
+        unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(range.start), range.len()) }
+    }
+
     /// Makes the first `end` bytes readable. Everything below `end` must be written.
     pub fn publish(&mut self, end: usize) {
         assert!(end <= self.map.len(), "publish past the mapping");

@@ -402,11 +402,14 @@ impl Active {
     /// Writes one record; it becomes readable at the next [`Active::publish`]. The caller
     /// has checked that it fits.
     pub fn write(&mut self, offset: u64, timestamp_ms: u64, payload: &[u8], batch_continues: bool) {
-        let header = record::encode_header(offset, timestamp_ms, payload, batch_continues);
+        let header = record::header_without_crc(offset, timestamp_ms, payload.len(), batch_continues);
+        let end = self.pos + record::frame_len(payload.len());
         self.index.note(offset - self.seg.base, self.pos);
         self.data.write(self.pos, &header);
         self.data.write(self.pos + header.len(), payload);
-        self.pos += record::frame_len(payload.len());
+        let crc = record::frame_crc(self.data.unpublished(self.pos..end));
+        self.data.write(self.pos, &crc);
+        self.pos = end;
     }
 
     /// Makes everything written so far readable.
