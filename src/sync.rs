@@ -64,6 +64,9 @@ impl GroupCommit {
             }
             state.leader = true;
             drop(state);
+            // Let appenders that the last sync just woke write their records first: on few
+            // cores they are runnable but not yet running, and this sync can cover them.
+            std::thread::yield_now();
             let result = sync();
             state = self.lock();
             state.leader = false;
