@@ -591,6 +591,7 @@ impl Iter {
 
     /// Reads the record at `self.next`; `Ok(None)` if its segment was just deleted.
     fn step(&mut self) -> Result<Option<Record>> {
+        self.resumed = false;
         let cursor = match &mut self.cursor {
             Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
             _ => {

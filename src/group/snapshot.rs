@@ -1,11 +1,13 @@
-//! A group's snapshot: its whole state at one moment, replaced atomically (temporary file,
-//! fsync, rename, directory fsync) so that a crash leaves either the old or the new one.
+//! A group's snapshot: its whole state at one moment. Snapshots alternate between two files
+//! (`state` for even generations, `state.1` for odd ones), each written in place and
+//! synced: a crash while one is written leaves the other, the previous generation, valid.
+//! Only open records are listed; offsets below `next` that are not listed are acked.
 //!
 //! Grammar (little-endian): `file header (32 bytes, STATE_MAGIC, base field = generation) |
 //! lease_ms: u64 | max_attempts: u32 | reserved: u32 | floor: u64 | next: u64 | lost: u64 |
 //! count: u64 | entry * count | crc: u32`, each entry `offset: u64 | kind: u32 | attempts: u32 | at_ms: u64`
-//! with kind 1 = to be delivered (again) at `at_ms`, 2 = acked, 3 = dead. `crc` covers every
-//! byte before it.
+//! with kind 1 = to be delivered (again) at `at_ms`, 2 = acked (read, no longer written),
+//! 3 = dead. `crc` covers every byte before it.
 
 use std::path::Path;
 use std::time::Duration;

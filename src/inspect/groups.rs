@@ -128,6 +128,15 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
             return Err(Error::corrupt(&journal_path, bytes.len() as u64, CorruptKind::Truncated));
         }
         header::check(&bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(&journal_path, 0, kind))?;
+        if bytes.get(FILE_HEADER_LEN..).and_then(|e| journal::decode(e, snap.generation + 1)).is_some() {
+            if tries < 3 {
+                continue; // A live group wrote its next snapshot between the two reads.
+            }
+            // As the queue refuses to open the group: the newer snapshot is lost.
+            let lost = state_path.with_file_name(snapshot::file_for(snap.generation + 1));
+            let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
+            return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
+        }
         let (ops, end) = journal::replay(&bytes, snap.generation);
         // An entry of this generation past the first one that fails its check: a write in
         // the middle was torn or lost, and what follows it is dropped at the next open.

@@ -456,7 +456,9 @@ impl Active {
 /// Whether `pos` is the end of a batch in `bytes` and `next` the offset after it, stepping
 /// there from the last trusted index entry before it (at most one index interval).
 fn mark_lands(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) -> bool {
-    let (mut at, mut p) = index::floor_by_position(entries, pos)
+    // From an entry strictly before `pos`, so that the record ending at `pos` is stepped
+    // over and its batch flag seen.
+    let (mut at, mut p) = index::floor_by_position(entries, pos.saturating_sub(1))
         .map_or((base, FILE_HEADER_LEN), |(rel, entry_pos)| (base + u64::from(rel), entry_pos as usize));
     let mut in_batch = false;
     while p < pos {
