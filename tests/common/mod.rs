@@ -136,3 +136,254 @@ pub fn process_lock() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+// ---- Helpers of the reliability tests (crash_loop, power_loss, stress, bad_input) ----
+
+/// A small, seedable pseudo-random generator (SplitMix64): the reliability tests print
+/// their seed so that a failing run can be repeated.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// A number in `range`.
+    pub fn range(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.below(range.end - range.start)
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// The SplitMix64 finaliser: a well-mixed function of `x`.
+pub fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A seed for a reliability test: `var` from the environment if set, else one that differs
+/// from run to run. Printed, so that a failure can be replayed with `var=<seed>`.
+pub fn test_seed(var: &str) -> u64 {
+    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        mix(t.as_nanos() as u64 ^ u64::from(std::process::id()))
+    });
+    eprintln!("seed: {var}={seed}");
+    seed
+}
+
+/// Bytes at the start of a [`tagged`] payload: `seed u64 | index u16 | count u16 | len u32`.
+pub const TAG_LEN: usize = 16;
+
+/// A self-describing payload: record `index` of a batch of `count` records, each record of
+/// the batch having seed `batch seed + index`. Its length and bytes follow from `seed`, so
+/// any reader can check a record it finds without knowing who wrote it, and can tell
+/// whether the rest of its batch is there.
+pub fn tagged(seed: u64, index: u16, count: u16) -> Vec<u8> {
+    let h = mix(seed ^ 0x5EED);
+    let body = match h % 100 {
+        0 => 2000 + (h >> 8) % 4000,
+        1..=10 => 300 + (h >> 8) % 1200,
+        _ => (h >> 8) % 300,
+    } as usize;
+    let mut p = Vec::with_capacity(TAG_LEN + body);
+    p.extend_from_slice(&seed.to_le_bytes());
+    p.extend_from_slice(&index.to_le_bytes());
+    p.extend_from_slice(&count.to_le_bytes());
+    p.extend_from_slice(&(body as u32).to_le_bytes());
+    let mut rng = Rng::new(seed);
+    let mut word = 0;
+    for i in 0..body {
+        if i % 8 == 0 {
+            word = rng.next_u64();
+        }
+        p.push((word >> (8 * (i % 8))) as u8);
+    }
+    p
+}
+
+/// What a [`tagged`] payload says about itself: `(seed, index, count)`, or why it is not
+/// one (wrong length, wrong bytes).
+pub fn untag(p: &[u8]) -> Result<(u64, u16, u16), String> {
+    if p.len() < TAG_LEN {
+        return Err(format!("payload of {} bytes is shorter than its tag", p.len()));
+    }
+    let seed = u64::from_le_bytes(p[..8].try_into().unwrap());
+    let index = u16::from_le_bytes(p[8..10].try_into().unwrap());
+    let count = u16::from_le_bytes(p[10..12].try_into().unwrap());
+    if index >= count {
+        return Err(format!("payload says it is record {index} of a batch of {count}"));
+    }
+    if p != tagged(seed, index, count).as_slice() {
+        return Err(format!("payload of seed {seed:#x} ({} bytes) is not the one written", p.len()));
+    }
+    Ok((seed, index, count))
+}
+
+/// Walks every record from `q.first_offset()`: offsets contiguous up to `next_offset`, each
+/// payload a [`tagged`] one, and every batch whole (no record of a batch without the others).
+/// Returns the seed of each record, by offset from the first. The first record must start a
+/// batch: retention deletes whole segments, and a batch never spans two.
+pub fn check_tagged_log(q: &Queue) -> Result<Vec<u64>, String> {
+    let (first, next) = (q.first_offset(), q.next_offset());
+    let mut seeds = Vec::with_capacity((next - first) as usize);
+    // (seed of the next record of the current batch, its index, the batch's count).
+    let mut pending: Option<(u64, u16, u16)> = None;
+    for (i, rec) in q.iter_from(first).enumerate() {
+        let rec = rec.map_err(|e| format!("iteration at offset {}: {e}", first + i as u64))?;
+        let offset = rec.offset();
+        if offset != first + i as u64 {
+            return Err(format!("iteration yields offset {offset} where {} was due", first + i as u64));
+        }
+        let (seed, index, count) = untag(rec.payload()).map_err(|e| format!("record {offset}: {e}"))?;
+        match pending {
+            Some(want) if want != (seed, index, count) => {
+                return Err(format!(
+                    "record {offset} is ({seed:#x}, {index}/{count}) in the middle of batch record {want:?}"
+                ));
+            }
+            None if index != 0 => {
+                return Err(format!("record {offset} is record {index} of a batch whose start is missing"));
+            }
+            _ => {}
+        }
+        pending = (index + 1 < count).then_some((seed + 1, index + 1, count));
+        seeds.push(seed);
+    }
+    if seeds.len() as u64 != next - first {
+        return Err(format!("iteration gave {} records, {first}..{next} holds {}", seeds.len(), next - first));
+    }
+    if let Some(want) = pending {
+        return Err(format!("the log ends inside a batch: record {want:?} is missing"));
+    }
+    Ok(seeds)
+}
+
+/// Copies a directory tree (regular files and folders) from `from` into `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let kind = entry.file_type().unwrap();
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// CRC-32 (IEEE), the checksum of every segq structure, for tests that craft or check bytes.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    crc32_parts(&[bytes])
+}
+
+/// CRC-32 of the concatenation of `parts`.
+pub fn crc32_parts(parts: &[&[u8]]) -> u32 {
+    let mut crc = !0u32;
+    for part in parts {
+        for &b in *part {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+    }
+    !crc
+}
+
+/// Position of checkpoint slot B; slot A is at 0. A slot is `magic | version | flags | base |
+/// position | next_offset | crc`, 64 bytes with padding.
+pub const CHECKPOINT_SLOT_B: usize = 512;
+
+/// A checkpoint slot: `(segment_base, position, next_offset, clean)` if it is valid.
+pub fn checkpoint_slot(bytes: &[u8], at: usize) -> Option<(u64, u64, u64, bool)> {
+    let s = bytes.get(at..at + 44)?;
+    let u64_at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().unwrap());
+    let crc = u32::from_le_bytes(s[40..44].try_into().unwrap());
+    (&s[..8] == b"SEGQCKPT" && crc == crc32(&s[..40])).then(|| (u64_at(16), u64_at(24), u64_at(32), s[12] & 1 != 0))
+}
+
+/// Writes a valid checkpoint slot at `at` of `bytes` (grown if needed).
+pub fn put_checkpoint_slot(bytes: &mut Vec<u8>, at: usize, base: u64, position: u64, next: u64, clean: bool) {
+    if bytes.len() < at + 64 {
+        bytes.resize(at + 64, 0);
+    }
+    let s = &mut bytes[at..at + 64];
+    s.fill(0);
+    s[..8].copy_from_slice(b"SEGQCKPT");
+    s[8..12].copy_from_slice(&1u32.to_le_bytes());
+    s[12..16].copy_from_slice(&u32::from(clean).to_le_bytes());
+    s[16..24].copy_from_slice(&base.to_le_bytes());
+    s[24..32].copy_from_slice(&position.to_le_bytes());
+    s[32..40].copy_from_slice(&next.to_le_bytes());
+    let crc = crc32(&s[..40]);
+    s[40..44].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Bytes in a group journal entry: `crc u32 | kind u8 | reserved [u8; 3] | offset u64 | arg u64`.
+pub const JOURNAL_ENTRY_LEN: usize = 24;
+
+/// The generation of a group snapshot (`groups/<name>/state`): its header's base field.
+pub fn snapshot_generation(state: &[u8]) -> u64 {
+    u64::from_le_bytes(state[16..24].try_into().unwrap())
+}
+
+/// Whether the journal entry at `at` verifies for `generation`.
+pub fn journal_entry_valid(journal: &[u8], at: usize, generation: u64) -> bool {
+    journal.get(at..at + JOURNAL_ENTRY_LEN).is_some_and(|e| {
+        u32::from_le_bytes(e[..4].try_into().unwrap()) == crc32_parts(&[&generation.to_le_bytes(), &e[4..]])
+    })
+}
+
+/// Entries at the start of a group journal that verify for `generation`.
+pub fn journal_entries(journal: &[u8], generation: u64) -> usize {
+    (0..).take_while(|i| journal_entry_valid(journal, FILE_HEADER_LEN + i * JOURNAL_ENTRY_LEN, generation)).count()
+}
+
+/// Encodes a journal entry for `generation` with a valid checksum.
+pub fn journal_entry(kind: u8, offset: u64, arg: u64, generation: u64) -> [u8; JOURNAL_ENTRY_LEN] {
+    let mut e = [0u8; JOURNAL_ENTRY_LEN];
+    e[4] = kind;
+    e[8..16].copy_from_slice(&offset.to_le_bytes());
+    e[16..24].copy_from_slice(&arg.to_le_bytes());
+    let crc = crc32_parts(&[&generation.to_le_bytes(), &e[4..]]);
+    e[..4].copy_from_slice(&crc.to_le_bytes());
+    e
+}
+
+/// The generation of a group's newest valid snapshot: snapshots alternate between `state`
+/// and `state.1` in `group_dir`, and one whose checksum fails does not count.
+pub fn latest_snapshot_generation(group_dir: &Path) -> Option<u64> {
+    ["state", "state.1"]
+        .iter()
+        .filter_map(|name| std::fs::read(group_dir.join(name)).ok())
+        .filter(|b| {
+            b.len() >= FILE_HEADER_LEN + 4
+                && &b[..8] == b"SEGQGRP\0"
+                && u32::from_le_bytes(b[b.len() - 4..].try_into().unwrap()) == crc32(&b[..b.len() - 4])
+        })
+        .map(|b| snapshot_generation(&b))
+        .max()
+}

@@ -1,0 +1,137 @@
+//! Fuzzes the record decoder through the public API: the input becomes a *sealed* segment
+//! (and, optionally, its offset index) of a queue directory written to a temporary folder;
+//! every offset the segment claims is read with `Queue::read` and by iteration.
+//!
+//! Must hold: no panic; a record returned is one that lies in the file as a whole frame
+//! with a matching CRC, at the offset asked for; damage is an `Error`.
+//!
+//! Run with `cargo +nightly fuzz run record_decoder` from the repository root.
+
+#![no_main]
+
+use std::path::{Path, PathBuf};
+
+use libfuzzer_sys::fuzz_target;
+use segq::{Options, Queue, SyncPolicy};
+
+/// A folder of its own under /dev/shm (or the temporary directory), removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let root = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+        let dir = root.join(format!("segq-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn header(magic: &[u8; 8], base: u64) -> Vec<u8> {
+    let mut h = magic.to_vec();
+    h.extend_from_slice(&1u32.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h.extend_from_slice(&base.to_le_bytes());
+    let crc = crc32fast::hash(&h);
+    h.extend_from_slice(&crc.to_le_bytes());
+    h.extend_from_slice(&[0; 4]);
+    h
+}
+
+/// Records with valid CRCs steered by `body`: each control byte gives a payload length,
+/// the batch flag, a skipped or repeated offset, or raw bytes in place of a record.
+fn records(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut offset = 0u64;
+    let mut rest = body;
+    while let Some((&c, tail)) = rest.split_first() {
+        let len = usize::from(c & 0x1f).min(tail.len());
+        let (payload, tail) = tail.split_at(len);
+        rest = tail;
+        if c & 0xc0 == 0xc0 {
+            out.extend_from_slice(payload);
+            continue;
+        }
+        let mut frame = vec![0u8; 4];
+        frame.extend_from_slice(&(len as u32 | if c & 0x20 != 0 { 0x8000_0000 } else { 0 }).to_le_bytes());
+        frame.extend_from_slice(&offset.to_le_bytes());
+        frame.extend_from_slice(&u64::from(c).to_le_bytes());
+        frame.extend_from_slice(payload);
+        let crc = crc32fast::hash(&frame[4..]);
+        frame[..4].copy_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&frame);
+        offset = match c & 0xc0 {
+            0x40 => offset + 2,
+            0x80 => offset.saturating_sub(1),
+            _ => offset + 1,
+        };
+    }
+    out
+}
+
+/// Whether `file` holds the frame of a record with these fields (either batch flag).
+fn written(file: &[u8], offset: u64, timestamp: u64, payload: &[u8]) -> bool {
+    [0u32, 0x8000_0000].iter().any(|flag| {
+        let mut frame = vec![0u8; 4];
+        frame.extend_from_slice(&(payload.len() as u32 | flag).to_le_bytes());
+        frame.extend_from_slice(&offset.to_le_bytes());
+        frame.extend_from_slice(&timestamp.to_le_bytes());
+        frame.extend_from_slice(payload);
+        let crc = crc32fast::hash(&frame[4..]);
+        frame[..4].copy_from_slice(&crc.to_le_bytes());
+        file.windows(frame.len()).any(|w| w == frame)
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    // control | claimed record count | index length | index entries | segment body
+    let [control, claimed, index_len, rest @ ..] = data else { return };
+    let end = u64::from(*claimed % 100) + 1;
+    let index_len = usize::from(*index_len).min(rest.len());
+    let (index_body, body) = rest.split_at(index_len);
+    let mut segment = header(b"SEGQLOG\0", 0);
+    segment.extend_from_slice(&if control & 1 == 0 { records(body) } else { body.to_vec() });
+
+    let dir = TempDir::new();
+    let d = &dir.0;
+    std::fs::write(d.join("00000000000000000000.log"), &segment).unwrap();
+    if control & 2 != 0 {
+        let mut index = header(b"SEGQIDX\0", 0);
+        index.extend_from_slice(index_body);
+        std::fs::write(d.join("00000000000000000000.index"), index).unwrap();
+    }
+    // The newest segment starts where the sealed one is said to end: empty, preallocated.
+    let mut newest = header(b"SEGQLOG\0", end);
+    newest.resize(4096, 0);
+    std::fs::write(d.join(format!("{end:020}.log")), newest).unwrap();
+
+    let opts = Options::default()
+        .segment_bytes(4096)
+        .index_interval_bytes(1 + u32::from(control >> 2))
+        .sync(SyncPolicy::Never);
+    let q = Queue::open(d, opts).expect("an intact newest segment opens");
+    assert_eq!((q.first_offset(), q.next_offset()), (0, end));
+    for o in 0..end {
+        if let Ok(Some(rec)) = q.read(o) {
+            assert_eq!(rec.offset(), o);
+            assert!(written(&segment, o, rec.timestamp_ms(), rec.payload()), "read {o} returned bytes never written");
+        }
+    }
+    let mut last = None;
+    for rec in q.iter_from(0).take(200).flatten() {
+        assert!(last.is_none_or(|l| rec.offset() > l), "iteration went back");
+        assert!(
+            written(&segment, rec.offset(), rec.timestamp_ms(), rec.payload()),
+            "iteration returned bytes never written"
+        );
+        last = Some(rec.offset());
+    }
+});

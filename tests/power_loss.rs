@@ -1,0 +1,430 @@
+//! Simulated power loss: after a run that crashed (`simulate_crash`), everything that was
+//! not synced is dropped from a copy of the directory, in many ways (seeded), and the copy
+//! must still open and keep its promises.
+//!
+//! What is known to be synced: under `SyncPolicy::Always`, every append and every group call
+//! that returned; under `Never`, what the last `flush()` covered; under `Interval`, what the
+//! flusher covered (the log only: `q.durable_offset()` and the checkpoint say how far). Sealed
+//! segments are synced when sealed. Past the synced point of the newest segment, the copy
+//! gets one of: all zeros (nothing written back), a cut file, pages each zeroed, kept or
+//! written back only in part (a torn write-back), or garbage. Checkpoint slot B and the
+//! active index, which are never synced on their own, are dropped or damaged too, and the
+//! group journal is treated like the log past its synced point.
+//!
+//! Then: the copy opens; every durable record is intact; offsets are contiguous and every
+//! record is one that was appended at that offset; no batch is kept in part; a record whose
+//! ack was synced is never delivered again and attempt counts never go below their synced
+//! value; the group delivers records appended after the recovery (it does not stall). Each
+//! scenario then goes on from a recovered copy and loses power a second time.
+//!
+//! `SEGQ_POWER_SEED=<seed>` replays a run; `SEGQ_POWER_CASES=<n>` runs more scenarios.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{
+    CHECKPOINT_SLOT_B, FILE_HEADER_LEN, JOURNAL_ENTRY_LEN, Rng, check_tagged_log, checkpoint_slot, copy_tree,
+    journal_entries, latest_snapshot_generation, record_spans, segment_base, segment_files, tagged, test_seed, untag,
+};
+use segq::{Group, GroupOptions, Options, Queue, SyncPolicy};
+
+const GROUP: &str = "g";
+const MAX_ATTEMPTS: u32 = 3;
+const PAGE: usize = 4096;
+/// Scenarios in CI; each has two power losses and several damaged copies per loss.
+const CASES: u64 = 18;
+const COPIES_PER_LOSS: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Always,
+    Interval,
+    Never,
+}
+
+impl Policy {
+    fn sync(self) -> SyncPolicy {
+        match self {
+            Policy::Always => SyncPolicy::Always,
+            Policy::Interval => SyncPolicy::Interval(Duration::from_millis(1)),
+            Policy::Never => SyncPolicy::Never,
+        }
+    }
+}
+
+fn options(sync: SyncPolicy) -> Options {
+    Options::default().segment_bytes(16 << 10).index_interval_bytes(512).sync(sync)
+}
+
+fn open_group(q: &Queue) -> Group {
+    q.group_with(GROUP, GroupOptions::default().max_attempts(MAX_ATTEMPTS)).unwrap()
+}
+
+/// What the test knows about the queue it drives.
+#[derive(Debug, Default, Clone)]
+struct Model {
+    /// Seed of the record at each offset.
+    seeds: Vec<u64>,
+    next_seed: u64,
+    /// Offsets below this are durable.
+    durable: u64,
+    /// Acks and highest attempts, as of now and as of the group's last sync.
+    acked: HashSet<u64>,
+    attempts: HashMap<u64, u32>,
+    synced_acked: HashSet<u64>,
+    synced_attempts: HashMap<u64, u32>,
+    /// Where the group journal was synced to: (snapshot generation, entries). `None`: not
+    /// known (under `Interval`), so the journal is left alone.
+    journal_synced: Option<(u64, usize)>,
+}
+
+/// Copies checked, copies that lost records, records lost, redeliveries seen: printed at the
+/// end, to show that the damage reaches what it should.
+static COPIES: AtomicU64 = AtomicU64::new(0);
+static LOSSY_COPIES: AtomicU64 = AtomicU64::new(0);
+static RECORDS_LOST: AtomicU64 = AtomicU64::new(0);
+static REDELIVERIES: AtomicU64 = AtomicU64::new(0);
+
+fn group_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join("groups").join(GROUP)
+}
+
+/// The group's snapshot generation and how many journal entries verify for it.
+fn journal_mark(dir: &Path) -> (u64, usize) {
+    let generation = latest_snapshot_generation(&group_dir(dir)).expect("a valid snapshot");
+    let journal = std::fs::read(group_dir(dir).join("journal")).unwrap();
+    (generation, journal_entries(&journal, generation))
+}
+
+impl Model {
+    /// Notes that everything so far is synced (a `flush`, or any call under `Always`).
+    fn synced(&mut self, q: &Queue, policy: Policy) {
+        self.durable = self.seeds.len() as u64;
+        self.synced_acked = self.acked.clone();
+        self.synced_attempts = self.attempts.clone();
+        if policy != Policy::Interval {
+            self.journal_synced = Some(journal_mark(q.dir()));
+        }
+    }
+
+    /// Forgets what a recovery that kept offsets `..next` cannot have kept.
+    fn recovered(&mut self, next: u64) {
+        self.seeds.truncate(next as usize);
+        self.durable = next;
+        self.acked = self.synced_acked.clone();
+        self.attempts = self.synced_attempts.clone();
+    }
+}
+
+/// Random appends, batches, polls, acks, nacks and (under `Never`) flushes.
+fn workload(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng, policy: Policy) {
+    for _ in 0..rng.range(20..90) {
+        match rng.below(100) {
+            0..45 => {
+                let count = if rng.chance(70) { 1 } else { rng.range(2..7) as u16 };
+                let seed = m.next_seed;
+                m.next_seed += 32;
+                let payloads: Vec<Vec<u8>> = (0..count).map(|i| tagged(seed + u64::from(i), i, count)).collect();
+                let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+                let range = q.append_batch(&refs).unwrap();
+                assert_eq!(range.start, m.seeds.len() as u64);
+                m.seeds.extend((0..u64::from(count)).map(|i| seed + i));
+            }
+            45..90 => {
+                let Some(d) = g.poll(Duration::ZERO).unwrap() else { continue };
+                let o = d.offset();
+                assert_eq!(untag(d.payload()).unwrap().0, m.seeds[o as usize]);
+                m.attempts.insert(o, d.attempt());
+                match rng.below(10) {
+                    0..7 => {
+                        g.ack(o).unwrap();
+                        m.acked.insert(o);
+                    }
+                    7..9 => g.nack(o, Duration::ZERO).unwrap(),
+                    _ => {}
+                }
+            }
+            _ if policy == Policy::Never => {
+                q.flush().unwrap();
+                m.synced(q, policy);
+            }
+            _ => {}
+        }
+        if policy == Policy::Always {
+            m.synced(q, policy);
+        }
+    }
+    if policy == Policy::Interval {
+        m.durable = q.durable_offset();
+    }
+}
+
+/// Damage `region` of `bytes` the way a power loss could have left it, given that nothing
+/// in it was synced. Returns what it did.
+fn lose(bytes: &mut Vec<u8>, from: usize, rng: &mut Rng, allow_cut: bool) -> String {
+    let len = bytes.len();
+    if from >= len {
+        return "nothing past the synced point".into();
+    }
+    match rng.below(if allow_cut { 6 } else { 5 }) {
+        0 => {
+            bytes[from..].fill(0);
+            format!("zeros from {from}")
+        }
+        1 => {
+            // Each page past the synced point: never written back, written back whole, or
+            // written back at an earlier moment (a prefix of what is there now).
+            let mut what = String::new();
+            let mut page = from / PAGE * PAGE;
+            while page < len {
+                let start = page.max(from);
+                let end = (page + PAGE).min(len);
+                match rng.below(3) {
+                    0 => {
+                        bytes[start..end].fill(0);
+                        what.push('0');
+                    }
+                    1 => what.push('k'),
+                    _ => {
+                        let cut = rng.range(start as u64..end as u64 + 1) as usize;
+                        bytes[cut..end].fill(0);
+                        what.push('p');
+                    }
+                }
+                page += PAGE;
+                if what.len() > 64 {
+                    break;
+                }
+            }
+            format!("pages from {from}: {what}")
+        }
+        2 => {
+            // 512-byte sectors, kept or zeroed.
+            let mut sector = from;
+            let mut zeroed = 0;
+            while sector < len.min(from + 64 * 512) {
+                let end = ((sector / 512 + 1) * 512).min(len);
+                if rng.chance(50) {
+                    bytes[sector..end].fill(0);
+                    zeroed += 1;
+                }
+                sector = end;
+            }
+            format!("{zeroed} sectors zeroed from {from}")
+        }
+        3 => {
+            let at = rng.range(from as u64..len as u64) as usize;
+            let n = (rng.range(1..3000) as usize).min(len - at);
+            let garbage = rng.bytes(n);
+            bytes[at..at + n].copy_from_slice(&garbage);
+            format!("{n} garbage bytes at {at} (synced up to {from})")
+        }
+        4 => "everything written back".into(),
+        _ => {
+            let at = rng.range(from as u64..len as u64 + 1) as usize;
+            bytes.truncate(at);
+            format!("cut at {at} (synced up to {from})")
+        }
+    }
+}
+
+/// Drops from a copy of a crashed directory what a power loss could drop. Returns a
+/// description of what it did.
+fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
+    let mut what = Vec::new();
+    let active = segment_files(dir).pop().unwrap();
+    let base = segment_base(&active);
+    let mut bytes = std::fs::read(&active).unwrap();
+    let spans = record_spans(&bytes);
+    let position_of = |offset: u64| -> usize {
+        match offset.checked_sub(base) {
+            None | Some(0) => FILE_HEADER_LEN,
+            Some(k) => spans.get(k as usize).map_or_else(|| spans.last().unwrap().end, |s| s.start),
+        }
+    };
+    // The synced end of the newest segment: what `durable` says, or further if a
+    // checkpoint slot records a later sync (the flusher may have run after we looked).
+    let checkpoint_path = dir.join("checkpoint");
+    let mut checkpoint = std::fs::read(&checkpoint_path).unwrap();
+    let mut synced = position_of(m.durable);
+    for at in [0, CHECKPOINT_SLOT_B] {
+        if let Some((b, position, _, _)) = checkpoint_slot(&checkpoint, at)
+            && b == base
+        {
+            synced = synced.max(position as usize);
+        }
+    }
+    what.push(format!("log {}: {}", active.display(), lose(&mut bytes, synced, rng, true)));
+    std::fs::write(&active, &bytes).unwrap();
+
+    // Slot B is written without a sync: it may not have reached the disk.
+    if checkpoint.len() > CHECKPOINT_SLOT_B && rng.chance(40) {
+        checkpoint[CHECKPOINT_SLOT_B..].fill(0);
+        std::fs::write(&checkpoint_path, &checkpoint).unwrap();
+        what.push("checkpoint slot B lost".into());
+    }
+
+    // The active index is never synced: any state of it is possible.
+    let index = active.with_extension("index");
+    if index.exists() {
+        let mut bytes = std::fs::read(&index).unwrap();
+        match rng.below(4) {
+            0 => {
+                std::fs::remove_file(&index).unwrap();
+                what.push("index deleted".into());
+            }
+            1 => {
+                let from = rng.below(bytes.len() as u64 + 1) as usize;
+                what.push(format!("index: {}", lose(&mut bytes, from, rng, true)));
+                std::fs::write(&index, &bytes).unwrap();
+            }
+            _ => {}
+        }
+    }
+
+    if let Some((generation, entries)) = m.journal_synced {
+        let journal_path = group_dir(dir).join("journal");
+        let mut journal = std::fs::read(&journal_path).unwrap();
+        let now = latest_snapshot_generation(&group_dir(dir)).expect("a valid snapshot");
+        // A snapshot written since made the older entries redundant; newer ones are unsynced.
+        let entries = if now == generation { entries } else { 0 };
+        let from = FILE_HEADER_LEN + entries * JOURNAL_ENTRY_LEN;
+        what.push(format!("journal: {}", lose(&mut journal, from, rng, false)));
+        std::fs::write(&journal_path, &journal).unwrap();
+    }
+    what.join("; ")
+}
+
+/// Opens a damaged copy and checks every promise; drains the group, then checks that it
+/// delivers new records.
+fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
+    let q = Queue::open(dir, options(SyncPolicy::Never)).map_err(|e| format!("open: {e}"))?;
+    let next = q.next_offset();
+    if q.first_offset() != 0 {
+        return Err(format!("first offset {}", q.first_offset()));
+    }
+    if next < m.durable {
+        return Err(format!("offsets {next}..{} were durable and are gone", m.durable));
+    }
+    if next > m.seeds.len() as u64 {
+        return Err(format!("the log has {next} records, only {} were appended", m.seeds.len()));
+    }
+    COPIES.fetch_add(1, Ordering::Relaxed);
+    let lost = m.seeds.len() as u64 - next;
+    LOSSY_COPIES.fetch_add(u64::from(lost > 0), Ordering::Relaxed);
+    RECORDS_LOST.fetch_add(lost, Ordering::Relaxed);
+    let seeds = check_tagged_log(&q)?;
+    if let Some(o) = (0..next as usize).find(|&o| seeds[o] != m.seeds[o]) {
+        return Err(format!("record {o} is not the one appended there"));
+    }
+    for o in 0..m.durable {
+        let rec = q.read(o).map_err(|e| format!("read {o}: {e}"))?.ok_or(format!("read {o}: None"))?;
+        if untag(rec.payload())?.0 != m.seeds[o as usize] {
+            return Err(format!("read {o} gives another record"));
+        }
+    }
+    let g = q.group(GROUP).map_err(|e| format!("open group: {e}"))?;
+    let st = g.stats();
+    if st.ack_floor > next || st.next_delivery > next {
+        return Err(format!("group is ahead of a log of {next} records: {st:?}"));
+    }
+    let know_group = policy != Policy::Interval;
+    let mut delivered = 0;
+    while let Some(d) = g.poll(Duration::ZERO).map_err(|e| format!("poll: {e}"))? {
+        let o = d.offset();
+        delivered += 1;
+        if know_group && m.synced_acked.contains(&o) {
+            return Err(format!("record {o} was acked (synced) and is delivered again"));
+        }
+        let before = if know_group { m.synced_attempts.get(&o).copied().unwrap_or(0) } else { 0 };
+        if d.attempt() <= before || d.attempt() > MAX_ATTEMPTS {
+            return Err(format!("record {o} delivered with attempt {} after a synced {before}", d.attempt()));
+        }
+        REDELIVERIES.fetch_add(u64::from(d.attempt() > 1), Ordering::Relaxed);
+        g.ack(o).map_err(|e| format!("ack {o}: {e}"))?;
+        if delivered > 10_000 {
+            return Err("the group never runs dry".into());
+        }
+    }
+    if g.ack_floor() != next {
+        return Err(format!("after acking everything the ack floor is {}, not {next}", g.ack_floor()));
+    }
+    // The group must deliver what comes after the recovery (not wait for offsets it saw
+    // before the loss).
+    for i in 0..3u64 {
+        q.append(&tagged(u64::MAX - i, 0, 1)).map_err(|e| format!("append after recovery: {e}"))?;
+    }
+    for i in 0..3u64 {
+        let d = g.poll(Duration::ZERO).map_err(|e| e.to_string())?.ok_or("the group stalls after recovery")?;
+        if d.offset() != next + i {
+            return Err(format!("after recovery the group delivers {}, not {}", d.offset(), next + i));
+        }
+    }
+    q.close().map_err(|e| format!("close: {e}"))
+}
+
+/// Crashes a queue after a workload and returns the crashed directory's model.
+fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
+    let q = Queue::open(dir, options(policy.sync())).unwrap();
+    m.recovered(q.next_offset());
+    let g = open_group(&q);
+    if policy != Policy::Interval {
+        m.journal_synced = Some(journal_mark(dir));
+    }
+    workload(&q, &g, m, rng, policy);
+    drop(g);
+    q.simulate_crash();
+}
+
+fn scenario(case: u64, seed: u64) {
+    let mut rng = Rng::new(seed ^ case.wrapping_mul(0x9E37_79B9));
+    let policy = [Policy::Always, Policy::Never, Policy::Interval][(case % 3) as usize];
+    let root = tempfile::tempdir().unwrap();
+    let mut m = Model::default();
+    let mut dir = root.path().join("run0");
+    crashed_run(&dir, &mut m, &mut rng, policy);
+    for loss in 0..2 {
+        for copy in 0..COPIES_PER_LOSS {
+            let target = root.path().join(format!("loss{loss}-copy{copy}"));
+            copy_tree(&dir, &target);
+            let what = power_loss(&target, &m, &mut rng);
+            if let Err(e) = check(&target, &m, policy) {
+                let kept = root.keep();
+                panic!(
+                    "case {case} ({policy:?}), power loss {loss}, copy {copy}: {e}\n damage: {what}\n \
+                     SEGQ_POWER_SEED={seed}; directories kept in {}",
+                    kept.display()
+                );
+            }
+        }
+        if loss == 0 {
+            // Go on from a damaged copy: recover it, run more, lose power again.
+            let next = root.path().join("run1");
+            copy_tree(&dir, &next);
+            power_loss(&next, &m, &mut rng);
+            dir = next;
+            crashed_run(&dir, &mut m, &mut rng, policy);
+        }
+    }
+}
+
+#[test]
+fn unsynced_data_lost_in_every_way_keeps_every_promise() {
+    let seed = test_seed("SEGQ_POWER_SEED");
+    let cases = std::env::var("SEGQ_POWER_CASES").ok().map_or(CASES, |c| c.parse().unwrap());
+    for case in 0..cases {
+        scenario(case, seed);
+    }
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    eprintln!(
+        "power loss: {cases} scenarios, {} damaged copies checked, {} lost records ({} in all), {} redeliveries",
+        count(&COPIES),
+        count(&LOSSY_COPIES),
+        count(&RECORDS_LOST),
+        count(&REDELIVERIES)
+    );
+}
