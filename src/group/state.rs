@@ -416,9 +416,13 @@ impl GroupState {
         }
     }
 
+    /// Whether a timer entry still belongs to its slot (else the slot moved on since).
     fn timer_is_live(&self, at: Instant, offset: u64) -> bool {
-        matches!(self.slot(offset), Some(Slot::Leased { until, .. }) if until == at)
-            || matches!(self.slot(offset), Some(Slot::Waiting { at: a, .. }) if a == at)
+        match self.slot(offset) {
+            Some(Slot::Leased { until, .. }) => until == at,
+            Some(Slot::Waiting { at: due, .. }) => due == at,
+            _ => false,
+        }
     }
 
     /// The earliest moment a leased or waiting record becomes due, dropping stale timers.
