@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -13,6 +13,11 @@ use crate::error::{Error, Result};
 /// appended so far without holding any lock, publishes the new durable offset and wakes the
 /// others. Waiters whose offset it covered return; the rest elect the next leader. While one
 /// sync runs, the appends that arrive pile up and are covered together by the next.
+///
+/// When the last sync covered more than one append (several threads are appending), the
+/// leader lingers for up to half that sync's duration, yielding, before it syncs: the
+/// appenders the last sync woke get to write their records first, so one sync covers them
+/// all instead of a few. A lone appender never waits.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
     state: Mutex<CommitState>,
@@ -24,12 +29,20 @@ struct CommitState {
     /// Every offset below this is durable.
     durable: u64,
     leader: bool,
+    /// Offsets the last sync covered that the one before had not.
+    last_batch: u64,
+    /// How long the last sync took.
+    last_sync: Duration,
 }
+
+/// The longest a leader lingers before syncing.
+const MAX_LINGER: Duration = Duration::from_micros(200);
 
 impl GroupCommit {
     /// Starts with every offset below `durable` already durable.
     pub fn new(durable: u64) -> GroupCommit {
-        GroupCommit { state: Mutex::new(CommitState { durable, leader: false }), synced: Condvar::new() }
+        let state = CommitState { durable, leader: false, last_batch: 0, last_sync: Duration::ZERO };
+        GroupCommit { state: Mutex::new(state), synced: Condvar::new() }
     }
 
     fn lock(&self) -> MutexGuard<'_, CommitState> {
@@ -63,14 +76,25 @@ impl GroupCommit {
                 continue;
             }
             state.leader = true;
+            let linger = if state.last_batch > 1 { (state.last_sync / 2).min(MAX_LINGER) } else { Duration::ZERO };
             drop(state);
             // Let appenders that the last sync just woke write their records first: on few
             // cores they are runnable but not yet running, and this sync can cover them.
-            std::thread::yield_now();
+            let start = Instant::now();
+            loop {
+                std::thread::yield_now();
+                if start.elapsed() >= linger {
+                    break;
+                }
+            }
+            let began = Instant::now();
             let result = sync();
+            let took = began.elapsed();
             state = self.lock();
             state.leader = false;
             if let Ok(covered) = result {
+                state.last_batch = covered.saturating_sub(state.durable);
+                state.last_sync = took;
                 state.durable = state.durable.max(covered);
             }
             self.synced.notify_all();
