@@ -49,6 +49,7 @@ pub mod fault;
 mod fs;
 mod group;
 pub mod inspect;
+mod iter;
 mod log;
 mod mmap;
 mod notify;
@@ -61,7 +62,8 @@ mod sync;
 
 pub use error::{CorruptKind, Error, Result};
 pub use group::{DeadLetter, Delivery, Group, GroupStats};
-pub use log::{Iter, Recovery, RetentionReport, Stats};
+pub use iter::Iter;
+pub use log::{Recovery, RetentionReport, Stats};
 pub use options::{GroupOptions, Options, SyncPolicy};
 pub use queue::Queue;
 pub use record::Record;

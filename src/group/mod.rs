@@ -21,7 +21,8 @@ use state::{Clock, GroupState, Op, Slot};
 
 use crate::error::{Error, IoContext, Result};
 use crate::fs::sync_dir;
-use crate::log::{Iter, Log};
+use crate::iter::Iter;
+use crate::log::Log;
 use crate::options::{GroupOptions, SyncPolicy};
 use crate::record::Record;
 use crate::sync::GroupCommit;
