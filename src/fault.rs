@@ -3,7 +3,7 @@
 //! refuses to go on writing after a failed sync.
 //!
 //! Every write, sync, block reservation and rename that segq does passes through
-//! [`check`]; when no fault is armed that costs one relaxed atomic load.
+//! `check`; when no fault is armed that costs one relaxed atomic load.
 //!
 //! ```
 //! use segq::fault::{self, Fault, Point};

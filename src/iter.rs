@@ -10,7 +10,7 @@ use crate::segment::Segment;
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
 ///
-/// It yields `Result<Record>`: a damaged record is an [`Error::Corrupt`]. If only its
+/// It yields `Result<Record>`: a damaged record is an [`crate::Error::Corrupt`]. If only its
 /// checksum fails and its frame still leads to the next record (a damaged payload), the
 /// iterator goes on with that record; otherwise it goes on with the next segment (and the
 /// rest of the damaged one is skipped, though [`crate::Queue::read`] may still read some).

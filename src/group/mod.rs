@@ -5,11 +5,16 @@
 //! since (`journal`). Every change goes to the journal before it takes effect; under
 //! [`SyncPolicy::Always`] it is also synced (with group commit) before the call returns.
 
+mod delivery;
+mod files;
 pub(crate) mod journal;
 pub(crate) mod snapshot;
 pub(crate) mod state;
 
-use std::fs;
+pub use delivery::{DeadLetter, Delivery, GroupStats};
+pub(crate) use files::{GROUPS_DIR, JOURNAL_FILE, STATE_FILE, list, remove, validate_name};
+use files::{create, remove_temp_files};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -19,266 +24,11 @@ use journal::Journal;
 use snapshot::Snapshot;
 use state::{Clock, GroupState, Op, Slot};
 
-use crate::error::{Error, IoContext, Result};
-use crate::fs::sync_dir;
+use crate::error::{Error, Result};
 use crate::iter::Iter;
 use crate::log::Log;
 use crate::options::{GroupOptions, SyncPolicy};
-use crate::record::Record;
 use crate::sync::GroupCommit;
-
-/// Folder of a queue directory that holds the groups.
-pub(crate) const GROUPS_DIR: &str = "groups";
-pub(crate) const STATE_FILE: &str = "state";
-pub(crate) const JOURNAL_FILE: &str = "journal";
-
-/// Checks a group name: 1–128 characters of `[A-Za-z0-9._-]`, not `.` or `..`.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let ok = (1..=128).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && name != "."
-        && name != "..";
-    if ok { Ok(()) } else { Err(Error::InvalidGroupName { name: name.to_string() }) }
-}
-
-/// Names of the groups stored under `queue_dir`, sorted.
-pub(crate) fn list(queue_dir: &Path) -> Result<Vec<String>> {
-    let dir = queue_dir.join(GROUPS_DIR);
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(&dir, e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.at(&dir)?;
-        let Ok(name) = entry.file_name().into_string() else { continue };
-        if validate_name(&name).is_ok() && entry.path().join(STATE_FILE).is_file() {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// Removes a group's files; the snapshot goes first, so a crash half-way leaves no group.
-pub(crate) fn remove(queue_dir: &Path, name: &str) -> Result<()> {
-    let dir = queue_dir.join(GROUPS_DIR).join(name);
-    match fs::remove_file(dir.join(STATE_FILE)) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(&dir, e)),
-    }
-    if dir.exists() {
-        sync_dir(&dir)?;
-        fs::remove_dir_all(&dir).at(&dir)?;
-    }
-    sync_dir(&queue_dir.join(GROUPS_DIR)).or_else(|e| if queue_dir.join(GROUPS_DIR).exists() { Err(e) } else { Ok(()) })
-}
-
-/// One record handed to a consumer by [`Group::poll`].
-///
-/// ```
-/// use std::time::Duration;
-/// # let dir = tempfile::tempdir()?;
-/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-/// q.append(b"job")?;
-/// let g = q.group("workers")?;
-/// let d = g.poll(Duration::ZERO)?.expect("a job is waiting");
-/// assert_eq!((d.offset(), d.payload(), d.attempt()), (0, b"job".as_slice(), 1));
-/// # Ok::<(), segq::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    record: Record,
-    attempt: u32,
-}
-
-impl Delivery {
-    /// The record's offset: pass it to [`Group::ack`] or [`Group::nack`].
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// # q.append(b"job")?;
-    /// let g = q.group("workers")?;
-    /// let d = g.poll(Duration::ZERO)?.expect("a job is waiting");
-    /// g.ack(d.offset())?;
-    /// assert_eq!(g.ack_floor(), d.offset() + 1);
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn offset(&self) -> u64 {
-        self.record.offset()
-    }
-
-    /// The record's payload.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// q.append(b"resize photo 7")?;
-    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
-    /// assert_eq!(d.payload(), b"resize photo 7");
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn payload(&self) -> &[u8] {
-        self.record.payload()
-    }
-
-    /// Which delivery of this record this is: 1 the first time, 2 after one retry, …
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// # q.append(b"flaky job")?;
-    /// let g = q.group("workers")?;
-    /// let first = g.poll(Duration::ZERO)?.expect("a job is waiting");
-    /// g.nack(first.offset(), Duration::ZERO)?;
-    /// let second = g.poll(Duration::ZERO)?.expect("delivered again");
-    /// assert_eq!((first.attempt(), second.attempt()), (1, 2));
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// When the record was appended, in milliseconds since the Unix epoch.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// let off = q.append(b"job")?;
-    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
-    /// assert_eq!(d.timestamp_ms(), q.read(off)?.expect("appended").timestamp_ms());
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn timestamp_ms(&self) -> u64 {
-        self.record.timestamp_ms()
-    }
-
-    /// The record itself.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// # q.append(b"job")?;
-    /// let d = q.group("workers")?.poll(Duration::ZERO)?.expect("a job is waiting");
-    /// let record: segq::Record = d.record().clone(); // cheap: the payload is not copied
-    /// assert_eq!((record.offset(), record.payload()), (d.offset(), d.payload()));
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn record(&self) -> &Record {
-        &self.record
-    }
-}
-
-/// A record that used up its attempts, as listed by [`Group::dead_letters`].
-///
-/// ```
-/// use segq::GroupOptions;
-/// use std::time::Duration;
-/// # let dir = tempfile::tempdir()?;
-/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-/// q.append(b"bad job")?;
-/// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
-/// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
-/// g.nack(job.offset(), Duration::ZERO)?; // its only attempt failed
-/// let dead = g.dead_letters()?;
-/// assert_eq!((dead[0].offset(), dead[0].attempts()), (0, 1));
-/// # Ok::<(), segq::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct DeadLetter {
-    offset: u64,
-    attempts: u32,
-}
-
-impl DeadLetter {
-    /// The record's offset.
-    ///
-    /// ```
-    /// use segq::GroupOptions;
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// # q.append_batch(&[b"good".as_slice(), b"bad"])?;
-    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(1))?;
-    /// while let Some(job) = g.poll(Duration::ZERO)? {
-    ///     if job.payload() == b"bad" { g.nack(job.offset(), Duration::ZERO)? } else { g.ack(job.offset())? }
-    /// }
-    /// let offsets: Vec<u64> = g.dead_letters()?.iter().map(|d| d.offset()).collect();
-    /// assert_eq!(offsets, [1]);
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
-    /// How many deliveries were made before it was dead-lettered. A record whose bytes were
-    /// found damaged is dead-lettered without a delivery, with 0 attempts.
-    ///
-    /// ```
-    /// use segq::GroupOptions;
-    /// use std::time::Duration;
-    /// # let dir = tempfile::tempdir()?;
-    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-    /// # q.append(b"flaky job")?;
-    /// let g = q.group_with("workers", GroupOptions::default().max_attempts(3))?;
-    /// while let Some(job) = g.poll(Duration::ZERO)? {
-    ///     g.nack(job.offset(), Duration::ZERO)?; // it fails every time
-    /// }
-    /// assert_eq!(g.dead_letters()?[0].attempts(), 3);
-    /// # Ok::<(), segq::Error>(())
-    /// ```
-    pub fn attempts(&self) -> u32 {
-        self.attempts
-    }
-}
-
-/// Where a group stands, from [`Group::stats`].
-///
-/// ```
-/// use std::time::Duration;
-/// # let dir = tempfile::tempdir()?;
-/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
-/// let g = q.group("workers")?;
-/// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
-/// g.ack(job.offset())?;
-/// g.poll(Duration::ZERO)?.expect("a second job");
-/// let stats = g.stats();
-/// assert_eq!((stats.ack_floor, stats.next_delivery, stats.leased, stats.lag), (1, 2, 1, 2));
-/// # Ok::<(), segq::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[non_exhaustive]
-pub struct GroupStats {
-    /// The group's name.
-    pub name: String,
-    /// First offset neither acked nor dead-lettered.
-    pub ack_floor: u64,
-    /// First offset never delivered.
-    pub next_delivery: u64,
-    /// Records not yet acked or dead: never delivered, leased or waiting for a retry.
-    pub lag: u64,
-    /// Records leased to a consumer right now.
-    pub leased: u64,
-    /// Records waiting for a retry (after a nack or an expired lease).
-    pub waiting: u64,
-    /// Dead letters.
-    pub dead: u64,
-    /// Records that retention deleted before this group was done with them.
-    pub lost: u64,
-    /// The group's settings.
-    pub lease_ms: u64,
-    /// Deliveries before dead-lettering.
-    pub max_attempts: u32,
-}
 
 /// A consumer group: its own durable position in the queue, with at-least-once delivery.
 ///
@@ -967,33 +717,4 @@ impl Locked {
         self.generation = generation;
         Ok(())
     }
-}
-
-/// Removes files left half-written by a crash (a snapshot being replaced).
-fn remove_temp_files(dir: &Path) {
-    if let Ok(entries) = fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-/// Creates the files of a new group starting at the log's first offset.
-fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: Clock) -> Result<()> {
-    let new_groups_dir = !groups.exists();
-    // Files left by a deletion that a crash interrupted must not mix with the new group's.
-    if dir.exists() {
-        fs::remove_dir_all(dir).at(dir)?;
-    }
-    fs::create_dir_all(dir).at(dir)?;
-    let state = GroupState::new(log.first_offset(), opts.lease);
-    Journal::create(&dir.join(JOURNAL_FILE))?;
-    Snapshot::of(&state, 0, opts.max_attempts, clock).write_new(dir)?;
-    sync_dir(groups)?;
-    if new_groups_dir {
-        sync_dir(log.dir())?;
-    }
-    Ok(())
 }
