@@ -177,12 +177,19 @@ impl Snapshot {
     }
 
     /// Reads the newest valid snapshot of the group in `dir`.
+    /// A file that cannot be read (other than missing) is an error: falling back to the
+    /// other file could quietly undo the changes of a newer generation.
     pub fn read_latest(dir: &Path) -> Result<Snapshot> {
-        let files = FILES.map(|name| {
+        let mut files = Vec::with_capacity(FILES.len());
+        for name in FILES {
             let path = dir.join(name);
-            let bytes = std::fs::read(&path).ok();
-            (path, bytes)
-        });
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(crate::Error::io(&path, e)),
+            };
+            files.push((path, bytes));
+        }
         latest(&files)
     }
 }
