@@ -265,24 +265,14 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn ack(&self, offset: u64) -> Result<()> {
-        let inner = &*self.inner;
-        let seq = {
-            let mut l = inner.lock();
-            inner.check(&l)?;
-            if offset >= l.state.next() {
-                return Err(Error::NotDelivered { offset });
-            }
+        self.inner.change_delivered(offset, |l, _| {
             let open = match l.state.slot(offset) {
                 Some(Slot::Acked) => false,
                 Some(_) => true,
                 None => l.state.dead_letters().contains_key(&offset),
             };
-            if !open {
-                return Ok(());
-            }
-            inner.commit_op(&mut l, Op::Ack { offset }, Clock::now())?
-        };
-        inner.make_durable(seq)
+            open.then_some(Op::Ack { offset })
+        })
     }
 
     /// Gives a delivered record back, to be delivered again (with the next attempt number)
@@ -310,30 +300,19 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn nack(&self, offset: u64, delay: Duration) -> Result<()> {
-        let inner = &*self.inner;
-        let seq = {
-            let mut l = inner.lock();
-            inner.check(&l)?;
-            if offset >= l.state.next() {
-                return Err(Error::NotDelivered { offset });
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.inner.change_delivered(offset, |l, clock| match l.state.slot(offset) {
+            Some(Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. }) if attempts >= l.opts.max_attempts => {
+                Some(Op::Dead { offset })
             }
-            let op = match l.state.slot(offset) {
-                Some(Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. })
-                    if attempts >= l.opts.max_attempts =>
-                {
-                    Op::Dead { offset }
-                }
-                Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
-                    let clock = Clock::now();
-                    let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                    Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay_ms) }
-                }
-                _ => return Ok(()),
-            };
-            inner.commit_op(&mut l, op, Clock::now())?
-        };
-        inner.log.notify.notify();
-        inner.make_durable(seq)
+            Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
+                Some(Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay_ms) })
+            }
+            _ => None,
+        })?;
+        // A retry may be due at once: wake pollers to look.
+        self.inner.log.notify.notify();
+        Ok(())
     }
 
     /// The records that used up their attempts, by offset. They do not hold back the
@@ -554,6 +533,24 @@ impl Group {
 }
 
 impl GroupInner {
+    /// Journals the change `decide` picks for the delivered record `offset` (`None`: nothing
+    /// to change), made durable as the sync policy says.
+    fn change_delivered(&self, offset: u64, decide: impl FnOnce(&Locked, Clock) -> Option<Op>) -> Result<()> {
+        let seq = {
+            let mut l = self.lock();
+            self.check(&l)?;
+            if offset >= l.state.next() {
+                return Err(Error::NotDelivered { offset });
+            }
+            let clock = Clock::now();
+            match decide(&l, clock) {
+                Some(op) => self.commit_op(&mut l, op, clock)?,
+                None => return Ok(()),
+            }
+        };
+        self.make_durable(seq)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Locked> {
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
