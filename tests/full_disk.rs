@@ -43,7 +43,8 @@ impl Drop for SmallFs {
 }
 
 fn is_full(err: &Error) -> bool {
-    matches!(err, Error::Io(e) if e.kind() == ErrorKind::StorageFull)
+    let Error::Io(e) = err else { return false };
+    e.kind() == ErrorKind::StorageFull
 }
 
 #[test]

@@ -331,10 +331,11 @@ impl Active {
         let trusted = trusted.filter(|&(pos, next)| {
             (FILE_HEADER_LEN..=len).contains(&pos) && mark_lands(bytes, base, &entries, pos, next)
         });
-        let clean = clean
-            && trusted.is_some_and(|(pos, _)| {
-                matches!(record::peek(bytes, pos), Err(record::FrameError::Zeroed | record::FrameError::Truncated))
-            });
+        let nothing_after = |pos| {
+            let next = record::peek(bytes, pos);
+            next.is_err_and(|e| e == record::FrameError::Zeroed || e == record::FrameError::Truncated)
+        };
+        let clean = clean && trusted.is_some_and(|(pos, _)| nothing_after(pos));
         let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
         let mut recovered = Recovered { next_offset: start_offset, clean, ..Default::default() };
         let end = if recovered.clean {
