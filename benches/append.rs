@@ -10,7 +10,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use segq::SyncPolicy;
+use segq::{Queue, SyncPolicy};
 
 use common::{open, payload, quick_group, settle, temp_dir};
 
@@ -26,11 +26,18 @@ fn policies() -> [(&'static str, SyncPolicy); 3] {
     ]
 }
 
-/// Time to append `iters` records of `data` one call at a time, on fresh queues of at most
-/// `CHUNK_BYTES`. Each queue is then dropped with `simulate_crash` (no final sync, which
-/// would only cost untimed seconds) and its directory deleted.
+/// Time to append `iters` records of `data` one call at a time.
 fn append_one_by_one(sync: SyncPolicy, data: &[u8], iters: u64) -> Duration {
     let per_chunk = (CHUNK_BYTES / (data.len() as u64 + 24)).max(1);
+    timed_in_chunks(sync, iters, per_chunk, |q| {
+        black_box(q.append(data).expect("append"));
+    })
+}
+
+/// Times `iters` calls of `op`, on fresh queues of `per_chunk` calls each (so that no queue
+/// outgrows `CHUNK_BYTES`); each queue is dropped with `simulate_crash` afterwards (a
+/// final sync would only cost untimed seconds) and its directory deleted.
+fn timed_in_chunks(sync: SyncPolicy, iters: u64, per_chunk: u64, op: impl Fn(&Queue)) -> Duration {
     let mut total = Duration::ZERO;
     let mut left = iters;
     while left > 0 {
@@ -42,7 +49,7 @@ fn append_one_by_one(sync: SyncPolicy, data: &[u8], iters: u64) -> Duration {
         let q = open(dir.path(), sync);
         let start = Instant::now();
         for _ in 0..n {
-            black_box(q.append(data).expect("append"));
+            op(&q);
         }
         total += start.elapsed();
         q.simulate_crash();
@@ -120,24 +127,9 @@ fn append_batch(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::from_parameter(batch), &payloads, |b, payloads| {
                 b.iter_custom(|iters| {
                     let per_chunk = (CHUNK_BYTES / (124 * batch as u64)).max(1);
-                    let mut total = Duration::ZERO;
-                    let mut left = iters;
-                    while left > 0 {
-                        let n = left.min(per_chunk);
-                        let dir = temp_dir();
-                        if sync != SyncPolicy::Never {
-                            settle();
-                        }
-                        let q = open(dir.path(), sync);
-                        let start = Instant::now();
-                        for _ in 0..n {
-                            black_box(q.append_batch(payloads).expect("append a batch"));
-                        }
-                        total += start.elapsed();
-                        q.simulate_crash();
-                        left -= n;
-                    }
-                    total
+                    timed_in_chunks(sync, iters, per_chunk, |q| {
+                        black_box(q.append_batch(payloads).expect("append a batch"));
+                    })
                 })
             });
         }

@@ -15,9 +15,11 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::time::Duration;
 
+use common::{TempDir, file_header};
 use libfuzzer_sys::fuzz_target;
 use segq::{Options, Queue, SyncPolicy};
 
@@ -26,27 +28,6 @@ const RECORDS: u64 = 40;
 /// Offsets in checksummed snapshots and journals stay below this unless the input says
 /// otherwise (see the module comment).
 const NEAR: u64 = 1 << 16;
-
-/// A folder of its own under /dev/shm (or the temporary directory), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let root = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-        let dir = root.join(format!("segq-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn opts() -> Options {
     Options::default().segment_bytes(4096).sync(SyncPolicy::Never)
@@ -71,17 +52,6 @@ fn template() -> &'static [(String, Vec<u8>)] {
         }
         files
     })
-}
-
-fn file_header(magic: &[u8; 8], base: u64) -> Vec<u8> {
-    let mut h = magic.to_vec();
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&base.to_le_bytes());
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h
 }
 
 /// Reads little-endian numbers off the front of the input, zeros once it runs out.

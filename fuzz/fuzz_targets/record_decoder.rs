@@ -9,42 +9,11 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{TempDir, file_header, written};
 use libfuzzer_sys::fuzz_target;
 use segq::{Options, Queue, SyncPolicy};
-
-/// A folder of its own under /dev/shm (or the temporary directory), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let root = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-        let dir = root.join(format!("segq-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn header(magic: &[u8; 8], base: u64) -> Vec<u8> {
-    let mut h = magic.to_vec();
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&base.to_le_bytes());
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h
-}
 
 /// Records with valid CRCs steered by `body`: each control byte gives a payload length,
 /// the batch flag, a skipped or repeated offset, or raw bytes in place of a record.
@@ -77,39 +46,25 @@ fn records(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Whether `file` holds the frame of a record with these fields (either batch flag).
-fn written(file: &[u8], offset: u64, timestamp: u64, payload: &[u8]) -> bool {
-    [0u32, 0x8000_0000].iter().any(|flag| {
-        let mut frame = vec![0u8; 4];
-        frame.extend_from_slice(&(payload.len() as u32 | flag).to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&timestamp.to_le_bytes());
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame[4..]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
-        file.windows(frame.len()).any(|w| w == frame)
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     // control | claimed record count | index length | index entries | segment body
     let [control, claimed, index_len, rest @ ..] = data else { return };
     let end = u64::from(*claimed % 100) + 1;
     let index_len = usize::from(*index_len).min(rest.len());
     let (index_body, body) = rest.split_at(index_len);
-    let mut segment = header(b"SEGQLOG\0", 0);
+    let mut segment = file_header(b"SEGQLOG\0", 0);
     segment.extend_from_slice(&if control & 1 == 0 { records(body) } else { body.to_vec() });
 
     let dir = TempDir::new();
     let d = &dir.0;
     std::fs::write(d.join("00000000000000000000.log"), &segment).unwrap();
     if control & 2 != 0 {
-        let mut index = header(b"SEGQIDX\0", 0);
+        let mut index = file_header(b"SEGQIDX\0", 0);
         index.extend_from_slice(index_body);
         std::fs::write(d.join("00000000000000000000.index"), index).unwrap();
     }
     // The newest segment starts where the sealed one is said to end: empty, preallocated.
-    let mut newest = header(b"SEGQLOG\0", end);
+    let mut newest = file_header(b"SEGQLOG\0", end);
     newest.resize(4096, 0);
     std::fs::write(d.join(format!("{end:020}.log")), newest).unwrap();
 

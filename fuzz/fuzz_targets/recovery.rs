@@ -18,42 +18,11 @@
 
 #![no_main]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{TempDir, file_header, written};
 use libfuzzer_sys::fuzz_target;
 use segq::{Options, Queue, SyncPolicy};
-
-/// A folder of its own under /dev/shm (or the temporary directory), removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let root = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-        let dir = root.join(format!("segq-fuzz-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn header(base: u64) -> Vec<u8> {
-    let mut h = b"SEGQLOG\0".to_vec();
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&base.to_le_bytes());
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h
-}
 
 /// Records with valid CRCs steered by `body` (as in the record_decoder target), from `base`.
 fn records(body: &[u8], base: u64) -> Vec<u8> {
@@ -93,19 +62,6 @@ fn slot(base: u64, position: u64, next: u64, clean: bool) -> [u8; 64] {
     let crc = crc32fast::hash(&s[..40]);
     s[40..44].copy_from_slice(&crc.to_le_bytes());
     s
-}
-
-fn written(file: &[u8], offset: u64, timestamp: u64, payload: &[u8]) -> bool {
-    [0u32, 0x8000_0000].iter().any(|flag| {
-        let mut frame = vec![0u8; 4];
-        frame.extend_from_slice(&(payload.len() as u32 | flag).to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&timestamp.to_le_bytes());
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame[4..]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
-        file.windows(frame.len()).any(|w| w == frame)
-    })
 }
 
 /// `(position, offset)` of each record start in `segment` from the header on, and of the
@@ -153,7 +109,7 @@ fuzz_target!(|data: &[u8]| {
     // control | base (1 byte) | slot A claim (2 bytes) | unused (2) | slot B claim (2) | segment body
     let [control, base, p0, p1, _, _, x0, x1, body @ ..] = data else { return };
     let base = u64::from(*base) * 7;
-    let mut segment = if control & 1 == 0 { header(base) } else { Vec::new() };
+    let mut segment = if control & 1 == 0 { file_header(b"SEGQLOG\0", base) } else { Vec::new() };
     segment.extend_from_slice(&if control & 2 == 0 { records(body, base) } else { body.to_vec() });
     let dir = TempDir::new();
     let d = &dir.0;
