@@ -99,7 +99,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             segment_bytes: 64 << 20,
-            index_interval_bytes: 4096,
+            index_interval_bytes: 512,
             max_record_bytes: 1 << 20,
             sync: SyncPolicy::Always,
             retain_bytes: None,
@@ -132,13 +132,16 @@ impl Options {
     }
 
     /// Bytes of records between two entries of a segment's sparse offset index; a read by
-    /// offset scans at most this much. Default 4096; at least 1.
+    /// offset scans at most this much. Default 512: the index then takes about 1.6 % of the
+    /// segment's size with 100-byte records (less with larger ones), stays in the CPU's
+    /// caches for a log of a few GiB and a random read walks over a few cache lines only.
+    /// Larger values shrink the index and slow random reads. At least 1.
     ///
     /// ```
     /// use segq::{Error, Options, Queue};
     /// # let dir = tempfile::tempdir()?;
-    /// let opts = Options::default().index_interval_bytes(512); // a denser index, shorter scans
-    /// assert_eq!(opts.get_index_interval_bytes(), 512);
+    /// let opts = Options::default().index_interval_bytes(4096); // a smaller index, longer scans
+    /// assert_eq!(opts.get_index_interval_bytes(), 4096);
     /// let zero = Options::default().index_interval_bytes(0);
     /// assert!(matches!(Queue::open(dir.path(), zero), Err(Error::InvalidOptions(_))));
     /// # Ok::<(), segq::Error>(())
@@ -272,7 +275,7 @@ impl Options {
     /// The index interval in force.
     ///
     /// ```
-    /// assert_eq!(segq::Options::default().get_index_interval_bytes(), 4096);
+    /// assert_eq!(segq::Options::default().get_index_interval_bytes(), 512);
     /// ```
     pub fn get_index_interval_bytes(&self) -> u32 {
         self.index_interval_bytes

@@ -154,6 +154,13 @@ impl Segment {
         }
         let index = self.index(bytes)?;
         let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        // The record's line is a cache miss that does not depend on the index lookup:
+        // start it now, with the lines the walk from the entry before it will cross, so the
+        // index and data misses overlap instead of following each other.
+        if let Some(guess) = index::guess_position(entries, offset - self.base) {
+            let walk = (self.interval as usize).min(MAX_TOUCH_BEFORE) + 64;
+            touch(bytes, guess.saturating_sub(walk)..guess.saturating_add(128));
+        }
         match index::floor(entries, offset - self.base) {
             Some(e) if index::lands(bytes, self.base, e) => Ok((self.base + u64::from(e.0), e.1 as usize)),
             Some(_) => {
@@ -473,6 +480,22 @@ fn mark_lands(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) ->
         }
     }
     p == pos && at == next && !in_batch
+}
+
+/// How far before a guessed record position [`touch`] loads lines: beyond this, the walk
+/// from an index entry is long enough for the hardware prefetcher to follow on its own.
+const MAX_TOUCH_BEFORE: usize = 1024;
+
+/// Loads one byte of every cache line of `range` with independent loads, so that the
+/// misses overlap instead of being taken one at a time by a walk whose every step depends
+/// on the length read by the one before.
+fn touch(bytes: &[u8], range: std::ops::Range<usize>) {
+    let lines = bytes.get(range.start..range.end.min(bytes.len())).unwrap_or_default();
+    let mut acc = 0u8;
+    for chunk in lines.chunks(64) {
+        acc ^= chunk[0];
+    }
+    std::hint::black_box(acc);
 }
 
 /// Makes the data of `seg` below `end` durable, syncing only what is not yet synced.
