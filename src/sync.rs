@@ -1,9 +1,12 @@
 //! Durability: group commit for appenders that wait for a sync, and the background flusher
 //! of [`crate::SyncPolicy::Interval`].
 
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use rustix::thread::futex;
 
 use crate::error::{Error, Result};
 
@@ -15,33 +18,37 @@ use crate::error::{Error, Result};
 /// sync runs, the appends that arrive pile up and are covered together by the next.
 ///
 /// When the last sync released several threads, the next leader first sleeps until as many
-/// callers have come back, or for as long as that sync took, whichever is first: with more
-/// appenders than cores, the threads a sync wakes take turns to run, and a leader that
-/// synced at once would cover only the first few of them. Waiting one sync's time at most
-/// bounds what a thread that stopped appending costs the rest. A lone appender never waits.
+/// callers have come back, or for half as long as that sync took, whichever is first: with
+/// more appenders than cores, the threads a sync wakes take turns to run, and a leader that
+/// synced at once would cover only the first few of them. Waiting half a sync's time at
+/// most bounds what a thread that stopped appending costs the rest. A lone appender never
+/// waits.
+///
+/// Waiters sleep on futexes rather than on a condition variable: a sync wakes them all, and
+/// with a mutex each would queue for it again on waking, one after the other.
 #[derive(Debug)]
 pub(crate) struct GroupCommit {
-    state: Mutex<CommitState>,
-    synced: Condvar,
-    /// Wakes a gathering leader once enough threads are waiting.
-    arrived: Condvar,
+    /// Every offset below this is durable.
+    durable: AtomicU64,
+    /// Bumped when a sync ends, well or not: waiters sleep until it changes.
+    syncs: AtomicU32,
+    leader: AtomicBool,
+    /// Calls of `wait_for` that found their offset not yet durable (wrapping).
+    arrivals: AtomicU32,
+    /// While a leader gathers: the `arrivals` it waits for; 0 otherwise.
+    gathering: AtomicU32,
+    /// Touched by the leader only.
+    history: Mutex<History>,
 }
 
-#[derive(Debug)]
-struct CommitState {
-    /// Every offset below this is durable.
-    durable: u64,
-    leader: bool,
-    /// Calls of `wait_for` that found their offset not yet durable, ever.
-    arrivals: u64,
+#[derive(Debug, Default)]
+struct History {
     /// `arrivals` when the last sync started: it covered all of those callers.
-    synced_arrivals: u64,
+    synced_arrivals: u32,
     /// Callers the last sync covered that the one before had not.
-    last_batch: u64,
+    last_batch: u32,
     /// How long the last sync took.
     last_sync: Duration,
-    /// While a leader gathers: the `arrivals` it waits for.
-    gathering: Option<u64>,
 }
 
 /// The longest a leader gathers before syncing.
@@ -50,25 +57,19 @@ const MAX_GATHER: Duration = Duration::from_millis(1);
 impl GroupCommit {
     /// Starts with every offset below `durable` already durable.
     pub fn new(durable: u64) -> GroupCommit {
-        let state = CommitState {
-            durable,
-            leader: false,
-            arrivals: 0,
-            synced_arrivals: 0,
-            last_batch: 0,
-            last_sync: Duration::ZERO,
-            gathering: None,
-        };
-        GroupCommit { state: Mutex::new(state), synced: Condvar::new(), arrived: Condvar::new() }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, CommitState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        GroupCommit {
+            durable: AtomicU64::new(durable),
+            syncs: AtomicU32::new(0),
+            leader: AtomicBool::new(false),
+            arrivals: AtomicU32::new(0),
+            gathering: AtomicU32::new(0),
+            history: Mutex::new(History::default()),
+        }
     }
 
     /// Every offset below this is durable.
     pub fn durable(&self) -> u64 {
-        self.lock().durable
+        self.durable.load(Ordering::Acquire)
     }
 
     /// Returns once every offset below `target` is durable. `sync` makes everything appended
@@ -80,71 +81,80 @@ impl GroupCommit {
         sync: impl Fn() -> Result<u64>,
         failed: impl Fn() -> Option<Error>,
     ) -> Result<()> {
-        let mut state = self.lock();
-        if state.durable >= target {
+        if self.durable() >= target {
             return Ok(());
         }
-        state.arrivals += 1;
-        if state.gathering.is_some_and(|goal| state.arrivals >= goal) {
-            self.arrived.notify_one();
+        let arrived = self.arrivals.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+        let goal = self.gathering.load(Ordering::Acquire);
+        if goal != 0 && reached(arrived, goal) {
+            let _ = futex::wake(&self.arrivals, futex::Flags::PRIVATE, 1);
         }
-        self.wait_locked(state, target, sync, failed)
-    }
-
-    fn wait_locked<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, CommitState>,
-        target: u64,
-        sync: impl Fn() -> Result<u64>,
-        failed: impl Fn() -> Option<Error>,
-    ) -> Result<()> {
         loop {
-            if state.durable >= target {
+            // Read before the checks: a sync that ends after them changes it, so the wait
+            // below returns at once instead of missing the wake-up.
+            let syncs = self.syncs.load(Ordering::Acquire);
+            if self.durable() >= target {
                 return Ok(());
             }
             if let Some(err) = failed() {
                 return Err(err);
             }
-            if state.leader {
-                state = self.synced.wait(state).unwrap_or_else(|e| e.into_inner());
-                continue;
+            if self.leader.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.lead(&sync)?;
+            } else {
+                // EAGAIN (a sync ended meanwhile) and EINTR both mean: look again.
+                let _ = futex::wait(&self.syncs, futex::Flags::PRIVATE, syncs, None);
             }
-            state.leader = true;
-            state = self.gather(state);
-            // Everyone who arrived has appended already: this sync covers them all.
-            state.last_batch = state.arrivals - state.synced_arrivals;
-            state.synced_arrivals = state.arrivals;
-            drop(state);
-            let began = Instant::now();
-            let result = sync();
-            let took = began.elapsed();
-            state = self.lock();
-            state.leader = false;
-            if let Ok(covered) = result {
-                state.last_sync = took;
-                state.durable = state.durable.max(covered);
-            }
-            self.synced.notify_all();
-            result?;
         }
     }
 
-    /// As the new leader, waits until as many callers arrived since the last sync started as
-    /// it covered, or for as long as it took, whichever comes first.
-    fn gather<'a>(&'a self, mut state: MutexGuard<'a, CommitState>) -> MutexGuard<'a, CommitState> {
-        let goal = state.synced_arrivals + state.last_batch;
-        if state.last_batch <= 1 || state.arrivals >= goal {
-            return state;
+    /// Gathers, syncs, publishes the result and wakes every waiter.
+    fn lead(&self, sync: &impl Fn() -> Result<u64>) -> Result<()> {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        self.gather(&history);
+        // Everyone who arrived has appended already: this sync covers them all.
+        let arrivals = self.arrivals.load(Ordering::Acquire);
+        history.last_batch = arrivals.wrapping_sub(history.synced_arrivals);
+        history.synced_arrivals = arrivals;
+        let began = Instant::now();
+        let result = sync();
+        history.last_sync = began.elapsed();
+        if let Ok(covered) = result {
+            self.durable.fetch_max(covered, Ordering::AcqRel);
         }
-        let deadline = Instant::now() + state.last_sync.min(MAX_GATHER);
-        state.gathering = Some(goal);
-        while state.arrivals < goal {
-            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
-            state = self.arrived.wait_timeout(state, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        state.gathering = None;
-        state
+        drop(history);
+        self.leader.store(false, Ordering::Release);
+        self.syncs.fetch_add(1, Ordering::AcqRel);
+        // The kernel reads the count as an `i32`: `u32::MAX` would wake one thread.
+        let _ = futex::wake(&self.syncs, futex::Flags::PRIVATE, i32::MAX as u32);
+        result.map(|_| ())
     }
+
+    /// Sleeps until as many callers arrived since the last sync started as it covered, or
+    /// for half as long as it took, whichever comes first.
+    fn gather(&self, history: &History) {
+        let goal = history.synced_arrivals.wrapping_add(history.last_batch).max(1);
+        if history.last_batch <= 1 || reached(self.arrivals.load(Ordering::Acquire), goal) {
+            return;
+        }
+        let deadline = Instant::now() + (history.last_sync / 2).min(MAX_GATHER);
+        self.gathering.store(goal, Ordering::Release);
+        loop {
+            let arrivals = self.arrivals.load(Ordering::Acquire);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if reached(arrivals, goal) || left.is_zero() {
+                break;
+            }
+            let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos() as i64 };
+            let _ = futex::wait(&self.arrivals, futex::Flags::PRIVATE, arrivals, Some(&timeout));
+        }
+        self.gathering.store(0, Ordering::Release);
+    }
+}
+
+/// Whether the wrapping counter `count` is at or past `goal` (within half its range).
+fn reached(count: u32, goal: u32) -> bool {
+    count.wrapping_sub(goal) < u32::MAX / 2
 }
 
 /// A thread that calls `tick` every interval until stopped or until `tick` returns false.
