@@ -5,7 +5,9 @@
 //! the published length never change again**. The writer only stores at or past the
 //! published length and then publishes (a release store); readers only form slices below
 //! the published length they loaded (an acquire load). Readers and the writer therefore
-//! never touch the same bytes at the same time.
+//! never touch the same bytes at the same time. The one way to lower the published length,
+//! [`MapWriter::rewind`], needs the writer to hold the only handle to the mapping, so that
+//! no reader is left.
 //!
 //! A store into a mapping of a sparse file can raise SIGBUS on a full disk, so callers
 //! reserve blocks with `fallocate` before mapping a file for writing. Touching a page that
@@ -131,9 +133,51 @@ impl MapWriter {
         unsafe { std::slice::from_raw_parts(self.map.raw.as_ptr().add(range.start), range.len()) }
     }
 
+    /// Lowers the published length to `at`, so that the bytes from `at` on can be written
+    /// again, if this writer holds the only handle to the mapping: then no reader exists
+    /// that could hold a slice of them. Returns whether it did.
+    ///
+    /// # Panics
+    /// If `at` is past the mapping.
+    pub fn rewind(&mut self, at: usize) -> bool {
+        assert!(at <= self.map.len(), "rewind past the mapping");
+        match Arc::get_mut(&mut self.map) {
+            Some(map) => {
+                *map.published.get_mut() = at;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Makes the first `end` bytes readable. Everything below `end` must be written.
     pub fn publish(&mut self, end: usize) {
         assert!(end <= self.map.len(), "publish past the mapping");
-        self.map.published.fetch_max(end, Ordering::Release);
+        // Only this writer changes `published`, so a load and a store do what `fetch_max`
+        // would, without a locked read-modify-write on every append.
+        if end > self.map.published.load(Ordering::Relaxed) {
+            self.map.published.store(end, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_lowers_the_published_length_only_for_the_sole_handle() {
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(64).unwrap();
+        let (map, mut writer) = Mapping::read_write(&file, 64, 0).unwrap();
+        writer.write(0, b"old bytes");
+        writer.publish(9);
+        assert!(!writer.rewind(0), "a reader still holds the mapping");
+        assert_eq!(map.readable(), b"old bytes");
+        drop(map);
+        assert!(writer.rewind(0));
+        writer.write(0, b"new");
+        writer.publish(3);
+        assert_eq!(writer.mapping().readable(), b"new");
     }
 }

@@ -152,10 +152,10 @@ fn a_failed_group_journal_sync_poisons_the_group_only() {
 fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
-    let batch: Vec<&[u8]> = (0..20_000).map(|_| b"x".as_slice()).collect();
+    let batch: Vec<&[u8]> = (0..30_000).map(|_| b"x".as_slice()).collect();
     q.append_batch(&batch).unwrap();
     let g = q.group("g").unwrap();
-    // The journal holds about 10,900 entries: the snapshot comes after ~5,400 records.
+    // The journal holds about 43,700 entries: the snapshot comes after ~21,800 records.
     fault::inject(Fault::new(&dir.path().join("groups"), Point::Write));
     let mut acked = 0;
     let err = loop {

@@ -72,7 +72,7 @@ pub(super) fn remove_temp_files(dir: &Path) {
 }
 
 /// Creates the files of a new group starting at the log's first offset.
-pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: Clock) -> Result<()> {
+pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: &Clock) -> Result<()> {
     let new_groups_dir = !groups.exists();
     // Files left by a deletion that a crash interrupted must not mix with the new group's.
     if dir.exists() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use journal::Journal;
 use snapshot::Snapshot;
-use state::{Clock, GroupState, Op, Slot};
+use state::{Clock, GroupState, Op, Slot, later};
 
 use crate::error::{Error, Result};
 use crate::iter::Iter;
@@ -97,9 +97,9 @@ impl Group {
         let groups = log.dir().join(GROUPS_DIR);
         let dir = groups.join(name);
         let state_path = dir.join(STATE_FILE);
-        let clock = Clock::now();
+        let clock = Clock::lazy();
         if !state_path.exists() {
-            create(&log, &groups, &dir, opts.unwrap_or_default(), clock)?;
+            create(&log, &groups, &dir, opts.unwrap_or_default(), &clock)?;
         }
         remove_temp_files(&dir);
         let snap = Snapshot::read_latest(&dir)?;
@@ -111,18 +111,18 @@ impl Group {
             let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
             return Err(Error::corrupt(&lost, 0, crate::error::CorruptKind::BadHeader(why)));
         }
-        let mut state = snap.restore(clock, log.next_offset());
+        let mut state = snap.restore(&clock, log.next_offset());
         // Changes that reach past the log's end are dropped: the log lost those records (or
         // the entry is damaged in a way its checksum missed), and applying them could make
         // the state allocate a slot per offset up to an arbitrary number.
         let mut beyond_log = false;
         for op in ops {
             match op.within(log.next_offset()) {
-                Some(op) => state.apply(op, clock),
+                Some(op) => state.apply(op, &clock),
                 None => beyond_log = true,
             }
         }
-        state.expire_leases(clock);
+        state.expire_leases(&clock);
         let stored = GroupOptions { lease: snap.lease, max_attempts: snap.max_attempts };
         let mut locked =
             Locked { state, journal, opts: stored, generation: snap.generation, failed: None, cursor: None };
@@ -138,11 +138,11 @@ impl Group {
             locked.state.lease = o.lease;
         }
         if locked.state.oldest_needed() < log.first_offset() || locked.state.next() < log.first_offset() {
-            locked.state.apply(Op::Skip { offset: log.first_offset() }, clock);
+            locked.state.apply(Op::Skip { offset: log.first_offset() }, &clock);
             rewrite = true;
         }
         if rewrite || changed.is_some() {
-            locked.compact(&dir, clock)?;
+            locked.compact(&dir, &clock)?;
         }
         let commit = GroupCommit::new(locked.journal.seq());
         let inner = GroupInner {
@@ -216,14 +216,14 @@ impl Group {
     /// group: [`Error::Poisoned`] from then on.
     pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
         let inner = &*self.inner;
-        let start = Instant::now();
-        let deadline = start.checked_add(timeout).unwrap_or(start + Duration::from_secs(86400 * 365));
+        let mut deadline = None;
         loop {
             let seen = inner.log.notify.generation();
+            let clock = Clock::lazy();
             let (found, seq, wake_at) = {
                 let mut l = inner.lock();
                 inner.check(&l)?;
-                let (found, seq) = inner.take_next(&mut l)?;
+                let (found, seq) = inner.take_next(&mut l, &clock)?;
                 let wake_at = if found.is_none() { l.state.next_deadline() } else { None };
                 (found, seq, wake_at)
             };
@@ -233,7 +233,10 @@ impl Group {
             if let Some(found) = found {
                 return found.map(Some);
             }
-            let now = Instant::now();
+            // The timeout counts from the first look, at the time that look read (or reads
+            // now): a poll that finds a record at once never reads the clock for it.
+            let now = clock.now();
+            let deadline = *deadline.get_or_insert_with(|| later(now, timeout));
             if now >= deadline {
                 return Ok(None);
             }
@@ -306,7 +309,7 @@ impl Group {
                 Some(Op::Dead { offset })
             }
             Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
-                Some(Op::Nack { offset, at_ms: clock.now_ms.saturating_add(delay_ms) })
+                Some(Op::Nack { offset, at_ms: clock.now_ms().saturating_add(delay_ms) })
             }
             _ => None,
         })?;
@@ -377,7 +380,7 @@ impl Group {
             if !l.state.dead_letters().contains_key(&offset) {
                 return Ok(false);
             }
-            inner.commit_op(&mut l, Op::Redrive { offset }, Clock::now())?
+            inner.commit_op(&mut l, Op::Redrive { offset }, &Clock::lazy())?
         };
         inner.log.notify.notify();
         inner.make_durable(seq)?;
@@ -442,7 +445,7 @@ impl Group {
             let mut l = inner.lock();
             inner.check(&l)?;
             let offset = offset.clamp(inner.log.first_offset(), inner.log.next_offset());
-            inner.commit_op(&mut l, Op::Seek { offset }, Clock::now())?
+            inner.commit_op(&mut l, Op::Seek { offset }, &Clock::lazy())?
         };
         inner.log.notify.notify();
         inner.make_durable(seq)
@@ -516,7 +519,7 @@ impl Group {
         }
         l.opts = opts;
         l.state.lease = opts.lease;
-        let result = l.compact(&inner.dir, Clock::now());
+        let result = l.compact(&inner.dir, &Clock::lazy());
         if let Err(e) = &result {
             l.failed = Some(e.to_string());
         }
@@ -535,16 +538,16 @@ impl Group {
 impl GroupInner {
     /// Journals the change `decide` picks for the delivered record `offset` (`None`: nothing
     /// to change), made durable as the sync policy says.
-    fn change_delivered(&self, offset: u64, decide: impl FnOnce(&Locked, Clock) -> Option<Op>) -> Result<()> {
+    fn change_delivered(&self, offset: u64, decide: impl FnOnce(&Locked, &Clock) -> Option<Op>) -> Result<()> {
         let seq = {
             let mut l = self.lock();
             self.check(&l)?;
             if offset >= l.state.next() {
                 return Err(Error::NotDelivered { offset });
             }
-            let clock = Clock::now();
-            match decide(&l, clock) {
-                Some(op) => self.commit_op(&mut l, op, clock)?,
+            let clock = Clock::lazy();
+            match decide(&l, &clock) {
+                Some(op) => self.commit_op(&mut l, op, &clock)?,
                 None => return Ok(()),
             }
         };
@@ -569,7 +572,7 @@ impl GroupInner {
     }
 
     /// Journals `op` and applies it.
-    fn commit_op(&self, l: &mut Locked, op: Op, clock: Clock) -> Result<u64> {
+    fn commit_op(&self, l: &mut Locked, op: Op, clock: &Clock) -> Result<u64> {
         if !l.journal.has_room()
             && let Err(e) = l.compact(&self.dir, clock)
         {
@@ -618,7 +621,7 @@ impl GroupInner {
         if l.state.oldest_needed() >= first && l.state.next() >= first {
             return Ok(None);
         }
-        self.commit_op(l, Op::Skip { offset: first }, Clock::now()).map(Some)
+        self.commit_op(l, Op::Skip { offset: first }, &Clock::lazy()).map(Some)
     }
 
     /// The lowest offset this group still needs, for retention.
@@ -628,12 +631,12 @@ impl GroupInner {
 
     /// Dead-letters every record whose last allowed attempt expired.
     fn reap(&self, l: &mut Locked) -> Result<()> {
-        let clock = Clock::now();
-        if l.state.next_deadline().is_none_or(|at| at > clock.now) {
+        let clock = Clock::lazy();
+        if l.state.next_deadline().is_none_or(|at| at > clock.now()) {
             return Ok(());
         }
-        for offset in l.state.expired_finals(clock.now, l.opts.max_attempts) {
-            self.commit_op(l, Op::Dead { offset }, clock)?;
+        for offset in l.state.expired_finals(clock.now(), l.opts.max_attempts) {
+            self.commit_op(l, Op::Dead { offset }, &clock)?;
         }
         Ok(())
     }
@@ -641,10 +644,9 @@ impl GroupInner {
     /// Finds the next delivery and journals it. Returns the delivery (or the error of a
     /// damaged record, which is dead-lettered) and the journal sequence to make durable.
     #[allow(clippy::type_complexity)]
-    fn take_next(&self, l: &mut Locked) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
-        let clock = Clock::now();
+    fn take_next(&self, l: &mut Locked, clock: &Clock) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
         let mut seq = self.catch_up(l)?;
-        while let Some(due) = l.state.due(clock.now) {
+        while let Some(due) = l.state.due(clock) {
             let offset = due.offset;
             if due.attempts >= l.opts.max_attempts {
                 seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
@@ -707,7 +709,7 @@ impl GroupInner {
 
 impl Locked {
     /// Writes a snapshot of the whole state and starts the journal over.
-    fn compact(&mut self, dir: &Path, clock: Clock) -> Result<()> {
+    fn compact(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
         let generation = self.generation + 1;
         Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
         self.journal.restart(generation)?;

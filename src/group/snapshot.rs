@@ -45,13 +45,13 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     /// Captures `state`; leased records are saved as due at once, since no consumer holds
     /// a lease across a restart.
-    pub fn of(state: &GroupState, generation: u64, max_attempts: u32, clock: Clock) -> Snapshot {
+    pub fn of(state: &GroupState, generation: u64, max_attempts: u32, clock: &Clock) -> Snapshot {
         // Acked offsets are left out: whatever lies in `floor..next` unlisted is acked, so
         // the snapshot grows with the records still open, not with those done.
         let entries = state
             .exceptions()
             .filter_map(|(offset, slot)| match slot {
-                Slot::Leased { attempts, .. } => Some((offset, WAITING, attempts, clock.now_ms)),
+                Slot::Leased { attempts, .. } => Some((offset, WAITING, attempts, clock.now_ms())),
                 Slot::Waiting { attempts, at } => Some((offset, WAITING, attempts, clock.ms_of(at))),
                 Slot::Acked => None,
                 Slot::Dead { attempts } => Some((offset, DEAD, attempts, 0)),
@@ -63,7 +63,7 @@ impl Snapshot {
     }
 
     /// Rebuilds the state it captured, for a log whose next offset is `limit`.
-    pub fn restore(&self, clock: Clock, limit: u64) -> GroupState {
+    pub fn restore(&self, clock: &Clock, limit: u64) -> GroupState {
         let slots = self.entries.iter().map(|&(offset, kind, attempts, at_ms)| {
             let slot = match kind {
                 ACKED => Slot::Acked,
@@ -233,17 +233,17 @@ mod tests {
 
     #[test]
     fn a_snapshot_round_trips_and_detects_damage() {
-        let c = Clock::now();
+        let c = Clock::lazy();
         let mut s = GroupState::new(10, Duration::from_secs(3));
         for o in 10..14 {
-            s.apply(Op::Deliver { offset: o, attempt: 2 }, c);
+            s.apply(Op::Deliver { offset: o, attempt: 2 }, &c);
         }
-        s.apply(Op::Ack { offset: 11 }, c);
-        s.apply(Op::Dead { offset: 10 }, c);
-        let snap = Snapshot::of(&s, 4, 5, c);
+        s.apply(Op::Ack { offset: 11 }, &c);
+        s.apply(Op::Dead { offset: 10 }, &c);
+        let snap = Snapshot::of(&s, 4, 5, &c);
         let bytes = snap.encode();
         assert_eq!(Snapshot::decode(&bytes).unwrap(), snap);
-        let restored = snap.restore(c, u64::MAX);
+        let restored = snap.restore(&c, u64::MAX);
         assert_eq!((restored.ack_floor(), restored.next()), (12, 14));
         assert_eq!(restored.dead_letters().get(&10), Some(&2));
         for i in 0..bytes.len() {

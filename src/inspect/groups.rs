@@ -128,7 +128,11 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
             return Err(Error::corrupt(&journal_path, bytes.len() as u64, CorruptKind::Truncated));
         }
         header::check(&bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(&journal_path, 0, kind))?;
-        if bytes.get(FILE_HEADER_LEN..).and_then(|e| journal::decode(e, snap.generation + 1)).is_some() {
+        if bytes
+            .get(FILE_HEADER_LEN..)
+            .and_then(|e| journal::decode(e, &journal::EntryCrc::new(snap.generation + 1)))
+            .is_some()
+        {
             if tries < 3 {
                 continue; // A live group wrote its next snapshot between the two reads.
             }
@@ -140,19 +144,20 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
         let (ops, end) = journal::replay(&bytes, snap.generation);
         // An entry of this generation past the first one that fails its check: a write in
         // the middle was torn or lost, and what follows it is dropped at the next open.
+        let crc = journal::EntryCrc::new(snap.generation);
         let stale = bytes[end..]
             .chunks_exact(journal::ENTRY_LEN)
-            .position(|e| journal::decode(e, snap.generation).is_some())
+            .position(|e| journal::decode(e, &crc).is_some())
             .map(|i| (end + i * journal::ENTRY_LEN) as u64);
         let again = read_snapshot(&state_path).map(|s| s.generation).ok();
         if again == Some(snap.generation) || tries >= 3 {
             break (snap, ops, stale.map(|at| (end as u64, at)));
         }
     };
-    let clock = Clock::now();
+    let clock = Clock::lazy();
     // Capped at the log's end, so a damaged snapshot cannot make this allocate a slot per
     // offset of a range that does not exist.
-    let mut state = snap.restore(clock, log_next);
+    let mut state = snap.restore(&clock, log_next);
     let mut findings = Vec::new();
     if let Some((bad, at)) = stale {
         let what = format!(
@@ -175,7 +180,7 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
             findings.push(Finding::damage(&journal_path, position, what));
             break;
         }
-        state.apply(op, clock);
+        state.apply(op, &clock);
         replayed += 1;
     }
     if snap.next.max(state.next()) > log_next {
