@@ -1,5 +1,5 @@
-//! Reads over 1 M records of 100 B: a sequential `iter_from(0)` and random `read(offset)`,
-//! warm (the queue is built once, outside the measurement, and stays in the page cache).
+//! Reads over 1 M records of 100 B: a sequential `iter_from(0)` (owned records, and lent
+//! ones through `Iter::next_ref`) and random `read(offset)`, warm (the queue is built once, outside the measurement, and stays in the page cache).
 //!
 //! `cargo bench --bench read`
 
@@ -28,6 +28,20 @@ fn read(c: &mut Criterion) {
             let mut bytes = 0usize;
             let mut count = 0u64;
             for record in q.iter_from(0) {
+                bytes += record.expect("read").payload().len();
+                count += 1;
+            }
+            assert_eq!(count, RECORDS);
+            black_box(bytes)
+        })
+    });
+
+    g.bench_function("iter_from_0_next_ref", |b| {
+        b.iter(|| {
+            let mut bytes = 0usize;
+            let mut count = 0u64;
+            let mut it = q.iter_from(0);
+            while let Some(record) = it.next_ref() {
                 bytes += record.expect("read").payload().len();
                 count += 1;
             }

@@ -1,12 +1,20 @@
 //! Iteration over the records of the log, following it as it grows.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::log::Log;
 use crate::mmap::Mapping;
-use crate::record::{self, Record};
+use crate::record::{self, Frame, Record, RecordRef};
 use crate::segment::Segment;
+
+/// Most records checked ahead of the one asked for. An owned record costs an atomic
+/// reference-count update, which waits for every instruction before it: checking several
+/// records between two of them lets their CRCs overlap in the CPU. A cursor checks one
+/// record at first, then twice as many each time, so that a reader after a single record
+/// pays for that one.
+const MAX_AHEAD: usize = 16;
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
 ///
@@ -26,9 +34,13 @@ use crate::segment::Segment;
 /// assert_eq!(seen, [b"b".to_vec(), b"c".to_vec()]);
 /// # Ok::<(), segq::Error>(())
 /// ```
+///
+/// [`Iter::next_ref`] walks the same way but lends each record instead of handing out an
+/// owned one, which is cheaper when the record is not kept.
 #[derive(Debug)]
 pub struct Iter {
     log: Arc<Log>,
+    /// The offset of the next record to hand out.
     next: u64,
     cursor: Option<Cursor>,
     done: bool,
@@ -36,11 +48,21 @@ pub struct Iter {
     resumed: bool,
 }
 
+/// Where the iterator is in one segment.
 #[derive(Debug)]
 struct Cursor {
     segment: Arc<Segment>,
     map: Arc<Mapping>,
+    /// Records from `Iter::next` on whose CRC was checked, oldest first.
+    checked: VecDeque<Checked>,
+    /// Position of the first record not in `checked`.
     pos: usize,
+    /// How many records the next check covers at most.
+    ahead: usize,
+    /// Offsets below this are in this segment and readable: the smaller of the segment's end
+    /// and the log's next offset when last looked at. Below it, a step reads no shared state
+    /// but the closed flag and the first offset.
+    end: u64,
 }
 
 impl Iter {
@@ -53,8 +75,92 @@ impl Iter {
         self.next
     }
 
-    /// Reads the record at `self.next`; `Ok(None)` if its segment was just deleted.
-    fn step(&mut self) -> Result<Option<Record>> {
+    /// Like [`Iterator::next`], but lends the record instead of handing it out: nothing is
+    /// copied or counted, and the borrow ends at the next call. Use [`RecordRef::to_record`]
+    /// to keep one. Damage, the end of the log and a closed queue are met as by `next`, and
+    /// the two can be mixed on one iterator.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"bb", b"ccc"])?;
+    /// let mut it = q.iter_from(0);
+    /// let mut total = 0;
+    /// while let Some(record) = it.next_ref() {
+    ///     total += record?.payload().len();
+    /// }
+    /// assert_eq!(total, 6);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    #[inline]
+    pub fn next_ref(&mut self) -> Option<Result<RecordRef<'_>>> {
+        self.advance().map(|r| r.map(|(map, frame)| RecordRef::new(map, frame)))
+    }
+
+    /// Moves past the next record and returns it, with the mapping it lies in.
+    fn advance(&mut self) -> Option<Result<(&Arc<Mapping>, Frame)>> {
+        if self.done || self.log.is_closed() {
+            return None;
+        }
+        // Retention may have deleted the cursor's segment: then the slow path moves on.
+        let within = |c: &Cursor| self.next < c.end && self.next >= self.log.first_offset();
+        let frame = match &mut self.cursor {
+            Some(c) if within(c) => c.take_checked(self.next),
+            _ => None,
+        };
+        let frame = match frame {
+            Some(frame) => frame,
+            // Damage, another segment, retention or the end of what was known readable.
+            None => match self.step_slowly()? {
+                Ok(frame) => frame,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let cursor = self.cursor.as_ref().expect("a frame is read through the cursor");
+        self.next += 1;
+        Some(Ok((&cursor.map, frame)))
+    }
+
+    /// Finds the record at `self.next` when [`Iter::advance`]'s quick look did not: moves
+    /// to the next segment or past retention as needed, and reports damage. `None` at the
+    /// end; with a frame, the cursor has moved past it.
+    fn step_slowly(&mut self) -> Option<Result<Frame>> {
+        loop {
+            if self.done || self.log.is_closed() {
+                return None;
+            }
+            // First move up past what retention deleted, then look for the end: the first
+            // offset can equal the next one (a roll emptied the log of sealed segments).
+            let first = self.log.first_offset();
+            if self.next < first {
+                self.next = first;
+                self.cursor = None;
+            }
+            let limit = self.log.next_offset();
+            if self.next >= limit {
+                return None;
+            }
+            match self.step(limit) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                // Retention deleted the segment under us: go on from the new first offset.
+                Ok(None) => self.cursor = None,
+                Err(_) if self.next < self.log.first_offset() => self.cursor = None,
+                Err(e) if std::mem::take(&mut self.resumed) => return Some(Err(e)),
+                Err(e) => {
+                    match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
+                        Some(end) => self.next = end,
+                        None => self.done = true,
+                    }
+                    self.cursor = None;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Reads the record at `self.next`, below `limit`; `Ok(None)` if its segment was just
+    /// deleted.
+    fn step(&mut self, limit: u64) -> Result<Option<Frame>> {
         self.resumed = false;
         let cursor = match &mut self.cursor {
             Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
@@ -62,12 +168,19 @@ impl Iter {
                 let Some(segment) = self.log.segment_for(self.next) else { return Ok(None) };
                 let pos = segment.position_of(self.next)?;
                 let map = segment.data()?.clone();
-                self.cursor.insert(Cursor { segment, map, pos })
+                let checked = VecDeque::with_capacity(MAX_AHEAD);
+                self.cursor.insert(Cursor { segment, map, checked, pos, ahead: 1, end: 0 })
             }
         };
+        // `limit` was loaded before the published length: the bytes of every record below
+        // it are readable.
+        cursor.end = cursor.segment.end_offset().map_or(limit, |end| end.min(limit));
         let bytes = cursor.map.readable();
         let frame = match cursor.segment.frame_at(bytes, cursor.pos, self.next) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                cursor.pos = frame.end();
+                frame
+            }
             Err(e) => {
                 // A record whose checksum fails but whose frame still leads to the next
                 // record (a damaged payload, typically) costs only itself.
@@ -84,9 +197,51 @@ impl Iter {
                 return Err(e);
             }
         };
-        cursor.pos = frame.end();
-        self.next += 1;
-        Ok(Some(Record::new(cursor.map.clone(), frame)))
+        Ok(Some(frame))
+    }
+}
+
+/// A record whose CRC was checked: what a [`Frame`] says, in a shape cheap to queue.
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    offset: u64,
+    timestamp_ms: u64,
+    start: usize,
+    end: usize,
+    batch_continues: bool,
+}
+
+impl Checked {
+    fn frame(self) -> Frame {
+        Frame {
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+            payload: self.start..self.end,
+            batch_continues: self.batch_continues,
+        }
+    }
+}
+
+impl Cursor {
+    /// The record at `next` (the first not handed out), checking the records from there on
+    /// below `self.end` if none is checked yet. `None` if it does not check.
+    fn take_checked(&mut self, next: u64) -> Option<Frame> {
+        if let Some(checked) = self.checked.pop_front() {
+            return Some(checked.frame());
+        }
+        let bytes = self.map.readable();
+        let stop = self.end.min(next + self.ahead as u64);
+        self.ahead = (self.ahead * 2).min(MAX_AHEAD);
+        // Stops before a record that does not check: the slow path reports it once the
+        // records before it are handed out.
+        for offset in next..stop {
+            let Some(frame) = record::decode_offset(bytes, self.pos, offset) else { break };
+            self.pos = frame.end();
+            let Frame { offset, timestamp_ms, payload, batch_continues } = frame;
+            let (start, end) = (payload.start, payload.end);
+            self.checked.push_back(Checked { offset, timestamp_ms, start, end, batch_continues });
+        }
+        self.checked.pop_front().map(Checked::frame)
     }
 }
 
@@ -98,36 +253,8 @@ impl Iterator for Iter {
     /// record the iterator yields the error and goes on with the record after it when the
     /// damage left its frame intact, else with the next segment. Once the queue is closed it
     /// yields `None`.
+    #[inline]
     fn next(&mut self) -> Option<Result<Record>> {
-        loop {
-            if self.done || self.log.is_closed() {
-                return None;
-            }
-            // First move up past what retention deleted, then look for the end: the first
-            // offset can equal the next one (a roll emptied the log of sealed segments).
-            let first = self.log.first_offset();
-            if self.next < first {
-                self.next = first;
-                self.cursor = None;
-            }
-            if self.next >= self.log.next_offset() {
-                return None;
-            }
-            match self.step() {
-                Ok(Some(record)) => return Some(Ok(record)),
-                // Retention deleted the segment under us: go on from the new first offset.
-                Ok(None) => self.cursor = None,
-                Err(_) if self.next < self.log.first_offset() => self.cursor = None,
-                Err(e) if std::mem::take(&mut self.resumed) => return Some(Err(e)),
-                Err(e) => {
-                    match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
-                        Some(end) => self.next = end,
-                        None => self.done = true,
-                    }
-                    self.cursor = None;
-                    return Some(Err(e));
-                }
-            }
-        }
+        self.advance().map(|r| r.map(|(map, frame)| Record::new(map.clone(), frame)))
     }
 }

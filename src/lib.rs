@@ -66,4 +66,4 @@ pub use iter::Iter;
 pub use log::{Recovery, RetentionReport, Stats};
 pub use options::{GroupOptions, Options, SyncPolicy};
 pub use queue::Queue;
-pub use record::Record;
+pub use record::{Record, RecordRef};

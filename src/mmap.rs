@@ -52,11 +52,13 @@ impl Mapping {
     }
 
     /// How many bytes from the start are readable.
+    #[inline]
     pub fn published(&self) -> usize {
         self.published.load(Ordering::Acquire)
     }
 
     /// All readable bytes.
+    #[inline]
     pub fn readable(&self) -> &[u8] {
         let end = self.published();
         // SAFETY: `0..end` lies inside the mapping (published <= len) and below the published
@@ -66,6 +68,7 @@ impl Mapping {
     }
 
     /// The bytes in `range`, or `None` if any of them is not readable.
+    #[inline]
     pub fn bytes(&self, range: Range<usize>) -> Option<&[u8]> {
         self.readable().get(range)
     }

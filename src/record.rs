@@ -112,6 +112,7 @@ pub(crate) enum FrameError {
 }
 
 /// Reads the header at `pos` without checking the CRC: enough to step to the next record.
+#[inline]
 pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
     let header: &[u8; HEADER_LEN] =
         bytes.get(pos..pos.saturating_add(HEADER_LEN)).and_then(|h| h.try_into().ok()).ok_or(FrameError::Truncated)?;
@@ -131,6 +132,7 @@ pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
 }
 
 /// Decodes and checksums the record at `pos`.
+#[inline]
 pub(crate) fn decode(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
     let frame = peek(bytes, pos)?;
     let expected = LittleEndian::read_u32(&bytes[pos + CRC_AT..]);
@@ -141,6 +143,13 @@ pub(crate) fn decode(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
         return Err(FrameError::BadCrc { expected, actual });
     }
     Ok(frame)
+}
+
+/// The record at `pos` if it is whole, checks and has this offset; `None` otherwise, with
+/// [`decode`] to tell why. The iterator's fast path: it builds no error.
+#[inline]
+pub(crate) fn decode_offset(bytes: &[u8], pos: usize, offset: u64) -> Option<Frame> {
+    decode(bytes, pos).ok().filter(|f| f.offset == offset)
 }
 
 /// One record read from the queue.
@@ -181,6 +190,7 @@ impl Record {
     /// assert_eq!(offsets, [1, 2]);
     /// # Ok::<(), segq::Error>(())
     /// ```
+    #[inline]
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -201,6 +211,7 @@ impl Record {
     /// assert!(age < Duration::from_secs(1));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn timestamp_ms(&self) -> u64 {
         self.timestamp_ms
     }
@@ -215,8 +226,85 @@ impl Record {
     /// assert_eq!(rec.payload(), b"hello"); // the record keeps its segment mapped
     /// # Ok::<(), segq::Error>(())
     /// ```
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         self.map.bytes(self.payload.clone()).expect("a record only covers published bytes")
+    }
+}
+
+/// A record lent by [`crate::Iter::next_ref`]: like a [`Record`], but borrowed from the
+/// iterator, so that handing it out touches no reference count.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"skip".as_slice(), b"keep"])?;
+/// let mut it = q.iter_from(0);
+/// let mut kept = Vec::new();
+/// while let Some(record) = it.next_ref() {
+///     let record = record?;
+///     if record.payload() == b"keep" {
+///         kept.push(record.to_record()); // outlives the iterator
+///     }
+/// }
+/// drop(it);
+/// assert_eq!(kept[0].offset(), 1);
+/// # Ok::<(), segq::Error>(())
+/// ```
+#[derive(Clone, Copy)]
+pub struct RecordRef<'a> {
+    map: &'a Arc<Mapping>,
+    payload: &'a [u8],
+    /// Where `payload` starts in `map`, for `to_record`.
+    start: usize,
+    offset: u64,
+    timestamp_ms: u64,
+}
+
+impl<'a> RecordRef<'a> {
+    pub(crate) fn new(map: &'a Arc<Mapping>, frame: Frame) -> RecordRef<'a> {
+        let start = frame.payload.start;
+        let payload = map.bytes(frame.payload).expect("a record only covers published bytes");
+        RecordRef { map, payload, start, offset: frame.offset, timestamp_ms: frame.timestamp_ms }
+    }
+
+    /// The record's offset: its position in the queue, counted from 0.
+    #[inline]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// When it was appended, in milliseconds since the Unix epoch; see
+    /// [`Record::timestamp_ms`].
+    #[inline]
+    pub fn timestamp_ms(&self) -> u64 {
+        self.timestamp_ms
+    }
+
+    /// The bytes that were appended, straight from the memory-mapped segment.
+    #[inline]
+    pub fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
+    /// An owned [`Record`] of the same bytes, which keeps the segment mapped (no copy).
+    pub fn to_record(&self) -> Record {
+        Record {
+            map: self.map.clone(),
+            payload: self.start..self.start + self.payload.len(),
+            offset: self.offset,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+impl fmt::Debug for RecordRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordRef")
+            .field("offset", &self.offset)
+            .field("timestamp_ms", &self.timestamp_ms)
+            .field("len", &self.payload.len())
+            .finish()
     }
 }
 

@@ -152,6 +152,57 @@ fn iteration_follows_the_live_log() {
 }
 
 #[test]
+fn lent_records_match_owned_ones_across_rolls_and_mixed_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+    let n = 700;
+    for i in 0..n {
+        q.append(&payload(i)).unwrap();
+    }
+    assert!(segment_files(dir.path()).len() > 10, "tiny segments should roll often");
+    let mut it = q.iter_from(3);
+    let mut kept = Vec::new();
+    for i in 3..n {
+        // Alternate, in runs of uneven length, between lent and owned records.
+        let (offset, bytes, ts) = if i % 7 < 4 {
+            let r = it.next_ref().unwrap().unwrap();
+            kept.push(r.to_record());
+            (r.offset(), r.payload().to_vec(), r.timestamp_ms())
+        } else {
+            let r = it.next().unwrap().unwrap();
+            (r.offset(), r.payload().to_vec(), r.timestamp_ms())
+        };
+        assert_eq!((offset, bytes), (i, payload(i)));
+        assert_eq!(ts, q.read(i).unwrap().unwrap().timestamp_ms());
+    }
+    assert!(it.next_ref().is_none());
+    q.append(b"later").unwrap();
+    assert_eq!(it.next_ref().unwrap().unwrap().payload(), b"later");
+    drop(it);
+    q.close().unwrap();
+    drop(q);
+    for r in kept {
+        assert_eq!(r.payload(), payload(r.offset()), "a kept record outlives iterator and queue");
+    }
+}
+
+#[test]
+fn an_iterator_ends_once_the_queue_is_closed_even_with_records_checked_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    for i in 0..100 {
+        q.append(&payload(i)).unwrap();
+    }
+    let mut it = q.iter_from(0);
+    for _ in 0..10 {
+        it.next().unwrap().unwrap();
+    }
+    q.close().unwrap();
+    assert!(it.next().is_none());
+    assert!(it.next_ref().is_none());
+}
+
+#[test]
 fn invalid_options_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for opts in [

@@ -110,12 +110,33 @@ fn check_sealed_damage_in(dir: &Path, payloads: &[Vec<u8>], seg: &Seg, k: usize,
         assert_eq!(rec.payload(), payloads[rec.offset() as usize]);
     }
 
+    // Lent records meet the damage the same way.
+    assert_eq!(walk(&q, 0, true), walk(&q, 0, false));
+
     // Iteration from later offsets never meets the damage.
     for from in [seg.end_offset(), seg.end_offset() + 1, payloads.len() as u64 - 1] {
         let got: Vec<u64> = q.iter_from(from).map(|r| r.unwrap().offset()).collect();
         assert_eq!(got, (from..payloads.len() as u64).collect::<Vec<_>>());
     }
     kind
+}
+
+/// What iteration from `from` yields: offsets with payloads, or error messages. Lent
+/// records (`Iter::next_ref`) if `lent`, owned ones otherwise.
+fn walk(q: &Queue, from: u64, lent: bool) -> Vec<Result<(u64, Vec<u8>), String>> {
+    let mut it = q.iter_from(from);
+    let mut seen = Vec::new();
+    loop {
+        let item = if lent {
+            it.next_ref().map(|r| r.map(|r| (r.offset(), r.payload().to_vec())))
+        } else {
+            it.next().map(|r| r.map(|r| (r.offset(), r.payload().to_vec())))
+        };
+        match item {
+            Some(item) => seen.push(item.map_err(|e| e.to_string())),
+            None => return seen,
+        }
+    }
 }
 
 #[test]
