@@ -114,12 +114,33 @@ fn a_failed_open_changes_nothing() {
         append_until_error(&q, 0, 100);
         q.simulate_crash();
     }
-    for point in [Point::Allocate, Point::Sync, Point::Write, Point::Rename] {
+    for point in [Point::Allocate, Point::Sync, Point::Write] {
         fault::inject(Fault::new(dir.path(), point).times(u64::MAX));
         assert!(Queue::open(dir.path(), opts(SyncPolicy::Never)).is_err(), "{point:?}");
         fault::clear(dir.path());
     }
+    // An intact index is reused in place; one with a damaged entry is rewritten under a
+    // temporary name and renamed over the old one: make the open need that rename.
+    let index = newest_index(dir.path());
+    let mut bytes = std::fs::read(&index).unwrap();
+    assert!(bytes.len() > 48, "the index has entries");
+    bytes[40] ^= 0xff;
+    std::fs::write(&index, bytes).unwrap();
+    fault::inject(Fault::new(dir.path(), Point::Rename).times(u64::MAX));
+    assert!(Queue::open(dir.path(), opts(SyncPolicy::Never)).is_err(), "Rename");
+    fault::clear(dir.path());
     assert_has(dir.path(), 100);
+}
+
+/// The index of the newest segment in `dir`.
+fn newest_index(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut indexes: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "index"))
+        .collect();
+    indexes.sort();
+    indexes.pop().unwrap()
 }
 
 #[test]

@@ -8,7 +8,6 @@
 //! data: anything that fails [`valid_len`] is rebuilt from the segment.
 
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,7 +16,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use super::header::{self, FILE_HEADER_LEN, INDEX_MAGIC};
 use super::scan;
 use crate::error::{IoContext, Result};
-use crate::fs::{rename, reserve, temp_path};
+use crate::fs::{open_rw, rename, reserve, temp_path};
 use crate::mmap::{MapWriter, Mapping};
 use crate::record;
 
@@ -79,6 +78,16 @@ pub(crate) fn guess_position(entries: &[u8], rel: u64) -> Option<usize> {
     Some(FILE_HEADER_LEN + per_record.saturating_mul(rel as usize))
 }
 
+/// How many of `entries` (ordered) have a position below `pos`.
+pub(crate) fn count_below(entries: &[u8], pos: usize) -> usize {
+    let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if (entry(entries, mid).1 as usize) < pos { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}
+
 /// The last entry whose position is at or before `pos`.
 pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)> {
     let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
@@ -89,19 +98,40 @@ pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)
     lo.checked_sub(1).map(|i| entry(entries, i))
 }
 
-/// The trusted entries of the index file at `path` for the segment whose bytes are `data`
-/// (empty if the file is missing or damaged). `capacity` bounds how much is read.
-pub(crate) fn read_entries(path: &Path, base: u64, capacity: usize, data: &[u8]) -> Vec<u8> {
-    let limit = IndexWriter::file_len(capacity, 1);
-    let Ok(file) = File::open(path) else { return Vec::new() };
-    let len = file.metadata().map_or(0, |m| m.len() as usize).min(limit);
-    let mut bytes = vec![0u8; len];
-    if file.read_exact_at(&mut bytes, 0).is_err() || header::check(&bytes, INDEX_MAGIC, base).is_err() {
-        return Vec::new();
+/// The index file of the active segment as the last run left it, mapped read-only: read
+/// once on open, for the checkpoint check and for the writer to keep what it can.
+#[derive(Debug)]
+pub(crate) struct OldIndex {
+    map: Option<Arc<Mapping>>,
+}
+
+impl OldIndex {
+    /// Maps the index at `path` of the segment `base`; a missing or foreign file has no
+    /// entries. `capacity` bounds how much is looked at.
+    pub fn open(path: &Path, base: u64, capacity: usize) -> OldIndex {
+        let limit = IndexWriter::file_len(capacity, 1);
+        let map = File::open(path).ok().and_then(|file| {
+            let len = file.metadata().ok()?.len() as usize;
+            let map = Mapping::read_only(&file, len.min(limit)).ok()?;
+            header::check(map.readable(), INDEX_MAGIC, base).is_ok().then_some(map)
+        });
+        OldIndex { map }
     }
-    let mut entries = bytes.split_off(FILE_HEADER_LEN);
-    entries.truncate(valid_len(&entries, data, base, u64::MAX));
-    entries
+
+    /// Every entry slot after the header, trusted or not (unused slots are zero).
+    pub fn slots(&self) -> &[u8] {
+        let bytes = self.map.as_ref().map_or(&[][..], |m| m.readable());
+        let slots = bytes.get(FILE_HEADER_LEN..).unwrap_or_default();
+        &slots[..slots.len() / ENTRY_LEN * ENTRY_LEN]
+    }
+
+    /// The entries that can be trusted for a segment whose valid records are `data`: each
+    /// is checked to land on its record. (Checking only their order, as for a sealed
+    /// segment, would let an entry on a damaged header vouch for a clean shutdown.)
+    pub fn trusted(&self, data: &[u8], base: u64) -> &[u8] {
+        let slots = self.slots();
+        &slots[..valid_len(slots, data, base, u64::MAX)]
+    }
 }
 
 /// Length of the longest prefix of `entries` that can be trusted: relative offsets and
@@ -220,31 +250,26 @@ impl IndexWriter {
         Self::open_with(path, base, capacity, interval, &[])
     }
 
-    /// Opens the index of the active segment after recovery: keeps the trusted entries below
-    /// `data.len()` (the valid data), zeroes the rest and indexes what the kept entries miss.
+    /// Opens the index of the active segment after recovery: keeps `kept` (entries of `old`
+    /// trusted for the valid data, `data`) and indexes what they miss. When every entry of
+    /// the old file is kept, the file is reused in place; otherwise it is rewritten without
+    /// the rest.
     pub fn open_active(
         path: PathBuf,
         base: u64,
         capacity: usize,
         interval: u32,
         data: &[u8],
+        old: &OldIndex,
+        kept: &[u8],
     ) -> Result<(Arc<Mapping>, IndexWriter)> {
-        // No index of this segment can be longer than one entry per smallest record.
-        let limit = Self::file_len(capacity, 1);
-        let mut old = Vec::new();
-        if let Ok(file) = File::open(&path) {
-            let len = (file.metadata().at(&path)?.len() as usize).min(limit);
-            old.resize(len, 0);
-            file.read_exact_at(&mut old, 0).at(&path)?;
-        }
-        let kept = match header::check(&old, INDEX_MAGIC, base) {
-            Ok(()) => {
-                let entries = &old[FILE_HEADER_LEN..];
-                &entries[..valid_len(entries, data, base, u64::MAX)]
-            }
-            Err(_) => &[][..],
+        let nothing_dropped =
+            old.slots().get(kept.len()..kept.len() + ENTRY_LEN).is_none_or(|e| e.iter().all(|&b| b == 0));
+        let (map, mut writer) = if old.map.is_some() && nothing_dropped {
+            Self::reuse(path, capacity, interval, kept)?
+        } else {
+            Self::open_with(path, base, capacity, interval, kept)?
         };
-        let (map, mut writer) = Self::open_with(path, base, capacity, interval, kept)?;
         let (start, offset) = match kept.len() {
             0 => (FILE_HEADER_LEN, base),
             n => {
@@ -254,6 +279,22 @@ impl IndexWriter {
         };
         scan::hop(data, start, offset, |pos, offset| writer.note(offset - base, pos));
         Ok((map, writer))
+    }
+
+    /// Goes on writing the existing file after its `kept` entries, which are all it holds:
+    /// rewriting it would cost a copy and, on a filesystem that discards freed blocks, an
+    /// unlink that waits for the discard.
+    fn reuse(path: PathBuf, capacity: usize, interval: u32, kept: &[u8]) -> Result<(Arc<Mapping>, IndexWriter)> {
+        let file = open_rw(&path, false)?;
+        let file_len = kept.len() + Self::file_len(capacity, interval);
+        if file.metadata().at(&path)?.len() < file_len as u64 {
+            reserve(&file, &path, file_len as u64)?;
+        }
+        let len = FILE_HEADER_LEN + kept.len();
+        let (map, writer) = Mapping::read_write(&file, file_len, len).at(&path)?;
+        let last_pos =
+            kept.len().checked_sub(ENTRY_LEN).map_or(FILE_HEADER_LEN, |at| entry(kept, at / ENTRY_LEN).1 as usize);
+        Ok((map, IndexWriter { path, file, writer, len, last_pos, interval: interval as usize }))
     }
 
     fn open_with(

@@ -334,9 +334,10 @@ impl Active {
         header::check(bytes, LOG_MAGIC, base).map_err(|kind| Error::corrupt(&path, 0, kind))?;
         // The checkpoint is a hint: its position must fall on a batch boundary with the
         // offset it names, and a clean end must have nothing after it.
-        let entries = index::read_entries(&seg.index_path, base, len.max(min_capacity), bytes);
+        let old_index = index::OldIndex::open(&seg.index_path, base, len.max(min_capacity));
+        let entries = old_index.trusted(bytes, base);
         let trusted = trusted.filter(|&(pos, next)| {
-            (FILE_HEADER_LEN..=len).contains(&pos) && mark_lands(bytes, base, &entries, pos, next)
+            (FILE_HEADER_LEN..=len).contains(&pos) && mark_lands(bytes, base, entries, pos, next)
         });
         let nothing_after = |pos| {
             let next = record::peek(bytes, pos);
@@ -357,8 +358,12 @@ impl Active {
             scan.end
         };
         let capacity = len.max(min_capacity);
+        let data = &bytes[..end];
+        // Entries landed on records of the whole file; the valid ones start below `end`.
+        let kept = &entries[..index::count_below(entries, end) * index::ENTRY_LEN];
         let (index_map, index) =
-            IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, &bytes[..end])?;
+            IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, data, &old_index, kept)?;
+        drop(old_index);
         drop(view);
         if !recovered.clean {
             // Bytes past the end may hold records of the crashed run beyond a torn or zeroed
