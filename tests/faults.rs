@@ -2,6 +2,8 @@
 //! error reaches the caller, nothing acknowledged is lost, and after a failed sync the
 //! handle refuses writes until the queue is reopened.
 
+mod common;
+
 use std::io::ErrorKind;
 use std::path::Path;
 use std::time::Duration;
@@ -121,7 +123,7 @@ fn a_failed_open_changes_nothing() {
     }
     // An intact index is reused in place; one with a damaged entry is rewritten under a
     // temporary name and renamed over the old one: make the open need that rename.
-    let index = newest_index(dir.path());
+    let index = common::files_ending(dir.path(), "index").pop().expect("an index");
     let mut bytes = std::fs::read(&index).unwrap();
     assert!(bytes.len() > 48, "the index has entries");
     bytes[40] ^= 0xff;
@@ -130,17 +132,6 @@ fn a_failed_open_changes_nothing() {
     assert!(Queue::open(dir.path(), opts(SyncPolicy::Never)).is_err(), "Rename");
     fault::clear(dir.path());
     assert_has(dir.path(), 100);
-}
-
-/// The index of the newest segment in `dir`.
-fn newest_index(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut indexes: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "index"))
-        .collect();
-    indexes.sort();
-    indexes.pop().unwrap()
 }
 
 #[test]

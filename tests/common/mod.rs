@@ -23,10 +23,15 @@ pub fn all_payloads(q: &Queue) -> Vec<Vec<u8>> {
 
 /// The segment files in `dir`, oldest first.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    files_ending(dir, "log")
+}
+
+/// The files in `dir` with this extension, sorted by name (oldest segment first).
+pub fn files_ending(dir: &Path, extension: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     files
