@@ -59,6 +59,19 @@ fn report_memory(dir: &Path, label: &str) {
     );
 }
 
+/// The time `iters` opens of `dir` take, each followed (untimed) by `after`, which must
+/// leave the directory closed or crashed.
+fn timed_opens(dir: &Path, iters: u64, after: impl Fn(Queue)) -> Duration {
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let q = open(dir, SyncPolicy::Never);
+        total += start.elapsed();
+        after(q);
+    }
+    total
+}
+
 fn reopen(c: &mut Criterion) {
     let data = payload(RECORD);
     let mut g = quick_group(c, "reopen", 10, 2);
@@ -74,31 +87,21 @@ fn reopen(c: &mut Criterion) {
 
         g.bench_function(BenchmarkId::new("after_close", label), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let q = open(dir.path(), SyncPolicy::Never);
-                    total += start.elapsed();
+                timed_opens(dir.path(), iters, |q| {
                     assert!(q.recovery().clean);
                     q.close().expect("close");
-                }
-                total
+                })
             })
         });
 
         crash_with_tail(open(dir.path(), SyncPolicy::Never), &data);
         g.bench_function(BenchmarkId::new("after_crash_1MiB_tail", label), |b| {
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let start = Instant::now();
-                    let q = open(dir.path(), SyncPolicy::Never);
-                    total += start.elapsed();
+                timed_opens(dir.path(), iters, |q| {
                     let rec = q.recovery();
                     assert!(!rec.clean && rec.scanned_bytes >= TAIL_BYTES / 2, "{rec:?}");
                     crash_with_tail(q, &data);
-                }
-                total
+                })
             })
         });
         // Leave the directory closed cleanly before it is deleted.

@@ -453,15 +453,14 @@ impl Log {
         if offset >= self.next_offset() || offset < self.first_offset() {
             return Ok(None);
         }
-        // Read under the lock rather than through a cloned `Arc`: a roll or a retention pass
-        // waits for one read at most, and a read saves two atomic updates.
-        let segments = self.segments();
-        let Some(i) = segments.partition_point(|s| s.base() <= offset).checked_sub(1) else { return Ok(None) };
-        match segments[i].read(offset) {
-            Ok(record) => Ok(Some(record)),
+        // Through a cloned `Arc`, not under the lock: the first read of a sealed segment maps
+        // its files and may rebuild its index, and a roll must not wait for that.
+        match self.segment_for(offset).map(|segment| segment.read(offset)) {
+            Some(Ok(record)) => Ok(Some(record)),
             // Retention deleted the segment between the check above and the read.
-            Err(_) if offset < self.first_offset() => Ok(None),
-            Err(e) => Err(e),
+            Some(Err(_)) if offset < self.first_offset() => Ok(None),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
         }
     }
 

@@ -11,40 +11,9 @@
 
 mod common;
 
-use common::{TempDir, file_header, written};
+use common::{TempDir, file_header, steered_records, written};
 use libfuzzer_sys::fuzz_target;
 use segq::{Options, Queue, SyncPolicy};
-
-/// Records with valid CRCs steered by `body`: each control byte gives a payload length,
-/// the batch flag, a skipped or repeated offset, or raw bytes in place of a record.
-fn records(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut offset = 0u64;
-    let mut rest = body;
-    while let Some((&c, tail)) = rest.split_first() {
-        let len = usize::from(c & 0x1f).min(tail.len());
-        let (payload, tail) = tail.split_at(len);
-        rest = tail;
-        if c & 0xc0 == 0xc0 {
-            out.extend_from_slice(payload);
-            continue;
-        }
-        let mut frame = vec![0u8; 4];
-        frame.extend_from_slice(&(len as u32 | if c & 0x20 != 0 { 0x8000_0000 } else { 0 }).to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&u64::from(c).to_le_bytes());
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame[4..]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&frame);
-        offset = match c & 0xc0 {
-            0x40 => offset + 2,
-            0x80 => offset.saturating_sub(1),
-            _ => offset + 1,
-        };
-    }
-    out
-}
 
 fuzz_target!(|data: &[u8]| {
     // control | claimed record count | index length | index entries | segment body
@@ -53,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
     let index_len = usize::from(*index_len).min(rest.len());
     let (index_body, body) = rest.split_at(index_len);
     let mut segment = file_header(b"SEGQLOG\0", 0);
-    segment.extend_from_slice(&if control & 1 == 0 { records(body) } else { body.to_vec() });
+    segment.extend_from_slice(&if control & 1 == 0 { steered_records(body, 0, true) } else { body.to_vec() });
 
     let dir = TempDir::new();
     let d = &dir.0;

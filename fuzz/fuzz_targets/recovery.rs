@@ -20,35 +20,9 @@
 
 mod common;
 
-use common::{TempDir, file_header, written};
+use common::{TempDir, file_header, steered_records, written};
 use libfuzzer_sys::fuzz_target;
 use segq::{Options, Queue, SyncPolicy};
-
-/// Records with valid CRCs steered by `body` (as in the record_decoder target), from `base`.
-fn records(body: &[u8], base: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut offset = base;
-    let mut rest = body;
-    while let Some((&c, tail)) = rest.split_first() {
-        let len = usize::from(c & 0x1f).min(tail.len());
-        let (payload, tail) = tail.split_at(len);
-        rest = tail;
-        if c & 0xc0 == 0xc0 {
-            out.extend_from_slice(payload);
-            continue;
-        }
-        let mut frame = vec![0u8; 4];
-        frame.extend_from_slice(&(len as u32 | if c & 0x20 != 0 { 0x8000_0000 } else { 0 }).to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&u64::from(c).to_le_bytes());
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame[4..]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&frame);
-        offset = if c & 0xc0 == 0x40 { offset + 2 } else { offset + 1 };
-    }
-    out
-}
 
 /// A checkpoint slot with a valid CRC.
 fn slot(base: u64, position: u64, next: u64, clean: bool) -> [u8; 64] {
@@ -110,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
     let [control, base, p0, p1, _, _, x0, x1, body @ ..] = data else { return };
     let base = u64::from(*base) * 7;
     let mut segment = if control & 1 == 0 { file_header(b"SEGQLOG\0", base) } else { Vec::new() };
-    segment.extend_from_slice(&if control & 2 == 0 { records(body, base) } else { body.to_vec() });
+    segment.extend_from_slice(&if control & 2 == 0 { steered_records(body, base, false) } else { body.to_vec() });
     let dir = TempDir::new();
     let d = &dir.0;
     std::fs::write(d.join(format!("{base:020}.log")), &segment).unwrap();

@@ -7,51 +7,18 @@
 
 #![no_main]
 
+mod common;
+
 use std::path::Path;
 
+use common::{file_header, steered_records};
 use libfuzzer_sys::fuzz_target;
 use segq::inspect::{SegmentReader, judge_end};
 
 /// A valid segment header for base 0, so that most inputs reach the record parser.
 fn with_header(body: &[u8]) -> Vec<u8> {
-    let mut h = Vec::from(*b"SEGQLOG\0");
-    h.extend_from_slice(&1u32.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(&0u64.to_le_bytes());
-    let crc = crc32fast::hash(&h);
-    h.extend_from_slice(&crc.to_le_bytes());
-    h.extend_from_slice(&[0; 4]);
-    h.extend_from_slice(body);
-    h
-}
-
-/// Well-formed records (so that checksums pass and the batch and offset logic is reached)
-/// steered by `body`: each control byte gives a payload length, the batch flag, a skipped
-/// offset, or raw bytes in place of a record.
-fn records(body: &[u8]) -> Vec<u8> {
-    let mut out = with_header(&[]);
-    let mut offset = 0u64;
-    let mut rest = body;
-    while let Some((&c, tail)) = rest.split_first() {
-        let len = usize::from(c & 0x1f).min(tail.len());
-        let (payload, tail) = tail.split_at(len);
-        rest = tail;
-        if c & 0xc0 == 0xc0 {
-            out.extend_from_slice(payload); // garbage where a record should be
-            continue;
-        }
-        let mut frame = Vec::with_capacity(24 + len);
-        let len_flags = len as u32 | if c & 0x20 != 0 { 0x8000_0000 } else { 0 };
-        frame.extend_from_slice(&[0; 4]);
-        frame.extend_from_slice(&len_flags.to_le_bytes());
-        frame.extend_from_slice(&offset.to_le_bytes());
-        frame.extend_from_slice(&u64::from(c).to_le_bytes());
-        frame.extend_from_slice(payload);
-        let crc = crc32fast::hash(&frame[4..]);
-        frame[..4].copy_from_slice(&crc.to_le_bytes());
-        out.extend_from_slice(&frame);
-        offset += if c & 0xc0 == 0x40 { 2 } else { 1 };
-    }
+    let mut out = file_header(b"SEGQLOG\0", 0);
+    out.extend_from_slice(body);
     out
 }
 
@@ -77,5 +44,5 @@ fuzz_target!(|data: &[u8]| {
     let active = control & 0x80 != 0;
     walk(body.to_vec(), chunk, active);
     walk(with_header(body), chunk, active);
-    walk(records(body), chunk, active);
+    walk(with_header(&steered_records(body, 0, false)), chunk, active);
 });

@@ -80,22 +80,22 @@ pub(crate) fn guess_position(entries: &[u8], rel: u64) -> Option<usize> {
 
 /// How many of `entries` (ordered) have a position below `pos`.
 pub(crate) fn count_below(entries: &[u8], pos: usize) -> usize {
-    let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        if (entry(entries, mid).1 as usize) < pos { lo = mid + 1 } else { hi = mid }
-    }
-    lo
+    partition_point(entries, |(_, at)| (at as usize) < pos)
 }
 
 /// The last entry whose position is at or before `pos`.
 pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)> {
+    partition_point(entries, |(_, at)| at as usize <= pos).checked_sub(1).map(|i| entry(entries, i))
+}
+
+/// How many entries from the first satisfy `holds`, which holds for a prefix of them.
+fn partition_point(entries: &[u8], holds: impl Fn((u32, u32)) -> bool) -> usize {
     let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        if entry(entries, mid).1 as usize <= pos { lo = mid + 1 } else { hi = mid }
+        if holds(entry(entries, mid)) { lo = mid + 1 } else { hi = mid }
     }
-    lo.checked_sub(1).map(|i| entry(entries, i))
+    lo
 }
 
 /// The index file of the active segment as the last run left it, mapped read-only: read
