@@ -54,7 +54,9 @@ pub(crate) fn floor(entries: &[u8], rel: u64) -> Option<(u32, u32)> {
             }
             // first <= rel < last, so the guess falls in lo..hi - 1; probe it and the entry
             // after it, which usually share a cache line.
-            let guess = lo + ((rel - first) as u128 * (hi - 1 - lo) as u128 / (last - first) as u128) as usize;
+            // Keys are u32 and entries fewer than 2^32 / ENTRY_LEN, so the product fits a u64
+            // (a u128 division is a slow library call).
+            let guess = lo + ((rel - first) * (hi - 1 - lo) as u64 / (last - first)) as usize;
             if key(guess) > rel {
                 hi = guess;
                 continue;

@@ -138,8 +138,9 @@ impl Segment {
     /// Reads the record with this offset, which the caller knows belongs to this segment.
     pub fn read(&self, offset: u64) -> Result<Record> {
         let data = self.data()?;
-        let (start_offset, start) = self.scan_start(data.readable(), offset)?;
-        let frame = self.find(data.readable(), start, start_offset, offset)?;
+        let bytes = data.readable();
+        let (start_offset, start) = self.scan_start(bytes, offset)?;
+        let frame = self.find(bytes, start, start_offset, offset)?;
         Ok(Record::new(data.clone(), frame))
     }
 
