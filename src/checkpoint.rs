@@ -4,15 +4,18 @@
 //! Two slots of 64 bytes, each `magic: [u8; 8] | version: u32 | flags: u32 | segment_base:
 //! u64 | position: u64 | next_offset: u64 | crc: u32 | zero padding`, with `crc` the CRC-32
 //! of the 40 bytes before it:
-//! - slot A (byte 0) is written and synced at open (flags 0) and at a clean close
-//!   (flags `CLEAN`);
-//! - slot B (byte 512, another sector) is written after syncs of the log, and synced itself
-//!   when a segment is created and at most once a second: it may lag behind, but it never
-//!   claims more than what was synced.
+//! - both slots are written and synced (flags 0) at open, and when a segment is sealed:
+//!   then they name the start of its successor;
+//! - slot A (byte 0) is also written and synced at a clean close (flags `CLEAN`);
+//! - slot B (byte 512, another sector) is also written after syncs of the log, and synced
+//!   itself at most once a second: it may lag behind, but it never claims more than what
+//!   was synced.
 //!
 //! Any valid slot naming the newest segment is a position below which that segment's data
 //! was synced; recovery scans from the highest such position. Slot A with `CLEAN` says the
-//! data ends exactly there, so nothing is scanned.
+//! data ends exactly there, so nothing is scanned. A slot names the newest segment only
+//! once the segment before it is sealed, as seals run in the background: if none does,
+//! recovery checks that segment too, from the highest position a slot names in it.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -117,13 +120,15 @@ impl Checkpoint {
         Ok((Checkpoint { path, file, progress: None, synced_at: Instant::now() }, a, b))
     }
 
-    /// Records where a freshly opened log ends, in both slots, durably: slot B may name a
-    /// position of data that recovery has since cut (a tail torn in a crash, or a file cut
-    /// by hand), and must never send a later recovery past records appended from here on.
-    pub fn write_opened(&mut self, mark: Mark) -> Result<()> {
+    /// Writes `mark` to both slots and waits until it is durable: where a freshly opened log
+    /// ends (slot B may name a position of data that recovery has since cut, a tail torn in
+    /// a crash or a file cut by hand, and must never send a later recovery past records
+    /// appended from here on), or where the successor of a just sealed segment starts.
+    pub fn write_both(&mut self, mark: Mark) -> Result<()> {
         let mark = Mark { clean: false, ..mark };
         crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_B)?;
         self.progress = Some((mark.segment_base, mark.position));
+        self.synced_at = Instant::now();
         self.write_durable(mark)
     }
 
@@ -133,16 +138,16 @@ impl Checkpoint {
         crate::fs::sync_file_data(&self.file, &self.path)
     }
 
-    /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when
-    /// `now` is set or a second has passed since it last was.
-    pub fn note_synced(&mut self, mark: Mark, now: bool) -> Result<()> {
+    /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when a
+    /// second has passed since it last was.
+    pub fn note_synced(&mut self, mark: Mark) -> Result<()> {
         let key = (mark.segment_base, mark.position);
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
         crate::fs::write_at(&self.file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
         self.progress = Some(key);
-        if now || self.synced_at.elapsed() >= SYNC_EVERY {
+        if self.synced_at.elapsed() >= SYNC_EVERY {
             crate::fs::sync_file_data(&self.file, &self.path)?;
             self.synced_at = Instant::now();
         }
@@ -180,8 +185,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut ck, _, _) = Checkpoint::open(dir.path()).unwrap();
         let at = |position| Mark { segment_base: 0, position, next_offset: position, clean: false };
-        ck.note_synced(at(200), false).unwrap();
-        ck.note_synced(at(100), true).unwrap();
+        ck.note_synced(at(200)).unwrap();
+        ck.note_synced(at(100)).unwrap();
         let (_, _, b) = Checkpoint::open(dir.path()).unwrap();
         assert_eq!(b, Some(at(200)));
     }

@@ -57,6 +57,7 @@ mod options;
 mod prefault;
 mod queue;
 mod record;
+mod sealer;
 mod segment;
 mod sync;
 

@@ -13,6 +13,7 @@ use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
 use crate::prefault;
 use crate::record::{self, Record, now_ms};
+use crate::sealer::Sealer;
 use crate::segment::header::FILE_HEADER_LEN;
 use crate::segment::{self, Active, Segment};
 use crate::sync::GroupCommit;
@@ -50,8 +51,9 @@ pub struct Recovery {
     pub clean: bool,
     /// Bytes of records checked at open (those after the last known synced position).
     pub scanned_bytes: u64,
-    /// Position in the newest segment where a damaged (torn) unsynced tail was cut; `None`
-    /// when the data simply ended.
+    /// Position in the newest segment kept where a damaged (torn) unsynced tail was cut, or
+    /// where its data ended before the next segment's first offset (that segment, whose
+    /// records would follow a gap, is then deleted); `None` when the data simply ended.
     pub truncated_at: Option<u64>,
     /// What was wrong at the cut.
     pub damage: Option<String>,
@@ -69,16 +71,18 @@ pub(crate) struct Log {
     /// Records below this offset are readable (published after their bytes).
     next_offset: AtomicU64,
     commit: GroupCommit,
-    checkpoint: Mutex<Checkpoint>,
+    checkpoint: Arc<Mutex<Checkpoint>>,
     /// Set by the first failed sync: writes are refused from then on.
-    poisoned: OnceLock<String>,
+    poisoned: Arc<OnceLock<String>>,
     recovery: Recovery,
     /// Wakes consumers waiting for records.
     pub(crate) notify: Notify,
     /// Requests to the thread that faults in pages ahead of the writer.
     prefault: Option<Sender<prefault::Job>>,
     /// Set when a segment is sealed, so the queue knows to enforce retention.
-    rolled: AtomicBool,
+    rolled: Arc<AtomicBool>,
+    /// Seals rolled segments in the background.
+    sealer: Sealer,
     /// One retention pass at a time.
     retention: Mutex<()>,
     /// Mirrors `Writer::closed` for readers, who should not take the writer's lock.
@@ -173,29 +177,53 @@ impl Log {
         }
         let (segments, active, next_offset) = match bases.split_last() {
             None => (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0),
-            Some((&last, sealed)) => {
-                let mut segments = Vec::with_capacity(bases.len());
-                for (i, &base) in sealed.iter().enumerate() {
-                    segments.push(Segment::sealed(dir, base, bases[i + 1], interval, files[i].1));
+            Some((&last, _)) => {
+                let marks = [slot_a, slot_b].into_iter().flatten();
+                let names = |base: u64| move |m: &Mark| m.segment_base == base && m.next_offset >= base;
+                let clean = slot_a.filter(|m| m.clean && names(last)(m));
+                let mut files = files;
+                let mut kept = None;
+                // Marks name the newest segment only once the one before it is sealed, and
+                // name that one from its creation on. If they name neither, the checkpoint
+                // was damaged or lost: the segments are trusted as sealed, as reads check them.
+                let prev = files.len().wrapping_sub(2);
+                let named = |base: u64| marks.clone().any(|m| names(base)(&m));
+                if clean.is_none() && files.len() >= 2 && !named(last) && named(files[prev].0) {
+                    let trusted = marks.clone().filter(names(files[prev].0)).max_by_key(|m| m.position);
+                    let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
+                    match finish_seal(dir, &opts, files[prev].0, last, trusted, &mut recovery)? {
+                        Unsealed::Sealed(Some(len)) => files[prev].1 = len,
+                        Unsealed::Sealed(None) => {}
+                        Unsealed::Newest(active, found) => {
+                            files.pop();
+                            kept = Some((active, found));
+                        }
+                    }
                 }
-                let in_last = |m: &Mark| m.segment_base == last && m.next_offset >= last;
-                let clean = slot_a.filter(|m| m.clean && in_last(m));
-                let trusted =
-                    clean.or_else(|| [slot_a, slot_b].into_iter().flatten().filter(in_last).max_by_key(|m| m.position));
-                let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
-                let (active, found) = Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
+                let (active, found) = match kept {
+                    Some(kept) => kept,
+                    None => {
+                        let trusted = clean.or_else(|| marks.filter(names(last)).max_by_key(|m| m.position));
+                        let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
+                        let (active, found) =
+                            Active::recover(dir, last, min_capacity, interval, trusted, clean.is_some())?;
+                        if let Some((at, damage)) = &found.cut {
+                            recovery.truncated_at = Some(*at);
+                            recovery.damage = Some(damage.to_string());
+                        }
+                        (active, found)
+                    }
+                };
                 recovery.clean = found.clean;
-                recovery.scanned_bytes = found.scanned_bytes;
-                if let Some((at, damage)) = found.cut {
-                    recovery.truncated_at = Some(at);
-                    recovery.damage = Some(damage.to_string());
-                }
+                recovery.scanned_bytes += found.scanned_bytes;
+                let segments =
+                    files.windows(2).map(|w| Segment::sealed(dir, w[0].0, w[1].0, interval, w[0].1)).collect();
                 (segments, active, found.next_offset)
             }
         };
         let first_offset = segments.first().map_or(active.segment().base(), |s| s.base());
         // Until the next clean close, a crash must not be mistaken for one.
-        checkpoint.write_opened(Mark {
+        checkpoint.write_both(Mark {
             segment_base: active.segment().base(),
             position: active.position() as u64,
             next_offset,
@@ -214,12 +242,13 @@ impl Log {
             first_offset: AtomicU64::new(first_offset),
             next_offset: AtomicU64::new(next_offset),
             commit: GroupCommit::new(next_offset),
-            checkpoint: Mutex::new(checkpoint),
-            poisoned: OnceLock::new(),
+            checkpoint: Arc::new(Mutex::new(checkpoint)),
+            poisoned: Arc::new(OnceLock::new()),
             recovery,
             notify: Notify::default(),
             prefault,
-            rolled: AtomicBool::new(false),
+            rolled: Arc::new(AtomicBool::new(false)),
+            sealer: Sealer::start(),
             retention: Mutex::new(()),
             closed: AtomicBool::new(false),
         })
@@ -327,23 +356,65 @@ impl Log {
                 w.active = Some(bigger);
             }
             active => {
-                if let Some(active) = active {
-                    if let Err(e) = active.seal(next) {
-                        self.poison(&e);
+                // Recovery checks at most the segment before the newest: one seal at a time.
+                self.sealer.wait();
+                if let Some(err) = self.poisoned_error() {
+                    w.active = active;
+                    return Err(err);
+                }
+                if let Some(active) = &active {
+                    active.end_at(next);
+                }
+                let mut created = match Active::create(&self.dir, next, capacity, interval) {
+                    Ok(created) => created,
+                    Err(e) => {
+                        // No successor to append to: seal now; the next append tries again.
+                        if let Some(active) = active {
+                            if let Err(e) = active.seal(next) {
+                                self.poison(&e);
+                                return Err(e);
+                            }
+                            self.rolled.store(true, Ordering::Release);
+                        }
                         return Err(e);
                     }
-                    self.rolled.store(true, Ordering::Release);
-                }
-                let mut created = Active::create(&self.dir, next, capacity, interval)?;
+                };
                 created.prefault_with(self.prefault.clone());
                 self.segments.write().unwrap_or_else(|e| e.into_inner()).push(created.segment().clone());
                 let mark =
                     Mark { segment_base: next, position: FILE_HEADER_LEN as u64, next_offset: next, clean: false };
-                self.note_synced(mark, true);
+                match active {
+                    Some(active) => self.seal_in_background(active, next, mark),
+                    None => {
+                        if let Err(e) = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark) {
+                            self.poison(&e);
+                        }
+                    }
+                }
                 w.active = Some(created);
             }
         }
         Ok(w.active.as_mut().expect("set above"))
+    }
+
+    /// Hands `active`, whose records end at `end_offset`, to the sealer. Once it is sealed,
+    /// `mark` (the start of its successor) goes to both checkpoint slots: recovery then
+    /// trusts the sealed segment. If either fails, the log is poisoned: a later sync must not
+    /// make records of the successor durable while recovery could still think the sealed
+    /// segment unfinished, and delete the successor.
+    fn seal_in_background(&self, active: Active, end_offset: u64, mark: Mark) {
+        let (checkpoint, poisoned, rolled) = (self.checkpoint.clone(), self.poisoned.clone(), self.rolled.clone());
+        self.sealer.seal(Box::new(move || {
+            let sealed = active
+                .seal(end_offset)
+                .and_then(|()| checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark));
+            match sealed {
+                Ok(()) => rolled.store(true, Ordering::Release),
+                Err(e) => {
+                    let _ = poisoned.set(e.to_string());
+                }
+            }
+        }));
     }
 
     /// Returns once every record below `target` is durable.
@@ -356,12 +427,21 @@ impl Log {
 
     /// Syncs everything appended so far; returns the offset it covered up to.
     fn sync_now(&self) -> Result<u64> {
-        let (segment, end, next) = {
+        let (segment, end, next) = loop {
+            // Records of a segment being sealed are durable once its seal is done.
+            self.sealer.wait();
+            if let Some(err) = self.poisoned_error() {
+                return Err(err);
+            }
             let w = self.writer();
+            if self.sealer.is_sealing() {
+                continue; // a roll started another seal meanwhile
+            }
             let next = self.next_offset.load(Ordering::Relaxed);
             match &w.active {
-                Some(active) => (active.segment().clone(), active.position(), next),
-                // Sealed segments were synced when sealed.
+                Some(active) => break (active.segment().clone(), active.position(), next),
+                // The newest segment was sealed (and so synced) when its successor could not
+                // be created.
                 None => return Ok(next),
             }
         };
@@ -370,15 +450,15 @@ impl Log {
             return Err(e);
         }
         let mark = Mark { segment_base: segment.base(), position: end as u64, next_offset: next, clean: false };
-        self.note_synced(mark, false);
+        self.note_synced(mark);
         Ok(next)
     }
 
-    /// Records in the checkpoint that the log is synced up to `mark`, durably if `now`.
+    /// Records in the checkpoint that the log is synced up to `mark`.
     /// A hint that shortens the next recovery: the data is durable whether or not this
     /// write succeeds, so its errors are not reported.
-    fn note_synced(&self, mark: Mark, now: bool) {
-        let _ = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).note_synced(mark, now);
+    fn note_synced(&self, mark: Mark) {
+        let _ = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).note_synced(mark);
     }
 
     /// Makes everything appended so far durable.
@@ -401,12 +481,12 @@ impl Log {
             return Ok(());
         }
         self.closed.store(true, Ordering::Release);
-        if let Some(err) = self.poisoned_error() {
-            w.closed = true;
-            return Err(err);
-        }
         // Whatever happens below, this handle writes nothing more.
         w.closed = true;
+        self.sealer.wait();
+        if let Some(err) = self.poisoned_error() {
+            return Err(err);
+        }
         let next = self.next_offset.load(Ordering::Relaxed);
         let mark = match &w.active {
             Some(active) => {
@@ -435,6 +515,8 @@ impl Log {
     pub fn abandon(&self) {
         self.writer().closed = true;
         self.closed.store(true, Ordering::Release);
+        // The sealer must leave the files alone once the directory can be opened again.
+        self.sealer.wait();
     }
 
     pub fn is_closed(&self) -> bool {
@@ -462,6 +544,11 @@ impl Log {
             Some(Err(e)) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// Returns once the segment rolled last is sealed.
+    pub fn wait_for_seal(&self) {
+        self.sealer.wait();
     }
 
     /// Whether a segment was sealed since the last call.
@@ -492,7 +579,8 @@ impl Log {
         loop {
             let (oldest, total) = {
                 let segments = self.segments();
-                if segments.len() < 2 {
+                // The segment before the newest may still be sealing: it stays until it is sealed.
+                if segments.len() < 2 || (segments.len() == 2 && self.sealer.is_sealing()) {
                     break;
                 }
                 (segments[0].clone(), segments.iter().map(|s| s.bytes()).sum())
@@ -515,6 +603,68 @@ impl Log {
         report.first_offset = self.first_offset();
         Ok(report)
     }
+}
+
+/// What became of a segment that may not have been sealed when the log stopped.
+enum Unsealed {
+    /// It is sealed now, and holds this many bytes (`None`: its header is damaged, and reads
+    /// report it as for any sealed segment).
+    Sealed(Option<u64>),
+    /// Its records end before the next segment starts, which was deleted: it is the newest.
+    Newest(Active, segment::Recovered),
+}
+
+/// Finishes the seal of segment `base`, the one before the newest (`next`), when no
+/// checkpoint mark says it was sealed: its records from `trusted` on are checked as for a
+/// crashed active segment. If they reach `next`, it is sealed. If not, its tail was lost
+/// with the crash, and the records of the newest segment would follow a gap: that segment
+/// is deleted. What was cut is noted in `recovery`.
+fn finish_seal(
+    dir: &Path,
+    opts: &Options,
+    base: u64,
+    next: u64,
+    trusted: Option<(usize, u64)>,
+    recovery: &mut Recovery,
+) -> Result<Unsealed> {
+    let capacity = opts.segment_bytes as usize;
+    let (active, found) = match Active::recover(dir, base, capacity, opts.index_interval_bytes, trusted, false) {
+        Ok(recovered) => recovered,
+        Err(Error::Corrupt { .. }) => return Ok(Unsealed::Sealed(None)),
+        Err(e) => return Err(e),
+    };
+    if found.next_offset >= next {
+        recovery.scanned_bytes += found.scanned_bytes;
+        let len = active.position() as u64;
+        active.seal(next)?;
+        return Ok(Unsealed::Sealed(Some(len)));
+    }
+    // Only a segment created by a roll is deleted: not a file that merely has a segment's name.
+    let newest = dir.join(segment::log_name(next));
+    let mut head = [0u8; FILE_HEADER_LEN];
+    let read = fs::File::open(&newest).and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0));
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(Error::corrupt(&newest, 0, CorruptKind::Truncated));
+        }
+        read => read.at(&newest)?,
+    }
+    segment::header::check(&head, segment::header::LOG_MAGIC, next).map_err(|kind| Error::corrupt(&newest, 0, kind))?;
+    for name in [segment::log_name(next), segment::index_name(next)] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
+        }
+    }
+    sync_dir(dir)?;
+    let (at, what) = match &found.cut {
+        Some((at, damage)) => (*at, damage.to_string()),
+        None => (active.position() as u64, CorruptKind::Gap { from: found.next_offset, to: next }.to_string()),
+    };
+    recovery.truncated_at = Some(at);
+    recovery.damage = Some(format!("{what}; the segment starting at offset {next} followed it and was deleted"));
+    Ok(Unsealed::Newest(active, found))
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted

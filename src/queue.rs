@@ -182,14 +182,14 @@ impl Queue {
         if self.log.options().has_retention() && self.log.take_rolled() {
             // The append itself succeeded; a failed pass is retried at the next roll, and
             // `enforce_retention` reports its errors to callers who want them.
-            let _ = self.enforce_retention();
+            let _ = self.retain();
         }
     }
 
     /// Deletes the sealed segments that the retention options let go (see
     /// [`Options::retain_bytes`], [`Options::retain_age`], [`Options::retain_until_consumed`]),
     /// oldest first, and moves consumer groups that fell behind up to the new first offset.
-    /// Runs by itself whenever a segment is sealed.
+    /// Runs by itself whenever a segment is sealed; a call waits for a seal in progress.
     ///
     /// Records already read stay valid after their segment is deleted.
     ///
@@ -219,6 +219,12 @@ impl Queue {
     /// The passes that run by themselves drop their errors, so retention stops until the
     /// cause is fixed: call this to see why.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
+        self.log.wait_for_seal();
+        self.retain()
+    }
+
+    /// One retention pass; a segment still being sealed is kept.
+    fn retain(&self) -> Result<RetentionReport> {
         if self.log.is_closed() {
             return Err(Error::Closed);
         }

@@ -11,6 +11,11 @@
 //! active index, which are never synced on their own, are dropped or damaged too, and the
 //! group journal is treated like the log past its synced point.
 //!
+//! Seals run in the background, and a power loss can stop one: when nothing in the newest
+//! segment is durable yet (every sync waits for the seal before), some copies are put back
+//! to that moment. The segment before the newest is then preallocated again, its data past
+//! its synced point is lost like the newest segment's, and the checkpoint names only it.
+//!
 //! Then: the copy opens; every durable record is intact; offsets are contiguous and every
 //! record is one that was appended at that offset; no batch is kept in part; a record whose
 //! ack was synced is never delivered again and attempt counts never go below their synced
@@ -28,7 +33,8 @@ use std::time::Duration;
 
 use common::{
     CHECKPOINT_SLOT_B, FILE_HEADER_LEN, JOURNAL_ENTRY_LEN, Rng, check_tagged_log, checkpoint_slot, copy_tree,
-    journal_entries, latest_snapshot_generation, record_spans, segment_base, segment_files, tagged, test_seed, untag,
+    journal_entries, latest_snapshot_generation, put_checkpoint_slot, record_spans, segment_base, segment_files,
+    tagged, test_seed, untag,
 };
 use segq::{Group, GroupOptions, Options, Queue, SyncPolicy};
 
@@ -88,6 +94,8 @@ static COPIES: AtomicU64 = AtomicU64::new(0);
 static LOSSY_COPIES: AtomicU64 = AtomicU64::new(0);
 static RECORDS_LOST: AtomicU64 = AtomicU64::new(0);
 static REDELIVERIES: AtomicU64 = AtomicU64::new(0);
+static UNFINISHED_SEALS: AtomicU64 = AtomicU64::new(0);
+static SEGMENTS_DROPPED: AtomicU64 = AtomicU64::new(0);
 
 fn group_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("groups").join(GROUP)
@@ -236,6 +244,11 @@ fn lose(bytes: &mut Vec<u8>, from: usize, rng: &mut Rng, allow_cut: bool) -> Str
 /// description of what it did.
 fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
     let mut what = Vec::new();
+    let files = segment_files(dir);
+    if files.len() >= 2 && m.durable <= segment_base(&files[files.len() - 1]) && rng.chance(40) {
+        what.push(unfinished_seal(dir, &files[files.len() - 2], m, rng));
+        UNFINISHED_SEALS.fetch_add(1, Ordering::Relaxed);
+    }
     let active = segment_files(dir).pop().unwrap();
     let base = segment_base(&active);
     let mut bytes = std::fs::read(&active).unwrap();
@@ -299,6 +312,35 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
     what.join("; ")
 }
 
+/// Puts `prev`, the segment before the newest, back to a moment in its seal: preallocated
+/// again, its data lost past its synced point, its index never synced, and the checkpoint
+/// naming it (at that point) but not the newest segment.
+fn unfinished_seal(dir: &Path, prev: &Path, m: &Model, rng: &mut Rng) -> String {
+    let base = segment_base(prev);
+    let mut bytes = std::fs::read(prev).unwrap();
+    let spans = record_spans(&bytes);
+    let durable = m.durable.max(base);
+    let synced = match durable - base {
+        0 => FILE_HEADER_LEN,
+        k => spans.get(k as usize).map_or_else(|| spans.last().unwrap().end, |s| s.start),
+    };
+    let mut checkpoint = vec![0u8; CHECKPOINT_SLOT_B + 64];
+    put_checkpoint_slot(&mut checkpoint, 0, base, synced as u64, durable, false);
+    if rng.chance(50) {
+        put_checkpoint_slot(&mut checkpoint, CHECKPOINT_SLOT_B, base, synced as u64, durable, false);
+    }
+    std::fs::write(dir.join("checkpoint"), &checkpoint).unwrap();
+    bytes.resize(bytes.len().max(16 << 10), 0);
+    // Its blocks were reserved when it was created: a power loss cannot shorten it.
+    let lost = lose(&mut bytes, synced, rng, false);
+    std::fs::write(prev, &bytes).unwrap();
+    let index = prev.with_extension("index");
+    if index.exists() && rng.chance(50) {
+        std::fs::remove_file(&index).unwrap();
+    }
+    format!("seal of {} unfinished: {lost}", prev.display())
+}
+
 /// Opens a damaged copy and checks every promise; drains the group, then checks that it
 /// delivers new records.
 fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
@@ -314,6 +356,8 @@ fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
         return Err(format!("the log has {next} records, only {} were appended", m.seeds.len()));
     }
     COPIES.fetch_add(1, Ordering::Relaxed);
+    let dropped = q.recovery().damage.as_deref().is_some_and(|d| d.contains("was deleted"));
+    SEGMENTS_DROPPED.fetch_add(u64::from(dropped), Ordering::Relaxed);
     let lost = m.seeds.len() as u64 - next;
     LOSSY_COPIES.fetch_add(u64::from(lost > 0), Ordering::Relaxed);
     RECORDS_LOST.fetch_add(lost, Ordering::Relaxed);
@@ -421,10 +465,14 @@ fn unsynced_data_lost_in_every_way_keeps_every_promise() {
     }
     let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
-        "power loss: {cases} scenarios, {} damaged copies checked, {} lost records ({} in all), {} redeliveries",
+        "power loss: {cases} scenarios, {} damaged copies checked, {} lost records ({} in all), {} redeliveries, \
+         {} unfinished seals ({} newest segments deleted)",
         count(&COPIES),
         count(&LOSSY_COPIES),
         count(&RECORDS_LOST),
-        count(&REDELIVERIES)
+        count(&REDELIVERIES),
+        count(&UNFINISHED_SEALS),
+        count(&SEGMENTS_DROPPED)
     );
+    assert!(count(&UNFINISHED_SEALS) > 0, "no copy stopped a seal half done");
 }

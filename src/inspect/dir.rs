@@ -209,13 +209,29 @@ impl QueueDir {
     /// choose it: `(position, next offset)`. Data below it was synced; damage there is not
     /// a torn tail.
     pub fn trusted(&self) -> Option<(u64, u64)> {
-        let newest = self.newest()?;
-        let names = |s: &CheckpointSlot| s.segment_base == newest.base && s.next_offset >= newest.base;
-        let clean = self.checkpoint.slot_a.filter(|a| a.clean && names(a));
+        self.trusted_in(self.segments.len().checked_sub(1)?)
+    }
+
+    /// [`QueueDir::trusted`] for segment `i`: the highest position a checkpoint slot names
+    /// in it (for the newest segment, the clean close's if there is one).
+    pub fn trusted_in(&self, i: usize) -> Option<(u64, u64)> {
+        let seg = self.segments.get(i)?;
+        let names = |s: &CheckpointSlot| s.segment_base == seg.base && s.next_offset >= seg.base;
+        let newest = i + 1 == self.segments.len();
+        let clean = self.checkpoint.slot_a.filter(|a| newest && a.clean && names(a));
         let chosen = clean.or_else(|| self.checkpoint.slots().map(|(_, s)| s).filter(names).max_by_key(|s| s.position));
-        chosen
-            .filter(|s| (FILE_HEADER_LEN as u64..=newest.len).contains(&s.position))
-            .map(|s| (s.position, s.next_offset))
+        chosen.filter(|s| (FILE_HEADER_LEN as u64..=seg.len).contains(&s.position)).map(|s| (s.position, s.next_offset))
+    }
+
+    /// Whether segment `i` may still be written to or sealed, as recovery sees it: the
+    /// newest, and the one before it while no checkpoint slot names the newest but one
+    /// names it (segments are sealed in the background, and the slots name a segment only
+    /// once the one before it is sealed). Its end is judged like the newest one's.
+    pub fn is_unsealed(&self, i: usize) -> bool {
+        let n = self.segments.len();
+        let named = |base: u64| self.checkpoint.slots().any(|(_, s)| s.segment_base == base && s.next_offset >= base);
+        i + 1 == n
+            || (i + 2 == n && !self.is_clean() && !named(self.segments[n - 1].base) && named(self.segments[i].base))
     }
 
     /// The snapshot and journal files of group `name`.

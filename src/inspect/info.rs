@@ -66,8 +66,11 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     } else {
         "no checkpoint"
     };
+    // While the segment before the newest is being sealed, the slots name only that one.
+    let n = dir.segments.len();
+    let sealing = (n >= 2 && dir.is_unsealed(n - 2)).then(|| dir.trusted_in(n - 2)).flatten();
     let durable_offset =
-        if dir.is_clean() { next_offset } else { dir.trusted().map_or(first_offset, |(_, next)| next) };
+        if dir.is_clean() { next_offset } else { dir.trusted().or(sealing).map_or(first_offset, |(_, next)| next) };
     let stats = crate::Stats {
         segments: dir.segments.len() as u64,
         bytes_on_disk: bytes,

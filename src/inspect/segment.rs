@@ -116,6 +116,7 @@ pub(crate) fn scan_from(
 ) -> Result<SegmentReport> {
     let seg: &SegmentFile = &dir.segments[i];
     let active = i + 1 == dir.segments.len();
+    let unsealed = dir.is_unsealed(i);
     let mut report = SegmentReport {
         file: seg.path.clone(),
         base: seg.base,
@@ -150,7 +151,7 @@ pub(crate) fn scan_from(
         reader.seek(position, offset);
     }
     let mut index = match (&seg.index, check_index) {
-        (Some(path), true) => IndexCheck::open(path, seg.base, active, &mut report.findings),
+        (Some(path), true) => IndexCheck::open(path, seg.base, unsealed, &mut report.findings),
         _ => None,
     };
     let marks: Vec<(&str, CheckpointSlot)> = if check_index {
@@ -167,7 +168,7 @@ pub(crate) fn scan_from(
         }
     };
     check_boundary(FILE_HEADER_LEN as u64, seg.base);
-    let trusted = if active { dir.trusted().map_or(FILE_HEADER_LEN as u64, |(p, _)| p) } else { 0 };
+    let trusted = if unsealed { dir.trusted_in(i).map_or(FILE_HEADER_LEN as u64, |(p, _)| p) } else { 0 };
     let mut first_ts = None;
     let mut last_committed_ts = None;
     let mut reported = FILE_HEADER_LEN as u64;
@@ -189,9 +190,9 @@ pub(crate) fn scan_from(
             }
         }
         let end = reader.end().expect("the walk stopped").clone();
-        let verdict = judge(&mut reader, &end, active, trusted)?;
+        let verdict = judge(&mut reader, &end, unsealed, trusted)?;
         let suspicious = matches!(verdict.0, SegmentEnd::Damaged { .. }) || verdict.1.is_some();
-        if active && suspicious && retries < LIVE_RETRIES {
+        if unsealed && suspicious && retries < LIVE_RETRIES {
             // A writer may be writing there right now: look again in a moment.
             retries += 1;
             std::thread::sleep(LIVE_PAUSE);

@@ -448,15 +448,21 @@ impl Active {
         }
     }
 
+    /// Tells readers that the segment's records end before `end_offset`: nothing more is
+    /// written to it, though it may not be sealed yet.
+    pub fn end_at(&self, end_offset: u64) {
+        self.seg.end_offset.store(end_offset, Ordering::Release);
+    }
+
     /// Seals the segment: syncs its data, cuts the file to the data and syncs the index.
     /// `end_offset` is the first offset past it.
     pub fn seal(mut self, end_offset: u64) -> Result<()> {
+        self.end_at(end_offset);
         sync_data(&self.seg, self.pos)?;
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
         crate::fs::sync_file(&self.file, &self.seg.path)?;
         self.index.seal()?;
         self.seg.bytes.store(self.pos as u64, Ordering::Release);
-        self.seg.end_offset.store(end_offset, Ordering::Release);
         Ok(())
     }
 

@@ -133,13 +133,12 @@ fn targets(path: &Path, from: u64) -> Result<Vec<Target>, Failure> {
         let dir = QueueDir::open(path)?;
         let n = dir.segments.len();
         let start = dir.segments.iter().rposition(|s| s.base <= from).unwrap_or(0);
-        let trusted = dir.trusted().map_or(0, |t| t.0);
         return Ok((start..n)
             .map(|i| Target {
                 path: dir.segments[i].path.clone(),
                 base: Some(dir.segments[i].base),
-                active: i + 1 == n,
-                trusted: if i + 1 == n { trusted } else { 0 },
+                active: dir.is_unsealed(i),
+                trusted: if dir.is_unsealed(i) { dir.trusted_in(i).map_or(0, |t| t.0) } else { 0 },
                 dir: Some((dir.clone(), i)),
             })
             .collect());
@@ -151,8 +150,8 @@ fn targets(path: &Path, from: u64) -> Result<Vec<Target>, Failure> {
         && let Ok(dir) = QueueDir::open(parent)
         && let Some(i) = dir.segments.iter().position(|s| s.path.file_name() == path.file_name())
     {
-        let active = i + 1 == dir.segments.len();
-        let trusted = if active { dir.trusted().map_or(0, |t| t.0) } else { 0 };
+        let active = dir.is_unsealed(i);
+        let trusted = if active { dir.trusted_in(i).map_or(0, |t| t.0) } else { 0 };
         let base = Some(dir.segments[i].base);
         return Ok(vec![Target { path: path.to_path_buf(), base, active, trusted, dir: Some((dir, i)) }]);
     }

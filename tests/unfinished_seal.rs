@@ -1,0 +1,194 @@
+//! Segments are sealed in the background, so a crash can stop a seal half done: the segment
+//! before the newest is then still preallocated (zeros after its data), its tail may not
+//! have reached the disk, and the checkpoint names it but not the newest segment. Recovery
+//! checks that segment from the checkpoint's position: if its records reach the newest
+//! segment it is sealed, and if not the newest segment (whose records would follow a gap)
+//! is deleted. A checkpoint that names neither is not trusted to decide anything.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{CHECKPOINT_SLOT_B, payload, put_checkpoint_slot, record_spans, segment_base, segment_files, tiny};
+use segq::fault::{self, Fault, Point};
+use segq::{Error, Queue, SyncPolicy};
+
+const SEGMENT_BYTES: u64 = 16 << 10;
+
+/// A crashed queue of at least three segments whose seals all finished, and its records.
+fn crashed_queue() -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+    let mut n = 0;
+    while segment_files(dir.path()).len() < 3 || n < 300 {
+        q.append(&payload(n)).unwrap();
+        n += 1;
+    }
+    q.simulate_crash();
+    (dir, n)
+}
+
+/// The segment before the newest, as a crash in the middle of its seal leaves it: the file
+/// is back at its preallocated length and the checkpoint names it, at the record with
+/// offset `synced`, but not the newest segment. Returns its path and record spans.
+fn unseal_prev(dir: &Path, synced: u64) -> (PathBuf, Vec<std::ops::Range<usize>>) {
+    let files = segment_files(dir);
+    let prev = files[files.len() - 2].clone();
+    let bytes = std::fs::read(&prev).unwrap();
+    let spans = record_spans(&bytes);
+    let base = segment_base(&prev);
+    let position = spans[(synced - base) as usize].start as u64;
+    std::fs::OpenOptions::new().write(true).open(&prev).unwrap().set_len(SEGMENT_BYTES).unwrap();
+    let mut checkpoint = Vec::new();
+    put_checkpoint_slot(&mut checkpoint, 0, base, position, synced, false);
+    checkpoint.resize(CHECKPOINT_SLOT_B + 64, 0);
+    std::fs::write(dir.join("checkpoint"), &checkpoint).unwrap();
+    (prev, spans)
+}
+
+fn assert_records(q: &Queue, n: u64) {
+    assert_eq!(q.next_offset(), n);
+    let got: Vec<Vec<u8>> = q.iter_from(0).map(|r| r.unwrap().payload().to_vec()).collect();
+    assert_eq!(got.len() as u64, n);
+    for (o, p) in got.iter().enumerate() {
+        assert_eq!(*p, payload(o as u64), "record {o}");
+    }
+}
+
+fn damage_findings(dir: &Path) -> Vec<String> {
+    let qd = segq::inspect::QueueDir::open(dir).unwrap();
+    let report = segq::inspect::verify(&qd, &|_| {}).unwrap();
+    report.findings.iter().filter(|f| f.severity == segq::inspect::Severity::Damage).map(|f| f.to_string()).collect()
+}
+
+#[test]
+fn a_segment_whose_tail_reached_the_disk_is_sealed_and_nothing_is_lost() {
+    let (dir, n) = crashed_queue();
+    let files = segment_files(dir.path());
+    let (prev_base, newest) = (segment_base(&files[files.len() - 2]), files.last().unwrap().clone());
+    let (prev, spans) = unseal_prev(dir.path(), prev_base + 1);
+    assert_eq!(damage_findings(dir.path()), Vec::<String>::new(), "an unfinished seal is not damage");
+    let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(info.stats.durable_offset, prev_base + 1);
+
+    let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+    assert!(q.recovery().scanned_bytes > 0);
+    assert_eq!(q.recovery().truncated_at, None);
+    assert_records(&q, n);
+    // Sealed now: cut to its data, and the newest segment kept.
+    assert_eq!(std::fs::metadata(&prev).unwrap().len(), spans.last().unwrap().end as u64);
+    assert!(newest.exists());
+    q.append(b"after").unwrap();
+    q.close().unwrap();
+    assert_eq!(damage_findings(dir.path()), Vec::<String>::new());
+    let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.next_offset(), n + 1);
+}
+
+#[test]
+fn a_segment_whose_tail_was_lost_ends_the_log_and_the_newest_segment_goes() {
+    for torn in [false, true] {
+        let (dir, _) = crashed_queue();
+        let files = segment_files(dir.path());
+        let (prev_base, newest) = (segment_base(&files[files.len() - 2]), files.last().unwrap().clone());
+        let (prev, spans) = unseal_prev(dir.path(), prev_base + 1);
+        // The records from `kept` on never reached the disk (or the first of them only in part).
+        let kept = prev_base + spans.len() as u64 - 3;
+        let from = spans[(kept - prev_base) as usize].start;
+        let mut bytes = std::fs::read(&prev).unwrap();
+        bytes[from..].fill(0);
+        if torn {
+            bytes[from..from + 24].fill(0xAB);
+        }
+        std::fs::write(&prev, &bytes).unwrap();
+
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+        let found = q.recovery().clone();
+        assert_eq!(found.truncated_at, Some(from as u64), "{found:?}");
+        assert!(found.damage.as_deref().is_some_and(|d| d.contains("deleted")), "{found:?}");
+        assert!(!newest.exists(), "the newest segment followed a gap");
+        assert_records(&q, kept);
+        assert_eq!(q.append(b"next").unwrap(), kept);
+        q.close().unwrap();
+        assert_eq!(damage_findings(dir.path()), Vec::<String>::new());
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+        assert_eq!(q.next_offset(), kept + 1);
+    }
+}
+
+#[test]
+fn a_checkpoint_that_names_neither_segment_decides_nothing() {
+    let (dir, n) = crashed_queue();
+    let files = segment_files(dir.path());
+    let (prev, _) = unseal_prev(dir.path(), segment_base(&files[files.len() - 2]));
+    // Slots naming an older segment, or no valid slot at all: the queue's history is
+    // unknown, so the segments are trusted as sealed (reads check every record).
+    for checkpoint in [None, Some(segment_base(&files[0]))] {
+        let mut bytes = vec![0u8; CHECKPOINT_SLOT_B + 64];
+        if let Some(base) = checkpoint {
+            put_checkpoint_slot(&mut bytes, 0, base, 32, base, false);
+        }
+        std::fs::write(dir.path().join("checkpoint"), &bytes).unwrap();
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+        assert_records(&q, n);
+        assert_eq!(segment_files(dir.path()), files);
+        assert_eq!(std::fs::metadata(&prev).unwrap().len(), SEGMENT_BYTES, "left as it was");
+        q.simulate_crash();
+    }
+}
+
+#[test]
+fn a_newest_file_that_is_not_a_segment_is_refused_not_deleted() {
+    let (dir, _) = crashed_queue();
+    let files = segment_files(dir.path());
+    let newest = files.last().unwrap().clone();
+    let (prev, spans) = unseal_prev(dir.path(), segment_base(&files[files.len() - 2]));
+    let mut bytes = std::fs::read(&prev).unwrap();
+    bytes[spans[1].start..].fill(0);
+    std::fs::write(&prev, &bytes).unwrap();
+    std::fs::write(&newest, b"not a segment at all, but named like one").unwrap();
+    let err = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&newest.file_name().unwrap().to_string_lossy().to_string()), "{err}");
+    assert!(newest.exists());
+}
+
+/// A seal that fails in the background poisons the queue: the next flush reports it, and
+/// everything flushed before survives a reopen. Tried with the fault at each of the first
+/// syncs after the flush, so that it hits file creation, the seal and the checkpoint.
+#[test]
+fn a_failed_background_seal_poisons_the_queue() {
+    let mut poisoned = 0;
+    for after in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), tiny(4096)).unwrap();
+        for i in 0..20 {
+            q.append(&payload(i)).unwrap();
+        }
+        q.flush().unwrap();
+        fault::inject(Fault::new(dir.path(), Point::Sync).after(after).times(1));
+        let mut appended = 20;
+        for i in 20..120 {
+            match q.append(&payload(i)) {
+                Ok(_) => appended = i + 1,
+                Err(_) => break,
+            }
+        }
+        let flushed = q.flush();
+        fault::clear(dir.path());
+        if matches!(flushed, Err(Error::Poisoned(_))) {
+            poisoned += 1;
+            assert!(matches!(q.append(b"more"), Err(Error::Poisoned(_))));
+        }
+        drop(q);
+        let q = Queue::open(dir.path(), tiny(4096).sync(SyncPolicy::Always)).unwrap();
+        let durable = if flushed.is_ok() { appended } else { 20 };
+        assert!(q.next_offset() >= durable, "after {after}: {} < {durable}", q.next_offset());
+        for o in 0..q.next_offset() {
+            assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o), "after {after}: record {o}");
+        }
+        assert_eq!(q.append(b"after reopen").unwrap(), q.next_offset() - 1);
+    }
+    assert!(poisoned > 0, "no fault hit a seal");
+}
