@@ -15,7 +15,7 @@ use crate::prefault;
 use crate::record::{self, Record, now_ms};
 use crate::sealer::Sealer;
 use crate::segment::header::FILE_HEADER_LEN;
-use crate::segment::{self, Active, Segment};
+use crate::segment::{self, Active, Creation, Segment};
 use crate::sync::GroupCommit;
 use std::sync::mpsc::Sender;
 
@@ -177,10 +177,9 @@ impl Log {
         }
         let (segments, active, next_offset) = match bases.split_last() {
             None => (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0),
-            Some((&last, _)) => {
+            Some((&newest, _)) => {
                 let marks = [slot_a, slot_b].into_iter().flatten();
                 let names = |base: u64| move |m: &Mark| m.segment_base == base && m.next_offset >= base;
-                let clean = slot_a.filter(|m| m.clean && names(last)(m));
                 let mut files = files;
                 let mut kept = None;
                 // Marks name the newest segment only once the one before it is sealed, and
@@ -188,10 +187,16 @@ impl Log {
                 // was damaged or lost: the segments are trusted as sealed, as reads check them.
                 let prev = files.len().wrapping_sub(2);
                 let named = |base: u64| marks.clone().any(|m| names(base)(&m));
-                if clean.is_none() && files.len() >= 2 && !named(last) && named(files[prev].0) {
+                let unfinished = files.len() >= 2 && !named(newest) && named(files[prev].0);
+                if unfinished && segment::never_written(dir, newest)? {
+                    // Created by the roll, but the seal that makes it durable did not finish:
+                    // it holds nothing that was durable.
+                    remove_segment_files(dir, newest)?;
+                    files.pop();
+                } else if unfinished {
                     let trusted = marks.clone().filter(names(files[prev].0)).max_by_key(|m| m.position);
                     let trusted = trusted.map(|m| (m.position as usize, m.next_offset));
-                    match finish_seal(dir, &opts, files[prev].0, last, trusted, &mut recovery)? {
+                    match finish_seal(dir, &opts, files[prev].0, newest, trusted, &mut recovery)? {
                         Unsealed::Sealed(Some(len)) => files[prev].1 = len,
                         Unsealed::Sealed(None) => {}
                         Unsealed::Newest(active, found) => {
@@ -200,6 +205,8 @@ impl Log {
                         }
                     }
                 }
+                let last = files[files.len() - 1].0;
+                let clean = slot_a.filter(|m| m.clean && names(last)(m));
                 let (active, found) = match kept {
                     Some(kept) => kept,
                     None => {
@@ -365,7 +372,13 @@ impl Log {
                 if let Some(active) = &active {
                     active.end_at(next);
                 }
-                let mut created = match Active::create(&self.dir, next, capacity, interval) {
+                // With a seal to run, the new segment is made durable by it: no record of the
+                // new segment counts as durable before the seal is done anyway.
+                let created = match &active {
+                    Some(_) => Active::create_unsynced(&self.dir, next, capacity, interval),
+                    None => Active::create(&self.dir, next, capacity, interval),
+                };
+                let mut created = match created {
                     Ok(created) => created,
                     Err(e) => {
                         // No successor to append to: seal now; the next append tries again.
@@ -384,7 +397,7 @@ impl Log {
                 let mark =
                     Mark { segment_base: next, position: FILE_HEADER_LEN as u64, next_offset: next, clean: false };
                 match active {
-                    Some(active) => self.seal_in_background(active, next, mark),
+                    Some(active) => self.seal_in_background(active, next, created.creation(), mark),
                     None => {
                         if let Err(e) = self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark) {
                             self.poison(&e);
@@ -397,16 +410,19 @@ impl Log {
         Ok(w.active.as_mut().expect("set above"))
     }
 
-    /// Hands `active`, whose records end at `end_offset`, to the sealer. Once it is sealed,
-    /// `mark` (the start of its successor) goes to both checkpoint slots: recovery then
-    /// trusts the sealed segment. If either fails, the log is poisoned: a later sync must not
-    /// make records of the successor durable while recovery could still think the sealed
-    /// segment unfinished, and delete the successor.
-    fn seal_in_background(&self, active: Active, end_offset: u64, mark: Mark) {
+    /// Hands `active`, whose records end at `end_offset`, to the sealer. Once it is sealed
+    /// and its successor's `creation` is durable, `mark` (the successor's start) goes to
+    /// both checkpoint slots: recovery then trusts the sealed segment. If any of it fails,
+    /// the log is poisoned: a later sync must not make records of the successor durable
+    /// while recovery could still think the sealed segment unfinished, and delete the
+    /// successor.
+    fn seal_in_background(&self, active: Active, end_offset: u64, creation: Creation, mark: Mark) {
         let (checkpoint, poisoned, rolled) = (self.checkpoint.clone(), self.poisoned.clone(), self.rolled.clone());
+        let dir = self.dir.clone();
         self.sealer.seal(Box::new(move || {
             let sealed = active
                 .seal(end_offset)
+                .and_then(|()| creation.sync(&dir))
                 .and_then(|()| checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark));
             match sealed {
                 Ok(()) => rolled.store(true, Ordering::Release),
@@ -650,14 +666,7 @@ fn finish_seal(
         read => read.at(&newest)?,
     }
     segment::header::check(&head, segment::header::LOG_MAGIC, next).map_err(|kind| Error::corrupt(&newest, 0, kind))?;
-    for name in [segment::log_name(next), segment::index_name(next)] {
-        let path = dir.join(name);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
-            _ => {}
-        }
-    }
-    sync_dir(dir)?;
+    remove_segment_files(dir, next)?;
     let (at, what) = match &found.cut {
         Some((at, damage)) => (*at, damage.to_string()),
         None => (active.position() as u64, CorruptKind::Gap { from: found.next_offset, to: next }.to_string()),
@@ -665,6 +674,18 @@ fn finish_seal(
     recovery.truncated_at = Some(at);
     recovery.damage = Some(format!("{what}; the segment starting at offset {next} followed it and was deleted"));
     Ok(Unsealed::Newest(active, found))
+}
+
+/// Deletes the segment `base` and its index from `dir`, durably.
+fn remove_segment_files(dir: &Path, base: u64) -> Result<()> {
+    for name in [segment::log_name(base), segment::index_name(base)] {
+        let path = dir.join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&path, e)),
+            _ => {}
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Base offsets of the segment files in `dir`, sorted; removes leftovers of interrupted

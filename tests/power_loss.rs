@@ -14,7 +14,8 @@
 //! Seals run in the background, and a power loss can stop one: when nothing in the newest
 //! segment is durable yet (every sync waits for the seal before), some copies are put back
 //! to that moment. The segment before the newest is then preallocated again, its data past
-//! its synced point is lost like the newest segment's, and the checkpoint names only it.
+//! its synced point is lost like the newest segment's, the checkpoint names only it, and
+//! the newest segment (made durable by that seal) may be empty or all zeros.
 //!
 //! Then: the copy opens; every durable record is intact; offsets are contiguous and every
 //! record is one that was appended at that offset; no batch is kept in part; a record whose
@@ -338,7 +339,21 @@ fn unfinished_seal(dir: &Path, prev: &Path, m: &Model, rng: &mut Rng) -> String 
     if index.exists() && rng.chance(50) {
         std::fs::remove_file(&index).unwrap();
     }
-    format!("seal of {} unfinished: {lost}", prev.display())
+    // The seal also makes the newest segment's creation durable: it may not have been.
+    let newest = segment_files(dir).pop().unwrap();
+    let created = match rng.below(4) {
+        0 => {
+            std::fs::write(&newest, b"").unwrap();
+            "; the newest segment empty"
+        }
+        1 => {
+            let len = std::fs::metadata(&newest).unwrap().len() as usize;
+            std::fs::write(&newest, vec![0u8; len]).unwrap();
+            "; the newest segment all zeros"
+        }
+        _ => "",
+    };
+    format!("seal of {} unfinished: {lost}{created}", prev.display())
 }
 
 /// Opens a damaged copy and checks every promise; drains the group, then checks that it

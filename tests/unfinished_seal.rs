@@ -3,7 +3,9 @@
 //! have reached the disk, and the checkpoint names it but not the newest segment. Recovery
 //! checks that segment from the checkpoint's position: if its records reach the newest
 //! segment it is sealed, and if not the newest segment (whose records would follow a gap)
-//! is deleted. A checkpoint that names neither is not trusted to decide anything.
+//! is deleted. The newest segment is made durable by that seal too, so a crash can also
+//! leave it empty or with a header of zeros: then it goes. A checkpoint that names neither
+//! segment is not trusted to decide anything.
 
 mod common;
 
@@ -152,6 +154,31 @@ fn a_newest_file_that_is_not_a_segment_is_refused_not_deleted() {
     assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
     assert!(err.to_string().contains(&newest.file_name().unwrap().to_string_lossy().to_string()), "{err}");
     assert!(newest.exists());
+}
+
+#[test]
+fn a_newest_segment_whose_creation_never_reached_the_disk_goes() {
+    // The roll creates the next segment without syncing it; the seal makes it durable. A
+    // crash before that can leave it empty, or with a header of zeros.
+    for damage in ["empty", "zeros", "short"] {
+        let (dir, _) = crashed_queue();
+        let files = segment_files(dir.path());
+        let (prev_base, newest) = (segment_base(&files[files.len() - 2]), files.last().unwrap().clone());
+        let (_, spans) = unseal_prev(dir.path(), prev_base + 1);
+        let kept = prev_base + spans.len() as u64;
+        match damage {
+            "empty" => std::fs::write(&newest, b"").unwrap(),
+            "zeros" => std::fs::write(&newest, vec![0u8; SEGMENT_BYTES as usize]).unwrap(),
+            _ => std::fs::write(&newest, [0u8; 7]).unwrap(),
+        }
+        assert_eq!(damage_findings(dir.path()), Vec::<String>::new(), "{damage}: not damage before the open either");
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+        assert!(!newest.exists(), "{damage}: the unwritten newest segment is deleted");
+        assert_records(&q, kept);
+        assert_eq!(q.append(b"next").unwrap(), kept);
+        q.close().unwrap();
+        assert_eq!(damage_findings(dir.path()), Vec::<String>::new(), "{damage}");
+    }
 }
 
 /// A seal that fails in the background poisons the queue: the next flush reports it, and

@@ -141,7 +141,18 @@ pub(crate) fn scan_from(
         Err(Error::Corrupt { position, kind, .. }) => {
             report.data_end = 0;
             report.end = SegmentEnd::Unreadable { position, what: kind.to_string() };
-            report.findings.push(Finding::damage(&seg.path, position, kind));
+            // A roll creates the next segment unsynced; the seal of the one before makes it
+            // durable. A crash in between can leave it without its header.
+            let unwritten = active
+                && i >= 1
+                && dir.is_unsealed(i - 1)
+                && crate::segment::never_written(&dir.path, seg.base).unwrap_or(false);
+            report.findings.push(if unwritten {
+                let what = "created by a roll whose seal did not finish, and never written: the next open deletes it";
+                Finding::warning(&seg.path, position, what)
+            } else {
+                Finding::damage(&seg.path, position, kind)
+            });
             return Ok(report);
         }
         Err(e) => return Err(e),

@@ -258,7 +258,7 @@ impl Segment {
 #[derive(Debug)]
 pub(crate) struct Active {
     seg: Arc<Segment>,
-    file: File,
+    file: Arc<File>,
     data: MapWriter,
     index: IndexWriter,
     /// End of the data written so far.
@@ -267,6 +267,39 @@ pub(crate) struct Active {
     /// Where pages are (being) faulted in up to, by the prefault thread.
     prefaulted: usize,
     prefault: Option<Sender<Job>>,
+}
+
+/// A created segment whose creation is not durable yet (see [`Active::create_unsynced`]).
+#[derive(Debug)]
+pub(crate) struct Creation {
+    file: Arc<File>,
+    path: PathBuf,
+}
+
+impl Creation {
+    /// Makes the segment's header, reserved blocks and name in `dir` durable.
+    pub fn sync(&self, dir: &Path) -> Result<()> {
+        sync_created(&self.file, &self.path, dir)
+    }
+}
+
+fn sync_created(file: &File, path: &Path, dir: &Path) -> Result<()> {
+    crate::fs::sync_file(file, path)?;
+    sync_dir(dir)
+}
+
+/// Whether the segment file of `base` in `dir` never got its header to the disk: shorter
+/// than a header, or a header of zeros. Only a roll whose creation was not yet durable
+/// leaves one (see [`Active::create_unsynced`]).
+pub(crate) fn never_written(dir: &Path, base: u64) -> Result<bool> {
+    let path = dir.join(log_name(base));
+    let file = File::open(&path).at(&path)?;
+    let mut head = [0u8; FILE_HEADER_LEN];
+    match std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0) {
+        Ok(()) => Ok(head.iter().all(|&b| b == 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(crate::error::Error::io(&path, e)),
+    }
 }
 
 /// How the active segment was recovered on open.
@@ -286,6 +319,15 @@ impl Active {
     /// and makes it durable before returning: file contents, reserved blocks and name.
     /// An existing segment of that name (an empty one being resized) is replaced.
     pub fn create(dir: &Path, base: u64, capacity: usize, interval: u32) -> Result<Active> {
+        let active = Self::create_unsynced(dir, base, capacity, interval)?;
+        sync_created(&active.file, &active.seg.path, dir)?;
+        Ok(active)
+    }
+
+    /// [`Active::create`] without making anything durable: [`Creation::sync`] does, and
+    /// must have returned before any record of the segment counts as durable. Until
+    /// then a crash may leave the file missing, empty or with a zero header.
+    pub fn create_unsynced(dir: &Path, base: u64, capacity: usize, interval: u32) -> Result<Active> {
         let seg = Segment::new(dir, base, interval);
         let tmp = temp_path(&seg.path);
         let result = (|| {
@@ -293,7 +335,6 @@ impl Active {
                 std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
             crate::fs::write_at(&file, &tmp, &header::encode(LOG_MAGIC, base), 0)?;
             reserve(&file, &tmp, capacity as u64)?;
-            crate::fs::sync_file(&file, &tmp)?;
             Ok(file)
         })();
         let file = match result {
@@ -305,8 +346,12 @@ impl Active {
         };
         rename(&tmp, &seg.path)?;
         let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
-        sync_dir(dir)?;
         Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index)
+    }
+
+    /// What makes the segment's creation durable, to run on another thread.
+    pub fn creation(&self) -> Creation {
+        Creation { file: self.file.clone(), path: self.seg.path.clone() }
     }
 
     /// Reopens the newest segment after the queue was closed or crashed.
@@ -390,6 +435,7 @@ impl Active {
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(map);
         let _ = seg.index.set(index_map);
+        let file = Arc::new(file);
         Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity, prefaulted: end, prefault: None })
     }
 
