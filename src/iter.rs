@@ -1,6 +1,5 @@
 //! Iteration over the records of the log, following it as it grows.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -11,9 +10,10 @@ use crate::segment::Segment;
 
 /// Most records checked ahead of the one asked for. An owned record costs an atomic
 /// reference-count update, which waits for every instruction before it: checking several
-/// records between two of them lets their CRCs overlap in the CPU. A cursor checks one
-/// record at first, then twice as many each time, so that a reader after a single record
-/// pays for that one.
+/// records between two of them lets their CRCs overlap in the CPU (short ones are even
+/// checksummed side by side, see [`record::decode_run`]). A cursor checks one record at
+/// first, then twice as many each time, so that a reader after a single record pays for
+/// that one.
 const MAX_AHEAD: usize = 16;
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
@@ -53,8 +53,13 @@ pub struct Iter {
 struct Cursor {
     segment: Arc<Segment>,
     map: Arc<Mapping>,
-    /// Records from `Iter::next` on whose CRC was checked, oldest first.
-    checked: VecDeque<Checked>,
+    /// Records from `Iter::next` on whose CRC was checked, oldest first:
+    /// `checked[taken..filled]`. A fixed array that [`record::decode_run`] fills in place.
+    checked: Box<[Frame]>,
+    /// How many of `checked` were handed out.
+    taken: usize,
+    /// How many of `checked` hold records.
+    filled: usize,
     /// Position of the first record not in `checked`.
     pos: usize,
     /// How many records the next check covers at most.
@@ -168,8 +173,8 @@ impl Iter {
                 let Some(segment) = self.log.segment_for(self.next) else { return Ok(None) };
                 let pos = segment.position_of(self.next)?;
                 let map = segment.data()?.clone();
-                let checked = VecDeque::with_capacity(MAX_AHEAD);
-                self.cursor.insert(Cursor { segment, map, checked, pos, ahead: 1, end: 0 })
+                let checked = vec![Frame::default(); MAX_AHEAD].into_boxed_slice();
+                self.cursor.insert(Cursor { segment, map, checked, taken: 0, filled: 0, pos, ahead: 1, end: 0 })
             }
         };
         // `limit` was loaded before the published length: the bytes of every record below
@@ -201,47 +206,23 @@ impl Iter {
     }
 }
 
-/// A record whose CRC was checked: what a [`Frame`] says, in a shape cheap to queue.
-#[derive(Debug, Clone, Copy)]
-struct Checked {
-    offset: u64,
-    timestamp_ms: u64,
-    start: usize,
-    end: usize,
-    batch_continues: bool,
-}
-
-impl Checked {
-    fn frame(self) -> Frame {
-        Frame {
-            offset: self.offset,
-            timestamp_ms: self.timestamp_ms,
-            payload: self.start..self.end,
-            batch_continues: self.batch_continues,
-        }
-    }
-}
-
 impl Cursor {
     /// The record at `next` (the first not handed out), checking the records from there on
     /// below `self.end` if none is checked yet. `None` if it does not check.
     fn take_checked(&mut self, next: u64) -> Option<Frame> {
-        if let Some(checked) = self.checked.pop_front() {
-            return Some(checked.frame());
+        if self.taken == self.filled {
+            let bytes = self.map.readable();
+            let count = self.end.saturating_sub(next).min(self.ahead as u64) as usize;
+            self.ahead = (self.ahead * 2).min(MAX_AHEAD);
+            // Stops before a record that does not check: the slow path reports it once the
+            // records before it are handed out.
+            self.filled = record::decode_run(bytes, self.pos, next, &mut self.checked[..count]);
+            self.taken = 0;
+            self.pos = self.checked[..self.filled].last()?.end();
         }
-        let bytes = self.map.readable();
-        let stop = self.end.min(next + self.ahead as u64);
-        self.ahead = (self.ahead * 2).min(MAX_AHEAD);
-        // Stops before a record that does not check: the slow path reports it once the
-        // records before it are handed out.
-        for offset in next..stop {
-            let Some(frame) = record::decode_offset(bytes, self.pos, offset) else { break };
-            self.pos = frame.end();
-            let Frame { offset, timestamp_ms, payload, batch_continues } = frame;
-            let (start, end) = (payload.start, payload.end);
-            self.checked.push_back(Checked { offset, timestamp_ms, start, end, batch_continues });
-        }
-        self.checked.pop_front().map(Checked::frame)
+        let frame = self.checked[self.taken].clone();
+        self.taken += 1;
+        Some(frame)
     }
 }
 

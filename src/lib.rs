@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod crc;
 mod error;
 pub mod fault;
 mod fs;

@@ -1,4 +1,5 @@
-//! Memory-mapped files: the only module with `unsafe` code.
+//! Memory-mapped files: the only module with `unsafe` memory access (`crate::crc` has the
+//! one other `unsafe`, a call into a CPU-specific kernel).
 //!
 //! A [`Mapping`] is shared by every reader of a file; a [`MapWriter`], of which there is at
 //! most one per mapping, appends to it. The invariant that makes this sound: **bytes below

@@ -77,7 +77,7 @@ pub(crate) struct EntryCrc {
 
 impl EntryCrc {
     pub fn new(generation: u64) -> EntryCrc {
-        let mut h = crate::record::hasher();
+        let mut h = crate::crc::hasher();
         h.update(&generation.to_le_bytes());
         h.update(&[0; COVERED]);
         EntryCrc { zeros: h.finalize() }
