@@ -11,13 +11,12 @@ use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::fs::sync_dir;
 use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
-use crate::prefault;
+use crate::prefault::Prefaulter;
 use crate::record::{self, Record, now_ms};
 use crate::sealer::Sealer;
 use crate::segment::header::FILE_HEADER_LEN;
 use crate::segment::{self, Active, Creation, Segment};
 use crate::sync::GroupCommit;
-use std::sync::mpsc::Sender;
 
 /// What [`crate::Queue::open`] found and did, from [`crate::Queue::recovery`].
 ///
@@ -78,7 +77,7 @@ pub(crate) struct Log {
     /// Wakes consumers waiting for records.
     pub(crate) notify: Notify,
     /// Requests to the thread that faults in pages ahead of the writer.
-    prefault: Option<Sender<prefault::Job>>,
+    prefault: Option<Prefaulter>,
     /// Set when a segment is sealed, so the queue knows to enforce retention.
     rolled: Arc<AtomicBool>,
     /// Seals rolled segments in the background.
@@ -238,9 +237,9 @@ impl Log {
         })?;
         let mut segments = segments;
         segments.push(active.segment().clone());
-        let prefault = prefault::start();
+        let prefault = Prefaulter::start();
         let mut active = active;
-        active.prefault_with(prefault.clone());
+        active.prefault_with(prefault.as_ref().map(Prefaulter::sender));
         Ok(Log {
             dir: dir.to_path_buf(),
             opts,
@@ -357,7 +356,7 @@ impl Log {
                 let base = active.segment().base();
                 w.active = Some(active);
                 let mut bigger = Active::create(&self.dir, base, capacity, interval)?;
-                bigger.prefault_with(self.prefault.clone());
+                bigger.prefault_with(self.prefault.as_ref().map(Prefaulter::sender));
                 let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
                 *segments.last_mut().expect("the active segment is listed") = bigger.segment().clone();
                 w.active = Some(bigger);
@@ -392,7 +391,7 @@ impl Log {
                         return Err(e);
                     }
                 };
-                created.prefault_with(self.prefault.clone());
+                created.prefault_with(self.prefault.as_ref().map(Prefaulter::sender));
                 self.segments.write().unwrap_or_else(|e| e.into_inner()).push(created.segment().clone());
                 let mark =
                     Mark { segment_base: next, position: FILE_HEADER_LEN as u64, next_offset: next, clean: false };

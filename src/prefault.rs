@@ -7,6 +7,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
+use std::thread::JoinHandle;
 
 use crate::mmap::Mapping;
 
@@ -15,17 +16,49 @@ pub(crate) const AHEAD: usize = 4 << 20;
 /// How much one request faults in.
 pub(crate) const CHUNK: usize = 1 << 20;
 
-/// A request to fault in `range` of `map`.
-pub(crate) type Job = (Arc<Mapping>, Range<usize>);
+/// A request to the thread.
+pub(crate) enum Job {
+    /// Fault in `range` of the mapping.
+    Populate(Arc<Mapping>, Range<usize>),
+    /// End the thread.
+    Stop,
+}
 
-/// Starts the thread; it ends when every sender is dropped. `None` if no thread could be
-/// started, in which case appends fault pages in themselves.
-pub(crate) fn start() -> Option<Sender<Job>> {
-    let (tx, rx) = channel::<Job>();
-    let spawned = std::thread::Builder::new().name("segq-prefault".into()).spawn(move || {
-        for (map, range) in rx {
-            map.populate_write(range);
+/// The thread, stopped and joined when this is dropped: it must not outlive its log, even
+/// if a segment writer holding a sender does.
+#[derive(Debug)]
+pub(crate) struct Prefaulter {
+    tx: Sender<Job>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Prefaulter {
+    /// Starts the thread. `None` if no thread could be started, in which case appends fault
+    /// pages in themselves.
+    pub fn start() -> Option<Prefaulter> {
+        let (tx, rx) = channel::<Job>();
+        let spawned = std::thread::Builder::new().name("segq-prefault".into()).spawn(move || {
+            for job in rx {
+                match job {
+                    Job::Populate(map, range) => map.populate_write(range),
+                    Job::Stop => break,
+                }
+            }
+        });
+        spawned.ok().map(|thread| Prefaulter { tx, thread: Some(thread) })
+    }
+
+    /// Where a segment writer sends its requests.
+    pub fn sender(&self) -> Sender<Job> {
+        self.tx.clone()
+    }
+}
+
+impl Drop for Prefaulter {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Job::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
-    });
-    spawned.ok().map(|_| tx)
+    }
 }

@@ -489,7 +489,7 @@ impl Active {
     fn request_prefault(&mut self) {
         let Some(tx) = &self.prefault else { return };
         let range = self.prefaulted..(self.prefaulted + prefault::CHUNK).min(self.capacity);
-        if !range.is_empty() && tx.send((self.data.mapping().clone(), range.clone())).is_ok() {
+        if !range.is_empty() && tx.send(Job::Populate(self.data.mapping().clone(), range.clone())).is_ok() {
             self.prefaulted = range.end;
         }
     }
