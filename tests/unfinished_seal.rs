@@ -172,6 +172,8 @@ fn a_newest_segment_whose_creation_never_reached_the_disk_goes() {
             _ => std::fs::write(&newest, [0u8; 7]).unwrap(),
         }
         assert_eq!(damage_findings(dir.path()), Vec::<String>::new(), "{damage}: not damage before the open either");
+        let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(info.next_offset, kept, "{damage}: info reads the data where it ends");
         let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
         assert!(!newest.exists(), "{damage}: the unwritten newest segment is deleted");
         assert_records(&q, kept);

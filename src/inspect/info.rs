@@ -50,12 +50,19 @@ pub struct Info {
 pub fn info(dir: &QueueDir) -> Result<Info> {
     let bytes = dir.segments.iter().map(|s| s.len).sum();
     let first_offset = dir.segments.first().map_or(0, |s| s.base);
-    let (next_offset, tail) = match dir.newest() {
+    let n = dir.segments.len();
+    // A crash while the segment before the newest was sealing can leave the newest without
+    // its header (the seal makes it durable): it holds nothing, and the next open deletes
+    // it. The data then ends in the segment before it.
+    let unwritten = n >= 2
+        && dir.is_unsealed(n - 2)
+        && crate::segment::never_written(&dir.path, dir.segments[n - 1].base).unwrap_or(false);
+    let (next_offset, tail) = match n.checked_sub(if unwritten { 2 } else { 1 }) {
         None => (0, SegmentEnd::Clean),
-        Some(newest) => {
+        Some(last) => {
             // Fails with the header's damage, named by file and position.
-            SegmentReader::open(&newest.path)?;
-            let report = scan_from(dir, dir.segments.len() - 1, dir.trusted(), false, &|_| {})?;
+            SegmentReader::open(&dir.segments[last].path)?;
+            let report = scan_from(dir, last, dir.trusted_in(last), false, &|_| {})?;
             (report.next_offset, report.end)
         }
     };
@@ -67,7 +74,6 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
         "no checkpoint"
     };
     // While the segment before the newest is being sealed, the slots name only that one.
-    let n = dir.segments.len();
     let sealing = (n >= 2 && dir.is_unsealed(n - 2)).then(|| dir.trusted_in(n - 2)).flatten();
     let durable_offset =
         if dir.is_clean() { next_offset } else { dir.trusted().or(sealing).map_or(first_offset, |(_, next)| next) };
