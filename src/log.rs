@@ -368,6 +368,16 @@ impl Log {
                     w.active = active;
                     return Err(err);
                 }
+                // Under `Interval` at most about one period of appends may be lost; records
+                // appended during a background seal would become durable only at its end,
+                // tens of milliseconds later. So that policy seals on this thread.
+                let active = match active {
+                    Some(active) if matches!(self.opts.sync, SyncPolicy::Interval(_)) => {
+                        self.seal_now(active, next)?;
+                        None
+                    }
+                    active => active,
+                };
                 if let Some(active) = &active {
                     active.end_at(next);
                 }
@@ -382,11 +392,7 @@ impl Log {
                     Err(e) => {
                         // No successor to append to: seal now; the next append tries again.
                         if let Some(active) = active {
-                            if let Err(e) = active.seal(next) {
-                                self.poison(&e);
-                                return Err(e);
-                            }
-                            self.rolled.store(true, Ordering::Release);
+                            self.seal_now(active, next)?;
                         }
                         return Err(e);
                     }
@@ -407,6 +413,16 @@ impl Log {
             }
         }
         Ok(w.active.as_mut().expect("set above"))
+    }
+
+    /// Seals `active`, whose records end at `end_offset`, on this thread.
+    fn seal_now(&self, active: Active, end_offset: u64) -> Result<()> {
+        if let Err(e) = active.seal(end_offset) {
+            self.poison(&e);
+            return Err(e);
+        }
+        self.rolled.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Hands `active`, whose records end at `end_offset`, to the sealer. Once it is sealed

@@ -183,6 +183,31 @@ fn a_newest_segment_whose_creation_never_reached_the_disk_goes() {
     }
 }
 
+/// Under `Interval` at most about one period of appends may be lost, so the append that
+/// rolls seals the old segment itself: records appended during a background seal would
+/// become durable only when it ends. Under `Never` the seal runs in the background.
+#[test]
+fn under_interval_the_rolling_append_seals_the_old_segment_itself() {
+    for (sync, sealed_at_once) in
+        [(SyncPolicy::Interval(std::time::Duration::from_secs(3600)), true), (SyncPolicy::Never, false)]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES).sync(sync)).unwrap();
+        let mut n = 0;
+        while segment_files(dir.path()).len() < 2 {
+            q.append(&payload(n)).unwrap();
+            n += 1;
+        }
+        let first = &segment_files(dir.path())[0];
+        let cut = std::fs::metadata(first).unwrap().len() < SEGMENT_BYTES;
+        if sealed_at_once {
+            assert!(cut, "{sync:?}: the rolled segment is sealed (cut) when the append returns");
+        }
+        q.close().unwrap();
+        assert!(std::fs::metadata(first).unwrap().len() < SEGMENT_BYTES, "{sync:?}: sealed by close");
+    }
+}
+
 /// A seal that fails in the background poisons the queue: the next flush reports it, and
 /// everything flushed before survives a reopen. Tried with the fault at each of the first
 /// syncs after the flush, so that it hits file creation, the seal and the checkpoint.
