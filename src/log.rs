@@ -15,7 +15,7 @@ use crate::prefault::Prefaulter;
 use crate::record::{self, Record, now_ms};
 use crate::sealer::Sealer;
 use crate::segment::header::FILE_HEADER_LEN;
-use crate::segment::{self, Active, Creation, Segment};
+use crate::segment::{self, Active, Creation, Segment, Spare};
 use crate::sync::GroupCommit;
 
 /// What [`crate::Queue::open`] found and did, from [`crate::Queue::recovery`].
@@ -82,6 +82,8 @@ pub(crate) struct Log {
     rolled: Arc<AtomicBool>,
     /// Seals rolled segments in the background.
     sealer: Sealer,
+    /// The next segment, made ready by the sealer thread after each seal.
+    spare: Arc<Mutex<Option<Spare>>>,
     /// One retention pass at a time.
     retention: Mutex<()>,
     /// Mirrors `Writer::closed` for readers, who should not take the writer's lock.
@@ -255,6 +257,7 @@ impl Log {
             prefault,
             rolled: Arc::new(AtomicBool::new(false)),
             sealer: Sealer::start(),
+            spare: Arc::new(Mutex::new(None)),
             retention: Mutex::new(()),
             closed: AtomicBool::new(false),
         })
@@ -383,10 +386,18 @@ impl Log {
                 }
                 // With a seal to run, the new segment is made durable by it: no record of the
                 // new segment counts as durable before the seal is done anyway.
-                let created = match &active {
-                    Some(_) => Active::create_unsynced(&self.dir, next, capacity, interval),
-                    None => Active::create(&self.dir, next, capacity, interval),
+                // The spare's lock is held until its file is renamed: the sealer thread makes
+                // a new spare under the same name only while it holds the lock.
+                let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+                let created = match (&active, spare.take_if(|s| s.fits(capacity))) {
+                    (Some(_), Some(ready)) => Active::from_spare(&self.dir, next, ready, interval),
+                    (Some(_), None) => Active::create_unsynced(&self.dir, next, capacity, interval),
+                    (None, ready) => {
+                        *spare = ready;
+                        Active::create(&self.dir, next, capacity, interval)
+                    }
                 };
+                drop(spare);
                 let mut created = match created {
                     Ok(created) => created,
                     Err(e) => {
@@ -433,11 +444,12 @@ impl Log {
     /// successor.
     fn seal_in_background(&self, active: Active, end_offset: u64, creation: Creation, mark: Mark) {
         let (checkpoint, poisoned, rolled) = (self.checkpoint.clone(), self.poisoned.clone(), self.rolled.clone());
-        let dir = self.dir.clone();
-        self.sealer.seal(Box::new(move || {
+        let (dir, spare, capacity) = (self.dir.clone(), self.spare.clone(), self.opts.segment_bytes as usize);
+        let seal_dir = dir.clone();
+        let seal = move || {
             let sealed = active
                 .seal(end_offset)
-                .and_then(|()| creation.sync(&dir))
+                .and_then(|()| creation.sync(&seal_dir))
                 .and_then(|()| checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark));
             match sealed {
                 Ok(()) => rolled.store(true, Ordering::Release),
@@ -445,7 +457,16 @@ impl Log {
                     let _ = poisoned.set(e.to_string());
                 }
             }
-        }));
+        };
+        // Then ready the next segment while appends fill this one; syncs do not wait for
+        // that. Without a spare (a full disk, say) the next roll creates the segment itself.
+        let ready_spare = move || {
+            let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
+            if spare.is_none() {
+                *spare = Spare::create(&dir, capacity).ok();
+            }
+        };
+        self.sealer.seal(Box::new(seal), Box::new(ready_spare));
     }
 
     /// Returns once every record below `target` is durable.
@@ -514,7 +535,11 @@ impl Log {
         self.closed.store(true, Ordering::Release);
         // Whatever happens below, this handle writes nothing more.
         w.closed = true;
-        self.sealer.wait();
+        self.sealer.drain();
+        // The spare is not part of the log.
+        if self.spare.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
+            let _ = fs::remove_file(self.dir.join(segment::SPARE_NAME));
+        }
         if let Some(err) = self.poisoned_error() {
             return Err(err);
         }
@@ -544,10 +569,11 @@ impl Log {
 
     /// Stops all writing without syncing or recording a clean shutdown, as a crash would.
     pub fn abandon(&self) {
-        self.writer().closed = true;
+        let mut w = self.writer();
+        w.closed = true;
         self.closed.store(true, Ordering::Release);
         // The sealer must leave the files alone once the directory can be opened again.
-        self.sealer.wait();
+        self.sealer.drain();
     }
 
     pub fn is_closed(&self) -> bool {

@@ -14,11 +14,14 @@ use std::thread::JoinHandle;
 /// A seal to run, with whatever must follow it.
 pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
+/// Work for after a seal that nobody waits for.
+pub(crate) type After = Box<dyn FnOnce() + Send>;
+
 /// Runs seals one at a time and lets callers wait for the one in progress.
 #[derive(Debug)]
 pub(crate) struct Sealer {
     /// `None` if no thread could be started: seals then run on the caller's thread.
-    tx: Option<Sender<Job>>,
+    tx: Option<Sender<(Job, After)>>,
     thread: Option<JoinHandle<()>>,
     busy: Arc<Busy>,
 }
@@ -42,12 +45,13 @@ impl Sealer {
     /// Starts the sealing thread.
     pub fn start() -> Sealer {
         let busy = Arc::new(Busy::default());
-        let (tx, rx) = channel::<Job>();
+        let (tx, rx) = channel::<(Job, After)>();
         let done = busy.clone();
         let spawned = std::thread::Builder::new().name("segq-seal".into()).spawn(move || {
-            for job in rx {
+            for (job, after) in rx {
                 job();
                 done.set(false);
+                after();
             }
         });
         match spawned {
@@ -56,24 +60,35 @@ impl Sealer {
         }
     }
 
-    /// Runs `job` in the background. The caller has waited for the previous seal (see
-    /// [`Sealer::wait`]) and holds the log's writer lock, so no other seal starts meanwhile.
-    pub fn seal(&self, job: Job) {
+    /// Runs `job` in the background, then `after`, which [`Sealer::wait`] does not wait
+    /// for. The caller has waited for the previous seal and holds the log's writer lock, so
+    /// no other seal starts meanwhile.
+    pub fn seal(&self, job: Job, after: After) {
         self.busy.set(true);
-        let job = match &self.tx {
-            Some(tx) => match tx.send(job) {
+        let (job, after) = match &self.tx {
+            Some(tx) => match tx.send((job, after)) {
                 Ok(()) => return,
                 Err(unsent) => unsent.0,
             },
-            None => job,
+            None => (job, after),
         };
         job();
         self.busy.set(false);
+        after();
     }
 
     /// Whether a seal is in progress.
     pub fn is_sealing(&self) -> bool {
         *self.busy.sealing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the last seal and the work after it are done. The caller holds the
+    /// log's writer lock, so no other seal starts meanwhile.
+    pub fn drain(&self) {
+        self.wait();
+        // Seals run in order: an empty one ends after everything handed over before it.
+        self.seal(Box::new(|| {}), Box::new(|| {}));
+        self.wait();
     }
 
     /// Returns once no seal is in progress.
@@ -109,10 +124,13 @@ mod tests {
         for _ in 0..3 {
             sealer.wait();
             let done = done.clone();
-            sealer.seal(Box::new(move || {
-                std::thread::sleep(Duration::from_millis(20));
-                done.fetch_add(1, Ordering::SeqCst);
-            }));
+            sealer.seal(
+                Box::new(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    done.fetch_add(1, Ordering::SeqCst);
+                }),
+                Box::new(|| {}),
+            );
         }
         sealer.wait();
         assert!(!sealer.is_sealing());
@@ -124,11 +142,17 @@ mod tests {
         let sealer = Sealer::start();
         let done = Arc::new(AtomicU32::new(0));
         let job_done = done.clone();
-        sealer.seal(Box::new(move || {
-            std::thread::sleep(Duration::from_millis(20));
-            job_done.fetch_add(1, Ordering::SeqCst);
-        }));
+        let after_done = done.clone();
+        sealer.seal(
+            Box::new(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                job_done.fetch_add(1, Ordering::SeqCst);
+            }),
+            Box::new(move || {
+                after_done.fetch_add(10, Ordering::SeqCst);
+            }),
+        );
         drop(sealer);
-        assert_eq!(done.load(Ordering::SeqCst), 1);
+        assert_eq!(done.load(Ordering::SeqCst), 11, "the seal and what follows it both ran");
     }
 }

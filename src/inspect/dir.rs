@@ -158,6 +158,8 @@ impl QueueDir {
                     Err(e) => return Err(Error::io(&entry.path(), e)),
                 };
                 segments.push(SegmentFile { path: entry.path(), base, len, index: None });
+            } else if name == crate::segment::SPARE_NAME {
+                // The next segment, readied ahead of the roll; not part of the log.
             } else if name.ends_with(".tmp") {
                 leftovers.push(entry.path());
             } else if let Some(digits) = name.strip_suffix(".index")

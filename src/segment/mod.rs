@@ -269,6 +269,46 @@ pub(crate) struct Active {
     prefault: Option<Sender<Job>>,
 }
 
+/// Name of the spare segment file: the next segment, created and partly faulted in ahead of
+/// the roll that will use it. Its `.tmp` suffix makes the next open delete it.
+pub(crate) const SPARE_NAME: &str = "spare.log.tmp";
+
+/// How much of a spare is faulted in ahead: the prefault thread takes over from there.
+const SPARE_PREFAULTED: usize = 4 << 20;
+
+/// A preallocated file, mapped, with its first pages faulted in, waiting to become the
+/// next segment: a roll then neither reserves blocks nor waits for the first page faults.
+#[derive(Debug)]
+pub(crate) struct Spare {
+    file: File,
+    map: MapWriter,
+    capacity: usize,
+}
+
+impl Spare {
+    /// Creates the spare file in `dir`, able to hold `capacity` bytes.
+    pub fn create(dir: &Path, capacity: usize) -> Result<Spare> {
+        let path = dir.join(SPARE_NAME);
+        let made = (|| {
+            let file =
+                std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).at(&path)?;
+            reserve(&file, &path, capacity as u64)?;
+            let (map, writer) = Mapping::read_write(&file, capacity, 0).at(&path)?;
+            map.populate_write(0..SPARE_PREFAULTED);
+            Ok(Spare { file, map: writer, capacity })
+        })();
+        if made.is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+        made
+    }
+
+    /// Whether it can hold a segment of `capacity` bytes.
+    pub fn fits(&self, capacity: usize) -> bool {
+        self.capacity >= capacity
+    }
+}
+
 /// A created segment whose creation is not durable yet (see [`Active::create_unsynced`]).
 #[derive(Debug)]
 pub(crate) struct Creation {
@@ -347,6 +387,20 @@ impl Active {
         rename(&tmp, &seg.path)?;
         let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
         Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index)
+    }
+
+    /// [`Active::create_unsynced`] from a spare (see [`Spare`]): its header is written and
+    /// it is renamed into place.
+    pub fn from_spare(dir: &Path, base: u64, spare: Spare, interval: u32) -> Result<Active> {
+        let seg = Segment::new(dir, base, interval);
+        let Spare { file, map: mut data, capacity } = spare;
+        data.write(0, &header::encode(LOG_MAGIC, base));
+        data.publish(FILE_HEADER_LEN);
+        rename(&dir.join(SPARE_NAME), &seg.path)?;
+        let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
+        let mut active = Self::finish_mapped(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data);
+        active.prefaulted = SPARE_PREFAULTED.min(capacity);
+        Ok(active)
     }
 
     /// What makes the segment's creation durable, to run on another thread.
@@ -430,13 +484,25 @@ impl Active {
         index_map: Arc<Mapping>,
         index: IndexWriter,
     ) -> Result<Active> {
-        let (map, data) = Mapping::read_write(&file, capacity, end).at(&seg.path)?;
+        let (_, data) = Mapping::read_write(&file, capacity, end).at(&seg.path)?;
+        Ok(Self::finish_mapped(seg, file, capacity, end, index_map, index, data))
+    }
+
+    fn finish_mapped(
+        seg: Segment,
+        file: File,
+        capacity: usize,
+        end: usize,
+        index_map: Arc<Mapping>,
+        index: IndexWriter,
+        data: MapWriter,
+    ) -> Active {
         seg.synced.store(end, Ordering::Relaxed);
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
-        let _ = seg.data.set(map);
+        let _ = seg.data.set(data.mapping().clone());
         let _ = seg.index.set(index_map);
         let file = Arc::new(file);
-        Ok(Active { seg: Arc::new(seg), file, data, index, pos: end, capacity, prefaulted: end, prefault: None })
+        Active { seg: Arc::new(seg), file, data, index, pos: end, capacity, prefaulted: end, prefault: None }
     }
 
     /// The shared side of this segment.
