@@ -386,7 +386,8 @@ impl Active {
         };
         rename(&tmp, &seg.path)?;
         let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
-        Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index)
+        let (_, data) = Mapping::read_write(&file, capacity, FILE_HEADER_LEN).at(&seg.path)?;
+        Ok(Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data))
     }
 
     /// [`Active::create_unsynced`] from a spare (see [`Spare`]): its header is written and
@@ -398,7 +399,7 @@ impl Active {
         data.publish(FILE_HEADER_LEN);
         rename(&dir.join(SPARE_NAME), &seg.path)?;
         let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
-        let mut active = Self::finish_mapped(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data);
+        let mut active = Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data);
         active.prefaulted = SPARE_PREFAULTED.min(capacity);
         Ok(active)
     }
@@ -473,22 +474,12 @@ impl Active {
         }
         reserve(&file, &path, capacity as u64)?;
         crate::fs::sync_file(&file, &path)?;
-        Ok((Self::finish(seg, file, capacity, end, index_map, index)?, recovered))
+        let (_, data) = Mapping::read_write(&file, capacity, end).at(&path)?;
+        Ok((Self::finish(seg, file, capacity, end, index_map, index, data), recovered))
     }
 
+    /// The writer of `seg`, whose data `data` maps, readable up to `end`.
     fn finish(
-        seg: Segment,
-        file: File,
-        capacity: usize,
-        end: usize,
-        index_map: Arc<Mapping>,
-        index: IndexWriter,
-    ) -> Result<Active> {
-        let (_, data) = Mapping::read_write(&file, capacity, end).at(&seg.path)?;
-        Ok(Self::finish_mapped(seg, file, capacity, end, index_map, index, data))
-    }
-
-    fn finish_mapped(
         seg: Segment,
         file: File,
         capacity: usize,
