@@ -171,7 +171,9 @@ impl Flusher {
         let thread = std::thread::Builder::new().name("segq-flusher".into()).spawn(move || {
             let (lock, cv) = &*signal;
             let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
+            // Checked before each wait: a stop that came before this thread first took the
+            // lock has already notified, and with a long interval the wait would not end.
+            while !*stopped {
                 stopped = cv.wait_timeout(stopped, every).unwrap_or_else(|e| e.into_inner()).0;
                 if *stopped {
                     return;
@@ -268,6 +270,20 @@ mod tests {
             commit.wait_for(target, || sync(&appended), || None).unwrap();
         }
         assert_eq!(commit.durable(), 28);
+    }
+
+    /// A stop right after the start must end the thread even when it has not yet begun to
+    /// wait, and the interval would never run out.
+    #[test]
+    fn a_flusher_stopped_at_once_ends_whatever_its_interval() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                Flusher::start(Duration::MAX, || true).unwrap().stop();
+            }
+            let _ = done.send(());
+        });
+        assert!(finished.recv_timeout(Duration::from_secs(60)).is_ok(), "a stopped flusher kept waiting");
     }
 
     #[test]
