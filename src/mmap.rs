@@ -29,13 +29,16 @@ use memmap2::{MmapOptions, MmapRaw};
 pub(crate) struct Mapping {
     raw: MmapRaw,
     published: AtomicUsize,
+    /// End of the last range [`Mapping::populate_write`] faulted in: callers populate ranges
+    /// in order, ahead of the writer.
+    populated: AtomicUsize,
 }
 
 impl Mapping {
     /// Maps `len` bytes of `file` read-only; all of them are readable.
     pub fn read_only(file: &File, len: usize) -> io::Result<Arc<Mapping>> {
         let raw = MmapOptions::new().len(len).map_raw_read_only(file)?;
-        Ok(Arc::new(Mapping { raw, published: AtomicUsize::new(len) }))
+        Ok(Arc::new(Mapping { raw, published: AtomicUsize::new(len), populated: AtomicUsize::new(0) }))
     }
 
     /// Maps `len` bytes of `file` for appending; the first `published` bytes are readable.
@@ -43,7 +46,7 @@ impl Mapping {
     pub fn read_write(file: &File, len: usize, published: usize) -> io::Result<(Arc<Mapping>, MapWriter)> {
         assert!(published <= len, "published {published} is past the mapping's {len} bytes");
         let raw = MmapOptions::new().len(len).map_raw(file)?;
-        let map = Arc::new(Mapping { raw, published: AtomicUsize::new(published) });
+        let map = Arc::new(Mapping { raw, published: AtomicUsize::new(published), populated: AtomicUsize::new(0) });
         Ok((map.clone(), MapWriter { map }))
     }
 
@@ -80,9 +83,16 @@ impl Mapping {
     /// kernel with an error instead of a signal.
     pub fn populate_write(&self, range: Range<usize>) {
         let end = range.end.min(self.len());
-        if range.start < end {
-            let _ = self.raw.advise_range(memmap2::Advice::PopulateWrite, range.start, end - range.start);
+        if range.start < end
+            && self.raw.advise_range(memmap2::Advice::PopulateWrite, range.start, end - range.start).is_ok()
+        {
+            self.populated.fetch_max(end, Ordering::AcqRel);
         }
+    }
+
+    /// End of the last range faulted in by [`Mapping::populate_write`].
+    pub fn populated(&self) -> usize {
+        self.populated.load(Ordering::Acquire)
     }
 
     /// Writes `range` back to the file and waits for the device (msync `MS_SYNC`).
