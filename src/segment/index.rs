@@ -247,6 +247,23 @@ impl IndexWriter {
         FILE_HEADER_LEN + entries * ENTRY_LEN
     }
 
+    /// End of the part of the file that entries for the records below data position
+    /// `data_end` can fill.
+    pub fn room_for(&self, data_end: usize) -> usize {
+        let entries = data_end / self.interval.max(record::HEADER_LEN) + 1;
+        (FILE_HEADER_LEN + entries * ENTRY_LEN).min(self.writer.mapping().len())
+    }
+
+    /// Bytes in use: the header and the entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The mapping of the index file.
+    pub fn mapping(&self) -> &Arc<Mapping> {
+        self.writer.mapping()
+    }
+
     /// Creates the index of a new, empty segment.
     pub fn create(path: PathBuf, base: u64, capacity: usize, interval: u32) -> Result<(Arc<Mapping>, IndexWriter)> {
         Self::open_with(path, base, capacity, interval, &[])

@@ -269,6 +269,8 @@ pub(crate) struct Active {
     capacity: usize,
     /// Where pages are (being) faulted in up to, by the prefault thread.
     prefaulted: usize,
+    /// The same in the index file.
+    index_prefaulted: usize,
     prefault: Option<Sender<Job>>,
 }
 
@@ -496,7 +498,18 @@ impl Active {
         let _ = seg.data.set(data.mapping().clone());
         let _ = seg.index.set(index_map);
         let file = Arc::new(file);
-        Active { seg: Arc::new(seg), file, data, index, pos: end, capacity, prefaulted: end, prefault: None }
+        let index_prefaulted = index.len();
+        Active {
+            seg: Arc::new(seg),
+            file,
+            data,
+            index,
+            pos: end,
+            capacity,
+            prefaulted: end,
+            index_prefaulted,
+            prefault: None,
+        }
     }
 
     /// The shared side of this segment.
@@ -549,7 +562,18 @@ impl Active {
     fn request_prefault(&mut self) {
         let Some(tx) = &self.prefault else { return };
         let range = self.prefaulted..(self.prefaulted + prefault::CHUNK).min(self.capacity);
-        if !range.is_empty() && tx.send(Job::Populate(self.data.mapping().clone(), range.clone())).is_ok() {
+        if range.is_empty() {
+            return;
+        }
+        // The index pages the chunk's records can fill come first: they are needed sooner
+        // (one index page takes ~256 KiB of records), and the first store into a fresh
+        // one can stall the writer for a millisecond while the kernel zeroes its folio.
+        let index_range = self.index_prefaulted..self.index.room_for(range.end);
+        if !index_range.is_empty() && tx.send(Job::Populate(self.index.mapping().clone(), index_range.clone())).is_ok()
+        {
+            self.index_prefaulted = index_range.end;
+        }
+        if tx.send(Job::Populate(self.data.mapping().clone(), range.clone())).is_ok() {
             self.prefaulted = range.end;
         }
     }
@@ -659,6 +683,36 @@ mod tests {
         ] {
             assert_eq!(parse_log_name(bad), None, "{bad}");
         }
+    }
+
+    /// Each chunk of data asked to be faulted in comes after the index pages its records
+    /// can fill, and every page of the index is asked for once, in order.
+    #[test]
+    fn the_prefault_thread_is_asked_for_index_pages_before_the_data_that_fills_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let capacity = 3 * prefault::CHUNK;
+        let mut active = Active::create(dir.path(), 0, capacity, 512).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        active.prefault_with(Some(tx));
+        let (index_map, data_map) = (active.index.mapping().clone(), active.data.mapping().clone());
+        let (mut index_end, mut data_end) = (FILE_HEADER_LEN, FILE_HEADER_LEN);
+        while data_end < capacity {
+            match rx.try_recv() {
+                Ok(Job::Populate(map, range)) if Arc::ptr_eq(&map, &index_map) => {
+                    assert_eq!(range.start, index_end);
+                    index_end = range.end;
+                }
+                Ok(Job::Populate(map, range)) if Arc::ptr_eq(&map, &data_map) => {
+                    assert_eq!(range.start, data_end);
+                    assert!(index_end >= FILE_HEADER_LEN + (range.end / 512) * 8, "index pages asked for late");
+                    data_end = range.end;
+                }
+                Ok(_) => panic!("an unexpected job"),
+                // Ask for more as a writer far along would.
+                Err(_) => active.request_prefault(),
+            }
+        }
+        assert_eq!(index_end, index_map.len());
     }
 
     /// A sync into blocks not written back before also writes back the faulted-in pages
