@@ -13,7 +13,7 @@ use crate::notify::Notify;
 use crate::options::{MAX_SEGMENT_BYTES, Options, SyncPolicy};
 use crate::prefault::Prefaulter;
 use crate::record::{self, Record, now_ms};
-use crate::sealer::Sealer;
+use crate::sealer::{After, Sealer};
 use crate::segment::header::FILE_HEADER_LEN;
 use crate::segment::{self, Active, Creation, Segment, Spare};
 use crate::sync::GroupCommit;
@@ -160,6 +160,8 @@ struct Writer {
     /// disk); the next append tries again.
     active: Option<Active>,
     closed: bool,
+    /// Whether the active segment, once half full, has asked for a spare.
+    spare_asked: bool,
 }
 
 impl Log {
@@ -251,7 +253,7 @@ impl Log {
             dir: dir.to_path_buf(),
             opts,
             segments: RwLock::new(segments),
-            writer: Mutex::new(Writer { active: Some(active), closed: false }),
+            writer: Mutex::new(Writer { active: Some(active), closed: false, spare_asked: false }),
             first_offset: AtomicU64::new(first_offset),
             next_offset: AtomicU64::new(next_offset),
             commit: GroupCommit::new(next_offset),
@@ -339,8 +341,12 @@ impl Log {
                 active.write(first + i as u64, ts, p, i < last);
             }
             active.publish();
+            let half_full = active.is_half_full();
             let next = first + payloads.len() as u64;
             self.next_offset.store(next, Ordering::Release);
+            if half_full && !w.spare_asked {
+                self.ask_for_spare(&mut w);
+            }
             first..next
         };
         self.notify.notify();
@@ -426,9 +432,27 @@ impl Log {
                     }
                 }
                 w.active = Some(created);
+                w.spare_asked = false;
             }
         }
         Ok(w.active.as_mut().expect("set above"))
+    }
+
+    /// Has the sealer thread make a spare, unless the last seal made one already: the spare
+    /// is otherwise made only after a seal, so the first roll of a process would create its
+    /// segment itself (5–30 ms here) and then wait for its first pages to be faulted in.
+    /// Asked for at half full rather than at open, so that a queue that never fills a
+    /// segment reserves no second one. Under `Interval` rolls create their segment
+    /// themselves (see `make_room`): no spare.
+    fn ask_for_spare(&self, w: &mut Writer) {
+        w.spare_asked = true;
+        if matches!(self.opts.sync, SyncPolicy::Interval(_)) {
+            return;
+        }
+        // Held only while a spare is being made or taken: then there is no need to ask.
+        if self.spare.try_lock().is_ok_and(|spare| spare.is_none()) {
+            self.sealer.run(self.ready_spare());
+        }
     }
 
     /// Seals `active`, whose records end at `end_offset`, on this thread.
@@ -449,12 +473,11 @@ impl Log {
     /// successor.
     fn seal_in_background(&self, active: Active, end_offset: u64, creation: Creation, mark: Mark) {
         let (checkpoint, poisoned, rolled) = (self.checkpoint.clone(), self.poisoned.clone(), self.rolled.clone());
-        let (dir, spare, capacity) = (self.dir.clone(), self.spare.clone(), self.opts.segment_bytes as usize);
-        let seal_dir = dir.clone();
+        let dir = self.dir.clone();
         let seal = move || {
             let sealed = active
                 .seal(end_offset)
-                .and_then(|()| creation.sync(&seal_dir))
+                .and_then(|()| creation.sync(&dir))
                 .and_then(|()| checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark));
             match sealed {
                 Ok(()) => rolled.store(true, Ordering::Release),
@@ -465,13 +488,18 @@ impl Log {
         };
         // Then ready the next segment while appends fill this one; syncs do not wait for
         // that. Without a spare (a full disk, say) the next roll creates the segment itself.
-        let ready_spare = move || {
+        self.sealer.seal(Box::new(seal), self.ready_spare());
+    }
+
+    /// A job that makes the spare segment (see [`Spare`]) if there is none.
+    fn ready_spare(&self) -> After {
+        let (dir, spare, capacity) = (self.dir.clone(), self.spare.clone(), self.opts.segment_bytes as usize);
+        Box::new(move || {
             let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
             if spare.is_none() {
                 *spare = Spare::create(&dir, capacity).ok();
             }
-        };
-        self.sealer.seal(Box::new(seal), Box::new(ready_spare));
+        })
     }
 
     /// Returns once every record below `target` is durable.

@@ -17,11 +17,32 @@ pub(crate) type Job = Box<dyn FnOnce() + Send>;
 /// Work for after a seal that nobody waits for.
 pub(crate) type After = Box<dyn FnOnce() + Send>;
 
+/// What the thread is handed, run in order.
+enum Task {
+    /// A seal, which [`Sealer::wait`] waits for, and what follows it, which it does not.
+    Seal(Job, After),
+    /// Work that is not a seal: nobody waits for it.
+    Other(After),
+}
+
+impl Task {
+    fn run(self, busy: &Busy) {
+        match self {
+            Task::Seal(job, after) => {
+                job();
+                busy.set(false);
+                after();
+            }
+            Task::Other(work) => work(),
+        }
+    }
+}
+
 /// Runs seals one at a time and lets callers wait for the one in progress.
 #[derive(Debug)]
 pub(crate) struct Sealer {
     /// `None` if no thread could be started: seals then run on the caller's thread.
-    tx: Option<Sender<(Job, After)>>,
+    tx: Option<Sender<Task>>,
     thread: Option<JoinHandle<()>>,
     busy: Arc<Busy>,
 }
@@ -45,13 +66,11 @@ impl Sealer {
     /// Starts the sealing thread.
     pub fn start() -> Sealer {
         let busy = Arc::new(Busy::default());
-        let (tx, rx) = channel::<(Job, After)>();
+        let (tx, rx) = channel::<Task>();
         let done = busy.clone();
         let spawned = std::thread::Builder::new().name("segq-seal".into()).spawn(move || {
-            for (job, after) in rx {
-                job();
-                done.set(false);
-                after();
+            for task in rx {
+                task.run(&done);
             }
         });
         match spawned {
@@ -65,16 +84,24 @@ impl Sealer {
     /// no other seal starts meanwhile.
     pub fn seal(&self, job: Job, after: After) {
         self.busy.set(true);
-        let (job, after) = match &self.tx {
-            Some(tx) => match tx.send((job, after)) {
-                Ok(()) => return,
-                Err(unsent) => unsent.0,
-            },
-            None => (job, after),
-        };
-        job();
-        self.busy.set(false);
-        after();
+        self.hand_over(Task::Seal(job, after));
+    }
+
+    /// Runs `work` in the background once what was handed over before is done. It is not
+    /// a seal: [`Sealer::wait`] does not wait for it, and no seal need be waited for first.
+    pub fn run(&self, work: After) {
+        self.hand_over(Task::Other(work));
+    }
+
+    fn hand_over(&self, task: Task) {
+        match &self.tx {
+            Some(tx) => {
+                if let Err(unsent) = tx.send(task) {
+                    unsent.0.run(&self.busy);
+                }
+            }
+            None => task.run(&self.busy),
+        }
     }
 
     /// Whether a seal is in progress.
@@ -135,6 +162,33 @@ mod tests {
         sealer.wait();
         assert!(!sealer.is_sealing());
         assert_eq!(done.load(Ordering::SeqCst), 3);
+    }
+
+    /// Work that is not a seal runs in order with the seals, and waiting for a seal does
+    /// not wait for it.
+    #[test]
+    fn other_work_runs_in_order_and_is_not_waited_for() {
+        let sealer = Sealer::start();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let log = |name: &'static str| {
+            let order = order.clone();
+            Box::new(move || order.lock().unwrap().push(name)) as Job
+        };
+        let first = log("seal");
+        sealer.seal(first, log("after the seal"));
+        let work = log("work");
+        sealer.run(Box::new(move || {
+            let _ = gate.recv();
+            work();
+        }));
+        sealer.wait();
+        assert!(!sealer.is_sealing(), "the seal is done while the work still waits");
+        release.send(()).unwrap();
+        sealer.seal(log("second seal"), Box::new(|| {}));
+        sealer.wait();
+        let order = order.lock().unwrap().clone();
+        assert_eq!(order, ["seal", "after the seal", "work", "second seal"]);
     }
 
     #[test]

@@ -289,3 +289,39 @@ fn a_failed_background_seal_poisons_the_queue() {
     }
     assert!(poisoned > 0, "no fault hit a seal");
 }
+
+/// The first segment of a process has no seal before it to make a spare: it asks for one
+/// once it is half full, so that the first roll finds one too. A queue that fills less
+/// than half a segment reserves no second one, and under `Interval` (whose rolls create
+/// their segment themselves) none is made.
+#[test]
+fn a_first_segment_half_full_asks_for_a_spare() {
+    let record = [7u8; 100]; // 100 B records: 132 of them fill a 16 KiB segment
+    for (sync, wanted) in [
+        (SyncPolicy::Never, true),
+        (SyncPolicy::Always, true),
+        (SyncPolicy::Interval(std::time::Duration::from_millis(1)), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join("spare.log.tmp");
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES).sync(sync)).unwrap();
+        for _ in 0..20 {
+            q.append(&record).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!spare.exists(), "{sync:?}: a spare for a segment not yet half full");
+        for _ in 20..90 {
+            q.append(&record).unwrap();
+        }
+        assert_eq!(segment_files(dir.path()).len(), 1, "{sync:?}: no roll yet");
+        let asked = std::time::Instant::now();
+        while !spare.exists() && asked.elapsed() < std::time::Duration::from_secs(if wanted { 10 } else { 1 }) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(spare.exists(), wanted, "{sync:?}");
+        q.close().unwrap();
+        assert!(!spare.exists(), "{sync:?}: close deletes the spare");
+        let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+        assert_eq!(q.next_offset(), 90);
+    }
+}

@@ -527,6 +527,11 @@ impl Active {
         self.pos == FILE_HEADER_LEN
     }
 
+    /// Whether at least half of the segment's room is used.
+    pub fn is_half_full(&self) -> bool {
+        self.pos >= self.capacity / 2
+    }
+
     /// End of the data written so far.
     pub fn position(&self) -> usize {
         self.pos
