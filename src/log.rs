@@ -18,9 +18,9 @@ use crate::segment::header::FILE_HEADER_LEN;
 use crate::segment::{self, Active, Creation, Segment, Spare};
 use crate::sync::GroupCommit;
 
-/// How far past the synced data a sync under `SyncPolicy::Always` writes back the zeroed
-/// pages ahead, when it writes back any (see `segment::sync_data`): larger costs a longer
-/// sync now and then, smaller more of them.
+/// How far past the synced data a small sync writes back the zeroed pages ahead, when it
+/// writes back any (see `segment::sync_data`): larger costs a longer sync now and then,
+/// smaller more of them.
 const WRITE_BACK_AHEAD: usize = 256 << 10;
 
 /// What [`crate::Queue::open`] found and did, from [`crate::Queue::recovery`].
@@ -530,10 +530,7 @@ impl Log {
                 None => return Ok(next),
             }
         };
-        // Appends that each wait for a sync also have the pages after them written back
-        // ahead (see `segment::sync_data`).
-        let ahead = if self.opts.sync == SyncPolicy::Always { WRITE_BACK_AHEAD } else { 0 };
-        if let Err(e) = segment::sync_data(&segment, end, ahead) {
+        if let Err(e) = segment::sync_data(&segment, end, WRITE_BACK_AHEAD) {
             self.poison(&e);
             return Err(e);
         }

@@ -647,13 +647,15 @@ fn touch(bytes: &[u8], range: std::ops::Range<usize>) {
 
 /// Makes the data of `seg` below `end` durable, syncing only what is not yet synced.
 ///
-/// A sync that reaches past the pages written back so far also writes back up to `ahead`
-/// bytes after `end` that the prefault thread has faulted in, still zero. `fallocate`
-/// reserves blocks as unwritten extents, and the first sync into each such block must also
-/// convert its extent and write that metadata: ~55 µs here, on top of the ~80 µs of a sync
-/// into a block written before. Small syncs (one record, or 16 threads' worth in half a
-/// block) would pay that every block or every other sync; this way one sync pays it once for
-/// `ahead` bytes, with one larger write.
+/// A sync of less than `ahead` bytes that reaches past the pages written back so far also
+/// writes back up to `ahead` bytes after `end` that the prefault thread has faulted in,
+/// still zero. `fallocate` reserves blocks as unwritten extents, and the first sync into
+/// each such block must also convert its extent and write that metadata: ~55 µs here, on
+/// top of the ~80 µs of a sync into a block written before. Small syncs (one record, or 16
+/// threads' worth in half a block) would pay that every block or every other sync; this
+/// way one sync pays it once for `ahead` bytes, with one larger write. Larger syncs convert
+/// once for many blocks anyway, and writing zeros ahead of them would only add to what a
+/// fast writer sends the disk.
 pub(crate) fn sync_data(seg: &Segment, end: usize, ahead: usize) -> Result<()> {
     let from = seg.synced.load(Ordering::Acquire);
     if from >= end {
@@ -661,7 +663,7 @@ pub(crate) fn sync_data(seg: &Segment, end: usize, ahead: usize) -> Result<()> {
     }
     let map = seg.data.get().expect("the active segment is mapped from its creation");
     let to = match seg.written_back.load(Ordering::Acquire) {
-        written if end > written && ahead > 0 => end.saturating_add(ahead).min(map.populated()).max(end),
+        written if end > written && end - from < ahead => end.saturating_add(ahead).min(map.populated()).max(end),
         _ => end,
     };
     crate::fs::sync_mapping(map, &seg.path, from..to)?;
@@ -757,6 +759,12 @@ mod tests {
         seg.synced.store(0, Ordering::Release);
         sync_data(&seg, active.position(), 1 << 20).unwrap();
         assert_eq!(written_back(), 256 << 10);
+
+        // A sync of `ahead` bytes or more writes back only its own range.
+        seg.written_back.store(0, Ordering::Release);
+        seg.synced.store(0, Ordering::Release);
+        sync_data(&seg, active.position(), 16).unwrap();
+        assert_eq!(written_back(), active.position());
 
         let on_disk = std::fs::read(&seg.path).unwrap();
         assert!(on_disk[active.position()..].iter().all(|&b| b == 0));
