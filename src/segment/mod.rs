@@ -593,6 +593,10 @@ impl Active {
     /// `end_offset` is the first offset past it.
     pub fn seal(mut self, end_offset: u64) -> Result<()> {
         self.end_at(end_offset);
+        // Nothing writes to it again: unmapped, its pages are written back without cleaning
+        // page-table entries one by one (each with a TLB flush on every CPU running the
+        // process), and the cut below unmaps nothing. Readers fault pages back as they go.
+        self.data.mapping().release_pages(0..self.capacity);
         sync_data(&self.seg, self.pos, 0)?;
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
         crate::fs::sync_file(&self.file, &self.seg.path)?;
