@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use segq::{Queue, SyncPolicy};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use segq::{Options, Queue, SyncPolicy};
 
 use common::{open, payload, quick_group, settle, temp_dir};
 
@@ -76,41 +77,49 @@ fn append(c: &mut Criterion) {
     }
 }
 
-/// `Always`, 100 B records, `threads` appenders sharing the queue: group commit.
+/// `Always`, 100 B records, `threads` appenders sharing the queue: group commit; then the
+/// same with `Options::busy_wait_for_sync`.
 fn append_threads(c: &mut Criterion) {
     let data = payload(100);
-    let mut g = quick_group(c, "append_threads/always/100B", 10, 3);
-    g.sampling_mode(SamplingMode::Flat).throughput(Throughput::Elements(1));
-    for threads in [1u64, 4, 16] {
-        g.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &threads| {
-            b.iter_custom(|iters| {
-                let dir = temp_dir();
-                settle();
-                let q = open(dir.path(), SyncPolicy::Always);
-                let start_line = Barrier::new(threads as usize + 1);
-                let elapsed = std::thread::scope(|s| {
-                    for t in 0..threads {
-                        let count = iters / threads + u64::from(t < iters % threads);
-                        let (q, data, start_line) = (&q, &data, &start_line);
-                        s.spawn(move || {
-                            start_line.wait();
-                            for _ in 0..count {
-                                black_box(q.append(data).expect("append"));
-                            }
-                        });
-                    }
-                    start_line.wait();
-                    let start = Instant::now();
-                    // Leaving the scope joins every appender.
-                    start
-                })
-                .elapsed();
-                q.simulate_crash();
-                elapsed
-            })
-        });
+    for (name, busy_wait, counts) in [("always", false, &[1u64, 4, 16][..]), ("always_busy_wait", true, &[4, 16])] {
+        let mut g = quick_group(c, &format!("append_threads/{name}/100B"), 10, 3);
+        g.sampling_mode(SamplingMode::Flat).throughput(Throughput::Elements(1));
+        for &threads in counts {
+            append_threads_one(&mut g, &data, threads, busy_wait);
+        }
+        g.finish();
     }
-    g.finish();
+}
+
+fn append_threads_one(g: &mut BenchmarkGroup<'_, WallTime>, data: &[u8], threads: u64, busy_wait: bool) {
+    g.bench_with_input(BenchmarkId::from_parameter(threads), &threads, |b, &threads| {
+        b.iter_custom(|iters| {
+            let dir = temp_dir();
+            settle();
+            let opts = Options::default().sync(SyncPolicy::Always).busy_wait_for_sync(busy_wait);
+            let q = Queue::open(dir.path(), opts).expect("open the queue");
+            let start_line = Barrier::new(threads as usize + 1);
+            let elapsed = std::thread::scope(|s| {
+                for t in 0..threads {
+                    let count = iters / threads + u64::from(t < iters % threads);
+                    let (q, start_line) = (&q, &start_line);
+                    s.spawn(move || {
+                        start_line.wait();
+                        for _ in 0..count {
+                            black_box(q.append(data).expect("append"));
+                        }
+                    });
+                }
+                start_line.wait();
+                let start = Instant::now();
+                // Leaving the scope joins every appender.
+                start
+            })
+            .elapsed();
+            q.simulate_crash();
+            elapsed
+        })
+    });
 }
 
 /// `append_batch` of 64 and 512 records of 100 B, under `Always` (and `Never` for reference).

@@ -249,6 +249,7 @@ impl Log {
         let prefault = Prefaulter::start();
         let mut active = active;
         active.prefault_with(prefault.as_ref().map(Prefaulter::sender));
+        let busy_wait = opts.busy_wait_for_sync;
         Ok(Log {
             dir: dir.to_path_buf(),
             opts,
@@ -256,7 +257,7 @@ impl Log {
             writer: Mutex::new(Writer { active: Some(active), closed: false, spare_asked: false }),
             first_offset: AtomicU64::new(first_offset),
             next_offset: AtomicU64::new(next_offset),
-            commit: GroupCommit::new(next_offset),
+            commit: GroupCommit::new(next_offset).busy_wait(busy_wait),
             checkpoint: Arc::new(Mutex::new(checkpoint)),
             poisoned: Arc::new(OnceLock::new()),
             recovery,

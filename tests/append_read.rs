@@ -125,6 +125,42 @@ fn reads_race_with_appends_on_other_threads() {
     });
 }
 
+/// Durable appends from many threads, with and without busy waiting for the shared syncs:
+/// each returns only once its record is durable, and a crash right after keeps them all.
+#[test]
+fn durable_appends_from_many_threads_all_survive_a_crash() {
+    for busy_wait in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || tiny(16 << 10).sync(SyncPolicy::Always).busy_wait_for_sync(busy_wait);
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        let acknowledged: Vec<Vec<u64>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let q = &q;
+                    s.spawn(move || {
+                        (0..100u64)
+                            .map(|i| {
+                                let offset = q.append(&payload(t * 1000 + i)).unwrap();
+                                assert!(q.durable_offset() > offset, "acknowledged before durable");
+                                offset
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        q.simulate_crash();
+        let q = Queue::open(dir.path(), opts()).unwrap();
+        assert_eq!(q.next_offset(), 800, "busy_wait {busy_wait}");
+        for (t, offsets) in acknowledged.iter().enumerate() {
+            for (i, &offset) in offsets.iter().enumerate() {
+                assert_eq!(q.read(offset).unwrap().unwrap().payload(), payload(t as u64 * 1000 + i as u64));
+            }
+        }
+    }
+}
+
 #[test]
 fn records_outlive_the_queue() {
     let dir = tempfile::tempdir().unwrap();

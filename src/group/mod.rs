@@ -144,7 +144,7 @@ impl Group {
         if rewrite || changed.is_some() {
             locked.compact(&dir, &clock)?;
         }
-        let commit = GroupCommit::new(locked.journal.seq());
+        let commit = GroupCommit::new(locked.journal.seq()).busy_wait(log.options().busy_wait_for_sync);
         let inner = GroupInner {
             name: name.to_string(),
             dir,
