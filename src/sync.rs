@@ -171,10 +171,11 @@ impl GroupCommit {
     /// Gathers, syncs, publishes the result and wakes every waiter.
     fn lead(&self, sync: &impl Fn() -> Result<u64>) -> Result<()> {
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        // As long as the last gathering and sync took, at most.
-        let expected = (history.last_sync / 2).min(MAX_GATHER) + history.last_sync;
-        let due = if history.last_sync.is_zero() { 0 } else { self.nanos() + expected.as_nanos() as u64 };
-        self.due.store(due, Ordering::Release);
+        if self.busy_wait && !history.last_sync.is_zero() {
+            // As long as the last gathering and sync took, at most.
+            let expected = (history.last_sync / 2).min(MAX_GATHER) + history.last_sync;
+            self.due.store(self.nanos() + expected.as_nanos() as u64, Ordering::Release);
+        }
         self.gather(&history);
         // Everyone who arrived has appended already: this sync covers them all.
         let arrivals = self.arrivals.load(Ordering::Acquire);
