@@ -626,8 +626,19 @@ impl Log {
         if offset >= self.next_offset() || offset < self.first_offset() {
             return Ok(None);
         }
-        // Through a cloned `Arc`, not under the lock: the first read of a sealed segment maps
-        // its files and may rebuild its index, and a roll must not wait for that.
+        // A segment already mapped is read under the list's lock, without the two atomic
+        // updates of cloning its `Arc` (shared by every reader). The first read of a sealed
+        // segment maps its files and may rebuild its index: that one goes through a cloned
+        // `Arc`, outside the lock, so that a roll need not wait for it.
+        {
+            let segments = self.segments();
+            let i = segments.partition_point(|s| s.base() <= offset);
+            if let Some(segment) = i.checked_sub(1).map(|i| &segments[i])
+                && segment.is_mapped()
+            {
+                return segment.read(offset).map(Some);
+            }
+        }
         match self.segment_for(offset).map(|segment| segment.read(offset)) {
             Some(Ok(record)) => Ok(Some(record)),
             // Retention deleted the segment between the check above and the read.

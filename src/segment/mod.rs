@@ -106,6 +106,11 @@ impl Segment {
         Error::corrupt(&self.path, position as u64, kind)
     }
 
+    /// Whether its data and index are mapped: a read then does no I/O.
+    pub fn is_mapped(&self) -> bool {
+        self.data.get().is_some() && self.index.get().is_some()
+    }
+
     /// The segment's readable bytes, mapping the file on first use.
     pub fn data(&self) -> Result<&Arc<Mapping>> {
         if let Some(map) = self.data.get() {
