@@ -269,7 +269,7 @@ impl Options {
     /// that will run it, and with more appending threads than cores the threads woken at
     /// the end of a sync take turns: on the 2-core machines of docs/PERFORMANCE.md, 16
     /// appending threads spent ~70 µs of each ~180 µs group-commit cycle on wake-ups, and
-    /// turning this on made them 15–35 % faster. The price is CPU: the waiters keep every
+    /// turning this on made them 7–36 % faster. The price is CPU: the waiters keep every
     /// core busy for as long as a sync runs, time other threads of the process could have
     /// used. A disk whose syncs take longer than 250 µs, or a sync that overruns, lets the
     /// waiters sleep as usual.
