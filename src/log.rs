@@ -616,9 +616,7 @@ impl Log {
 
     /// The segment holding `offset`, which must be at or above the first offset.
     pub(crate) fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
-        let segments = self.segments();
-        let i = segments.partition_point(|s| s.base() <= offset);
-        i.checked_sub(1).map(|i| segments[i].clone())
+        holding(&self.segments(), offset).cloned()
     }
 
     /// Reads one record; `None` outside `first_offset()..next_offset()`.
@@ -629,22 +627,21 @@ impl Log {
         // A segment already mapped is read under the list's lock, without the two atomic
         // updates of cloning its `Arc` (shared by every reader). The first read of a sealed
         // segment maps its files and may rebuild its index: that one goes through a cloned
-        // `Arc`, outside the lock, so that a roll need not wait for it.
-        {
+        // `Arc`, outside the lock, so that a roll need not wait for it. (A read of a mapped
+        // segment does no I/O, except removing an index file found wrong.)
+        let unmapped = {
             let segments = self.segments();
-            let i = segments.partition_point(|s| s.base() <= offset);
-            if let Some(segment) = i.checked_sub(1).map(|i| &segments[i])
-                && segment.is_mapped()
-            {
-                return segment.read(offset).map(Some);
+            match holding(&segments, offset) {
+                Some(segment) if segment.is_mapped() => return segment.read(offset).map(Some),
+                Some(segment) => segment.clone(),
+                None => return Ok(None),
             }
-        }
-        match self.segment_for(offset).map(|segment| segment.read(offset)) {
-            Some(Ok(record)) => Ok(Some(record)),
+        };
+        match unmapped.read(offset) {
+            Ok(record) => Ok(Some(record)),
             // Retention deleted the segment between the check above and the read.
-            Some(Err(_)) if offset < self.first_offset() => Ok(None),
-            Some(Err(e)) => Err(e),
-            None => Ok(None),
+            Err(_) if offset < self.first_offset() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -800,4 +797,9 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
         }
     }
     Ok(bases)
+}
+
+/// The segment of `segments` (ordered by base) that holds `offset`, if any.
+fn holding(segments: &[Arc<Segment>], offset: u64) -> Option<&Arc<Segment>> {
+    segments.partition_point(|s| s.base() <= offset).checked_sub(1).map(|i| &segments[i])
 }
