@@ -19,11 +19,13 @@
 #![deny(unsafe_code)]
 
 use core::arch::x86_64::{
-    __m128i, __m512i, _mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_extract_epi64, _mm_set_epi64x, _mm_setzero_si128,
-    _mm_shuffle_epi8, _mm_xor_si128, _mm512_bsrli_epi128, _mm512_castsi128_si512, _mm512_castsi512_si128,
-    _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32, _mm512_inserti32x4, _mm512_maskz_mov_epi32,
-    _mm512_permutexvar_epi32, _mm512_set_epi32, _mm512_set_epi64, _mm512_setzero_si512, _mm512_ternarylogic_epi64,
-    _mm512_xor_si512,
+    __m128i, __m512i, _mm_and_si128, _mm_clmulepi64_si128, _mm_cvtsi128_si64, _mm_extract_epi32, _mm_extract_epi64,
+    _mm_set_epi32, _mm_set_epi64x, _mm_setzero_si128, _mm_shuffle_epi8, _mm_srli_si128, _mm_xor_si128,
+    _mm256_castsi256_si128, _mm256_extracti128_si256, _mm256_xor_si256, _mm512_bsrli_epi128, _mm512_castsi128_si512,
+    _mm512_castsi512_si128, _mm512_clmulepi64_epi128, _mm512_extracti32x4_epi32, _mm512_extracti64x4_epi64,
+    _mm512_inserti32x4, _mm512_mask_broadcast_i32x4, _mm512_maskz_mov_epi32, _mm512_maskz_mov_epi64,
+    _mm512_maskz_permutexvar_epi64, _mm512_permutexvar_epi32, _mm512_set_epi32, _mm512_set_epi64, _mm512_set1_epi64,
+    _mm512_setzero_si512, _mm512_sub_epi64, _mm512_ternarylogic_epi64, _mm512_xor_si512,
 };
 
 /// Buffers side by side in one register.
@@ -79,6 +81,16 @@ const fn reflect33(p: u64) -> u64 {
     r
 }
 
+/// Carries a lane's first half 64 bytes on (four lanes of one buffer, 4 blocks a step).
+const FOLD64_HIGH: u64 = reflect33(x_pow_mod_p(512 + 32));
+/// Carries a lane's second half 64 bytes on.
+const FOLD64_LOW: u64 = reflect33(x_pow_mod_p(512 - 32));
+/// Carry a lane's halves 48 bytes on.
+const FOLD48_HIGH: u64 = reflect33(x_pow_mod_p(384 + 32));
+const FOLD48_LOW: u64 = reflect33(x_pow_mod_p(384 - 32));
+/// Carry a lane's halves 32 bytes on.
+const FOLD32_HIGH: u64 = reflect33(x_pow_mod_p(256 + 32));
+const FOLD32_LOW: u64 = reflect33(x_pow_mod_p(256 - 32));
 /// Carries a lane's first half (the high-degree one) 16 bytes on.
 const FOLD_HIGH: u64 = reflect33(x_pow_mod_p(128 + 32));
 /// Carries a lane's second half 16 bytes on; also the first reduction step.
@@ -150,6 +162,73 @@ pub(super) fn crc32_lanes<const GROUPS: usize>(spans: &[[&[u8]; LANES]; GROUPS])
     crcs
 }
 
+/// The CRC-32 of one buffer of at least [`MIN_LEN`] bytes, as `crc32fast::hash` gives it.
+///
+/// The buffer is cut into blocks as for [`crc32_lanes`] (its head first), and four
+/// consecutive blocks share a register: each step folds all four 64 bytes on, so the chain
+/// of dependent multiplications is a quarter as long as folding block by block. Zero lanes
+/// before the head make the count of lanes a multiple of four without changing the CRC. At
+/// the end each lane is carried to the end of the buffer and the four are added.
+#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq")]
+pub(super) fn crc32_one(bytes: &[u8]) -> u32 {
+    let (head, blocks) = head(bytes);
+    let Some((first, _)) = blocks.split_first_chunk::<4>() else {
+        // At most four lanes in all: folding them one by one is as short a chain.
+        return finish_one(blocks.iter().fold(head, |lane, block| fold(lane, load(block))));
+    };
+    // Zero lanes before the head, so that the head and the blocks fill whole registers.
+    let pad = 3 - blocks.len() % 4;
+    // The first register: `pad` zero lanes, the head, then the first `3 - pad` blocks, moved
+    // up from where they were loaded (`permutexvar` takes lane indices modulo 8 qwords).
+    let shift = _mm512_set1_epi64(2 * (pad as i64 + 1));
+    let up = _mm512_sub_epi64(_mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0), shift);
+    let kept = (0xffu32 << (2 * (pad + 1))) as u8;
+    let firsts = _mm512_maskz_permutexvar_epi64(kept, up, load4(first));
+    let mut lanes = _mm512_mask_broadcast_i32x4(firsts, 0xf << (4 * pad), head);
+    // The blocks the first register did not take: a whole number of registers.
+    let (steps, _) = blocks[3 - pad..].as_chunks::<4>();
+    let step = repeat(FOLD64_LOW, FOLD64_HIGH);
+    for next in steps {
+        lanes = fold_by(lanes, step, load4(next));
+    }
+    // Lanes 0 to 2 are carried 48, 32 and 16 bytes on, to the end of the last; lane 3 is.
+    let to_end = _mm512_set_epi64(
+        0,
+        0,
+        FOLD_LOW as i64,
+        FOLD_HIGH as i64,
+        FOLD32_LOW as i64,
+        FOLD32_HIGH as i64,
+        FOLD48_LOW as i64,
+        FOLD48_HIGH as i64,
+    );
+    let carried = fold_by(lanes, to_end, _mm512_maskz_mov_epi64(0xc0, lanes));
+    let halves = _mm256_xor_si256(_mm512_extracti64x4_epi64::<0>(carried), _mm512_extracti64x4_epi64::<1>(carried));
+    finish_one(_mm_xor_si128(_mm256_castsi256_si128(halves), _mm256_extracti128_si256::<1>(halves)))
+}
+
+/// Four blocks as four lanes, the first in the low bits.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq")]
+fn load4(blocks: &[[u8; 16]; 4]) -> __m512i {
+    join([load(&blocks[0]), load(&blocks[1]), load(&blocks[2]), load(&blocks[3])])
+}
+
+/// The CRC of one lane that ends a buffer: `lane * x^32 mod P`, complemented ([`finish`]
+/// for one lane).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq")]
+fn finish_one(lane: __m128i) -> u32 {
+    let reduce = _mm_set_epi64x(REDUCE_64 as i64, FOLD_LOW as i64);
+    let barrett = _mm_set_epi64x(POLY as i64, MU as i64);
+    let low32 = _mm_set_epi32(0, 0, 0, -1);
+    let v = _mm_xor_si128(_mm_clmulepi64_si128::<0x00>(lane, reduce), _mm_srli_si128::<8>(lane));
+    let w = _mm_xor_si128(_mm_clmulepi64_si128::<0x10>(_mm_and_si128(v, low32), reduce), _mm_srli_si128::<4>(v));
+    let estimate = _mm_clmulepi64_si128::<0x00>(_mm_and_si128(w, low32), barrett);
+    let remainder = _mm_xor_si128(w, _mm_clmulepi64_si128::<0x10>(_mm_and_si128(estimate, low32), barrett));
+    !(_mm_extract_epi32::<1>(remainder) as u32)
+}
+
 /// A buffer's head as a lane (zeros before it, the starting value folded in), and the
 /// whole blocks after it.
 #[inline]
@@ -195,7 +274,15 @@ fn fold(lane: __m128i, next: __m128i) -> __m128i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq")]
 fn fold4(lanes: __m512i, next: __m512i) -> __m512i {
-    let constants = repeat(FOLD_LOW, FOLD_HIGH);
+    fold_by(lanes, repeat(FOLD_LOW, FOLD_HIGH), next)
+}
+
+/// Each lane times `x^n mod P` in 128 bits, plus `next`, where `constants` holds, lane by
+/// lane, `x^(n + 32)` and `x^(n - 32)` in the form [`reflect33`] gives (zeros: the product
+/// is zero).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq,pclmulqdq")]
+fn fold_by(lanes: __m512i, constants: __m512i, next: __m512i) -> __m512i {
     let high = _mm512_clmulepi64_epi128::<0x00>(lanes, constants);
     let low = _mm512_clmulepi64_epi128::<0x11>(lanes, constants);
     // 0x96: the exclusive or of all three.
