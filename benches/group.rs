@@ -1,5 +1,5 @@
 //! Consumer groups: `poll` + `ack` of 100 B records by one worker and by 4 workers sharing
-//! a group, under `Never` and `Always`.
+//! a group, under `Never` and `Always`; then the same with `poll_batch` + `ack_batch` of 64.
 //!
 //! `cargo bench --bench group`
 
@@ -25,9 +25,34 @@ fn drain(g: &Group) -> u64 {
     n
 }
 
+/// How a worker consumes: polls and acks until nothing is left; returns how many it took.
+type Drain = fn(&Group) -> u64;
+
+/// Records a worker takes and acks at once in the batch benches.
+const BATCH: usize = 64;
+
+/// [`drain`] with `poll_batch` + `ack_batch` of up to [`BATCH`].
+fn drain_batches(g: &Group) -> u64 {
+    let mut n = 0;
+    let mut offsets = Vec::with_capacity(BATCH);
+    loop {
+        let batch = g.poll_batch(BATCH, Duration::ZERO).expect("poll_batch");
+        if batch.is_empty() {
+            return n;
+        }
+        offsets.clear();
+        for d in &batch {
+            black_box(d.payload().len());
+            offsets.push(d.offset());
+        }
+        g.ack_batch(&offsets).expect("ack_batch");
+        n += batch.len() as u64;
+    }
+}
+
 /// Time for `workers` threads to consume and ack `iters` records appended beforehand
-/// (untimed) to a fresh queue.
-fn consume(sync: SyncPolicy, workers: usize, iters: u64) -> Duration {
+/// (untimed) to a fresh queue, each with `drain`.
+fn consume(sync: SyncPolicy, workers: usize, iters: u64, drain: Drain) -> Duration {
     let dir = temp_dir();
     let q = open(dir.path(), sync);
     fill(&q, &payload(100), iters);
@@ -58,15 +83,19 @@ fn consume(sync: SyncPolicy, workers: usize, iters: u64) -> Duration {
 }
 
 fn poll_ack(c: &mut Criterion) {
-    for (name, sync) in [("never", SyncPolicy::Never), ("always", SyncPolicy::Always)] {
-        let mut g = quick_group(c, &format!("group_poll_ack/{name}"), 10, 3);
+    let ways: [(&str, Drain); 2] = [("group_poll_ack", drain), ("group_poll_ack_batch64", drain_batches)];
+    for ((bench, drain), (name, sync)) in ways
+        .into_iter()
+        .flat_map(|way| [("never", SyncPolicy::Never), ("always", SyncPolicy::Always)].map(|policy| (way, policy)))
+    {
+        let mut g = quick_group(c, &format!("{bench}/{name}"), 10, 3);
         if sync == SyncPolicy::Always {
             g.sampling_mode(SamplingMode::Flat);
         }
         g.throughput(Throughput::Elements(1));
         for workers in [1usize, 4] {
             g.bench_with_input(BenchmarkId::new("workers", workers), &workers, |b, &workers| {
-                b.iter_custom(|iters| consume(sync, workers, iters))
+                b.iter_custom(|iters| consume(sync, workers, iters, drain))
             });
         }
         g.finish();

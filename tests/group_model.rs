@@ -1,5 +1,5 @@
 //! A consumer group behaves like a simple in-memory model through random sequences of
-//! appends, polls, acks, nacks, redrives, seeks and reopens.
+//! appends, polls, acks, nacks, redrives, seeks and reopens, one by one and in batches.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,7 +13,11 @@ const MAX_ATTEMPTS: u32 = 3;
 enum Step {
     Append(u8),
     Poll,
+    /// `poll_batch` of up to this many.
+    PollBatch(usize),
     Ack(usize),
+    /// `ack_batch` of this many outstanding deliveries (from an index), one of them twice.
+    AckBatch(usize, usize),
     Nack(usize),
     Redrive(usize),
     Seek(u8),
@@ -25,7 +29,9 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (1u8..4).prop_map(Step::Append),
         6 => Just(Step::Poll),
+        3 => (0usize..5).prop_map(Step::PollBatch),
         4 => any::<usize>().prop_map(Step::Ack),
+        2 => (any::<usize>(), 1usize..4).prop_map(|(i, n)| Step::AckBatch(i, n)),
         2 => any::<usize>().prop_map(Step::Nack),
         1 => any::<usize>().prop_map(Step::Redrive),
         1 => any::<u8>().prop_map(Step::Seek),
@@ -84,6 +90,38 @@ fn open(dir: &std::path::Path) -> (Queue, segq::Group) {
     (q, g)
 }
 
+/// Offsets due for a retry.
+fn due(m: &Model) -> Vec<u64> {
+    m.states.iter().filter(|(_, s)| matches!(s, State::Due(a) if *a < MAX_ATTEMPTS)).map(|(&o, _)| o).collect()
+}
+
+/// Checks one delivery against the model and applies it.
+fn delivered(m: &mut Model, outstanding: &mut Vec<u64>, d: &segq::Delivery) -> Result<(), TestCaseError> {
+    let (o, due) = (d.offset(), due(m));
+    let want = format!("r{o}");
+    prop_assert_eq!(d.payload(), want.as_bytes());
+    if due.is_empty() {
+        prop_assert_eq!(o, m.next, "a new record comes in order");
+        prop_assert_eq!(d.attempt(), 1);
+        m.next += 1;
+    } else {
+        prop_assert!(due.contains(&o), "{o} delivered while {due:?} are due");
+        let State::Due(a) = m.states[&o] else { unreachable!() };
+        prop_assert_eq!(d.attempt(), a + 1);
+    }
+    m.states.insert(o, State::Leased(d.attempt()));
+    outstanding.push(o);
+    Ok(())
+}
+
+/// Checks that the model has nothing to deliver.
+fn nothing_to_deliver(m: &Model) -> Result<(), TestCaseError> {
+    let due = due(m);
+    prop_assert!(due.is_empty(), "nothing delivered but {due:?} are due");
+    prop_assert_eq!(m.next, m.records);
+    Ok(())
+}
+
 fn check(g: &segq::Group, m: &Model) {
     assert_eq!(g.ack_floor(), m.ack_floor(), "ack floor; model {m:?}");
     let dead: Vec<_> = g.dead_letters().unwrap().iter().map(|d| (d.offset(), d.attempts())).collect();
@@ -107,36 +145,35 @@ proptest! {
                         m.records += 1;
                     }
                 }
-                Step::Poll => {
-                    let got = g.poll(Duration::ZERO).unwrap();
-                    let due: Vec<u64> = m.states.iter().filter(|(_, s)| matches!(s, State::Due(a) if *a < MAX_ATTEMPTS)).map(|(&o, _)| o).collect();
-                    match got {
-                        None => {
-                            prop_assert!(due.is_empty(), "nothing delivered but {due:?} are due");
-                            prop_assert_eq!(m.next, m.records);
-                        }
-                        Some(d) => {
-                            let o = d.offset();
-                            let want = format!("r{o}");
-                            prop_assert_eq!(d.payload(), want.as_bytes());
-                            if due.is_empty() {
-                                prop_assert_eq!(o, m.next, "a new record comes in order");
-                                prop_assert_eq!(d.attempt(), 1);
-                                m.next += 1;
-                            } else {
-                                prop_assert!(due.contains(&o), "{o} delivered while {due:?} are due");
-                                let State::Due(a) = m.states[&o] else { unreachable!() };
-                                prop_assert_eq!(d.attempt(), a + 1);
-                            }
-                            m.states.insert(o, State::Leased(d.attempt()));
-                            outstanding.push(o);
-                        }
+                Step::Poll => match g.poll(Duration::ZERO).unwrap() {
+                    None => nothing_to_deliver(&m)?,
+                    Some(d) => delivered(&mut m, &mut outstanding, &d)?,
+                },
+                Step::PollBatch(max) => {
+                    let batch = g.poll_batch(max, Duration::ZERO).unwrap();
+                    prop_assert!(batch.len() <= max);
+                    for d in &batch {
+                        delivered(&mut m, &mut outstanding, d)?;
+                    }
+                    if batch.len() < max {
+                        nothing_to_deliver(&m)?;
                     }
                 }
                 Step::Ack(i) if !outstanding.is_empty() => {
                     let o = outstanding.remove(i % outstanding.len());
                     g.ack(o).unwrap();
                     m.states.insert(o, State::Acked);
+                }
+                Step::AckBatch(i, n) if !outstanding.is_empty() => {
+                    let mut acked = Vec::new();
+                    for _ in 0..n.min(outstanding.len()) {
+                        acked.push(outstanding.remove(i % outstanding.len()));
+                    }
+                    acked.push(acked[0]);
+                    g.ack_batch(&acked).unwrap();
+                    for o in acked {
+                        m.states.insert(o, State::Acked);
+                    }
                 }
                 Step::Nack(i) if !outstanding.is_empty() => {
                     let o = outstanding.remove(i % outstanding.len());

@@ -489,3 +489,119 @@ fn a_lost_newer_snapshot_is_reported_not_silently_undone() {
         other => panic!("expected Corrupt naming {newer:?}, got {other:?}"),
     }
 }
+
+#[test]
+fn poll_batch_takes_up_to_max_in_order_then_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 7);
+    let g = q.group("g").unwrap();
+    assert!(g.poll_batch(0, Duration::from_secs(60)).unwrap().is_empty(), "max 0 returns at once");
+    let first = g.poll_batch(4, NO_WAIT).unwrap();
+    assert_eq!(first.iter().map(|d| d.offset()).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert!(first.iter().all(|d| d.attempt() == 1));
+    assert_eq!(first[2].payload(), b"record 2");
+    // A nacked record comes back first, with its next attempt.
+    g.nack(1, Duration::ZERO).unwrap();
+    let rest = g.poll_batch(100, NO_WAIT).unwrap();
+    assert_eq!(rest.iter().map(|d| (d.offset(), d.attempt())).collect::<Vec<_>>(), [(1, 2), (4, 1), (5, 1), (6, 1)]);
+    assert!(g.poll_batch(100, NO_WAIT).unwrap().is_empty());
+    assert_eq!(g.stats().leased, 7);
+}
+
+#[test]
+fn poll_batch_waits_for_the_first_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    let started = Instant::now();
+    assert!(g.poll_batch(10, Duration::from_millis(30)).unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(30), "returned before its timeout");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            q.append(b"late").unwrap();
+        });
+        // One record arrives; the batch does not wait (an hour) for ten.
+        let batch = g.poll_batch(10, Duration::from_secs(3600)).unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].payload(), b"late");
+    });
+}
+
+#[test]
+fn ack_batch_acks_all_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 6);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(1)).unwrap();
+    let batch = g.poll_batch(5, NO_WAIT).unwrap();
+    assert_eq!(batch.len(), 5);
+    g.nack(4, Duration::ZERO).unwrap(); // out of attempts: a dead letter
+    assert!(matches!(g.ack_batch(&[0, 1, 5]), Err(Error::NotDelivered { offset: 5 })));
+    assert_eq!(g.ack_floor(), 0, "nothing was acked");
+    g.ack_batch(&[]).unwrap();
+    // Out of order, twice, already acked, dead: all fine.
+    g.ack(2).unwrap();
+    g.ack_batch(&[3, 1, 1, 2, 4]).unwrap();
+    assert_eq!(g.ack_floor(), 0);
+    assert!(g.dead_letters().unwrap().is_empty(), "acking a dead letter removes it");
+    g.ack_batch(&[0]).unwrap();
+    assert_eq!(g.ack_floor(), 5);
+}
+
+/// Under `Always`, the deliveries of a batch and its acks are durable when the calls
+/// return: after a crash, acked records stay acked and the others come back with their
+/// attempt counted.
+#[test]
+fn batches_are_durable_under_always() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 10);
+        let g = q.group("g").unwrap();
+        let batch = g.poll_batch(8, NO_WAIT).unwrap();
+        assert_eq!(batch.len(), 8);
+        g.ack_batch(&[0, 2, 4, 6]).unwrap();
+        q.simulate_crash();
+    }
+    let q = queue(dir.path(), SyncPolicy::Always);
+    let g = q.group_with("g", GroupOptions::default().lease(Duration::from_secs(3600))).unwrap();
+    let again = g.poll_batch(100, NO_WAIT).unwrap();
+    let got: Vec<_> = again.iter().map(|d| (d.offset(), d.attempt())).collect();
+    assert_eq!(got, [(1, 2), (3, 2), (5, 2), (7, 2), (8, 1), (9, 1)]);
+}
+
+/// A damaged record ends a batch before it; the next call dead-letters it and says why,
+/// and the one after goes on past it.
+#[test]
+fn a_damaged_record_ends_a_batch_and_the_next_call_reports_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = Queue::open(dir.path(), common::tiny(4096)).unwrap();
+        for i in 0..200 {
+            q.append(&common::payload(i)).unwrap();
+        }
+        q.close().unwrap();
+    }
+    // Damage the payload of the fourth record of a sealed segment.
+    let sealed = common::segment_files(dir.path())[1].clone();
+    let base = common::segment_base(&sealed);
+    let spans = common::record_spans(&std::fs::read(&sealed).unwrap());
+    let damaged = (3..spans.len()).find(|&k| spans[k].len() > common::RECORD_HEADER_LEN).unwrap();
+    common::flip_byte(&sealed, spans[damaged].end - 1);
+    let damaged = base + damaged as u64;
+
+    let q = Queue::open(dir.path(), common::tiny(4096)).unwrap();
+    let g = q.group("g").unwrap();
+    g.seek(base).unwrap();
+    let before = g.poll_batch(100, NO_WAIT).unwrap();
+    assert_eq!(before.iter().map(|d| d.offset()).collect::<Vec<_>>(), (base..damaged).collect::<Vec<_>>());
+    match g.poll_batch(100, NO_WAIT) {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, sealed),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(g.dead_letters().unwrap().iter().map(|d| d.offset()).collect::<Vec<_>>(), [damaged]);
+    let after = g.poll_batch(3, NO_WAIT).unwrap();
+    assert_eq!(after.iter().map(|d| d.offset()).collect::<Vec<_>>(), [damaged + 1, damaged + 2, damaged + 3]);
+}

@@ -215,6 +215,68 @@ impl Group {
     /// [`Error::Io`] if the group's files cannot be written or synced, which poisons the
     /// group: [`Error::Poisoned`] from then on.
     pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
+        self.poll_with(timeout, |inner, l, clock| inner.take_next(l, clock, OnDamage::DeadLetter))?.transpose()
+    }
+
+    /// Takes up to `max` records at once, as so many [`Group::poll`]s would, but under
+    /// [`SyncPolicy::Always`] with one sync for all their deliveries instead of one each.
+    /// Waits up to `timeout` for the first record, then returns what is ready without
+    /// waiting for more: an empty batch means the timeout ran out (or `max` is 0, which
+    /// returns at once).
+    ///
+    /// Each delivery has its own lease and is acked or nacked on its own (or with
+    /// [`Group::ack_batch`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let g = q.group("workers")?;
+    /// let jobs = g.poll_batch(2, Duration::ZERO)?;
+    /// assert_eq!(jobs.iter().map(|j| j.payload()).collect::<Vec<_>>(), [b"a", b"b"]);
+    /// g.ack_batch(&jobs.iter().map(|j| j.offset()).collect::<Vec<_>>())?;
+    /// assert_eq!(g.poll_batch(10, Duration::ZERO)?.len(), 1); // what is left
+    /// assert!(g.poll_batch(10, Duration::ZERO)?.is_empty());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Group::poll`]. A damaged record ends a batch before it: the records taken
+    /// until then are returned, and the next call dead-letters it and returns
+    /// [`Error::Corrupt`].
+    pub fn poll_batch(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let taken = self.poll_with(timeout, |inner, l, clock| {
+            let mut batch = Vec::with_capacity(max.min(MAX_BATCH_RESERVE));
+            let mut last_seq = None;
+            while batch.len() < max {
+                // Until the batch holds a delivery, a damaged record is reported at once.
+                let on_damage = if batch.is_empty() { OnDamage::DeadLetter } else { OnDamage::Leave };
+                let (found, seq) = inner.take_next(l, clock, on_damage)?;
+                last_seq = seq.or(last_seq);
+                match found {
+                    Some(Ok(delivery)) => batch.push(delivery),
+                    Some(Err(e)) => return Ok((Some(Err(e)), last_seq)),
+                    None => break,
+                }
+            }
+            Ok(((!batch.is_empty()).then_some(Ok(batch)), last_seq))
+        })?;
+        taken.transpose().map(Option::unwrap_or_default)
+    }
+
+    /// Waits up to `timeout` for `take` to find something, looking each time the log or
+    /// the group's timers say there may be something new. `take` runs under the group's
+    /// lock and returns what it found and the journal sequence to make durable first.
+    #[allow(clippy::type_complexity)]
+    fn poll_with<T>(
+        &self,
+        timeout: Duration,
+        mut take: impl FnMut(&GroupInner, &mut Locked, &Clock) -> Result<(Option<T>, Option<u64>)>,
+    ) -> Result<Option<T>> {
         let inner = &*self.inner;
         let mut deadline = None;
         loop {
@@ -223,15 +285,15 @@ impl Group {
             let (found, seq, wake_at) = {
                 let mut l = inner.lock();
                 inner.check(&l)?;
-                let (found, seq) = inner.take_next(&mut l, &clock)?;
+                let (found, seq) = take(inner, &mut l, &clock)?;
                 let wake_at = if found.is_none() { l.state.next_deadline() } else { None };
                 (found, seq, wake_at)
             };
             if let Some(seq) = seq {
                 inner.make_durable(seq)?;
             }
-            if let Some(found) = found {
-                return found.map(Some);
+            if found.is_some() {
+                return Ok(found);
             }
             // The timeout counts from the first look, at the time that look read (or reads
             // now): a poll that finds a record at once never reads the clock for it.
@@ -268,14 +330,50 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn ack(&self, offset: u64) -> Result<()> {
-        self.inner.change_delivered(offset, |l, _| {
-            let open = match l.state.slot(offset) {
-                Some(Slot::Acked) => false,
-                Some(_) => true,
-                None => l.state.dead_letters().contains_key(&offset),
-            };
-            open.then_some(Op::Ack { offset })
-        })
+        self.inner.change_delivered(offset, |l, _| ack_of(l, offset))
+    }
+
+    /// Acks every offset in `offsets`, as so many [`Group::ack`]s would, but under
+    /// [`SyncPolicy::Always`] with one sync for them all. Either all are acked or, on an
+    /// error, none is.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let g = q.group("workers")?;
+    /// let jobs = g.poll_batch(3, Duration::ZERO)?;
+    /// g.ack_batch(&[jobs[2].offset(), jobs[0].offset()])?; // any order, any subset
+    /// assert_eq!(g.ack_floor(), 1);
+    /// // Offset 3 was never delivered: nothing is acked, not even offset 1.
+    /// assert!(matches!(g.ack_batch(&[1, 3]), Err(segq::Error::NotDelivered { offset: 3 })));
+    /// assert_eq!(g.stats().leased, 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotDelivered`] for the first offset the group has not delivered yet.
+    /// Otherwise as for [`Group::ack`].
+    pub fn ack_batch(&self, offsets: &[u64]) -> Result<()> {
+        let inner = &*self.inner;
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            let next = l.state.next();
+            if let Some(&offset) = offsets.iter().find(|&&offset| offset >= next) {
+                return Err(Error::NotDelivered { offset });
+            }
+            let clock = Clock::lazy();
+            let mut seq = None;
+            for &offset in offsets {
+                if let Some(op) = ack_of(&l, offset) {
+                    seq = Some(inner.commit_op(&mut l, op, &clock)?);
+                }
+            }
+            seq
+        };
+        seq.map_or(Ok(()), |seq| inner.make_durable(seq))
     }
 
     /// Gives a delivered record back, to be delivered again (with the next attempt number)
@@ -642,9 +740,15 @@ impl GroupInner {
     }
 
     /// Finds the next delivery and journals it. Returns the delivery (or the error of a
-    /// damaged record, which is dead-lettered) and the journal sequence to make durable.
+    /// damaged record, which is dead-lettered unless `on_damage` says to leave it) and the
+    /// journal sequence to make durable.
     #[allow(clippy::type_complexity)]
-    fn take_next(&self, l: &mut Locked, clock: &Clock) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
+    fn take_next(
+        &self,
+        l: &mut Locked,
+        clock: &Clock,
+        on_damage: OnDamage,
+    ) -> Result<(Option<Result<Delivery>>, Option<u64>)> {
         let mut seq = self.catch_up(l)?;
         while let Some(due) = l.state.due(clock) {
             let offset = due.offset;
@@ -660,6 +764,7 @@ impl GroupInner {
                 }
                 // Removed by retention: nothing is left to deliver.
                 Ok(None) => seq = Some(self.commit_op(l, Op::Ack { offset }, clock)?),
+                Err(Error::Corrupt { .. }) if on_damage == OnDamage::Leave => return Ok((None, seq)),
                 Err(e @ Error::Corrupt { .. }) => {
                     seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
                     return Ok((Some(Err(e)), seq));
@@ -698,6 +803,11 @@ impl GroupInner {
                 Ok((Some(Ok(Delivery { record, attempt: 1 })), seq))
             }
             Ok(None) => Ok((None, seq)),
+            Err(Error::Corrupt { .. }) if on_damage == OnDamage::Leave => {
+                // Read again, and reported, by the next poll.
+                l.cursor = None;
+                Ok((None, seq))
+            }
             Err(e @ Error::Corrupt { .. }) => {
                 seq = Some(self.commit_op(l, Op::Dead { offset }, clock)?);
                 Ok((Some(Err(e)), seq))
@@ -705,6 +815,28 @@ impl GroupInner {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What [`GroupInner::take_next`] does with a damaged record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum OnDamage {
+    /// Dead-letters it and returns its error.
+    DeadLetter,
+    /// Leaves it as it is, for the next poll to report: a batch already holds deliveries.
+    Leave,
+}
+
+/// A batch reserves room for this many deliveries at most before it has them.
+const MAX_BATCH_RESERVE: usize = 1024;
+
+/// The change that acks `offset`, if it is still open (delivered and not acked, or dead).
+fn ack_of(l: &Locked, offset: u64) -> Option<Op> {
+    let open = match l.state.slot(offset) {
+        Some(Slot::Acked) => false,
+        Some(_) => true,
+        None => l.state.dead_letters().contains_key(&offset),
+    };
+    open.then_some(Op::Ack { offset })
 }
 
 impl Locked {
