@@ -1,6 +1,7 @@
 //! Crash loop: a child process appends (single records and batches) under each sync policy
-//! while consumer-group workers poll, ack and nack, and the parent kills it with SIGKILL at
-//! random moments, many times in a row on the same directory. After every kill:
+//! while consumer-group workers poll, ack and nack (one by one, and in batches), and the
+//! parent kills it with SIGKILL at random moments, many times in a row on the same
+//! directory. After every kill:
 //!
 //! - the directory opens without error;
 //! - offsets are contiguous from `first_offset`, every record is one the child wrote, and
@@ -116,7 +117,9 @@ fn crash_loop_child() {
             for w in 0..WORKERS_PER_GROUP {
                 let (clock, stop) = (&clock, &stop);
                 let seed = mix(run << 16 | (gi as u64) << 8 | w);
-                s.spawn(move || worker(g, GROUPS[gi], seed, clock, stop));
+                // One worker of each group takes and acks in batches.
+                let batched = w % 2 == 1;
+                s.spawn(move || worker(g, GROUPS[gi], seed, batched, clock, stop));
             }
         }
         std::thread::sleep(CHILD_LIFETIME);
@@ -154,30 +157,53 @@ fn appender(q: &Queue, run: u64, thread: u64, stop: &AtomicBool) {
     }
 }
 
-/// Polls, checks what it got, then acks (mostly), nacks or lets the lease run out.
-fn worker(g: &Group, name: &str, seed: u64, clock: &AtomicU64, stop: &AtomicBool) {
+/// Polls, checks what it got, then acks (mostly), nacks or lets the lease run out. A
+/// `batched` worker takes up to 8 records with `poll_batch` and acks those it acks with one
+/// `ack_batch`.
+fn worker(g: &Group, name: &str, seed: u64, batched: bool, clock: &AtomicU64, stop: &AtomicBool) {
     let mut rng = Rng::new(seed);
     while !stop.load(Ordering::Relaxed) {
         let start = clock.fetch_add(1, Ordering::SeqCst);
-        let Some(d) = g.poll(Duration::from_millis(20)).unwrap() else { continue };
-        let end = clock.fetch_add(1, Ordering::SeqCst);
-        let offset = d.offset();
-        if let Err(e) = untag(d.payload()) {
-            panic!("group {name} delivered record {offset} with a wrong payload: {e}");
+        let deliveries = if batched {
+            g.poll_batch(rng.range(1..9) as usize, Duration::from_millis(20)).unwrap()
+        } else {
+            g.poll(Duration::from_millis(20)).unwrap().into_iter().collect()
+        };
+        if deliveries.is_empty() {
+            continue;
         }
-        emit(&format!("delivered {name} {offset} {} {start} {end}\n", d.attempt()));
-        match rng.below(100) {
-            0..80 => {
-                g.ack(offset).unwrap();
-                let at = clock.fetch_add(1, Ordering::SeqCst);
-                emit(&format!("acked {name} {offset} {at}\n"));
+        let end = clock.fetch_add(1, Ordering::SeqCst);
+        let mut lines = String::new();
+        for d in &deliveries {
+            let offset = d.offset();
+            if let Err(e) = untag(d.payload()) {
+                panic!("group {name} delivered record {offset} with a wrong payload: {e}");
             }
-            80..92 => {
-                g.nack(offset, Duration::from_millis(rng.below(10))).unwrap();
-                emit(&format!("nacked {name} {offset}\n"));
+            lines += &format!("delivered {name} {offset} {} {start} {end}\n", d.attempt());
+        }
+        emit(&lines);
+        let mut acks = Vec::new();
+        for d in &deliveries {
+            let offset = d.offset();
+            match rng.below(100) {
+                0..80 if batched => acks.push(offset),
+                0..80 => {
+                    g.ack(offset).unwrap();
+                    let at = clock.fetch_add(1, Ordering::SeqCst);
+                    emit(&format!("acked {name} {offset} {at}\n"));
+                }
+                80..92 => {
+                    g.nack(offset, Duration::from_millis(rng.below(10))).unwrap();
+                    emit(&format!("nacked {name} {offset}\n"));
+                }
+                // Let the lease expire: another worker gets it again.
+                _ => {}
             }
-            // Let the lease expire: another worker gets it again.
-            _ => {}
+        }
+        if !acks.is_empty() {
+            g.ack_batch(&acks).unwrap();
+            let at = clock.fetch_add(1, Ordering::SeqCst);
+            emit(&acks.iter().map(|offset| format!("acked {name} {offset} {at}\n")).collect::<String>());
         }
     }
 }

@@ -160,6 +160,43 @@ fn a_failed_group_journal_sync_poisons_the_group_only() {
     assert_eq!(d.offset(), 1);
 }
 
+/// Under `Always`, `poll_batch` and `ack_batch` each sync the journal before they return:
+/// a failing sync reaches them, and what they had made durable before survives.
+#[test]
+fn batched_group_calls_sync_under_always() {
+    for failing in ["poll_batch", "ack_batch"] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+        for i in 0..6 {
+            q.append(&payload(i)).unwrap();
+        }
+        let g = q.group("g").unwrap();
+        let first = g.poll_batch(3, Duration::ZERO).unwrap();
+        assert_eq!(first.len(), 3);
+        g.ack_batch(&[0, 1]).unwrap();
+        fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync));
+        let result = match failing {
+            "poll_batch" => g.poll_batch(3, Duration::ZERO).map(|b| b.len()),
+            _ => g.ack_batch(&[2]).map(|()| 1),
+        };
+        assert!(matches!(result, Err(Error::Io(_))), "{failing}: {result:?}");
+        fault::clear(dir.path());
+        assert!(matches!(g.ack_batch(&[2]), Err(Error::Poisoned(_))), "{failing}");
+        drop(g);
+        drop(q);
+        let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
+        let g = q.group("g").unwrap();
+        // The failed call's own change may be there or not: its sync failed, its write
+        // did not.
+        assert!(g.ack_floor() >= 2, "{failing}: the durable acks survived");
+        let again = g.poll_batch(10, Duration::ZERO).unwrap();
+        assert!(again.iter().all(|d| d.offset() >= 2), "{failing}: an acked record came back");
+        if let Some(two) = again.iter().find(|d| d.offset() == 2) {
+            assert_eq!(two.attempt(), 2, "{failing}: the durable delivery of 2 counted");
+        }
+    }
+}
+
 #[test]
 fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
     let dir = tempfile::tempdir().unwrap();

@@ -129,7 +129,8 @@ impl Model {
     }
 }
 
-/// Random appends, batches, polls, acks, nacks and (under `Never`) flushes.
+/// Random appends, batches, polls, acks, nacks (one by one and in batches) and (under
+/// `Never`) flushes.
 fn workload(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng, policy: Policy) {
     for _ in 0..rng.range(20..90) {
         match rng.below(100) {
@@ -143,7 +144,7 @@ fn workload(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng, policy: Policy) 
                 assert_eq!(range.start, m.seeds.len() as u64);
                 m.seeds.extend((0..u64::from(count)).map(|i| seed + i));
             }
-            45..90 => {
+            45..70 => {
                 let Some(d) = g.poll(Duration::ZERO).unwrap() else { continue };
                 let o = d.offset();
                 assert_eq!(untag(d.payload()).unwrap().0, m.seeds[o as usize]);
@@ -156,6 +157,23 @@ fn workload(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng, policy: Policy) 
                     7..9 => g.nack(o, Duration::ZERO).unwrap(),
                     _ => {}
                 }
+            }
+            70..90 => {
+                // The same in batches: one sync for the deliveries, one for the acks.
+                let batch = g.poll_batch(rng.range(1..6) as usize, Duration::ZERO).unwrap();
+                let mut acks = Vec::new();
+                for d in &batch {
+                    let o = d.offset();
+                    assert_eq!(untag(d.payload()).unwrap().0, m.seeds[o as usize]);
+                    m.attempts.insert(o, d.attempt());
+                    match rng.below(10) {
+                        0..7 => acks.push(o),
+                        7..9 => g.nack(o, Duration::ZERO).unwrap(),
+                        _ => {}
+                    }
+                }
+                g.ack_batch(&acks).unwrap();
+                m.acked.extend(acks);
             }
             _ if policy == Policy::Never => {
                 q.flush().unwrap();
