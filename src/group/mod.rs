@@ -250,7 +250,7 @@ impl Group {
             return Ok(Vec::new());
         }
         let taken = self.poll_with(timeout, |inner, l, clock| {
-            let mut batch = Vec::with_capacity(max.min(MAX_BATCH_RESERVE));
+            let mut batch = Vec::new();
             let mut last_seq = None;
             while batch.len() < max {
                 // Until the batch holds a delivery, a damaged record is reported at once.
@@ -258,7 +258,13 @@ impl Group {
                 let (found, seq) = inner.take_next(l, clock, on_damage)?;
                 last_seq = seq.or(last_seq);
                 match found {
-                    Some(Ok(delivery)) => batch.push(delivery),
+                    Some(Ok(delivery)) => {
+                        // Reserved once there is something to return: an empty poll allocates nothing.
+                        if batch.is_empty() {
+                            batch.reserve(max.min(MAX_BATCH_RESERVE));
+                        }
+                        batch.push(delivery);
+                    }
                     Some(Err(e)) => return Ok((Some(Err(e)), last_seq)),
                     None => break,
                 }
