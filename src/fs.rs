@@ -40,6 +40,21 @@ pub(crate) fn sync_mapping(map: &Mapping, path: &Path, range: std::ops::Range<us
     fault::check(path, Point::Sync).and_then(|()| map.sync(range)).at(path)
 }
 
+/// Writes `bytes` at `pos` of the file at `path` and makes them and the file's metadata
+/// durable (an `O_SYNC` write), without writing back any other page of the file: unlike an
+/// `fsync`, which would also write back, and write-protect, every page dirtied through a
+/// mapping that another thread is still writing.
+pub(crate) fn write_durably_at(path: &Path, bytes: &[u8], pos: u64) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fault::check(path, Point::Write)
+        .and_then(|()| fault::check(path, Point::Sync))
+        .and_then(|()| {
+            let sync = rustix::fs::OFlags::SYNC.bits() as i32;
+            OpenOptions::new().write(true).custom_flags(sync).open(path)?.write_all_at(bytes, pos)
+        })
+        .at(path)
+}
+
 /// Makes the directory's entries (new, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     fault::check(dir, Point::Sync).and_then(|()| File::open(dir)?.sync_all()).at(dir)

@@ -322,20 +322,18 @@ impl Spare {
 /// A created segment whose creation is not durable yet (see [`Active::create_unsynced`]).
 #[derive(Debug)]
 pub(crate) struct Creation {
-    file: Arc<File>,
     path: PathBuf,
+    base: u64,
 }
 
 impl Creation {
-    /// Makes the segment's header, reserved blocks and name in `dir` durable.
+    /// Makes the segment's header, reserved blocks and name in `dir` durable. The appender
+    /// is writing records into the segment meanwhile, and the prefault thread dirtying pages
+    /// ahead of it: only the header's page is written back, with the file's metadata.
     pub fn sync(&self, dir: &Path) -> Result<()> {
-        sync_created(&self.file, &self.path, dir)
+        crate::fs::write_durably_at(&self.path, &header::encode(LOG_MAGIC, self.base), 0)?;
+        sync_dir(dir)
     }
-}
-
-fn sync_created(file: &File, path: &Path, dir: &Path) -> Result<()> {
-    crate::fs::sync_file(file, path)?;
-    sync_dir(dir)
 }
 
 /// Whether the segment file of `base` in `dir` never got its header to the disk: shorter
@@ -370,7 +368,7 @@ impl Active {
     /// An existing segment of that name (an empty one being resized) is replaced.
     pub fn create(dir: &Path, base: u64, capacity: usize, interval: u32) -> Result<Active> {
         let active = Self::create_unsynced(dir, base, capacity, interval)?;
-        sync_created(&active.file, &active.seg.path, dir)?;
+        active.creation().sync(dir)?;
         Ok(active)
     }
 
@@ -416,7 +414,7 @@ impl Active {
 
     /// What makes the segment's creation durable, to run on another thread.
     pub fn creation(&self) -> Creation {
-        Creation { file: self.file.clone(), path: self.seg.path.clone() }
+        Creation { path: self.seg.path.clone(), base: self.seg.base }
     }
 
     /// Reopens the newest segment after the queue was closed or crashed.
