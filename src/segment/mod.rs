@@ -652,7 +652,9 @@ fn touch(bytes: &[u8], range: std::ops::Range<usize>) {
     std::hint::black_box(acc);
 }
 
-/// The page size the kernel maps (and cleans) files by.
+/// The page size the kernel maps (and cleans) files by. Where pages are larger, a release
+/// (see [`sync_data`]) grows to whole pages and may take the writer's current page too:
+/// that costs it a page fault, never a byte.
 const PAGE: usize = 4096;
 
 /// Syncs from this size on release the pages they cover first (see [`sync_data`]).
@@ -682,9 +684,9 @@ pub(crate) fn sync_data(seg: &Segment, end: usize, ahead: usize) -> Result<()> {
         return Ok(());
     }
     let map = seg.data.get().expect("the active segment is mapped from its creation");
-    let written = from / PAGE * PAGE..end / PAGE * PAGE;
-    if written.len() >= RELEASE_BEFORE_SYNC {
-        map.release_pages(written);
+    let written_for_good = from / PAGE * PAGE..end / PAGE * PAGE;
+    if written_for_good.len() >= RELEASE_BEFORE_SYNC {
+        map.release_pages(written_for_good);
     }
     let to = match seg.written_back.load(Ordering::Acquire) {
         written if end > written && end - from < ahead => end.saturating_add(ahead).min(map.populated()).max(end),
