@@ -158,8 +158,8 @@ fn appender(q: &Queue, run: u64, thread: u64, stop: &AtomicBool) {
 }
 
 /// Polls, checks what it got, then acks (mostly), nacks or lets the lease run out. A
-/// `batched` worker takes up to 8 records with `poll_batch` and acks those it acks with one
-/// `ack_batch`.
+/// `batched` worker takes up to 8 records with `poll_batch`, and acks and nacks them with
+/// one `ack_batch` and one `nack_batch`.
 fn worker(g: &Group, name: &str, seed: u64, batched: bool, clock: &AtomicU64, stop: &AtomicBool) {
     let mut rng = Rng::new(seed);
     while !stop.load(Ordering::Relaxed) {
@@ -182,7 +182,7 @@ fn worker(g: &Group, name: &str, seed: u64, batched: bool, clock: &AtomicU64, st
             lines += &format!("delivered {name} {offset} {} {start} {end}\n", d.attempt());
         }
         emit(&lines);
-        let mut acks = Vec::new();
+        let (mut acks, mut nacks) = (Vec::new(), Vec::new());
         for d in &deliveries {
             let offset = d.offset();
             match rng.below(100) {
@@ -192,6 +192,7 @@ fn worker(g: &Group, name: &str, seed: u64, batched: bool, clock: &AtomicU64, st
                     let at = clock.fetch_add(1, Ordering::SeqCst);
                     emit(&format!("acked {name} {offset} {at}\n"));
                 }
+                80..92 if batched => nacks.push(offset),
                 80..92 => {
                     g.nack(offset, Duration::from_millis(rng.below(10))).unwrap();
                     emit(&format!("nacked {name} {offset}\n"));
@@ -204,6 +205,10 @@ fn worker(g: &Group, name: &str, seed: u64, batched: bool, clock: &AtomicU64, st
             g.ack_batch(&acks).unwrap();
             let at = clock.fetch_add(1, Ordering::SeqCst);
             emit(&acks.iter().map(|offset| format!("acked {name} {offset} {at}\n")).collect::<String>());
+        }
+        if !nacks.is_empty() {
+            g.nack_batch(&nacks, Duration::from_millis(rng.below(10))).unwrap();
+            emit(&nacks.iter().map(|offset| format!("nacked {name} {offset}\n")).collect::<String>());
         }
     }
 }

@@ -160,11 +160,11 @@ fn a_failed_group_journal_sync_poisons_the_group_only() {
     assert_eq!(d.offset(), 1);
 }
 
-/// Under `Always`, `poll_batch` and `ack_batch` each sync the journal before they return:
-/// a failing sync reaches them, and what they had made durable before survives.
+/// Under `Always`, `poll_batch`, `ack_batch` and `nack_batch` each sync the journal before
+/// they return: a failing sync reaches them, and what they had made durable before survives.
 #[test]
 fn batched_group_calls_sync_under_always() {
-    for failing in ["poll_batch", "ack_batch"] {
+    for failing in ["poll_batch", "ack_batch", "nack_batch"] {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
         for i in 0..6 {
@@ -177,7 +177,8 @@ fn batched_group_calls_sync_under_always() {
         fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync));
         let result = match failing {
             "poll_batch" => g.poll_batch(3, Duration::ZERO).map(|b| b.len()),
-            _ => g.ack_batch(&[2]).map(|()| 1),
+            "ack_batch" => g.ack_batch(&[2]).map(|()| 1),
+            _ => g.nack_batch(&[2], Duration::from_secs(3600)).map(|()| 1),
         };
         assert!(matches!(result, Err(Error::Io(_))), "{failing}: {result:?}");
         fault::clear(dir.path());

@@ -18,6 +18,8 @@ enum Step {
     Ack(usize),
     /// `ack_batch` of this many outstanding deliveries (from an index), one of them twice.
     AckBatch(usize, usize),
+    /// `nack_batch` the same way, with no delay.
+    NackBatch(usize, usize),
     Nack(usize),
     Redrive(usize),
     Seek(u8),
@@ -32,6 +34,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0usize..5).prop_map(Step::PollBatch),
         4 => any::<usize>().prop_map(Step::Ack),
         2 => (any::<usize>(), 1usize..4).prop_map(|(i, n)| Step::AckBatch(i, n)),
+        1 => (any::<usize>(), 1usize..4).prop_map(|(i, n)| Step::NackBatch(i, n)),
         2 => any::<usize>().prop_map(Step::Nack),
         1 => any::<usize>().prop_map(Step::Redrive),
         1 => any::<u8>().prop_map(Step::Seek),
@@ -173,6 +176,19 @@ proptest! {
                     g.ack_batch(&acked).unwrap();
                     for o in acked {
                         m.states.insert(o, State::Acked);
+                    }
+                }
+                Step::NackBatch(i, n) if !outstanding.is_empty() => {
+                    let mut nacked = Vec::new();
+                    for _ in 0..n.min(outstanding.len()) {
+                        nacked.push(outstanding.remove(i % outstanding.len()));
+                    }
+                    nacked.push(nacked[0]);
+                    g.nack_batch(&nacked, Duration::ZERO).unwrap();
+                    for o in nacked {
+                        if let Some(State::Leased(a)) = m.states.get(&o).copied() {
+                            m.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
+                        }
                     }
                 }
                 Step::Nack(i) if !outstanding.is_empty() => {

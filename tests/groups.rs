@@ -605,3 +605,25 @@ fn a_damaged_record_ends_a_batch_and_the_next_call_reports_it() {
     let after = g.poll_batch(3, NO_WAIT).unwrap();
     assert_eq!(after.iter().map(|d| d.offset()).collect::<Vec<_>>(), [damaged + 1, damaged + 2, damaged + 3]);
 }
+
+#[test]
+fn nack_batch_retries_or_dead_letters_all_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 4);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(2)).unwrap();
+    assert_eq!(g.poll_batch(3, NO_WAIT).unwrap().len(), 3);
+    assert!(matches!(g.nack_batch(&[0, 3], Duration::ZERO), Err(Error::NotDelivered { offset: 3 })));
+    assert_eq!(g.stats().leased, 3, "nothing was nacked");
+    g.ack(1).unwrap();
+    // Acked, twice, out of order: fine; 0 and 2 come back now, with their second attempt.
+    g.nack_batch(&[2, 1, 0, 2], Duration::ZERO).unwrap();
+    let again = g.poll_batch(10, NO_WAIT).unwrap();
+    assert_eq!(again.iter().map(|d| (d.offset(), d.attempt())).collect::<Vec<_>>(), [(0, 2), (2, 2), (3, 1)]);
+    // Out of attempts: 0 and 2 are dead letters; 3 waits an hour.
+    g.nack_batch(&[0, 2], Duration::ZERO).unwrap();
+    g.nack_batch(&[3], Duration::from_secs(3600)).unwrap();
+    assert_eq!(g.dead_letters().unwrap().iter().map(|d| d.offset()).collect::<Vec<_>>(), [0, 2]);
+    assert!(g.poll_batch(10, NO_WAIT).unwrap().is_empty());
+    assert_eq!(g.stats().waiting, 1);
+}

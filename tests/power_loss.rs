@@ -159,20 +159,22 @@ fn workload(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng, policy: Policy) 
                 }
             }
             70..90 => {
-                // The same in batches: one sync for the deliveries, one for the acks.
+                // The same in batches: one sync for the deliveries, one for the acks, one for
+                // the nacks.
                 let batch = g.poll_batch(rng.range(1..6) as usize, Duration::ZERO).unwrap();
-                let mut acks = Vec::new();
+                let (mut acks, mut nacks) = (Vec::new(), Vec::new());
                 for d in &batch {
                     let o = d.offset();
                     assert_eq!(untag(d.payload()).unwrap().0, m.seeds[o as usize]);
                     m.attempts.insert(o, d.attempt());
                     match rng.below(10) {
                         0..7 => acks.push(o),
-                        7..9 => g.nack(o, Duration::ZERO).unwrap(),
+                        7..9 => nacks.push(o),
                         _ => {}
                     }
                 }
                 g.ack_batch(&acks).unwrap();
+                g.nack_batch(&nacks, Duration::ZERO).unwrap();
                 m.acked.extend(acks);
             }
             _ if policy == Policy::Never => {

@@ -336,7 +336,7 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn ack(&self, offset: u64) -> Result<()> {
-        self.inner.change_delivered(offset, |l, _| ack_of(l, offset))
+        self.inner.change_all_delivered(&[offset], |l, _, offset| ack_of(l, offset))
     }
 
     /// Acks every offset in `offsets`, as so many [`Group::ack`]s would, but under
@@ -362,24 +362,7 @@ impl Group {
     /// [`Error::NotDelivered`] for the first offset the group has not delivered yet.
     /// Otherwise as for [`Group::ack`].
     pub fn ack_batch(&self, offsets: &[u64]) -> Result<()> {
-        let inner = &*self.inner;
-        let seq = {
-            let mut l = inner.lock();
-            inner.check(&l)?;
-            let next = l.state.next();
-            if let Some(&offset) = offsets.iter().find(|&&offset| offset >= next) {
-                return Err(Error::NotDelivered { offset });
-            }
-            let clock = Clock::lazy();
-            let mut seq = None;
-            for &offset in offsets {
-                if let Some(op) = ack_of(&l, offset) {
-                    seq = Some(inner.commit_op(&mut l, op, &clock)?);
-                }
-            }
-            seq
-        };
-        seq.map_or(Ok(()), |seq| inner.make_durable(seq))
+        self.inner.change_all_delivered(offsets, |l, _, offset| ack_of(l, offset))
     }
 
     /// Gives a delivered record back, to be delivered again (with the next attempt number)
@@ -407,17 +390,37 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn nack(&self, offset: u64, delay: Duration) -> Result<()> {
-        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.inner.change_delivered(offset, |l, clock| match l.state.slot(offset) {
-            Some(Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. }) if attempts >= l.opts.max_attempts => {
-                Some(Op::Dead { offset })
-            }
-            Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
-                Some(Op::Nack { offset, at_ms: clock.now_ms().saturating_add(delay_ms) })
-            }
-            _ => None,
-        })?;
+        let delay_ms = millis(delay);
+        self.inner.change_all_delivered(&[offset], |l, clock, offset| nack_of(l, clock, offset, delay_ms))?;
         // A retry may be due at once: wake pollers to look.
+        self.inner.log.notify.notify();
+        Ok(())
+    }
+
+    /// Nacks every offset in `offsets` with the same `delay`, as so many [`Group::nack`]s
+    /// would, but under [`SyncPolicy::Always`] with one sync for them all. Either all are
+    /// nacked or, on an error, none is.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let g = q.group("workers")?;
+    /// let jobs = g.poll_batch(3, Duration::ZERO)?;
+    /// g.ack(jobs[1].offset())?;
+    /// g.nack_batch(&[jobs[0].offset(), jobs[2].offset()], Duration::ZERO)?; // retry both
+    /// let again = g.poll_batch(3, Duration::ZERO)?;
+    /// assert_eq!(again.iter().map(|j| (j.offset(), j.attempt())).collect::<Vec<_>>(), [(0, 2), (2, 2)]);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotDelivered`] for the first offset the group has not delivered yet.
+    /// Otherwise as for [`Group::nack`].
+    pub fn nack_batch(&self, offsets: &[u64], delay: Duration) -> Result<()> {
+        let delay_ms = millis(delay);
+        self.inner.change_all_delivered(offsets, |l, clock, offset| nack_of(l, clock, offset, delay_ms))?;
         self.inner.log.notify.notify();
         Ok(())
     }
@@ -640,22 +643,28 @@ impl Group {
 }
 
 impl GroupInner {
-    /// Journals the change `decide` picks for the delivered record `offset` (`None`: nothing
-    /// to change), made durable as the sync policy says.
-    fn change_delivered(&self, offset: u64, decide: impl FnOnce(&Locked, &Clock) -> Option<Op>) -> Result<()> {
+    /// Journals the change `decide` picks for each delivered record of `offsets` (`None`:
+    /// nothing to change), under one hold of the lock, and makes them durable as the sync
+    /// policy says, with one wait for the journal. All offsets are checked before any is
+    /// changed.
+    fn change_all_delivered(&self, offsets: &[u64], decide: impl Fn(&Locked, &Clock, u64) -> Option<Op>) -> Result<()> {
         let seq = {
             let mut l = self.lock();
             self.check(&l)?;
-            if offset >= l.state.next() {
+            let next = l.state.next();
+            if let Some(&offset) = offsets.iter().find(|&&offset| offset >= next) {
                 return Err(Error::NotDelivered { offset });
             }
             let clock = Clock::lazy();
-            match decide(&l, &clock) {
-                Some(op) => self.commit_op(&mut l, op, &clock)?,
-                None => return Ok(()),
+            let mut seq = None;
+            for &offset in offsets {
+                if let Some(op) = decide(&l, &clock, offset) {
+                    seq = Some(self.commit_op(&mut l, op, &clock)?);
+                }
             }
+            seq
         };
-        self.make_durable(seq)
+        seq.map_or(Ok(()), |seq| self.make_durable(seq))
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
@@ -834,6 +843,25 @@ enum OnDamage {
 
 /// A batch reserves room for this many deliveries at most before it has them.
 const MAX_BATCH_RESERVE: usize = 1024;
+
+/// A delay in whole milliseconds, saturating.
+fn millis(delay: Duration) -> u64 {
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The change that nacks `offset` with a delay of `delay_ms`: a retry, or a dead letter if
+/// it had its `max_attempts` deliveries; nothing if it is not leased or waiting.
+fn nack_of(l: &Locked, clock: &Clock, offset: u64, delay_ms: u64) -> Option<Op> {
+    match l.state.slot(offset) {
+        Some(Slot::Leased { attempts, .. } | Slot::Waiting { attempts, .. }) if attempts >= l.opts.max_attempts => {
+            Some(Op::Dead { offset })
+        }
+        Some(Slot::Leased { .. } | Slot::Waiting { .. }) => {
+            Some(Op::Nack { offset, at_ms: clock.now_ms().saturating_add(delay_ms) })
+        }
+        _ => None,
+    }
+}
 
 /// The change that acks `offset`, if it is still open (delivered and not acked, or dead).
 fn ack_of(l: &Locked, offset: u64) -> Option<Op> {
