@@ -404,10 +404,11 @@ impl Log {
                 let created = match (&active, spare.take_if(|s| s.fits(capacity))) {
                     (Some(_), Some(ready)) => Active::from_spare(&self.dir, next, ready, interval),
                     (Some(_), None) => Active::create_unsynced(&self.dir, next, capacity, interval),
-                    (None, ready) => {
-                        *spare = ready;
-                        Active::create(&self.dir, next, capacity, interval)
-                    }
+                    // Sealed already (under `Interval`, or the roll before failed): no seal
+                    // makes the new segment durable, so this thread does.
+                    (None, Some(ready)) => Active::from_spare(&self.dir, next, ready, interval)
+                        .and_then(|created| created.creation().sync(&self.dir).map(|()| created)),
+                    (None, None) => Active::create(&self.dir, next, capacity, interval),
                 };
                 drop(spare);
                 let mut created = match created {
@@ -440,16 +441,12 @@ impl Log {
     }
 
     /// Has the sealer thread make a spare, unless the last seal made one already: the spare
-    /// is otherwise made only after a seal, so the first roll of a process would create its
-    /// segment itself (5–30 ms here) and then wait for its first pages to be faulted in.
-    /// Asked for at half full rather than at open, so that a queue that never fills a
-    /// segment reserves no second one. Under `Interval` rolls create their segment
-    /// themselves (see `make_room`): no spare.
+    /// is otherwise made only after a background seal (never under `Interval`, which seals
+    /// on the appending thread), so a roll would create its segment itself (5–30 ms here)
+    /// and then wait for its first pages to be faulted in. Asked for at half full rather
+    /// than at open, so that a queue that never fills a segment reserves no second one.
     fn ask_for_spare(&self, w: &mut Writer) {
         w.spare_asked = true;
-        if matches!(self.opts.sync, SyncPolicy::Interval(_)) {
-            return;
-        }
         // Held only while a spare is being made or taken: then there is no need to ask.
         if self.spare.try_lock().is_ok_and(|spare| spare.is_none()) {
             self.sealer.run(self.ready_spare());

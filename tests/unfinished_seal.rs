@@ -291,16 +291,16 @@ fn a_failed_background_seal_poisons_the_queue() {
 }
 
 /// The first segment of a process has no seal before it to make a spare: it asks for one
-/// once it is half full, so that the first roll finds one too. A queue that fills less
-/// than half a segment reserves no second one, and under `Interval` (whose rolls create
-/// their segment themselves) none is made.
+/// once it is half full, so that the first roll finds one too. So does every segment under
+/// `Interval`, which seals on the appending thread (no background seal makes spares). A
+/// queue that fills less than half a segment reserves no second one.
 #[test]
 fn a_first_segment_half_full_asks_for_a_spare() {
     let record = [7u8; 100]; // 100 B records: 132 of them fill a 16 KiB segment
     for (sync, wanted) in [
         (SyncPolicy::Never, true),
         (SyncPolicy::Always, true),
-        (SyncPolicy::Interval(std::time::Duration::from_millis(1)), false),
+        (SyncPolicy::Interval(std::time::Duration::from_millis(1)), true),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let spare = dir.path().join("spare.log.tmp");
@@ -319,9 +319,19 @@ fn a_first_segment_half_full_asks_for_a_spare() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert_eq!(spare.exists(), wanted, "{sync:?}");
+        // The roll takes it, and the segment the spare became holds what follows. Under
+        // `Interval` no seal makes the next spare, and the new segment is not yet half full
+        // to ask for one: none is left.
+        for _ in 90..150 {
+            q.append(&record).unwrap();
+        }
+        assert_eq!(segment_files(dir.path()).len(), 2, "{sync:?}: one roll");
+        if matches!(sync, SyncPolicy::Interval(_)) {
+            assert!(!spare.exists(), "the roll took the spare");
+        }
         q.close().unwrap();
-        assert!(!spare.exists(), "{sync:?}: close deletes the spare");
         let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
-        assert_eq!(q.next_offset(), 90);
+        assert_eq!(q.next_offset(), 150);
+        assert!(q.iter_from(0).all(|r| r.unwrap().payload() == record), "{sync:?}");
     }
 }
