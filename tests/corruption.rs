@@ -262,6 +262,18 @@ fn a_truncated_deleted_or_garbage_index_never_changes_reads() {
         });
         reads_unchanged_after(&pristine, index, |p| std::fs::write(p, vec![0xffu8; 4096]).unwrap());
         reads_unchanged_after(&pristine, index, |p| std::fs::write(p, b"not an index").unwrap());
+        // As a crash leaves the index of a segment sealed on the appending thread (under
+        // `Interval`) before the sealer sealed it: still at its preallocated length, its
+        // entries followed by zeros, or with only some of its entries on disk.
+        for kept_entries in [usize::MAX, 3, 0] {
+            reads_unchanged_after(&pristine, index, |p| {
+                let mut bytes = std::fs::read(p).unwrap();
+                let entries = (bytes.len() - FILE_HEADER_LEN) / 8;
+                bytes[FILE_HEADER_LEN + entries.min(kept_entries) * 8..].fill(0);
+                bytes.resize(bytes.len() + (64 << 10), 0);
+                std::fs::write(p, bytes).unwrap();
+            });
+        }
     }
 }
 

@@ -594,7 +594,15 @@ impl Active {
 
     /// Seals the segment: syncs its data, cuts the file to the data and syncs the index.
     /// `end_offset` is the first offset past it.
-    pub fn seal(mut self, end_offset: u64) -> Result<()> {
+    pub fn seal(self, end_offset: u64) -> Result<()> {
+        self.seal_data(end_offset)?.seal()
+    }
+
+    /// [`Active::seal`] of the data only: the index, which the caller seals when it suits
+    /// it ([`IndexWriter::seal`]), is derived data. Until it is sealed (and after a crash
+    /// that comes first) its file is longer than its entries, or they are not durable, and
+    /// the next open or read that needs it rebuilds it; in-process readers use its mapping.
+    pub fn seal_data(self, end_offset: u64) -> Result<IndexWriter> {
         self.end_at(end_offset);
         // Nothing writes to it again: unmapped, its pages are written back without cleaning
         // page-table entries one by one (each with a TLB flush on every CPU running the
@@ -603,9 +611,8 @@ impl Active {
         sync_data(&self.seg, self.pos, 0)?;
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
         crate::fs::sync_file(&self.file, &self.seg.path)?;
-        self.index.seal()?;
         self.seg.bytes.store(self.pos as u64, Ordering::Release);
-        Ok(())
+        Ok(self.index)
     }
 
     /// Syncs data and index for a clean close.
