@@ -1,6 +1,8 @@
 //! Fault injection for tests: makes chosen file operations under a directory fail with
 //! `EIO` or `ENOSPC`, to check that segq reports the error, keeps what was acknowledged and
-//! refuses to go on writing after a failed sync.
+//! refuses to go on writing after a failed sync. And a sync audit: records which byte
+//! ranges of which files each successful sync made durable, so that a test can check that
+//! what a call acknowledged was really synced, not only that the call returned.
 //!
 //! Every write, sync, block reservation and rename that segq does passes through
 //! `check`; when no fault is armed that costs one relaxed atomic load.
@@ -107,4 +109,43 @@ pub(crate) fn check(path: &Path, point: Point) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A successful sync: `range` of the file at `path` made durable (`0..u64::MAX` for the
+/// whole file as it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Synced {
+    /// The file.
+    pub path: PathBuf,
+    /// The bytes made durable.
+    pub range: std::ops::Range<u64>,
+}
+
+static AUDITING: AtomicBool = AtomicBool::new(false);
+static AUDITED_DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static SYNCED: Mutex<Vec<Synced>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records from now on the syncs of files under `dir` (see [`take_synced`]).
+pub fn audit(dir: &Path) {
+    lock(&AUDITED_DIRS).push(dir.to_path_buf());
+    AUDITING.store(true, Ordering::SeqCst);
+}
+
+/// The syncs of files under `dir` recorded since the last call, oldest first; forgets them.
+pub fn take_synced(dir: &Path) -> Vec<Synced> {
+    let mut synced = lock(&SYNCED);
+    let (taken, kept) = std::mem::take(&mut *synced).into_iter().partition(|s| s.path.starts_with(dir));
+    *synced = kept;
+    taken
+}
+
+/// Notes that `range` of `path` is durable, if `path` is under an audited directory.
+pub(crate) fn note_synced(path: &Path, range: std::ops::Range<u64>) {
+    if AUDITING.load(Ordering::Relaxed) && lock(&AUDITED_DIRS).iter().any(|dir| path.starts_with(dir)) {
+        lock(&SYNCED).push(Synced { path: path.to_path_buf(), range });
+    }
 }

@@ -27,17 +27,23 @@ pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Resu
 
 /// Makes a file's data and metadata durable (`fsync`).
 pub(crate) fn sync_file(file: &File, path: &Path) -> Result<()> {
-    fault::check(path, Point::Sync).and_then(|()| file.sync_all()).at(path)
+    fault::check(path, Point::Sync).and_then(|()| file.sync_all()).at(path)?;
+    fault::note_synced(path, 0..u64::MAX);
+    Ok(())
 }
 
 /// Makes a file's data durable (`fdatasync`).
 pub(crate) fn sync_file_data(file: &File, path: &Path) -> Result<()> {
-    fault::check(path, Point::Sync).and_then(|()| file.sync_data()).at(path)
+    fault::check(path, Point::Sync).and_then(|()| file.sync_data()).at(path)?;
+    fault::note_synced(path, 0..u64::MAX);
+    Ok(())
 }
 
 /// Writes back `range` of a mapping of `path` and waits for the device (`msync`).
 pub(crate) fn sync_mapping(map: &Mapping, path: &Path, range: std::ops::Range<usize>) -> Result<()> {
-    fault::check(path, Point::Sync).and_then(|()| map.sync(range)).at(path)
+    fault::check(path, Point::Sync).and_then(|()| map.sync(range.clone())).at(path)?;
+    fault::note_synced(path, range.start as u64..range.end as u64);
+    Ok(())
 }
 
 /// Writes `bytes` at `pos` of the file at `path` and makes them and the file's metadata
@@ -52,7 +58,9 @@ pub(crate) fn write_durably_at(path: &Path, bytes: &[u8], pos: u64) -> Result<()
             let sync = rustix::fs::OFlags::SYNC.bits() as i32;
             OpenOptions::new().write(true).custom_flags(sync).open(path)?.write_all_at(bytes, pos)
         })
-        .at(path)
+        .at(path)?;
+    fault::note_synced(path, pos..pos + bytes.len() as u64);
+    Ok(())
 }
 
 /// Makes the directory's entries (new, renamed or removed files) durable.

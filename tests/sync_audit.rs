@@ -1,0 +1,133 @@
+//! Durability checked against the syscalls. With `segq::fault`'s sync audit, every sync of a
+//! file under the queue records the bytes it made durable; each test runs on one thread,
+//! so the syncs recorded during a call are that call's (or a seal's it waited for). Then:
+//!
+//! - under `Always`, every record an `append` or `append_batch` acknowledged lies in bytes
+//!   synced during the call;
+//! - under `Always`, every byte of the group journal that a `poll`, `poll_batch`, `ack`,
+//!   `ack_batch`, `nack` or `nack_batch` changed was synced during the call;
+//! - under `Never`, every record appended since the last `flush` is synced by the time
+//!   `flush` returns.
+//!
+//! The crash tests cannot see a missing sync: a killed process keeps its page cache, and
+//! the power-loss test takes the model's word for what was synced.
+
+mod common;
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{payload, record_spans, segment_base, segment_files, tiny};
+use segq::fault::{self, Synced};
+use segq::{Options, Queue, SyncPolicy};
+
+/// Whether the ranges synced of `path` together cover `span`.
+fn covered(synced: &[Synced], path: &Path, span: &Range<u64>) -> bool {
+    let mut ranges: Vec<Range<u64>> = synced.iter().filter(|s| s.path == path).map(|s| s.range.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut done = span.start;
+    for r in ranges {
+        if r.start <= done {
+            done = done.max(r.end);
+        }
+    }
+    done >= span.end
+}
+
+/// The segment file holding `offset` and the record's bytes in it.
+fn locate(dir: &Path, offset: u64) -> (PathBuf, Range<u64>) {
+    let path = segment_files(dir).into_iter().rev().find(|p| segment_base(p) <= offset).expect("a segment holds it");
+    let spans = record_spans(&std::fs::read(&path).unwrap());
+    let span = spans[(offset - segment_base(&path)) as usize].clone();
+    (path, span.start as u64..span.end as u64)
+}
+
+#[test]
+fn appends_under_always_are_synced_before_they_return() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: many rolls, so seals and the successors' creations are in the mix.
+    let q = Queue::open(dir.path(), tiny(8 << 10).sync(SyncPolicy::Always)).unwrap();
+    fault::audit(dir.path());
+    let mut checked = 0;
+    for i in 0..400u64 {
+        let payloads: Vec<Vec<u8>> = (0..if i % 4 == 0 { 1 + i % 9 } else { 1 }).map(|j| payload(i * 10 + j)).collect();
+        fault::take_synced(dir.path());
+        let appended = if payloads.len() == 1 {
+            let offset = q.append(&payloads[0]).unwrap();
+            offset..offset + 1
+        } else {
+            let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+            q.append_batch(&refs).unwrap()
+        };
+        let synced = fault::take_synced(dir.path());
+        for offset in appended {
+            let (path, span) = locate(dir.path(), offset);
+            assert!(covered(&synced, &path, &span), "record {offset} ({span:?} of {path:?}) not synced: {synced:?}");
+            checked += 1;
+        }
+    }
+    assert!(segment_files(dir.path()).len() > 8, "the test meant to cross many rolls");
+    assert!(checked > 500);
+}
+
+#[test]
+fn a_flush_under_never_syncs_every_record_since_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(16 << 10)).unwrap();
+    fault::audit(dir.path());
+    let mut unflushed = Vec::new();
+    for i in 0..600u64 {
+        unflushed.push(q.append(&payload(i)).unwrap());
+        if i % 37 == 36 {
+            q.flush().unwrap();
+            // Background seals since the last flush count too: they ran before it returned.
+            let synced = fault::take_synced(dir.path());
+            for offset in unflushed.drain(..) {
+                let (path, span) = locate(dir.path(), offset);
+                assert!(covered(&synced, &path, &span), "record {offset} not synced by the flush");
+            }
+        }
+    }
+}
+
+#[test]
+fn group_calls_under_always_sync_what_they_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+    for i in 0..60 {
+        q.append(&payload(i)).unwrap();
+    }
+    let g = q.group("g").unwrap();
+    let journal = dir.path().join("groups").join("g").join("journal");
+    fault::audit(dir.path());
+    let mut changes = 0;
+    // Runs `call` and checks that the journal bytes it changed were synced meanwhile.
+    let mut checked = |what: &str, call: &mut dyn FnMut()| {
+        let before = std::fs::read(&journal).unwrap();
+        fault::take_synced(dir.path());
+        call();
+        let synced = fault::take_synced(dir.path());
+        let after = std::fs::read(&journal).unwrap();
+        let first = before.iter().zip(&after).position(|(a, b)| a != b);
+        let last = before.iter().zip(&after).rposition(|(a, b)| a != b);
+        if let (Some(first), Some(last)) = (first, last) {
+            let span = first as u64..last as u64 + 1;
+            assert!(covered(&synced, &journal, &span), "{what}: journal bytes {span:?} not synced: {synced:?}");
+            changes += 1;
+        }
+    };
+    for _ in 0..6 {
+        let mut taken = Vec::new();
+        checked("poll", &mut || taken.push(g.poll(Duration::ZERO).unwrap().unwrap().offset()));
+        checked("poll_batch", &mut || {
+            taken.extend(g.poll_batch(4, Duration::ZERO).unwrap().iter().map(|d| d.offset()))
+        });
+        assert_eq!(taken.len(), 5);
+        checked("ack", &mut || g.ack(taken[0]).unwrap());
+        checked("ack_batch", &mut || g.ack_batch(&taken[1..3]).unwrap());
+        checked("nack", &mut || g.nack(taken[3], Duration::ZERO).unwrap());
+        checked("nack_batch", &mut || g.nack_batch(&taken[4..], Duration::from_secs(3600)).unwrap());
+    }
+    assert!(changes >= 30, "the calls meant to change the journal: {changes}");
+}
