@@ -77,6 +77,13 @@ impl Model {
             .collect()
     }
 
+    /// A nack of `o`: due again, or dead once out of attempts; nothing if not leased.
+    fn nacked(&mut self, o: u64) {
+        if let Some(State::Leased(a)) = self.states.get(&o).copied() {
+            self.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
+        }
+    }
+
     fn restart(&mut self) {
         for s in self.states.values_mut() {
             if let State::Leased(a) = *s {
@@ -91,6 +98,15 @@ fn open(dir: &std::path::Path) -> (Queue, segq::Group) {
     let g =
         q.group_with("g", GroupOptions::default().lease(Duration::from_secs(3600)).max_attempts(MAX_ATTEMPTS)).unwrap();
     (q, g)
+}
+
+/// Removes up to `n` of the `outstanding` deliveries, picked from index `i`, and returns
+/// them with the first one twice (a batch may name an offset twice).
+fn take_some(outstanding: &mut Vec<u64>, i: usize, n: usize) -> Vec<u64> {
+    let mut taken: Vec<u64> =
+        (0..n.min(outstanding.len())).map(|_| outstanding.remove(i % outstanding.len())).collect();
+    taken.push(taken[0]);
+    taken
 }
 
 /// Offsets due for a retry.
@@ -168,35 +184,23 @@ proptest! {
                     m.states.insert(o, State::Acked);
                 }
                 Step::AckBatch(i, n) if !outstanding.is_empty() => {
-                    let mut acked = Vec::new();
-                    for _ in 0..n.min(outstanding.len()) {
-                        acked.push(outstanding.remove(i % outstanding.len()));
-                    }
-                    acked.push(acked[0]);
+                    let acked = take_some(&mut outstanding, i, n);
                     g.ack_batch(&acked).unwrap();
                     for o in acked {
                         m.states.insert(o, State::Acked);
                     }
                 }
                 Step::NackBatch(i, n) if !outstanding.is_empty() => {
-                    let mut nacked = Vec::new();
-                    for _ in 0..n.min(outstanding.len()) {
-                        nacked.push(outstanding.remove(i % outstanding.len()));
-                    }
-                    nacked.push(nacked[0]);
+                    let nacked = take_some(&mut outstanding, i, n);
                     g.nack_batch(&nacked, Duration::ZERO).unwrap();
                     for o in nacked {
-                        if let Some(State::Leased(a)) = m.states.get(&o).copied() {
-                            m.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
-                        }
+                        m.nacked(o);
                     }
                 }
                 Step::Nack(i) if !outstanding.is_empty() => {
                     let o = outstanding.remove(i % outstanding.len());
                     g.nack(o, Duration::ZERO).unwrap();
-                    if let Some(State::Leased(a)) = m.states.get(&o).copied() {
-                        m.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
-                    }
+                    m.nacked(o);
                 }
                 Step::Redrive(i) => {
                     let dead = m.dead();
