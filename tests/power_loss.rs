@@ -4,8 +4,11 @@
 //!
 //! What is known to be synced: under `SyncPolicy::Always`, every append and every group call
 //! that returned; under `Never`, what the last `flush()` covered; under `Interval`, what the
-//! flusher covered (the log only: `q.durable_offset()` and the checkpoint say how far). Sealed
-//! segments are synced when sealed. Past the synced point of the newest segment, the copy
+//! flusher covered (the log only: `q.durable_offset()` says how far). Sealed segments are
+//! synced when sealed. For the newest segment the synced point is not taken from that
+//! model but from what the run's syncs really covered (`segq::fault`'s sync audit), and it
+//! must reach every record the model holds durable: a sync that segq skipped or cut short
+//! fails here. Past the synced point of the newest segment, the copy
 //! gets one of: all zeros (nothing written back), a cut file, pages each zeroed, kept or
 //! written back only in part (a torn write-back), or garbage. Checkpoint slot B and the
 //! active index, which are never synced on their own, are dropped or damaged too, and the
@@ -37,6 +40,7 @@ use common::{
     journal_entries, latest_snapshot_generation, put_checkpoint_slot, record_spans, segment_base, segment_files,
     tagged, test_seed, untag,
 };
+use segq::fault;
 use segq::{Group, GroupOptions, Options, Queue, SyncPolicy};
 
 const GROUP: &str = "g";
@@ -87,6 +91,9 @@ struct Model {
     /// Where the group journal was synced to: (snapshot generation, entries). `None`: not
     /// known (under `Interval`), so the journal is left alone.
     journal_synced: Option<(u64, usize)>,
+    /// What the crashed run really synced, by file name: the byte ranges each successful
+    /// sync made durable (`segq::fault`'s audit).
+    synced_ranges: HashMap<String, Vec<std::ops::Range<u64>>>,
 }
 
 /// Copies checked, copies that lost records, records lost, redeliveries seen: printed at the
@@ -280,16 +287,29 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
             Some(k) => spans.get(k as usize).map_or_else(|| spans.last().unwrap().end, |s| s.start),
         }
     };
-    // The synced end of the newest segment: what `durable` says, or further if a
-    // checkpoint slot records a later sync (the flusher may have run after we looked).
+    // The synced end of the newest segment: what the run's syncs really covered (its
+    // audit), not what the model was told. A sync that segq skipped or cut short then loses
+    // records the model holds durable, and the check after fails. The model's position
+    // must be covered anyway, and a checkpoint slot can only name a synced position.
     let checkpoint_path = dir.join("checkpoint");
     let mut checkpoint = std::fs::read(&checkpoint_path).unwrap();
-    let mut synced = position_of(m.durable);
+    let name = active.file_name().unwrap().to_string_lossy().into_owned();
+    // (The header stays: a new file's header that was never synced reads as zeros or as
+    // itself, and the model keeps it as before.)
+    let synced = (synced_prefix(m, &name) as usize).max(FILE_HEADER_LEN).min(bytes.len());
+    if m.durable > base {
+        assert!(
+            synced >= position_of(m.durable),
+            "{name}: records below durable offset {} (to byte {}) were not synced (synced to {synced})",
+            m.durable,
+            position_of(m.durable)
+        );
+    }
     for at in [0, CHECKPOINT_SLOT_B] {
         if let Some((b, position, _, _)) = checkpoint_slot(&checkpoint, at)
             && b == base
         {
-            synced = synced.max(position as usize);
+            assert!(position as usize <= synced, "{name}: a checkpoint slot names {position}, synced to {synced}");
         }
     }
     what.push(format!("log {}: {}", active.display(), lose(&mut bytes, synced, rng, true)));
@@ -448,6 +468,8 @@ fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
 
 /// Crashes a queue after a workload and returns the crashed directory's model.
 fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
+    fault::audit(dir);
+    fault::take_synced(dir);
     let q = Queue::open(dir, options(policy.sync())).unwrap();
     m.recovered(q.next_offset());
     let g = open_group(&q);
@@ -457,6 +479,19 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     workload(&q, &g, m, rng, policy);
     drop(g);
     q.simulate_crash();
+    m.synced_ranges.clear();
+    for synced in fault::take_synced(dir) {
+        let name = synced.path.file_name().expect("a file").to_string_lossy().into_owned();
+        m.synced_ranges.entry(name).or_default().push(synced.range);
+    }
+}
+
+/// How many bytes from the start of the file `name` the crashed run synced, one range
+/// after another.
+fn synced_prefix(m: &Model, name: &str) -> u64 {
+    let mut ranges = m.synced_ranges.get(name).cloned().unwrap_or_default();
+    ranges.sort_by_key(|r| r.start);
+    ranges.iter().fold(0, |done, r| if r.start <= done { done.max(r.end) } else { done })
 }
 
 fn scenario(case: u64, seed: u64) {

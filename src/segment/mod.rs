@@ -481,7 +481,7 @@ impl Active {
             file.set_len(end as u64).at(&path)?;
         }
         reserve(&file, &path, capacity as u64)?;
-        crate::fs::sync_file(&file, &path)?;
+        crate::fs::sync_file_covering(&file, &path, 0..end as u64)?;
         let (_, data) = Mapping::read_write(&file, capacity, end).at(&path)?;
         Ok((Self::finish(seg, file, capacity, end, index_map, index, data), recovered))
     }
