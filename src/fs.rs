@@ -27,9 +27,7 @@ pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Resu
 
 /// Makes a file's data and metadata durable (`fsync`).
 pub(crate) fn sync_file(file: &File, path: &Path) -> Result<()> {
-    fault::check(path, Point::Sync).and_then(|()| file.sync_all()).at(path)?;
-    fault::note_synced(path, 0..u64::MAX);
-    Ok(())
+    sync_file_covering(file, path, 0..u64::MAX)
 }
 
 /// [`sync_file`] of a file whose data ends at `covered.end`: the sync audit (see
