@@ -340,8 +340,9 @@ impl Group {
     }
 
     /// Acks every offset in `offsets`, as so many [`Group::ack`]s would, but under
-    /// [`SyncPolicy::Always`] with one sync for them all. Either all are acked or, on an
-    /// error, none is.
+    /// [`SyncPolicy::Always`] with one sync for them all. An offset the group never delivered
+    /// fails the call before anything changes; an I/O error part way poisons the group, as
+    /// for [`Group::ack`], and may leave some of them acked.
     ///
     /// ```
     /// use std::time::Duration;
@@ -398,8 +399,9 @@ impl Group {
     }
 
     /// Nacks every offset in `offsets` with the same `delay`, as so many [`Group::nack`]s
-    /// would, but under [`SyncPolicy::Always`] with one sync for them all. Either all are
-    /// nacked or, on an error, none is.
+    /// would, but under [`SyncPolicy::Always`] with one sync for them all. An offset the
+    /// group never delivered fails the call before anything changes; an I/O error part way
+    /// poisons the group, as for [`Group::nack`], and may leave some of them nacked.
     ///
     /// ```
     /// use std::time::Duration;
