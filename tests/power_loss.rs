@@ -5,14 +5,15 @@
 //! What is known to be synced: under `SyncPolicy::Always`, every append and every group call
 //! that returned; under `Never`, what the last `flush()` covered; under `Interval`, what the
 //! flusher covered (the log only: `q.durable_offset()` says how far). Sealed segments are
-//! synced when sealed. For the newest segment the synced point is not taken from that
-//! model but from what the run's syncs really covered (`segq::fault`'s sync audit), and it
-//! must reach every record the model holds durable: a sync that segq skipped or cut short
-//! fails here. Past the synced point of the newest segment, the copy
+//! synced when sealed. For the newest segment and the group journal the synced point is
+//! not taken from that model but from what the run's syncs really covered (`segq::fault`'s
+//! sync audit; the journal's count starts again at the sync of the snapshot it restarted
+//! for), and it must reach everything the model holds durable: a sync that segq skipped
+//! or cut short fails here. Past the synced point of the newest segment, the copy
 //! gets one of: all zeros (nothing written back), a cut file, pages each zeroed, kept or
 //! written back only in part (a torn write-back), or garbage. Checkpoint slot B and the
 //! active index, which are never synced on their own, are dropped or damaged too, and the
-//! group journal is treated like the log past its synced point.
+//! group journal is treated like the log past its synced point, under every policy.
 //!
 //! Seals run in the background, and a power loss can stop one: when nothing in the newest
 //! segment is durable yet (every sync waits for the seal before), some copies are put back
@@ -89,11 +90,14 @@ struct Model {
     synced_acked: HashSet<u64>,
     synced_attempts: HashMap<u64, u32>,
     /// Where the group journal was synced to: (snapshot generation, entries). `None`: not
-    /// known (under `Interval`), so the journal is left alone.
+    /// known (under `Interval`).
     journal_synced: Option<(u64, usize)>,
     /// What the crashed run really synced, by file name: the byte ranges each successful
     /// sync made durable (`segq::fault`'s audit).
     synced_ranges: HashMap<String, Vec<std::ops::Range<u64>>>,
+    /// How far the crashed run's syncs really made the journal of the group's newest
+    /// generation durable, in bytes from the file's start (from the same audit).
+    journal_audited: usize,
 }
 
 /// Copies checked, copies that lost records, records lost, redeliveries seen: printed at the
@@ -340,16 +344,24 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
         }
     }
 
-    if let Some((generation, entries)) = m.journal_synced {
-        let journal_path = group_dir(dir).join("journal");
-        let mut journal = std::fs::read(&journal_path).unwrap();
-        let now = latest_snapshot_generation(&group_dir(dir)).expect("a valid snapshot");
-        // A snapshot written since made the older entries redundant; newer ones are unsynced.
-        let entries = if now == generation { entries } else { 0 };
-        let from = FILE_HEADER_LEN + entries * JOURNAL_ENTRY_LEN;
-        what.push(format!("journal: {}", lose(&mut journal, from, rng, false)));
-        std::fs::write(&journal_path, &journal).unwrap();
+    // The journal past what the run's syncs covered, whatever the policy. Under `Always`
+    // and `Never` that must reach what the model holds synced; a snapshot written since
+    // made the model's older entries redundant.
+    let journal_path = group_dir(dir).join("journal");
+    let mut journal = std::fs::read(&journal_path).unwrap();
+    let now = latest_snapshot_generation(&group_dir(dir)).expect("a valid snapshot");
+    if let Some((generation, entries)) = m.journal_synced
+        && generation == now
+    {
+        let promised = FILE_HEADER_LEN + entries * JOURNAL_ENTRY_LEN;
+        assert!(
+            m.journal_audited >= promised,
+            "journal entries to byte {promised} were acknowledged as synced, the syncs reached {}",
+            m.journal_audited
+        );
     }
+    what.push(format!("journal: {}", lose(&mut journal, m.journal_audited, rng, false)));
+    std::fs::write(&journal_path, &journal).unwrap();
     what.join("; ")
 }
 
@@ -473,17 +485,43 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     let q = Queue::open(dir, options(policy.sync())).unwrap();
     m.recovered(q.next_offset());
     let g = open_group(&q);
+    // What the journal held when the group opened was on disk: the copy was opened as the
+    // power loss left it.
+    let opened = journal_mark(dir);
     if policy != Policy::Interval {
-        m.journal_synced = Some(journal_mark(dir));
+        m.journal_synced = Some(opened);
     }
     workload(&q, &g, m, rng, policy);
     drop(g);
     q.simulate_crash();
+    let synced = fault::take_synced(dir);
+    m.journal_audited = audited_journal(dir, &synced, opened);
     m.synced_ranges.clear();
-    for synced in fault::take_synced(dir) {
+    for synced in synced {
         let name = synced.path.file_name().expect("a file").to_string_lossy().into_owned();
         m.synced_ranges.entry(name).or_default().push(synced.range);
     }
+}
+
+/// How far the run's syncs (`synced`, oldest first) made the journal of the group's newest
+/// generation durable. The journal restarts only once the snapshot of a new generation is
+/// synced, so the journal's syncs count from the last sync of that snapshot's file (if this
+/// run wrote it), else from what the journal held when the group opened.
+fn audited_journal(dir: &Path, synced: &[fault::Synced], opened: (u64, usize)) -> usize {
+    let group = group_dir(dir);
+    let now = latest_snapshot_generation(&group).expect("a valid snapshot");
+    let snapshot = group.join(if now.is_multiple_of(2) { "state" } else { "state.1" });
+    let (since, start) = match synced.iter().rposition(|s| s.path == snapshot) {
+        Some(i) if now != opened.0 || opened.1 == 0 => (i + 1, FILE_HEADER_LEN),
+        _ => {
+            assert_eq!(now, opened.0, "generation {now} was written, and its snapshot not synced");
+            (0, FILE_HEADER_LEN + opened.1 * JOURNAL_ENTRY_LEN)
+        }
+    };
+    let journal = group.join("journal");
+    let mut ranges: Vec<_> = synced[since..].iter().filter(|s| s.path == journal).map(|s| s.range.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    ranges.iter().fold(start as u64, |done, r| if r.start <= done { done.max(r.end) } else { done }) as usize
 }
 
 /// How many bytes from the start of the file `name` the crashed run synced, one range
