@@ -22,7 +22,10 @@ use crate::error::{Error, Result};
 /// more appenders than cores, the threads a sync wakes take turns to run, and a leader that
 /// synced at once would cover only the first few of them. Waiting half a sync's time at
 /// most bounds what a thread that stopped appending costs the rest. A lone appender never
-/// waits.
+/// waits. The caller whose arrival completes the gathering syncs in the sleeping leader's
+/// stead (and wakes it to wait as the others do): waking the leader first put its wake-up,
+/// on CPUs busy with the threads the last sync released, between the last arrival and the
+/// sync.
 ///
 /// Waiters sleep on futexes rather than on a condition variable: a sync wakes them all, and
 /// with a mutex each would queue for it again on waking, one after the other. With
@@ -53,6 +56,9 @@ pub(crate) struct GroupCommit {
     /// Waits that yielded until their sync ended, for tests.
     #[cfg(test)]
     yielded: AtomicU64,
+    /// Syncs led by the call that completed a gathering, for tests.
+    #[cfg(test)]
+    taken_over: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +95,8 @@ impl GroupCommit {
             busy_wait: false,
             #[cfg(test)]
             yielded: AtomicU64::new(0),
+            #[cfg(test)]
+            taken_over: AtomicU64::new(0),
         }
     }
 
@@ -118,8 +126,16 @@ impl GroupCommit {
         }
         let arrived = self.arrivals.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
         let goal = self.gathering.load(Ordering::Acquire);
-        if goal != 0 && reached(arrived, goal) {
+        if goal != 0
+            && reached(arrived, goal)
+            && self.gathering.compare_exchange(goal, 0, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        {
+            // This call completes a gathering whose leader sleeps: it syncs in the leader's
+            // stead, so that the leader's wake-up overlaps the sync instead of preceding it.
+            #[cfg(test)]
+            self.taken_over.fetch_add(1, Ordering::Relaxed);
             let _ = futex::wake(&self.arrivals, futex::Flags::PRIVATE, 1);
+            self.sync_and_publish(&sync)?;
         }
         loop {
             // Read before the checks: a sync that ends after them changes it, so the wait
@@ -132,7 +148,9 @@ impl GroupCommit {
                 return Err(err);
             }
             if self.leader.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                self.lead(&sync)?;
+                if self.gather() {
+                    self.sync_and_publish(&sync)?;
+                }
             } else if !self.yield_until_synced(syncs) {
                 // EAGAIN (a sync ended meanwhile) and EINTR both mean: look again.
                 let _ = futex::wait(&self.syncs, futex::Flags::PRIVATE, syncs, None);
@@ -168,15 +186,43 @@ impl GroupCommit {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    /// Gathers, syncs, publishes the result and wakes every waiter.
-    fn lead(&self, sync: &impl Fn() -> Result<u64>) -> Result<()> {
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        if self.busy_wait && !history.last_sync.is_zero() {
-            // As long as the last gathering and sync took, at most.
-            let expected = (history.last_sync / 2).min(MAX_GATHER) + history.last_sync;
-            self.due.store(self.nanos() + expected.as_nanos() as u64, Ordering::Release);
+    /// Run by a new leader before it syncs: sleeps until as many callers arrived since the
+    /// last sync started as it covered, or for half as long as it took, whichever comes
+    /// first. Returns whether this thread is still to sync: the call that completes the
+    /// gathering takes the sync over instead of waking the leader to do it.
+    fn gather(&self) -> bool {
+        let (goal, wait) = {
+            let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+            if self.busy_wait && !history.last_sync.is_zero() {
+                // As long as the last gathering and sync took, at most.
+                let expected = (history.last_sync / 2).min(MAX_GATHER) + history.last_sync;
+                self.due.store(self.nanos() + expected.as_nanos() as u64, Ordering::Release);
+            }
+            let goal = history.synced_arrivals.wrapping_add(history.last_batch).max(1);
+            if history.last_batch <= 1 || reached(self.arrivals.load(Ordering::Acquire), goal) {
+                return true;
+            }
+            (goal, (history.last_sync / 2).min(MAX_GATHER))
+        };
+        let deadline = Instant::now() + wait;
+        self.gathering.store(goal, Ordering::Release);
+        loop {
+            let arrivals = self.arrivals.load(Ordering::Acquire);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || reached(arrivals, goal) {
+                // Sync now, unless the call that completed the gathering already does.
+                return self.gathering.compare_exchange(goal, 0, Ordering::AcqRel, Ordering::Acquire).is_ok();
+            }
+            // That call wakes this thread once it has taken the sync over: the wait then
+            // ends during the sync, when the CPUs wait for the disk anyway.
+            let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos() as i64 };
+            let _ = futex::wait(&self.arrivals, futex::Flags::PRIVATE, arrivals, Some(&timeout));
         }
-        self.gather(&history);
+    }
+
+    /// Syncs, publishes the result, gives up the leader's office and wakes every waiter.
+    fn sync_and_publish(&self, sync: &impl Fn() -> Result<u64>) -> Result<()> {
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         // Everyone who arrived has appended already: this sync covers them all.
         let arrivals = self.arrivals.load(Ordering::Acquire);
         history.last_batch = arrivals.wrapping_sub(history.synced_arrivals);
@@ -194,27 +240,6 @@ impl GroupCommit {
         // The kernel reads the count as an `i32`: `u32::MAX` would wake one thread.
         let _ = futex::wake(&self.syncs, futex::Flags::PRIVATE, i32::MAX as u32);
         result.map(|_| ())
-    }
-
-    /// Sleeps until as many callers arrived since the last sync started as it covered, or
-    /// for half as long as it took, whichever comes first.
-    fn gather(&self, history: &History) {
-        let goal = history.synced_arrivals.wrapping_add(history.last_batch).max(1);
-        if history.last_batch <= 1 || reached(self.arrivals.load(Ordering::Acquire), goal) {
-            return;
-        }
-        let deadline = Instant::now() + (history.last_sync / 2).min(MAX_GATHER);
-        self.gathering.store(goal, Ordering::Release);
-        loop {
-            let arrivals = self.arrivals.load(Ordering::Acquire);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if reached(arrivals, goal) || left.is_zero() {
-                break;
-            }
-            let timeout = rustix::time::Timespec { tv_sec: 0, tv_nsec: left.as_nanos() as i64 };
-            let _ = futex::wait(&self.arrivals, futex::Flags::PRIVATE, arrivals, Some(&timeout));
-        }
-        self.gathering.store(0, Ordering::Release);
     }
 }
 
@@ -318,6 +343,39 @@ mod tests {
         assert_eq!(commit.durable(), 1600);
         assert!(syncs.load(Ordering::SeqCst) < 1600, "every waiter paid for its own sync");
         commit
+    }
+
+    /// With syncs slow enough that every thread comes back within the gathering, the call
+    /// that completes it leads the sync instead of the sleeping leader.
+    #[test]
+    fn the_call_that_completes_a_gathering_syncs() {
+        let commit = Arc::new(GroupCommit::new(0));
+        let appended = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..4u64)
+            .map(|i| {
+                let (commit, appended) = (commit.clone(), appended.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        // Threads come back one after another, so that a leader gathers.
+                        std::thread::sleep(Duration::from_micros(100 * i));
+                        let target = appended.fetch_add(1, Ordering::SeqCst) + 1;
+                        let sync = || {
+                            // Like a real sync: it covers what was appended when it began.
+                            let covered = appended.load(Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(2));
+                            Ok(covered)
+                        };
+                        commit.wait_for(target, sync, || None).unwrap();
+                        assert!(commit.durable() >= target);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(commit.durable(), 200);
+        assert!(commit.taken_over.load(Ordering::Relaxed) > 0, "no gathering was taken over");
     }
 
     /// After a sync that covered many threads, the next leader waits for them to come back;
