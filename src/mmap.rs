@@ -182,6 +182,25 @@ impl MapWriter {
         }
     }
 
+    /// Asks the CPU to fetch, for writing, the cache line at `at` and the one after, if they
+    /// lie in the mapping. A store into a line that is not in cache waits for it, and so
+    /// does every locked instruction after that store (the writer's lock, released after
+    /// each append); fetched ahead, the line is there when the writer comes.
+    #[inline]
+    pub fn prefetch_for_write(&self, at: usize) {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        if at + 128 <= self.map.len() {
+            use std::arch::x86_64::{_MM_HINT_ET0, _mm_prefetch};
+            let line = self.map.raw.as_ptr().wrapping_add(at).cast::<i8>();
+            // SAFETY: a prefetch reads and writes no memory and never faults; SSE is part
+            // of x86_64.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_ET0>(line);
+                _mm_prefetch::<_MM_HINT_ET0>(line.wrapping_add(64));
+            }
+        }
+    }
+
     /// Makes the first `end` bytes readable. Everything below `end` must be written.
     pub fn publish(&mut self, end: usize) {
         assert!(end <= self.map.len(), "publish past the mapping");
