@@ -305,77 +305,94 @@ mod tests {
 
     #[test]
     fn concurrent_waiters_share_syncs() {
-        let commit = waiters_share_syncs(GroupCommit::new(0), Duration::from_micros(200));
+        let (commit, syncs) = run_appenders(GroupCommit::new(0), 8, 200, |_, _| Duration::ZERO, |_, _| 200);
+        assert!(syncs < 1600, "every waiter paid for its own sync");
         assert_eq!(commit.yielded.load(Ordering::Relaxed), 0, "no busy wait unless asked for");
     }
 
     /// Busy waiting changes how waiters wait, not what they wait for.
     #[test]
     fn busy_waiters_share_syncs_and_yield_through_short_ones() {
-        let commit = waiters_share_syncs(GroupCommit::new(0).busy_wait(true), Duration::from_micros(100));
+        let (commit, syncs) =
+            run_appenders(GroupCommit::new(0).busy_wait(true), 8, 200, |_, _| Duration::ZERO, |_, _| 100);
+        assert!(syncs < 1600, "every waiter paid for its own sync");
         assert!(commit.yielded.load(Ordering::Relaxed) > 0, "no waiter yielded through a sync");
-    }
-
-    fn waiters_share_syncs(commit: GroupCommit, sync_time: Duration) -> Arc<GroupCommit> {
-        let commit = Arc::new(commit);
-        let appended = Arc::new(AtomicU64::new(0));
-        let syncs = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let (commit, appended, syncs) = (commit.clone(), appended.clone(), syncs.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..200 {
-                        let target = appended.fetch_add(1, Ordering::SeqCst) + 1;
-                        let sync = || {
-                            syncs.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(sync_time);
-                            Ok(appended.load(Ordering::SeqCst))
-                        };
-                        commit.wait_for(target, sync, || None).unwrap();
-                        assert!(commit.durable() >= target);
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(commit.durable(), 1600);
-        assert!(syncs.load(Ordering::SeqCst) < 1600, "every waiter paid for its own sync");
-        commit
     }
 
     /// With syncs slow enough that every thread comes back within the gathering, the call
     /// that completes it leads the sync instead of the sleeping leader.
     #[test]
     fn the_call_that_completes_a_gathering_syncs() {
-        let commit = Arc::new(GroupCommit::new(0));
+        // Threads come back one after another, so that a leader gathers.
+        let (commit, _) =
+            run_appenders(GroupCommit::new(0), 4, 50, |thread, _| Duration::from_micros(100 * thread), |_, _| 2000);
+        assert!(commit.taken_over.load(Ordering::Relaxed) > 0, "no gathering was taken over");
+    }
+
+    /// Leaders, callers that take a gathering over (over a hundred times a run here) and
+    /// leaders whose gathering timed out: whatever the timing, syncs never overlap, no
+    /// caller returns before its offset is covered, and none is left waiting.
+    #[test]
+    fn any_timing_of_arrivals_and_syncs() {
+        // Mostly short pauses (gatherings complete); now and then one longer than a
+        // gathering waits (it times out).
+        let pause = |thread, round| match mix(thread, round) {
+            r if r % 8 == 0 => Duration::from_micros(r % 1500),
+            r => Duration::from_micros(r % 100),
+        };
+        run_appenders(GroupCommit::new(0), 6, 150, pause, |thread, round| 150 + mix(round, thread) % 300);
+    }
+
+    /// A pseudo-random number from two.
+    fn mix(a: u64, b: u64) -> u64 {
+        let mut x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_add(0xD1B5_4A32_D192_ED03);
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^ x >> 29
+    }
+
+    /// Runs `threads` threads that each append `rounds` times, after a pause of
+    /// `pause(thread, round)`, and wait for their offset to be durable. A sync takes
+    /// `sync_micros(thread, round)` of its leader and, as a real one, covers what was
+    /// appended when it began. Checks that syncs never overlap and that no caller returns
+    /// before its offset is durable; returns the commit and how many syncs ran.
+    fn run_appenders(
+        commit: GroupCommit,
+        threads: u64,
+        rounds: u64,
+        pause: fn(u64, u64) -> Duration,
+        sync_micros: fn(u64, u64) -> u64,
+    ) -> (Arc<GroupCommit>, u64) {
+        let commit = Arc::new(commit);
         let appended = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..4u64)
-            .map(|i| {
+        let (syncs, in_flight) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
                 let (commit, appended) = (commit.clone(), appended.clone());
+                let (syncs, in_flight) = (syncs.clone(), in_flight.clone());
                 std::thread::spawn(move || {
-                    for _ in 0..50 {
-                        // Threads come back one after another, so that a leader gathers.
-                        std::thread::sleep(Duration::from_micros(100 * i));
+                    for round in 0..rounds {
+                        std::thread::sleep(pause(thread, round));
                         let target = appended.fetch_add(1, Ordering::SeqCst) + 1;
                         let sync = || {
-                            // Like a real sync: it covers what was appended when it began.
+                            assert_eq!(in_flight.fetch_add(1, Ordering::SeqCst), 0, "two syncs at once");
+                            syncs.fetch_add(1, Ordering::SeqCst);
                             let covered = appended.load(Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(2));
+                            std::thread::sleep(Duration::from_micros(sync_micros(thread, round)));
+                            in_flight.fetch_sub(1, Ordering::SeqCst);
                             Ok(covered)
                         };
                         commit.wait_for(target, sync, || None).unwrap();
-                        assert!(commit.durable() >= target);
+                        assert!(commit.durable() >= target, "returned before its offset was durable");
                     }
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
+        for handle in handles {
+            handle.join().unwrap();
         }
-        assert_eq!(commit.durable(), 200);
-        assert!(commit.taken_over.load(Ordering::Relaxed) > 0, "no gathering was taken over");
+        assert_eq!(commit.durable(), threads * rounds);
+        (commit, syncs.load(Ordering::SeqCst))
     }
 
     /// After a sync that covered many threads, the next leader waits for them to come back;
@@ -421,49 +438,6 @@ mod tests {
             let _ = done.send(());
         });
         assert!(finished.recv_timeout(Duration::from_secs(60)).is_ok(), "a stopped flusher kept waiting");
-    }
-
-    /// Leaders, callers that take a gathering over (over a hundred times a run here) and
-    /// leaders whose gathering timed out: whatever the timing, syncs never overlap, no
-    /// caller returns before its offset is covered, and none is left waiting.
-    #[test]
-    fn one_sync_at_a_time_whoever_leads_it() {
-        let commit = Arc::new(GroupCommit::new(0));
-        let appended = Arc::new(AtomicU64::new(0));
-        let in_flight = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..6u64)
-            .map(|i| {
-                let (commit, appended, in_flight) = (commit.clone(), appended.clone(), in_flight.clone());
-                std::thread::spawn(move || {
-                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ i;
-                    let mut next = || {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x
-                    };
-                    for _ in 0..150 {
-                        // Threads come and go at random, so gatherings end every way.
-                        std::thread::sleep(Duration::from_micros(next() % 100));
-                        let target = appended.fetch_add(1, Ordering::SeqCst) + 1;
-                        let pause = Duration::from_micros(150 + next() % 300);
-                        let sync = || {
-                            assert_eq!(in_flight.fetch_add(1, Ordering::SeqCst), 0, "two syncs at once");
-                            let covered = appended.load(Ordering::SeqCst);
-                            std::thread::sleep(pause);
-                            in_flight.fetch_sub(1, Ordering::SeqCst);
-                            Ok(covered)
-                        };
-                        commit.wait_for(target, sync, || None).unwrap();
-                        assert!(commit.durable() >= target, "returned before its offset was durable");
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(commit.durable(), 900);
     }
 
     #[test]
