@@ -11,8 +11,17 @@ use std::thread::JoinHandle;
 
 use crate::mmap::Mapping;
 
-/// How far ahead of the write position pages are faulted in.
-pub(crate) const AHEAD: usize = 4 << 20;
+/// How far ahead of the write position pages are faulted in, for a segment of `capacity`
+/// bytes: a quarter of it, from 4 MiB to 16 MiB (default segments: 16 MiB).
+///
+/// A fault of this thread makes the kernel read (here: zero) a whole readahead window
+/// around it, and the writer stalls on any page of a window not yet done. With 8 MiB
+/// windows (`read_ahead_kb` on the machines of docs/PERFORMANCE.md) and 4 MiB ahead, the
+/// writer ran into them: sleeps of up to 30 ms. A quarter of the segment bounds what an
+/// idle queue with small segments holds faulted in.
+pub(crate) fn ahead(capacity: usize) -> usize {
+    (capacity / 4).clamp(4 << 20, 16 << 20)
+}
 /// How much one request faults in.
 pub(crate) const CHUNK: usize = 1 << 20;
 

@@ -557,7 +557,7 @@ impl Active {
     /// Makes everything written so far readable.
     pub fn publish(&mut self) {
         self.data.publish(self.pos);
-        if self.pos + prefault::AHEAD > self.prefaulted && self.prefaulted < self.capacity {
+        if self.pos + prefault::ahead(self.capacity) > self.prefaulted && self.prefaulted < self.capacity {
             self.request_prefault();
         }
     }
