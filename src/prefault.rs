@@ -22,6 +22,7 @@ use crate::mmap::Mapping;
 pub(crate) fn ahead(capacity: usize) -> usize {
     (capacity / 4).clamp(4 << 20, 16 << 20)
 }
+
 /// How much one request faults in.
 pub(crate) const CHUNK: usize = 1 << 20;
 
