@@ -72,3 +72,19 @@ impl Drop for Prefaulter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A quarter of the segment, never less than 4 MiB nor more than 16 MiB.
+    #[test]
+    fn the_prefault_runs_a_quarter_of_the_segment_ahead_within_bounds() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(ahead(16 << 10), 4 * MIB);
+        assert_eq!(ahead(16 * MIB), 4 * MIB);
+        assert_eq!(ahead(32 * MIB), 8 * MIB);
+        assert_eq!(ahead(64 * MIB), 16 * MIB);
+        assert_eq!(ahead(4096 * MIB), 16 * MIB);
+    }
+}
