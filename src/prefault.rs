@@ -17,8 +17,9 @@ use crate::mmap::Mapping;
 /// A fault of this thread makes the kernel read (here: zero) a whole readahead window
 /// around it, and the writer stalls on any page of a window not yet done. With 8 MiB
 /// windows (`read_ahead_kb` on the machines of docs/PERFORMANCE.md) and 4 MiB ahead, the
-/// writer ran into them: sleeps of up to 30 ms. A quarter of the segment bounds what an
-/// idle queue with small segments holds faulted in.
+/// writer ran into them: sleeps of up to 30 ms. Each active queue holds that much zeroed
+/// page cache ahead of its writer: with the quarter, queues of segments of 16 MiB or less
+/// keep the 4 MiB they had before.
 pub(crate) fn ahead(capacity: usize) -> usize {
     (capacity / 4).clamp(4 << 20, 16 << 20)
 }
