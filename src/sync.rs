@@ -46,7 +46,8 @@ pub(crate) struct GroupCommit {
     arrivals: AtomicU32,
     /// While a leader gathers: the `arrivals` it waits for; 0 otherwise.
     gathering: AtomicU32,
-    /// Touched by the leader only.
+    /// Touched only by the thread that holds the leader's office (the leader, or the call
+    /// that took its gathering over).
     history: Mutex<History>,
     /// When the leader in office should be done, in nanoseconds since `epoch`; 0 if none.
     due: AtomicU64,
@@ -135,7 +136,7 @@ impl GroupCommit {
             #[cfg(test)]
             self.taken_over.fetch_add(1, Ordering::Relaxed);
             let _ = futex::wake(&self.arrivals, futex::Flags::PRIVATE, 1);
-            self.sync_and_publish(&sync)?;
+            self.sync_and_publish(&sync, &failed)?;
         }
         loop {
             // Read before the checks: a sync that ends after them changes it, so the wait
@@ -149,7 +150,7 @@ impl GroupCommit {
             }
             if self.leader.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 if self.gather() {
-                    self.sync_and_publish(&sync)?;
+                    self.sync_and_publish(&sync, &failed)?;
                 }
             } else if !self.yield_until_synced(syncs) {
                 // EAGAIN (a sync ended meanwhile) and EINTR both mean: look again.
@@ -221,14 +222,22 @@ impl GroupCommit {
     }
 
     /// Syncs, publishes the result, gives up the leader's office and wakes every waiter.
-    fn sync_and_publish(&self, sync: &impl Fn() -> Result<u64>) -> Result<()> {
+    /// Nothing is synced once `failed` reports a failure: a sync retried after a failed one
+    /// can succeed without the lost pages having reached the disk, and would then
+    /// acknowledge them. The caller that takes a gathering over comes here without the
+    /// check the loop of [`GroupCommit::wait_for`] makes, and a leader can win the office
+    /// just after the sync before it failed.
+    fn sync_and_publish(&self, sync: &impl Fn() -> Result<u64>, failed: &impl Fn() -> Option<Error>) -> Result<()> {
         let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         // Everyone who arrived has appended already: this sync covers them all.
         let arrivals = self.arrivals.load(Ordering::Acquire);
         history.last_batch = arrivals.wrapping_sub(history.synced_arrivals);
         history.synced_arrivals = arrivals;
         let began = Instant::now();
-        let result = sync();
+        let result = match failed() {
+            Some(err) => Err(err),
+            None => sync(),
+        };
         history.last_sync = began.elapsed();
         if let Ok(covered) = result {
             self.durable.fetch_max(covered, Ordering::AcqRel);
@@ -438,6 +447,25 @@ mod tests {
             let _ = done.send(());
         });
         assert!(finished.recv_timeout(Duration::from_secs(60)).is_ok(), "a stopped flusher kept waiting");
+    }
+
+    /// Whoever holds the office once a sync has failed does not sync again: it reports the
+    /// failure, gives the office up and wakes the waiters.
+    #[test]
+    fn no_sync_after_a_failure() {
+        let commit = GroupCommit::new(0);
+        assert!(commit.leader.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok());
+        let synced = AtomicU64::new(0);
+        let sync = || {
+            synced.fetch_add(1, Ordering::SeqCst);
+            Ok(1)
+        };
+        let err = commit.sync_and_publish(&sync, &|| Some(Error::Closed)).unwrap_err();
+        assert!(matches!(err, Error::Closed));
+        assert_eq!(synced.load(Ordering::SeqCst), 0, "synced after a failure");
+        assert_eq!(commit.durable(), 0);
+        assert!(!commit.leader.load(Ordering::Acquire), "the office was not given up");
+        assert_eq!(commit.syncs.load(Ordering::Acquire), 1, "the waiters were not woken");
     }
 
     #[test]
