@@ -11,11 +11,15 @@
 //! records, default 2,000,000), `LATENCY_SYNCED` (synced appends per thread, default 2,000)
 //! and `LATENCY_READS` (random reads over 1 M records, default 1,000,000).
 
+mod common;
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::time::{Duration, Instant};
 
-use segq::{Options, Queue, SyncPolicy};
+use segq::{Queue, SyncPolicy};
+
+use common::{Rng, fill, open, payload, temp_dir};
 
 const RECORD: usize = 100;
 const RUNS: usize = 3;
@@ -26,14 +30,6 @@ const THREADS: usize = 16;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn payload(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 31 + 7) as u8).collect()
-}
-
-fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("segq-latency-").tempdir().expect("create a temp dir")
 }
 
 /// Nanoseconds of each call of `op`, `n` calls.
@@ -85,10 +81,6 @@ fn show(ns: u64) -> String {
         1_000..1_000_000 => format!("{:.1} µs", ns as f64 / 1e3),
         _ => format!("{:.2} ms", ns as f64 / 1e6),
     }
-}
-
-fn open(dir: &std::path::Path, sync: SyncPolicy) -> Queue {
-    Queue::open(dir, Options::default().sync(sync)).expect("open the queue")
 }
 
 /// Appends of one record at a time on a fresh queue (segments roll inside the run).
@@ -156,14 +148,7 @@ fn group_commit(threads: usize, per_thread: u64) -> Vec<u64> {
 fn read_set() -> (tempfile::TempDir, Queue) {
     let dir = temp_dir();
     let q = open(dir.path(), SyncPolicy::Never);
-    let data = payload(RECORD);
-    let batch: Vec<&[u8]> = vec![&data; 512];
-    let mut left = READ_SET;
-    while left > 0 {
-        let n = left.min(512) as usize;
-        q.append_batch(&batch[..n]).expect("append a batch");
-        left -= n as u64;
-    }
+    fill(&q, &payload(RECORD), READ_SET);
     q.flush().expect("flush");
     (dir, q)
 }
@@ -172,16 +157,8 @@ fn read_set() -> (tempfile::TempDir, Queue) {
 fn poll_ack(sync: SyncPolicy, n: u64) -> Vec<u64> {
     let dir = temp_dir();
     let q = open(dir.path(), SyncPolicy::Never);
-    let data = payload(RECORD);
-    let batch: Vec<&[u8]> = vec![&data; 512];
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(512) as usize;
-        q.append_batch(&batch[..k]).expect("append a batch");
-        left -= k as u64;
-    }
-    q.flush().expect("flush");
-    drop(q);
+    fill(&q, &payload(RECORD), n);
+    q.close().expect("close");
     let q = open(dir.path(), sync);
     let g = q.group("latency").expect("group");
     let times = each(n, || {
@@ -219,14 +196,10 @@ fn main() {
     row(&format!("append, Always, {THREADS} threads (segq, group commit)"), || group_commit(THREADS, synced));
     {
         let (_dir, q) = read_set();
-        let mut x = 42u64;
+        let mut rng = Rng::new(42);
         row("read(offset), random over 1 M, warm (segq)", || {
             each(reads, || {
-                // xorshift64: a cheap pseudo-random offset.
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                std::hint::black_box(q.read(x % READ_SET).expect("read").expect("in range").payload().len());
+                std::hint::black_box(q.read(rng.below(READ_SET)).expect("read").expect("in range").payload().len());
             })
         });
     }

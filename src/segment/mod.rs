@@ -148,7 +148,8 @@ impl Segment {
         let data = self.data()?;
         let bytes = data.readable();
         let (start_offset, start) = self.scan_start(bytes, offset)?;
-        let frame = self.find(bytes, start, start_offset, offset)?;
+        let pos = self.step_to(bytes, start, start_offset, offset)?;
+        let frame = self.frame_at(bytes, pos, offset)?;
         Ok(Record::new(data.clone(), frame))
     }
 
@@ -183,10 +184,10 @@ impl Segment {
         }
     }
 
-    /// Steps from the record at `pos` (offset `at`) to `target` and checks it. Records on
+    /// Steps from the record at `pos` (offset `at`) to the position of `target`. Records on
     /// the way are only framed; if one does not frame, the walk is redone with CRCs to name
     /// the first damaged record precisely.
-    fn find(&self, bytes: &[u8], mut pos: usize, mut at: u64, target: u64) -> Result<Frame> {
+    fn step_to(&self, bytes: &[u8], mut pos: usize, mut at: u64, target: u64) -> Result<usize> {
         let start = (pos, at);
         while at < target {
             match record::peek(bytes, pos) {
@@ -197,7 +198,7 @@ impl Segment {
                 _ => return Err(self.damage_between(bytes, start, target)),
             }
         }
-        self.frame_at(bytes, pos, target)
+        Ok(pos)
     }
 
     fn damage_between(&self, bytes: &[u8], (pos, at): (usize, u64), target: u64) -> Error {
@@ -226,18 +227,8 @@ impl Segment {
     pub fn position_of(&self, offset: u64) -> Result<usize> {
         let data = self.data()?;
         let bytes = data.readable();
-        let (mut at, mut pos) = self.scan_start(bytes, offset)?;
-        let start = (pos, at);
-        while at < offset {
-            match record::peek(bytes, pos) {
-                Ok(frame) if frame.offset == at => {
-                    pos = frame.end();
-                    at += 1;
-                }
-                _ => return Err(self.damage_between(bytes, start, offset)),
-            }
-        }
-        Ok(pos)
+        let (at, pos) = self.scan_start(bytes, offset)?;
+        self.step_to(bytes, pos, at, offset)
     }
 
     /// Length of the segment file on disk: its capacity while active, its data once sealed.
