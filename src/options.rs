@@ -342,7 +342,15 @@ impl Options {
         self.sync
     }
 
-    /// See [`Options::busy_wait_for_sync`].
+    /// Whether waiters for a sync yield instead of sleeping; see
+    /// [`Options::busy_wait_for_sync`].
+    ///
+    /// ```
+    /// use segq::Options;
+    ///
+    /// assert!(!Options::default().get_busy_wait_for_sync());
+    /// assert!(Options::default().busy_wait_for_sync(true).get_busy_wait_for_sync());
+    /// ```
     pub fn get_busy_wait_for_sync(&self) -> bool {
         self.busy_wait_for_sync
     }

@@ -324,6 +324,15 @@ impl<'a> RecordRef<'a> {
     }
 
     /// The record's offset: its position in the queue, counted from 0.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let mut it = q.iter_from(1);
+    /// assert_eq!(it.next_ref().expect("offset 1")?.offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[inline]
     pub fn offset(&self) -> u64 {
         self.offset
@@ -331,18 +340,50 @@ impl<'a> RecordRef<'a> {
 
     /// When it was appended, in milliseconds since the Unix epoch; see
     /// [`Record::timestamp_ms`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// use std::time::{SystemTime, UNIX_EPOCH};
+    ///
+    /// q.append(b"event")?;
+    /// let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    /// let mut it = q.iter_from(0);
+    /// assert!(it.next_ref().expect("offset 0")?.timestamp_ms() <= now_ms);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[inline]
     pub fn timestamp_ms(&self) -> u64 {
         self.timestamp_ms
     }
 
     /// The bytes that were appended, straight from the memory-mapped segment.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"invoice 17")?;
+    /// let mut it = q.iter_from(0);
+    /// assert_eq!(it.next_ref().expect("offset 0")?.payload(), b"invoice 17");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[inline]
     pub fn payload(&self) -> &'a [u8] {
         self.payload
     }
 
     /// An owned [`Record`] of the same bytes, which keeps the segment mapped (no copy).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"kept")?;
+    /// let mut it = q.iter_from(0);
+    /// let record = it.next_ref().expect("offset 0")?.to_record();
+    /// drop(it);
+    /// assert_eq!(record.payload(), b"kept");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn to_record(&self) -> Record {
         Record {
             map: self.map.clone(),

@@ -17,6 +17,19 @@ const SLOT_LEN: usize = 64;
 const SLOT_B: usize = 512;
 
 /// One segment file of a queue directory.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// let queue = segq::inspect::QueueDir::open(dir.path())?;
+/// let first = &queue.segments[0];
+/// assert_eq!(first.base, 0);
+/// assert!(first.path.ends_with("00000000000000000000.log"));
+/// assert!(first.index.is_some());
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentFile {
     /// The `<base>.log` file.
@@ -33,6 +46,25 @@ impl SegmentFile {
     /// Where to start reading for `offset`: the position and offset of the last entry of the
     /// segment's index at or before it, as a hint (the caller checks that a record with that
     /// offset is there). `None` without a usable index, or when the segment start is nearest.
+    ///
+    /// ```
+    /// use segq::inspect::{QueueDir, SegmentReader};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// for _ in 0..100 {
+    ///     q.append(&[7; 100])?;
+    /// }
+    /// q.close()?;
+    ///
+    /// let queue = QueueDir::open(dir.path())?;
+    /// let (position, offset) = queue.segments[0].index_floor(50).expect("an entry at or before 50");
+    /// assert!(offset <= 50);
+    /// // A reader can start there instead of at the first record.
+    /// let mut reader = SegmentReader::open(&queue.segments[0].path)?;
+    /// reader.seek(position, offset);
+    /// assert_eq!(reader.next_record()?.expect("a record").offset, offset);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn index_floor(&self, offset: u64) -> Option<(u64, u64)> {
         let rel = offset.checked_sub(self.base)?;
         super::index::floor(self.index.as_deref()?, self.base, rel)
@@ -40,6 +72,18 @@ impl SegmentFile {
 }
 
 /// One valid slot of the checkpoint file.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// let queue = segq::inspect::QueueDir::open(dir.path())?;
+/// let a = queue.checkpoint.slot_a.expect("slot A is written at a clean close");
+/// assert!(a.clean);
+/// assert_eq!((a.segment_base, a.next_offset), (0, 1));
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct CheckpointSlot {
     /// Base offset of the segment the position is in.
@@ -64,6 +108,17 @@ impl From<Mark> for CheckpointSlot {
 }
 
 /// What the `checkpoint` file says.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// let checkpoint = segq::inspect::QueueDir::open(dir.path())?.checkpoint;
+/// assert!(checkpoint.present);
+/// assert!(!checkpoint.slot_a_damaged && !checkpoint.slot_b_damaged);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct CheckpointInfo {
     /// The file.
@@ -108,6 +163,19 @@ impl CheckpointInfo {
     }
 
     /// The valid slots, with their names.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// let queue = segq::inspect::QueueDir::open(dir.path())?;
+    /// for (name, slot) in queue.checkpoint.slots() {
+    ///     println!("slot {name}: offset {} at byte {}", slot.next_offset, slot.position);
+    /// }
+    /// assert_eq!(queue.checkpoint.slots().next().map(|(name, _)| name), Some("A"));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn slots(&self) -> impl Iterator<Item = (&'static str, CheckpointSlot)> + '_ {
         [("A", self.slot_a), ("B", self.slot_b)].into_iter().filter_map(|(n, s)| s.map(|s| (n, s)))
     }
@@ -117,6 +185,19 @@ impl CheckpointInfo {
 ///
 /// Listing reads the checkpoint first and the directory second, so that on a live queue
 /// every segment the checkpoint names was already there when the directory was listed.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.group("mailer")?;
+/// # q.close()?;
+/// let queue = segq::inspect::QueueDir::open(dir.path())?;
+/// assert_eq!(queue.segments.len(), 1);
+/// assert_eq!(queue.groups, ["mailer"]);
+/// assert!(queue.leftovers.is_empty() && queue.incomplete_groups.is_empty());
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueueDir {
     /// The directory.
@@ -136,6 +217,19 @@ pub struct QueueDir {
 
 impl QueueDir {
     /// Lists the queue in `path`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::QueueDir;
+    ///
+    /// assert_eq!(QueueDir::open(dir.path())?.segments.len(), 1);
+    /// let empty = tempfile::tempdir()?;
+    /// assert!(QueueDir::open(empty.path()).is_err()); // not a queue directory
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Io`] if the directory cannot be read, or holds neither a segment file nor
@@ -196,12 +290,33 @@ impl QueueDir {
     }
 
     /// The newest segment: the one a writer appends to.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// let queue = segq::inspect::QueueDir::open(dir.path())?;
+    /// assert_eq!(queue.newest().map(|s| s.base), Some(0));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn newest(&self) -> Option<&SegmentFile> {
         self.segments.last()
     }
 
     /// The queue was closed cleanly: checkpoint slot A carries the clean flag and names the
     /// newest segment, so the next open scans nothing.
+    ///
+    /// ```
+    /// use segq::inspect::QueueDir;
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"hello")?;
+    /// assert!(!QueueDir::open(dir.path())?.is_clean()); // open: a crash now would need recovery
+    /// q.close()?;
+    /// assert!(QueueDir::open(dir.path())?.is_clean());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn is_clean(&self) -> bool {
         let newest = self.newest().map(|s| s.base);
         self.checkpoint.slot_a.is_some_and(|a| a.clean && Some(a.segment_base) == newest)
@@ -210,12 +325,34 @@ impl QueueDir {
     /// Where the checkpoint says the newest segment's data was durable, as recovery would
     /// choose it: `(position, next offset)`. Data below it was synced; damage there is not
     /// a torn tail.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// let queue = segq::inspect::QueueDir::open(dir.path())?;
+    /// // One record of 5 bytes: a 32-byte file header, a 24-byte record header, the payload.
+    /// assert_eq!(queue.trusted(), Some((32 + 24 + 5, 1)));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn trusted(&self) -> Option<(u64, u64)> {
         self.trusted_in(self.segments.len().checked_sub(1)?)
     }
 
     /// [`QueueDir::trusted`] for segment `i`: the highest position a checkpoint slot names
     /// in it (for the newest segment, the clean close's if there is one).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// let queue = segq::inspect::QueueDir::open(dir.path())?;
+    /// assert_eq!(queue.trusted_in(0), queue.trusted());
+    /// assert_eq!(queue.trusted_in(1), None); // no such segment
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn trusted_in(&self, i: usize) -> Option<(u64, u64)> {
         let seg = self.segments.get(i)?;
         let names = |s: &CheckpointSlot| s.segment_base == seg.base && s.next_offset >= seg.base;
@@ -229,6 +366,22 @@ impl QueueDir {
     /// newest, and the one before it while no checkpoint slot names the newest but one
     /// names it (segments are sealed in the background, and the slots name a segment only
     /// once the one before it is sealed). Its end is judged like the newest one's.
+    ///
+    /// ```
+    /// use segq::inspect::QueueDir;
+    /// # let dir = tempfile::tempdir()?;
+    /// // Segments of 4 KiB: 100 records of 100 B fill several.
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+    /// for _ in 0..100 {
+    ///     q.append(&[7; 100])?;
+    /// }
+    /// q.close()?;
+    /// let queue = QueueDir::open(dir.path())?;
+    /// let newest = queue.segments.len() - 1;
+    /// assert!(queue.is_unsealed(newest));
+    /// assert!(!queue.is_unsealed(0)); // sealed, and the checkpoint names a later segment
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn is_unsealed(&self, i: usize) -> bool {
         let n = self.segments.len();
         let named = |base: u64| self.checkpoint.slots().any(|(_, s)| s.segment_base == base && s.next_offset >= base);

@@ -20,6 +20,26 @@ const MAX_GROUP_FILE: u64 = 1 << 30;
 const MAX_SKIP: u64 = 1 << 20;
 
 /// A record leased to a consumer when the group's files were last written.
+///
+/// ```
+/// use segq::inspect::{QueueDir, read_group};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let g = q.group("mailer")?;
+/// let first = g.poll(Duration::ZERO)?.expect("offset 0");
+/// g.ack(first.offset())?;
+/// let second = g.poll(Duration::ZERO)?.expect("offset 1");
+/// g.nack(second.offset(), Duration::from_secs(60))?;
+/// let third = g.poll(Duration::ZERO)?.expect("offset 2"); // leased, not acked yet
+/// # let _ = third;
+/// let report = read_group(&QueueDir::open(dir.path())?, "mailer", q.next_offset())?;
+///
+/// assert_eq!(report.leased[0].offset, 2);
+/// assert_eq!(report.leased[0].attempts, 1);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Lease {
     /// The record's offset.
@@ -29,6 +49,27 @@ pub struct Lease {
 }
 
 /// A record waiting to be delivered again (after a nack, an expired lease or a restart).
+///
+/// ```
+/// use segq::inspect::{QueueDir, read_group};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let g = q.group("mailer")?;
+/// let first = g.poll(Duration::ZERO)?.expect("offset 0");
+/// g.ack(first.offset())?;
+/// let second = g.poll(Duration::ZERO)?.expect("offset 1");
+/// g.nack(second.offset(), Duration::from_secs(60))?;
+/// let third = g.poll(Duration::ZERO)?.expect("offset 2"); // leased, not acked yet
+/// # let _ = third;
+/// let report = read_group(&QueueDir::open(dir.path())?, "mailer", q.next_offset())?;
+///
+/// let retry = report.waiting[0];
+/// assert_eq!((retry.offset, retry.attempts), (1, 1));
+/// assert!(retry.due_ms > 0);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Retry {
     /// The record's offset.
@@ -40,6 +81,27 @@ pub struct Retry {
 }
 
 /// Where one consumer group stands, as its files say.
+///
+/// ```
+/// use segq::inspect::{QueueDir, read_group};
+/// use std::time::Duration;
+/// # let dir = tempfile::tempdir()?;
+/// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+/// let g = q.group("mailer")?;
+/// let first = g.poll(Duration::ZERO)?.expect("offset 0");
+/// g.ack(first.offset())?;
+/// let second = g.poll(Duration::ZERO)?.expect("offset 1");
+/// g.nack(second.offset(), Duration::from_secs(60))?;
+/// let third = g.poll(Duration::ZERO)?.expect("offset 2"); // leased, not acked yet
+/// # let _ = third;
+/// let report = read_group(&QueueDir::open(dir.path())?, "mailer", q.next_offset())?;
+///
+/// assert_eq!(report.name, "mailer");
+/// assert_eq!((report.ack_floor, report.next_delivery, report.lag), (1, 3, 2));
+/// assert!(report.findings.is_empty());
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GroupReport {
     /// The group's name.
@@ -103,6 +165,23 @@ fn read_snapshot(state_path: &Path) -> Result<Snapshot> {
 
 /// Decodes group `name` of `dir`: its snapshot, then its journal replayed on top.
 /// `log_next` is the log's next offset, for the lag.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.group("mailer")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, read_group};
+///
+/// let queue = QueueDir::open(dir.path())?;
+/// for name in &queue.groups {
+///     let group = read_group(&queue, name, 1)?;
+///     println!("{name}: {} still to do", group.lag);
+/// }
+/// assert!(read_group(&queue, "../x", 1).is_err()); // not a group name
+/// # Ok::<(), segq::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::Corrupt`] (naming the file and position) if the snapshot or the journal's

@@ -9,6 +9,20 @@ use crate::error::Result;
 use crate::segment::header::FORMAT_VERSION;
 
 /// What `segq info` shows.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, SegmentEnd, info};
+///
+/// let info = info(&QueueDir::open(dir.path())?)?;
+/// assert_eq!((info.first_offset, info.next_offset, info.records), (0, 1, 1));
+/// assert!(info.clean);
+/// assert_eq!(info.tail, SegmentEnd::Clean);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Info {
     /// The queue directory.
@@ -43,6 +57,19 @@ pub struct Info {
 
 /// Summarises the queue in `dir`, reading only the newest segment, and of it only what
 /// follows the last position the checkpoint records as synced.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, info};
+///
+/// let info = info(&QueueDir::open(dir.path())?)?;
+/// assert_eq!(info.state, "clean");
+/// assert_eq!(info.stats.next_offset, 1);
+/// # Ok::<(), segq::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`crate::Error::Corrupt`] if the newest segment's header is damaged (the queue would

@@ -48,6 +48,15 @@ pub use verify::{VerifyReport, verify};
 pub use walk::{DEFAULT_CHUNK, EndReason, RecordView, ScanEnd, SegmentReader};
 
 /// How serious a [`Finding`] is.
+///
+/// ```
+/// use segq::inspect::{Finding, Severity};
+///
+/// let stray = Finding::warning("/q/00000000000000000000.log.tmp", 0, "a leftover temporary file");
+/// assert_eq!(stray.severity, Severity::Warning);
+/// assert!(Severity::Damage < Severity::Warning); // damage sorts first
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -69,6 +78,26 @@ impl fmt::Display for Severity {
 
 /// One problem found in a queue directory: the file, the byte position in it, and what is
 /// wrong there.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// // Flip a byte of the first record's payload: after the segment's 32-byte file header
+/// // and the record's 24-byte header.
+/// use std::os::unix::fs::FileExt;
+/// let segment = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 56)?;
+/// use segq::inspect::{QueueDir, verify};
+///
+/// let report = verify(&QueueDir::open(dir.path())?, &|_| {})?;
+/// let damage = &report.findings[0];
+/// assert_eq!(damage.file, segment);
+/// assert_eq!(damage.position, 32); // where the damaged record starts
+/// println!("{damage}"); // "damage: <dir>/00000000000000000000.log at byte 32: ..."
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Finding {
     /// How serious it is.
@@ -83,11 +112,28 @@ pub struct Finding {
 
 impl Finding {
     /// A finding of [`Severity::Damage`].
+    ///
+    /// ```
+    /// use segq::inspect::{Finding, Severity};
+    ///
+    /// let f = Finding::damage("/q/checkpoint", 512, "slot B does not verify");
+    /// assert_eq!(f.severity, Severity::Damage);
+    /// assert_eq!(f.to_string(), "damage: /q/checkpoint at byte 512: slot B does not verify");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn damage(file: impl Into<PathBuf>, position: u64, what: impl fmt::Display) -> Finding {
         Finding { severity: Severity::Damage, file: file.into(), position, what: what.to_string() }
     }
 
     /// A finding of [`Severity::Warning`].
+    ///
+    /// ```
+    /// use segq::inspect::{Finding, Severity};
+    ///
+    /// let f = Finding::warning("/q/00000000000000000000.index", 0, "an index without its segment");
+    /// assert_eq!((f.severity, f.position), (Severity::Warning, 0));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn warning(file: impl Into<PathBuf>, position: u64, what: impl fmt::Display) -> Finding {
         Finding { severity: Severity::Warning, file: file.into(), position, what: what.to_string() }
     }

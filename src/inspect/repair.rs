@@ -10,6 +10,28 @@ use super::{Finding, Severity};
 use crate::error::Result;
 
 /// Cutting one segment file short.
+///
+/// ```
+/// use segq::inspect::{QueueDir, plan_repair};
+/// use std::os::unix::fs::FileExt;
+/// # let dir = tempfile::tempdir()?;
+/// // Segments of 4 KiB: 100 records of 100 B fill several.
+/// let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+/// for _ in 0..100 {
+///     q.append(&[7; 100])?;
+/// }
+/// q.close()?;
+/// // Damage the second record of the first segment (records are 124 bytes from byte 32).
+/// let first = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&first)?.write_at(b"J", 32 + 124 + 30)?;
+///
+/// let plan = plan_repair(&QueueDir::open(dir.path())?)?;
+///
+/// let cut = plan.cut.expect("the first segment is cut");
+/// assert_eq!(cut.file, first);
+/// assert_eq!((cut.position, cut.next_offset), (32 + 124, 1)); // record 0 stays
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Cut {
     /// The segment file to cut.
@@ -25,6 +47,27 @@ pub struct Cut {
 }
 
 /// Moving a whole segment file out of the queue.
+///
+/// ```
+/// use segq::inspect::{QueueDir, plan_repair};
+/// use std::os::unix::fs::FileExt;
+/// # let dir = tempfile::tempdir()?;
+/// // Segments of 4 KiB: 100 records of 100 B fill several.
+/// let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+/// for _ in 0..100 {
+///     q.append(&[7; 100])?;
+/// }
+/// q.close()?;
+/// // Damage the second record of the first segment (records are 124 bytes from byte 32).
+/// let first = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&first)?.write_at(b"J", 32 + 124 + 30)?;
+///
+/// let plan = plan_repair(&QueueDir::open(dir.path())?)?;
+///
+/// assert!(!plan.moves.is_empty()); // every later segment is set aside
+/// assert!(plan.moves.iter().all(|m| m.file != first && m.side_file != m.file));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Move {
     /// The segment file.
@@ -35,6 +78,28 @@ pub struct Move {
 
 /// What `segq repair --truncate-at-first-damage` does: keep the records before the first
 /// damage, set aside everything after it, and make the next open rescan.
+///
+/// ```
+/// use segq::inspect::{QueueDir, plan_repair};
+/// use std::os::unix::fs::FileExt;
+/// # let dir = tempfile::tempdir()?;
+/// // Segments of 4 KiB: 100 records of 100 B fill several.
+/// let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+/// for _ in 0..100 {
+///     q.append(&[7; 100])?;
+/// }
+/// q.close()?;
+/// // Damage the second record of the first segment (records are 124 bytes from byte 32).
+/// let first = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&first)?.write_at(b"J", 32 + 124 + 30)?;
+///
+/// let plan = plan_repair(&QueueDir::open(dir.path())?)?;
+///
+/// assert_eq!(plan.damage.expect("damage").position, 32 + 124);
+/// assert_eq!(plan.next_offset, 1);
+/// assert!(plan.deletes.iter().any(|f| f.ends_with("checkpoint")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct RepairPlan {
     /// The first damage in the log, in offset order: what the cut is for.
@@ -54,6 +119,17 @@ pub struct RepairPlan {
 
 impl RepairPlan {
     /// Whether there is nothing to do.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::{QueueDir, plan_repair};
+    ///
+    /// assert!(plan_repair(&QueueDir::open(dir.path())?)?.is_empty()); // nothing damaged
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.cut.is_none() && self.moves.is_empty() && self.deletes.is_empty()
     }
@@ -74,6 +150,24 @@ fn side_name(file: &Path, position: u64) -> PathBuf {
 /// Works out the repair of the queue in `dir`: segments are scanned oldest first up to the
 /// first one with damage. A torn tail of the newest segment is not damage (the next open
 /// cuts it) and is left alone.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// // Flip a byte of the first record's payload: after the segment's 32-byte file header
+/// // and the record's 24-byte header.
+/// use std::os::unix::fs::FileExt;
+/// let segment = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 56)?;
+/// use segq::inspect::{QueueDir, plan_repair};
+///
+/// let plan = plan_repair(&QueueDir::open(dir.path())?)?;
+/// assert_eq!(plan.cut.expect("a cut").position, 32); // nothing before the damage to keep
+/// assert_eq!(plan.next_offset, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// [`crate::Error::Io`] when a file cannot be read.

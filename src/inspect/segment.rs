@@ -18,6 +18,23 @@ const LIVE_PAUSE: Duration = Duration::from_millis(30);
 const PROGRESS_STEP: u64 = 1 << 20;
 
 /// How a segment's data ends.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// // Flip a byte of the first record's payload: after the segment's 32-byte file header
+/// // and the record's 24-byte header.
+/// use std::os::unix::fs::FileExt;
+/// let segment = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 56)?;
+/// use segq::inspect::{QueueDir, SegmentEnd, scan_segment};
+///
+/// let report = scan_segment(&QueueDir::open(dir.path())?, 0, true, &|_| {})?;
+/// assert!(matches!(report.end, SegmentEnd::Damaged { position: 32, .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -53,6 +70,20 @@ pub enum SegmentEnd {
 }
 
 /// What one segment file holds, from a walk over all of its records.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, SegmentEnd, scan_segment};
+///
+/// let report = scan_segment(&QueueDir::open(dir.path())?, 0, true, &|_| {})?;
+/// assert!(report.active);
+/// assert_eq!((report.records, report.last_offset, report.next_offset), (1, Some(0), 1));
+/// assert_eq!(report.end, SegmentEnd::Clean);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentReport {
     /// The segment file.
@@ -85,6 +116,22 @@ pub struct SegmentReport {
 
 impl SegmentReport {
     /// Whether a finding of this report is damage.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// // Flip a byte of the first record's payload: after the segment's 32-byte file header
+    /// // and the record's 24-byte header.
+    /// use std::os::unix::fs::FileExt;
+    /// let segment = dir.path().join("00000000000000000000.log");
+    /// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 56)?;
+    /// use segq::inspect::{QueueDir, scan_segment};
+    ///
+    /// assert!(scan_segment(&QueueDir::open(dir.path())?, 0, false, &|_| {})?.is_damaged());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_damaged(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Damage)
     }
@@ -93,6 +140,21 @@ impl SegmentReport {
 /// Walks every record of segment `i` of `dir`, checking each CRC and offset, and, with
 /// `check_index`, each index entry and each checkpoint position that names the segment.
 /// `progress` is called with the bytes read since its last call.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, scan_segment};
+///
+/// let queue = QueueDir::open(dir.path())?;
+/// for i in 0..queue.segments.len() {
+///     let report = scan_segment(&queue, i, true, &|_bytes| {})?;
+///     assert!(!report.is_damaged());
+/// }
+/// # Ok::<(), segq::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::Io`] when a read fails. Damage is not an error: it is in the report.
@@ -283,6 +345,22 @@ pub(crate) fn scan_from(
 /// one, an incomplete record or batch at or past `trusted` (the position the checkpoint
 /// records as synced) with only zeros after it is the tail being written, or torn by a
 /// crash, and not damage. [`SegmentEnd::Clean`] if the walk has not ended.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, SegmentEnd, SegmentReader, judge_end};
+///
+/// let queue = QueueDir::open(dir.path())?;
+/// let (trusted, _) = queue.trusted().expect("a clean close");
+/// let mut reader = SegmentReader::open(&queue.segments[0].path)?;
+/// while reader.next_record()?.is_some() {}
+/// // The rest of the preallocated segment is zeros: the data ends cleanly.
+/// assert_eq!(judge_end(&mut reader, true, trusted)?, SegmentEnd::Clean);
+/// # Ok::<(), segq::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::Io`] when a read fails.

@@ -12,6 +12,19 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::segment::log_name;
 
 /// What `segq verify` found.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, verify};
+///
+/// let report = verify(&QueueDir::open(dir.path())?, &|_bytes| {})?;
+/// assert_eq!((report.segments, report.records, report.next_offset), (1, 1, 1));
+/// assert!(report.findings.is_empty());
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// The queue directory.
@@ -36,6 +49,24 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     /// Findings that are damage.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// // Flip a byte of the first record's payload: after the segment's 32-byte file header
+    /// // and the record's 24-byte header.
+    /// use std::os::unix::fs::FileExt;
+    /// let segment = dir.path().join("00000000000000000000.log");
+    /// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 56)?;
+    /// use segq::inspect::{QueueDir, verify};
+    ///
+    /// let report = verify(&QueueDir::open(dir.path())?, &|_| {})?;
+    /// // The record, and each checkpoint slot that says it was synced past it.
+    /// assert_eq!(report.damage(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn damage(&self) -> usize {
         self.findings.iter().filter(|f| f.severity == Severity::Damage).count()
     }
@@ -45,6 +76,23 @@ impl VerifyReport {
 /// and across segments, every index entry against the records, the checkpoint's positions,
 /// and every group's snapshot and journal. Segments are checked on up to as many threads as
 /// there are CPUs (at most 4). `progress` is called with the bytes read since its last call.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, verify};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let read = AtomicU64::new(0);
+/// let report = verify(&QueueDir::open(dir.path())?, &|bytes| {
+///     read.fetch_add(bytes, Ordering::Relaxed);
+/// })?;
+/// assert_eq!(report.damage(), 0);
+/// assert!(read.load(Ordering::Relaxed) > 0);
+/// # Ok::<(), segq::Error>(())
+/// ```
 ///
 /// # Errors
 /// [`Error::Io`] when a file cannot be read. Damage is not an error: it is in the report.

@@ -13,6 +13,22 @@ use crate::segment::header::{self, FILE_HEADER_LEN, LOG_MAGIC};
 use crate::segment::scan::corrupt_kind;
 
 /// Bytes read at a time unless a record needs more.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::SegmentReader;
+///
+/// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+///
+/// use segq::inspect::DEFAULT_CHUNK;
+/// // Reads of DEFAULT_CHUNK bytes at a time unless told otherwise.
+/// let mut small = SegmentReader::open(reader.path())?.with_chunk_size(DEFAULT_CHUNK / 1024);
+/// assert_eq!(small.next_record()?.expect("offset 0").payload, b"hello");
+/// # Ok::<(), segq::Error>(())
+/// ```
 pub const DEFAULT_CHUNK: usize = 4 << 20;
 
 /// Largest frame the walker reads: no payload can be longer than
@@ -21,6 +37,21 @@ pub const DEFAULT_CHUNK: usize = 4 << 20;
 const MAX_FRAME: u64 = MAX_RECORD_LIMIT as u64 + HEADER_LEN as u64;
 
 /// One record found by [`SegmentReader::next_record`], its checksum and offset checked.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::SegmentReader;
+///
+/// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+///
+/// let record = reader.next_record()?.expect("offset 0");
+/// assert_eq!((record.offset, record.position, record.payload), (0, 32, &b"hello"[..]));
+/// assert!(!record.batch_continues);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordView<'a> {
     /// The record's offset in the queue.
@@ -37,12 +68,43 @@ pub struct RecordView<'a> {
 
 impl RecordView<'_> {
     /// Position just past this record in the segment file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// let record = reader.next_record()?.expect("offset 0");
+    /// assert_eq!(record.end(), 32 + 24 + 5);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn end(&self) -> u64 {
         self.position + HEADER_LEN as u64 + self.payload.len() as u64
     }
 }
 
 /// Why a walk over a segment stopped.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::SegmentReader;
+///
+/// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+///
+/// use segq::inspect::EndReason;
+///
+/// while reader.next_record()?.is_some() {}
+/// // The active segment is preallocated: zeros follow its last record.
+/// assert_eq!(reader.end().expect("stopped").reason, EndReason::Zeros);
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EndReason {
@@ -55,6 +117,22 @@ pub enum EndReason {
 }
 
 /// Where and why a walk over a segment stopped.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::SegmentReader;
+///
+/// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+///
+/// while reader.next_record()?.is_some() {}
+/// let end = reader.end().expect("stopped");
+/// assert_eq!((end.position, end.next_offset), (61, 1));
+/// assert_eq!((end.valid_end, end.valid_next_offset), (61, 1)); // no batch left unfinished
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanEnd {
     /// Position where the walk stopped: just past the last record read.
@@ -75,6 +153,21 @@ pub struct ScanEnd {
 /// It reads with positional reads in chunks (never a memory map) and never takes the queue's
 /// lock, so it is safe on a queue that a writer has open. No buffer is sized by a length
 /// read from the file beyond what the file holds and the largest record segq writes.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::SegmentReader;
+///
+/// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+/// while let Some(record) = reader.next_record()? {
+///     println!("{} at byte {}: {} bytes", record.offset, record.position, record.payload.len());
+/// }
+/// println!("stopped: {:?}", reader.end());
+/// # Ok::<(), segq::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct SegmentReader {
     path: PathBuf,
@@ -96,6 +189,15 @@ impl SegmentReader {
     /// the one in the file name when it is a segment name (`<20 digits>.log`), else the one
     /// in the header.
     ///
+    /// ```
+    /// use segq::inspect::SegmentReader;
+    /// # let dir = tempfile::tempdir()?;
+    /// let not_a_segment = dir.path().join("00000000000000000000.log");
+    /// std::fs::write(&not_a_segment, b"hello")?;
+    /// assert!(SegmentReader::open(&not_a_segment).is_err()); // shorter than a header
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Io`] if the file cannot be read; [`Error::Corrupt`] naming the file and the
     /// position if it is shorter than a header or its header is wrong (magic, checksum,
@@ -107,6 +209,19 @@ impl SegmentReader {
 
     /// A reader over a segment file's bytes held in memory (for tests and fuzzing); `path`
     /// only names it in errors.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let path = dir.path().join("00000000000000000000.log");
+    /// let mut reader = SegmentReader::from_bytes(&path, std::fs::read(&path)?)?;
+    /// assert_eq!(reader.next_record()?.expect("offset 0").payload, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     /// As [`SegmentReader::open`].
@@ -144,6 +259,21 @@ impl SegmentReader {
 
     /// Reads `chunk` bytes at a time (at least a record header's worth) instead of
     /// [`DEFAULT_CHUNK`]. Small chunks are for tests of the chunk boundaries.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// // Tiny reads, to exercise records that straddle two chunks.
+    /// let mut tiny = SegmentReader::open(reader.path())?.with_chunk_size(7);
+    /// assert_eq!(tiny.next_record()?.expect("offset 0").payload, b"hello");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     #[must_use]
     pub fn with_chunk_size(mut self, chunk: usize) -> SegmentReader {
         self.chunk = chunk.max(HEADER_LEN);
@@ -151,16 +281,56 @@ impl SegmentReader {
     }
 
     /// The segment file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert!(reader.path().ends_with("00000000000000000000.log"));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The segment's base offset: the offset of its first record.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.base(), 0);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn base(&self) -> u64 {
         self.base
     }
 
     /// Length of the file as last seen (it shrinks if a writer cuts the file).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// // The active segment is preallocated to its full size (64 MiB by default).
+    /// assert_eq!(reader.file_len(), 64 << 20);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn file_len(&self) -> u64 {
         self.len
     }
@@ -168,6 +338,21 @@ impl SegmentReader {
     /// Goes on from `position`, where the record with offset `offset` should start (an
     /// index entry, a checkpoint position, or the end of a previous walk to look for
     /// records appended since). Bytes read before are read again.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// while reader.next_record()?.is_some() {}
+    /// reader.seek(32, 0); // back to the first record
+    /// assert_eq!(reader.next_record()?.expect("offset 0").offset, 0);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn seek(&mut self, position: u64, offset: u64) {
         self.pos = position.max(FILE_HEADER_LEN as u64);
         self.next_offset = offset;
@@ -181,16 +366,61 @@ impl SegmentReader {
     }
 
     /// Where and why the walk stopped, once [`SegmentReader::next_record`] returned `None`.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert!(reader.end().is_none()); // still walking
+    /// while reader.next_record()?.is_some() {}
+    /// assert_eq!(reader.end().expect("stopped").position, 61);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn end(&self) -> Option<&ScanEnd> {
         self.end.as_ref()
     }
 
     /// Offset the next record should carry.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.next_offset(), 0);
+    /// reader.next_record()?;
+    /// assert_eq!(reader.next_offset(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn next_offset(&self) -> u64 {
         self.next_offset
     }
 
     /// Position of the next record.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.position(), 32); // just past the file header
+    /// reader.next_record()?;
+    /// assert_eq!(reader.position(), 61);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     pub fn position(&self) -> u64 {
         self.pos
     }
@@ -211,6 +441,20 @@ impl SegmentReader {
 
     /// The next record, or `None` when the walk has stopped: see [`SegmentReader::end`]
     /// for where and why. Damage ends the walk; it is not an error.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.next_record()?.map(|r| r.payload.to_vec()), Some(b"hello".to_vec()));
+    /// assert!(reader.next_record()?.is_none());
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// Only [`Error::Io`], when a read fails.
@@ -274,6 +518,20 @@ impl SegmentReader {
     /// field alone (no checksum): where the next record would start. `None` when no record
     /// header is there.
     ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.claimed_frame_end(32)?, Some(61));
+    /// assert_eq!(reader.claimed_frame_end(61)?, None); // zeros: no record header there
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Io`] when a read fails.
     pub fn claimed_frame_end(&mut self, position: u64) -> Result<Option<u64>> {
@@ -289,6 +547,20 @@ impl SegmentReader {
 
     /// Position of the first byte that is not zero at or after `from`, reading to the end of
     /// the file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::SegmentReader;
+    ///
+    /// let mut reader = SegmentReader::open(&dir.path().join("00000000000000000000.log"))?;
+    ///
+    /// assert_eq!(reader.first_nonzero(0)?, Some(0)); // the file header
+    /// assert_eq!(reader.first_nonzero(61)?, None); // zeros to the end of the file
+    /// # Ok::<(), segq::Error>(())
+    /// ```
     ///
     /// # Errors
     /// [`Error::Io`] when a read fails.
