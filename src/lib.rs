@@ -69,3 +69,9 @@ pub use log::{Recovery, RetentionReport, Stats};
 pub use options::{GroupOptions, Options, SyncPolicy};
 pub use queue::Queue;
 pub use record::{Record, RecordRef};
+
+/// The README's examples, compiled with the doctests so that they cannot drift from the API
+/// (not run: they create queues in the working directory).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
