@@ -4,7 +4,7 @@
 //! primitive it is built on. A service feels the tail: the append that rolls a segment,
 //! the sync that waits for the disk.
 //!
-//! `cargo bench --bench latency` (about 40 s on a 2-core VM). Every workload runs three
+//! `cargo bench --bench latency` (about 15 s on a 2-core VM). Every workload runs three
 //! times; each percentile printed is the median of the three runs' values, the worst call
 //! the worst of all. Each call is timed with two `Instant::now()`, whose own cost is
 //! printed first. Sizes can be changed with `LATENCY_FAST` (unsynced appends and consumed
