@@ -28,8 +28,9 @@ const READ_SET: u64 = 1_000_000;
 /// Appending threads for group commit.
 const THREADS: usize = 16;
 
+/// A size from the environment, at least 1 (a distribution needs a call).
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default).max(1)
 }
 
 /// Nanoseconds of each call of `op`, `n` calls.
@@ -207,7 +208,7 @@ fn main() {
         random_reads();
         row("read(offset), random over 1 M, warm (segq)", random_reads);
     }
-    row("poll + ack, Never, 1 worker (segq)", || poll_ack(SyncPolicy::Never, fast / 4));
+    row("poll + ack, Never, 1 worker (segq)", || poll_ack(SyncPolicy::Never, (fast / 4).max(1)));
     row("poll + ack, Always, 1 worker (segq)", || poll_ack(SyncPolicy::Always, synced));
     println!(
         "\nBaselines: BufWriter hands bytes to the kernel every 8 KiB and never syncs; write + fdatasync \
