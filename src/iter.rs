@@ -171,8 +171,12 @@ impl Iter {
             Some(c) if c.segment.end_offset().is_none_or(|end| self.next < end) => c,
             _ => {
                 let Some(segment) = self.log.segment_for(self.next) else { return Ok(None) };
+                let newly_mapped = !segment.holds_mappings();
                 let pos = segment.position_of(self.next)?;
                 let map = segment.data()?.clone();
+                if newly_mapped {
+                    self.log.note_mapped(segment.base());
+                }
                 let checked = vec![Frame::default(); MAX_AHEAD].into_boxed_slice();
                 self.cursor.insert(Cursor { segment, map, checked, taken: 0, filled: 0, pos, ahead: 1, end: 0 })
             }

@@ -1,5 +1,6 @@
 //! The log: the ordered segments of a queue directory, appends, reads and recovery.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -93,7 +94,17 @@ pub(crate) struct Log {
     retention: Mutex<()>,
     /// Mirrors `Writer::closed` for readers, who should not take the writer's lock.
     closed: AtomicBool,
+    /// Bases of the sealed segments mapped, in the order they were mapped (a base mapped
+    /// again after being unmapped is listed again).
+    mapped: Mutex<VecDeque<u64>>,
 }
+
+/// About how many sealed segments a log keeps mapped. Each holds two mappings (data and
+/// index), and a process may hold only so many (`vm.max_map_count`, 65,530 by default):
+/// without a bound, a long-lived process that writes or reads tens of thousands of
+/// segments would get `ENOMEM` from every new mapping. Past the bound, the segments mapped
+/// longest ago are unmapped; the next read of one maps it again.
+pub(crate) const MAX_MAPPED_SEALED: usize = 512;
 
 /// What the queue holds, from [`crate::Queue::stats`]. Computed without reading any file.
 ///
@@ -268,6 +279,7 @@ impl Log {
             spare: Arc::new(Mutex::new(None)),
             retention: Mutex::new(()),
             closed: AtomicBool::new(false),
+            mapped: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -377,6 +389,7 @@ impl Log {
                 w.active = Some(bigger);
             }
             active => {
+                let sealed_base = active.as_ref().map(|a| a.segment().base());
                 // Recovery checks at most the segment before the newest: one seal at a time.
                 self.sealer.wait();
                 if let Some(err) = self.poisoned_error() {
@@ -435,6 +448,10 @@ impl Log {
                 }
                 w.active = Some(created);
                 w.spare_asked = false;
+                // The sealed segment keeps the writer's mapping for its readers.
+                if let Some(base) = sealed_base {
+                    self.note_mapped(base);
+                }
             }
         }
         Ok(w.active.as_mut().expect("set above"))
@@ -457,6 +474,7 @@ impl Log {
     /// no record's durability depends on (1.2–1.5 ms of a 3–4 ms seal here: an index is
     /// never synced before), is sealed on the sealer thread.
     fn seal_now(&self, active: Active, end_offset: u64) -> Result<()> {
+        let segment = active.segment().clone();
         let mut index = match active.seal_data(end_offset) {
             Ok(index) => index,
             Err(e) => {
@@ -466,7 +484,9 @@ impl Log {
         };
         // A failure leaves an index that the next open or read rebuilds.
         self.sealer.run(Box::new(move || {
-            let _ = index.seal();
+            if index.seal().is_ok() {
+                segment.settle();
+            }
         }));
         self.rolled.store(true, Ordering::Release);
         Ok(())
@@ -481,9 +501,11 @@ impl Log {
     fn seal_in_background(&self, active: Active, end_offset: u64, creation: Creation, mark: Mark) {
         let (checkpoint, poisoned, rolled) = (self.checkpoint.clone(), self.poisoned.clone(), self.rolled.clone());
         let dir = self.dir.clone();
+        let segment = active.segment().clone();
         let seal = move || {
             let sealed = active
                 .seal(end_offset)
+                .inspect(|()| segment.settle())
                 .and_then(|()| creation.sync(&dir))
                 .and_then(|()| checkpoint.lock().unwrap_or_else(|e| e.into_inner()).write_both(mark));
             match sealed {
@@ -625,6 +647,35 @@ impl Log {
         holding(&self.segments(), offset).cloned()
     }
 
+    /// Notes that the sealed segment `base` was just mapped, and unmaps those mapped
+    /// longest ago while more than [`MAX_MAPPED_SEALED`] are: each is replaced in the list
+    /// by a copy that maps nothing yet. Segments not settled yet (the writer's, and one
+    /// whose seal is still running) are left alone and noted again for later. The caller
+    /// must not hold the segment list's lock.
+    pub(crate) fn note_mapped(&self, base: u64) {
+        let mut mapped = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        mapped.push_back(base);
+        if mapped.len() <= MAX_MAPPED_SEALED {
+            return;
+        }
+        let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
+        let mut unsettled = Vec::new();
+        while mapped.len() > MAX_MAPPED_SEALED {
+            let Some(oldest) = mapped.pop_front() else { break };
+            // Not found: deleted by retention since.
+            if let Ok(i) = segments.binary_search_by_key(&oldest, |s| s.base()) {
+                if !segments[i].is_settled() {
+                    unsettled.push(oldest);
+                } else if segments[i].holds_mappings() {
+                    segments[i] = segments[i].unmapped();
+                }
+            }
+        }
+        for base in unsettled.into_iter().rev() {
+            mapped.push_front(base);
+        }
+    }
+
     /// Reads one record; `None` outside `first_offset()..next_offset()`.
     pub fn read(&self, offset: u64) -> Result<Option<Record>> {
         if offset >= self.next_offset() || offset < self.first_offset() {
@@ -644,7 +695,10 @@ impl Log {
             }
         };
         match unmapped.read(offset) {
-            Ok(record) => Ok(Some(record)),
+            Ok(record) => {
+                self.note_mapped(unmapped.base());
+                Ok(Some(record))
+            }
             // Retention deleted the segment between the check above and the read.
             Err(_) if offset < self.first_offset() => Ok(None),
             Err(e) => Err(e),
@@ -808,4 +862,50 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
 /// The segment of `segments` (ordered by base) that holds `offset`, if any.
 fn holding(segments: &[Arc<Segment>], offset: u64) -> Option<&Arc<Segment>> {
     segments.partition_point(|s| s.base() <= offset).checked_sub(1).map(|i| &segments[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the bound, segments give up their mappings, the oldest mapped first, but only
+    /// settled ones: not the writer's, and not one whose seal may still be running (the
+    /// sealer is about to cut its files, and a fresh mapping would fault past the cut).
+    #[test]
+    fn only_settled_segments_give_up_their_mappings() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path(), Options::default().segment_bytes(4096).sync(SyncPolicy::Never)).unwrap();
+        // Three records a segment; each roll leaves the sealed segment mapped.
+        while log.segments().len() < MAX_MAPPED_SEALED + 60 {
+            log.append(&[&[7u8; 1000]]).unwrap();
+        }
+        log.wait_for_seal();
+        let read_one_of_each = |segments: &[Arc<Segment>]| {
+            for segment in segments {
+                assert!(log.read(segment.base()).unwrap().is_some());
+            }
+        };
+        let listed = log.segments().clone();
+        assert!(!listed[0].holds_mappings(), "the oldest were unmapped while appending");
+        // Map the oldest ten again, then pretend their seal is still running.
+        read_one_of_each(&listed[..10]);
+        let unsettled: Vec<Arc<Segment>> = log.segments()[..10].to_vec();
+        unsettled.iter().for_each(|s| s.unsettle());
+        // Reading all the others maps more than the bound after them.
+        let others = log.segments()[10..].to_vec();
+        read_one_of_each(&others);
+
+        let now = log.segments().clone();
+        for (then, now) in unsettled.iter().zip(&now) {
+            assert!(Arc::ptr_eq(then, now) && now.holds_mappings(), "an unsettled segment was unmapped");
+        }
+        assert!(Arc::ptr_eq(listed.last().unwrap(), now.last().unwrap()), "the writer's segment was replaced");
+        let mapped = now.iter().filter(|s| s.holds_mappings()).count();
+        assert!((MAX_MAPPED_SEALED..=MAX_MAPPED_SEALED + 12).contains(&mapped), "{mapped} segments mapped");
+        // Every record still reads, the unmapped segments mapped again on the way.
+        for segment in &now {
+            let record = log.read(segment.base()).unwrap().unwrap();
+            assert_eq!(record.payload(), [7u8; 1000]);
+        }
+    }
 }

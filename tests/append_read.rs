@@ -250,3 +250,58 @@ fn invalid_options_are_refused() {
         assert!(matches!(Queue::open(dir.path(), opts), Err(Error::InvalidOptions(_))));
     }
 }
+
+/// Mappings of files under `dir` that this process holds (lines of `/proc/self/maps`).
+fn mappings_under(dir: &std::path::Path) -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let dir = dir.to_str().unwrap();
+    maps.lines().filter(|line| line.contains(dir)).count()
+}
+
+/// A process may hold only so many mappings (`vm.max_map_count`, 65,530 by default), and
+/// each mapped segment takes two. A queue of many segments keeps a bounded number of them
+/// mapped, whatever was written and read since it was opened; the segments unmapped read
+/// as before, and a record read before its segment was unmapped stays valid.
+#[test]
+fn many_segments_keep_a_bounded_number_mapped() {
+    // segq keeps 512 sealed segments mapped at most, two mappings each, plus the active
+    // segment's two, the spare and the segments whose seal is still running.
+    const BOUND: usize = 2 * 512 + 16;
+    for sync in [SyncPolicy::Never, SyncPolicy::Interval(std::time::Duration::from_millis(1))] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = tiny(4096).sync(sync);
+        let q = Queue::open(dir.path(), opts.clone()).unwrap();
+        // About 23 records a segment: some 1,200 segments, over twice the bound.
+        let n = 28_000;
+        let first = {
+            for i in 0..n {
+                q.append(&payload(i)).unwrap();
+            }
+            q.read(0).unwrap().unwrap()
+        };
+        assert!(q.stats().segments > 1_100, "{sync:?}: {} segments", q.stats().segments);
+        assert!(mappings_under(dir.path()) <= BOUND, "{sync:?}: {} mappings", mappings_under(dir.path()));
+
+        let mut it = q.iter_from(0);
+        for i in 0..n {
+            assert_eq!(it.next().unwrap().unwrap().payload(), payload(i), "{sync:?}: offset {i}");
+        }
+        assert!(it.next().is_none());
+        drop(it);
+        for k in 0..5_000 {
+            let i = k * 7_919 % n;
+            assert_eq!(q.read(i).unwrap().unwrap().payload(), payload(i), "{sync:?}: offset {i}");
+        }
+        assert!(mappings_under(dir.path()) <= BOUND, "{sync:?}: {} mappings", mappings_under(dir.path()));
+        assert_eq!(first.payload(), payload(0), "a record outlives its segment's mapping");
+
+        q.close().unwrap();
+        drop(q);
+        assert_eq!(mappings_under(dir.path()), 1, "{sync:?}: only the record's mapping is left");
+        drop(first);
+        assert_eq!(mappings_under(dir.path()), 0, "{sync:?}: all unmapped once the queue is gone");
+        let q = Queue::open(dir.path(), opts).unwrap();
+        assert_eq!(all_payloads(&q).len(), n as usize);
+        assert!(mappings_under(dir.path()) <= BOUND, "{sync:?}: {} mappings", mappings_under(dir.path()));
+    }
+}

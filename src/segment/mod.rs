@@ -64,6 +64,9 @@ pub(crate) struct Segment {
     bytes: AtomicU64,
     /// An index entry was found not to point at its record: lookups ignore the index.
     index_distrusted: AtomicBool,
+    /// Sealed, index included: its files keep their size from now on, so a copy may map
+    /// them afresh (see [`Segment::unmapped`]).
+    settled: AtomicBool,
 }
 
 impl Segment {
@@ -81,6 +84,7 @@ impl Segment {
             written_back: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             index_distrusted: AtomicBool::new(false),
+            settled: AtomicBool::new(false),
         }
     }
 
@@ -89,6 +93,7 @@ impl Segment {
         let seg = Segment::new(dir, base, interval);
         seg.end_offset.store(end_offset, Ordering::Relaxed);
         seg.bytes.store(bytes, Ordering::Relaxed);
+        seg.settle();
         Arc::new(seg)
     }
 
@@ -109,6 +114,49 @@ impl Segment {
     /// Whether its data and index are mapped: a read then does no I/O.
     pub fn is_mapped(&self) -> bool {
         self.data.get().is_some() && self.index.get().is_some()
+    }
+
+    /// Whether it holds a mapping of its data or of its index.
+    pub fn holds_mappings(&self) -> bool {
+        self.data.get().is_some() || self.index.get().is_some()
+    }
+
+    /// Notes that its seal is done, index included: its files keep their size from now on.
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
+    }
+
+    /// Makes it look as if its seal were still running.
+    #[cfg(test)]
+    pub fn unsettle(&self) {
+        self.settled.store(false, Ordering::Release);
+    }
+
+    /// Whether [`Segment::settle`] was called: only then may [`Segment::unmapped`] stand in
+    /// for it. (Mapping a file that the sealer is about to cut would fault on the cut part.)
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// The same settled segment with nothing mapped yet, to take this one's place in the
+    /// log's list when the log keeps too many segments mapped. Whoever holds this one (an
+    /// iterator, a record through its mapping) keeps its mappings until they let go.
+    pub fn unmapped(&self) -> Arc<Segment> {
+        Arc::new(Segment {
+            base: self.base,
+            path: self.path.clone(),
+            index_path: self.index_path.clone(),
+            interval: self.interval,
+            data: OnceLock::new(),
+            index: OnceLock::new(),
+            opening: Mutex::new(()),
+            end_offset: AtomicU64::new(self.end_offset.load(Ordering::Acquire)),
+            synced: AtomicUsize::new(self.synced.load(Ordering::Acquire)),
+            written_back: AtomicUsize::new(self.written_back.load(Ordering::Acquire)),
+            bytes: AtomicU64::new(self.bytes.load(Ordering::Acquire)),
+            index_distrusted: AtomicBool::new(self.index_distrusted.load(Ordering::Relaxed)),
+            settled: AtomicBool::new(self.is_settled()),
+        })
     }
 
     /// The segment's readable bytes, mapping the file on first use.
