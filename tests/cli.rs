@@ -167,6 +167,8 @@ fn read_commands_work_while_a_writer_appends() {
     let q = Queue::open(tmp.path(), small()).unwrap();
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
+        // A failed assertion below must stop the writer too, or the scope waits for ever.
+        let _stop = StopOnDrop(&stop);
         s.spawn(|| {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -186,11 +188,19 @@ fn read_commands_work_while_a_writer_appends() {
             let dump = segq(["dump", &arg(tmp.path()), "--from", "100", "--payload", "len", "--json"]);
             assert_eq!(dump.code, 0, "{}", dump.stderr);
         }
-        stop.store(true, Ordering::Relaxed);
     });
     q.close().unwrap();
     let after = segq(["verify", &arg(tmp.path())]);
     assert_eq!(after.code, 0, "{}", after.stdout);
+}
+
+/// Sets the flag when dropped, on a panic too.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[test]

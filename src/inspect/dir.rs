@@ -215,6 +215,69 @@ pub struct QueueDir {
     pub incomplete_groups: Vec<PathBuf>,
 }
 
+/// The files of one pass over a queue directory.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Segment files, by base.
+    segments: Vec<SegmentFile>,
+    /// `.index` files, with the base they name.
+    indexes: Vec<(u64, PathBuf)>,
+    /// `*.tmp` files.
+    leftovers: Vec<PathBuf>,
+}
+
+impl Listing {
+    fn read(path: &Path) -> Result<Listing> {
+        let mut listing = Listing::default();
+        for entry in fs::read_dir(path).at(path)? {
+            let entry = entry.at(path)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(base) = segment::parse_log_name(name) {
+                let len = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    // Deleted by retention since the listing.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io(&entry.path(), e)),
+                };
+                listing.segments.push(SegmentFile { path: entry.path(), base, len, index: None });
+            } else if name == crate::segment::SPARE_NAME {
+                // The next segment, readied ahead of the roll; not part of the log.
+            } else if name.ends_with(".tmp") {
+                listing.leftovers.push(entry.path());
+            } else if let Some(digits) = name.strip_suffix(".index")
+                && let Some(base) = segment::parse_log_name(&format!("{digits}.log"))
+            {
+                listing.indexes.push((base, entry.path()));
+            }
+        }
+        listing.segments.sort_by_key(|s| s.base);
+        Ok(listing)
+    }
+
+    /// This listing with what `later`, a pass made after it, adds up to this one's newest
+    /// segment. A pass can miss a file that is created or renamed into place while it runs
+    /// (ext4 lists a directory in hash order, so a segment rolled during the pass may be
+    /// missed while the next one is seen), and a live writer rolls segments all the time.
+    /// Every segment up to this pass's newest one existed before `later` began, so `later`
+    /// has the ones this pass missed. Newer segments are left out, as if the listing had
+    /// ended with this pass, and so are their indexes.
+    fn completed_by(mut self, later: Listing) -> Listing {
+        let Some(newest) = self.segments.last().or(later.segments.last()).map(|s| s.base) else { return self };
+        for segment in later.segments.into_iter().filter(|s| s.base <= newest) {
+            if let Err(i) = self.segments.binary_search_by_key(&segment.base, |s| s.base) {
+                self.segments.insert(i, segment);
+            }
+        }
+        self.indexes.extend(later.indexes);
+        // A stable sort keeps this pass's entry first among equal bases.
+        self.indexes.sort_by_key(|(base, _)| *base);
+        self.indexes.dedup_by_key(|(base, _)| *base);
+        self.indexes.retain(|(base, _)| *base <= newest);
+        self
+    }
+}
+
 impl QueueDir {
     /// Lists the queue in `path`.
     ///
@@ -237,32 +300,8 @@ impl QueueDir {
     pub fn open(path: impl AsRef<Path>) -> Result<QueueDir> {
         let path = path.as_ref();
         let checkpoint = CheckpointInfo::read(path)?;
-        let mut segments = Vec::new();
-        let mut indexes = Vec::new();
-        let mut leftovers = Vec::new();
-        for entry in fs::read_dir(path).at(path)? {
-            let entry = entry.at(path)?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if let Some(base) = segment::parse_log_name(name) {
-                let len = match entry.metadata() {
-                    Ok(m) => m.len(),
-                    // Deleted by retention since the listing.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io(&entry.path(), e)),
-                };
-                segments.push(SegmentFile { path: entry.path(), base, len, index: None });
-            } else if name == crate::segment::SPARE_NAME {
-                // The next segment, readied ahead of the roll; not part of the log.
-            } else if name.ends_with(".tmp") {
-                leftovers.push(entry.path());
-            } else if let Some(digits) = name.strip_suffix(".index")
-                && let Some(base) = segment::parse_log_name(&format!("{digits}.log"))
-            {
-                indexes.push((base, entry.path()));
-            }
-        }
-        segments.sort_by_key(|s| s.base);
+        let first = Listing::read(path)?;
+        let Listing { mut segments, indexes, mut leftovers } = first.completed_by(Listing::read(path)?);
         for (base, index) in indexes {
             match segments.binary_search_by_key(&base, |s| s.base) {
                 Ok(i) => segments[i].index = Some(index),
@@ -393,5 +432,38 @@ impl QueueDir {
     pub(crate) fn group_files(&self, name: &str) -> (PathBuf, PathBuf) {
         let dir = self.path.join(GROUPS_DIR).join(name);
         (dir.join(group::STATE_FILE), dir.join(group::JOURNAL_FILE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing(bases: &[u64], indexes: &[u64]) -> Listing {
+        Listing {
+            segments: bases
+                .iter()
+                .map(|&base| SegmentFile { path: segment::log_name(base).into(), base, len: 0, index: None })
+                .collect(),
+            indexes: indexes.iter().map(|&base| (base, segment::index_name(base).into())).collect(),
+            leftovers: Vec::new(),
+        }
+    }
+
+    fn bases(listing: &Listing) -> Vec<u64> {
+        listing.segments.iter().map(|s| s.base).collect()
+    }
+
+    /// A segment rolled while the first pass ran, missed by it but seen by the second, is
+    /// listed; segments (and indexes) newer than the first pass's newest are not.
+    #[test]
+    fn a_second_pass_fills_in_what_the_first_missed_up_to_its_newest() {
+        let merged = listing(&[10, 30], &[10]).completed_by(listing(&[10, 20, 30, 40], &[10, 20, 40]));
+        assert_eq!(bases(&merged), [10, 20, 30]);
+        assert_eq!(merged.indexes.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [10, 20]);
+        // A segment deleted by retention between the passes stays listed (verify then finds
+        // it gone); an empty first pass takes the second.
+        assert_eq!(bases(&listing(&[5, 10], &[]).completed_by(listing(&[10], &[]))), [5, 10]);
+        assert_eq!(bases(&listing(&[], &[]).completed_by(listing(&[0], &[]))), [0]);
     }
 }
