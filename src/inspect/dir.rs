@@ -184,7 +184,8 @@ impl CheckpointInfo {
 /// A queue directory as found on disk: its segment files, checkpoint and groups.
 ///
 /// Listing reads the checkpoint first and the directory second, so that on a live queue
-/// every segment the checkpoint names was already there when the directory was listed.
+/// every segment the checkpoint names was already there when the directory was listed;
+/// the directory is read twice, so that no segment rolled during the first pass is missed.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -261,7 +262,7 @@ impl Listing {
     /// missed while the next one is seen), and a live writer rolls segments all the time.
     /// Every segment up to this pass's newest one existed before `later` began, so `later`
     /// has the ones this pass missed. Newer segments are left out, as if the listing had
-    /// ended with this pass, and so are their indexes.
+    /// ended with this pass, and so are the indexes the later pass adds for them.
     fn completed_by(mut self, later: Listing) -> Listing {
         let Some(newest) = self.segments.last().or(later.segments.last()).map(|s| s.base) else { return self };
         for segment in later.segments.into_iter().filter(|s| s.base <= newest) {
@@ -269,11 +270,11 @@ impl Listing {
                 self.segments.insert(i, segment);
             }
         }
-        self.indexes.extend(later.indexes);
+        // This pass's indexes all stay: one without its segment is a leftover to report.
+        self.indexes.extend(later.indexes.into_iter().filter(|(base, _)| *base <= newest));
         // A stable sort keeps this pass's entry first among equal bases.
         self.indexes.sort_by_key(|(base, _)| *base);
         self.indexes.dedup_by_key(|(base, _)| *base);
-        self.indexes.retain(|(base, _)| *base <= newest);
         self
     }
 }
@@ -458,9 +459,10 @@ mod tests {
     /// listed; segments (and indexes) newer than the first pass's newest are not.
     #[test]
     fn a_second_pass_fills_in_what_the_first_missed_up_to_its_newest() {
-        let merged = listing(&[10, 30], &[10]).completed_by(listing(&[10, 20, 30, 40], &[10, 20, 40]));
+        let merged = listing(&[10, 30], &[10, 50]).completed_by(listing(&[10, 20, 30, 40], &[10, 20, 40]));
         assert_eq!(bases(&merged), [10, 20, 30]);
-        assert_eq!(merged.indexes.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [10, 20]);
+        // The first pass's index without its segment stays, to be reported as a leftover.
+        assert_eq!(merged.indexes.iter().map(|(b, _)| *b).collect::<Vec<_>>(), [10, 20, 50]);
         // A segment deleted by retention between the passes stays listed (verify then finds
         // it gone); an empty first pass takes the second.
         assert_eq!(bases(&listing(&[5, 10], &[]).completed_by(listing(&[10], &[]))), [5, 10]);
