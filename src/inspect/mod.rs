@@ -43,7 +43,7 @@ pub use dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
 pub use groups::{GroupReport, Lease, Retry, read_group};
 pub use info::{Info, info};
 pub use repair::{Cut, Move, RepairPlan, plan_repair};
-pub use segment::{SegmentEnd, SegmentReport, judge_end, scan_segment};
+pub use segment::{SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};
 pub use verify::{VerifyReport, verify};
 pub use walk::{DEFAULT_CHUNK, EndReason, RecordView, ScanEnd, SegmentReader};
 

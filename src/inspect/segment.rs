@@ -1,6 +1,8 @@
 //! One segment file, scanned from end to end: what it holds, how it ends, and what is wrong.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::dir::{CheckpointSlot, QueueDir, SegmentFile};
@@ -10,8 +12,9 @@ use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
 use crate::segment::header::FILE_HEADER_LEN;
 
-/// How often a damaged-looking end of the active segment is read again before it counts:
-/// a writer may be in the middle of the record.
+/// How often a damaged-looking end of the active segment is read again before it counts
+/// (a writer may be in the middle of the record), and a damaged segment that may still be
+/// sealing.
 const LIVE_RETRIES: u32 = 3;
 const LIVE_PAUSE: Duration = Duration::from_millis(30);
 /// Progress is reported about this often (in bytes).
@@ -165,6 +168,94 @@ pub fn scan_segment(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<SegmentReport> {
     scan_from(dir, i, None, check_index, progress)
+}
+
+/// [`scan_segment`] for every segment of `dir`, on up to as many threads as there are CPUs
+/// (at most 4), with the reports in the order of `dir.segments`.
+///
+/// On a live queue a segment may still be sealing while it is judged sealed: the seal of the
+/// newest but one runs after the roll, and under `Interval` the index of any segment may be
+/// cut a little after its data. Such a segment shows zeros past its data, or unused index
+/// entries. A seal cuts only those, and nothing else changes a sealed segment, so a segment
+/// found damaged is looked at again, up to 3 times 30 ms apart, and damage counts only if
+/// it stays.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+/// # for _ in 0..100 {
+/// #     q.append(&[7; 100])?;
+/// # }
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, scan_segments};
+///
+/// let queue = QueueDir::open(dir.path())?;
+/// let reports = scan_segments(&queue, true, &|_bytes| {})?;
+/// assert_eq!(reports.len(), queue.segments.len());
+/// assert_eq!(reports.iter().map(|r| r.records).sum::<u64>(), 100);
+/// assert!(reports.iter().all(|r| !r.is_damaged()));
+/// # Ok::<(), segq::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] when a read fails. Damage is not an error: it is in the reports.
+pub fn scan_segments(dir: &QueueDir, check_index: bool, progress: &(dyn Fn(u64) + Sync)) -> Result<Vec<SegmentReport>> {
+    scan_settled(dir, check_index, progress, &|| std::thread::sleep(LIVE_PAUSE))
+}
+
+/// [`scan_segments`], calling `pause` before each new look at the segments found damaged.
+fn scan_settled(
+    dir: &QueueDir,
+    check_index: bool,
+    progress: &(dyn Fn(u64) + Sync),
+    pause: &dyn Fn(),
+) -> Result<Vec<SegmentReport>> {
+    let all: Vec<usize> = (0..dir.segments.len()).collect();
+    let mut reports = scan_many(dir, &all, check_index, progress)?;
+    for _ in 0..LIVE_RETRIES {
+        // Segments judged unsealed are looked at again by `scan_from` itself.
+        let damaged: Vec<usize> =
+            all.iter().copied().filter(|&i| reports[i].is_damaged() && !dir.is_unsealed(i)).collect();
+        if damaged.is_empty() {
+            break;
+        }
+        pause();
+        for (i, report) in damaged.iter().zip(scan_many(dir, &damaged, check_index, &|_| {})?) {
+            reports[*i] = report;
+        }
+    }
+    Ok(reports)
+}
+
+/// Scans segments `which` of `dir` on up to 4 threads; the reports come in that order.
+fn scan_many(
+    dir: &QueueDir,
+    which: &[usize],
+    check_index: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<SegmentReport>> {
+    let n = which.len();
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, 4).min(n.max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<SegmentReport>>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = which.get(k) else { break };
+                    let r = scan_from(dir, i, None, check_index, progress);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every segment was scanned"))
+        .collect()
 }
 
 /// [`scan_segment`] starting at `from` (a position and the offset there) instead of the
@@ -448,4 +539,100 @@ fn judge(
         )
     });
     Ok((verdict, stray))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::fs::OpenOptions;
+    use std::path::Path;
+
+    use super::*;
+
+    /// A closed queue of several 4 KiB segments.
+    fn queue_of_small_segments() -> (tempfile::TempDir, QueueDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::Options::default().segment_bytes(4096).index_interval_bytes(256);
+        let q = crate::Queue::open(dir.path(), opts).unwrap();
+        for i in 0..200u8 {
+            q.append(&[i; 100]).unwrap();
+        }
+        q.close().unwrap();
+        let queue = QueueDir::open(dir.path()).unwrap();
+        assert!(queue.segments.len() >= 4);
+        (dir, queue)
+    }
+
+    fn set_len(path: &Path, len: u64) {
+        OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+    }
+
+    /// Puts segment `i` back as it is between its roll and the end of its seal: its data and
+    /// its index followed by zeros. Returns the files with their sealed lengths.
+    fn unseal(queue: &QueueDir, i: usize) -> Vec<(PathBuf, u64)> {
+        let seg = &queue.segments[i];
+        let files = [seg.path.clone(), seg.index.clone().expect("a sealed segment has an index")];
+        files
+            .into_iter()
+            .map(|path| {
+                let len = std::fs::metadata(&path).unwrap().len();
+                set_len(&path, len + 4096);
+                (path, len)
+            })
+            .collect()
+    }
+
+    /// Scans every segment of `queue`, counting the pauses; `pause` runs at each.
+    fn scan(queue: &QueueDir, pause: impl Fn()) -> (Vec<SegmentReport>, u32) {
+        let pauses = Cell::new(0);
+        let reports = scan_settled(queue, true, &|_| {}, &|| {
+            pauses.set(pauses.get() + 1);
+            pause();
+        });
+        (reports.unwrap(), pauses.get())
+    }
+
+    #[test]
+    fn a_seal_that_ends_between_two_looks_is_not_damage() {
+        let (_dir, queue) = queue_of_small_segments();
+        let n = queue.segments.len();
+        // The newest but one in the middle of its seal, and an older index not yet cut.
+        let mut sealed = unseal(&queue, n - 2);
+        let [(data, len), index] = <[_; 2]>::try_from(unseal(&queue, 1)).unwrap();
+        set_len(&data, len);
+        sealed.push(index);
+        let seal_ends = || {
+            for (path, len) in &sealed {
+                set_len(path, *len);
+            }
+        };
+        let (reports, pauses) = scan(&queue, seal_ends);
+        assert_eq!(pauses, 1, "the first look found the zeros");
+        for report in &reports {
+            assert!(report.findings.is_empty(), "{:?}", report.findings);
+            assert_eq!(report.end, SegmentEnd::Clean);
+        }
+        assert_eq!(reports.iter().map(|r| r.records).sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn damage_that_stays_is_reported_after_a_few_looks() {
+        let (_dir, queue) = queue_of_small_segments();
+        let i = queue.segments.len() - 2;
+        unseal(&queue, i);
+        let (reports, pauses) = scan(&queue, || {});
+        assert_eq!(pauses, LIVE_RETRIES);
+        assert!(matches!(reports[i].end, SegmentEnd::Damaged { .. }), "{:?}", reports[i].end);
+        let index = queue.segments[i].index.as_ref().unwrap();
+        assert!(reports[i].findings.iter().any(|f| &f.file == index), "{:?}", reports[i].findings);
+        assert!(reports.iter().enumerate().all(|(j, r)| j == i || !r.is_damaged()));
+    }
+
+    #[test]
+    fn a_healthy_queue_is_looked_at_once() {
+        let (_dir, queue) = queue_of_small_segments();
+        let (reports, pauses) = scan(&queue, || {});
+        assert_eq!(pauses, 0);
+        assert!(reports.iter().all(|r| r.findings.is_empty()));
+    }
 }

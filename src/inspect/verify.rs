@@ -1,12 +1,10 @@
 //! Checking every byte of a queue directory.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::dir::QueueDir;
 use super::groups::read_group;
-use super::segment::{SegmentEnd, SegmentReport, scan_segment};
+use super::segment::{SegmentEnd, SegmentReport, scan_segments};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
 use crate::segment::log_name;
@@ -74,8 +72,9 @@ impl VerifyReport {
 
 /// Checks the queue in `dir`: every record's CRC and offset, the offsets' continuity within
 /// and across segments, every index entry against the records, the checkpoint's positions,
-/// and every group's snapshot and journal. Segments are checked on up to as many threads as
-/// there are CPUs (at most 4). `progress` is called with the bytes read since its last call.
+/// and every group's snapshot and journal. Segments are checked by [`scan_segments`], which
+/// tells a seal in progress on a live queue from damage. `progress` is called with the
+/// bytes read since its last call.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -97,28 +96,7 @@ impl VerifyReport {
 /// # Errors
 /// [`Error::Io`] when a file cannot be read. Damage is not an error: it is in the report.
 pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
-    let n = dir.segments.len();
-    let threads = std::thread::available_parallelism().map_or(1, |p| p.get()).clamp(1, 4).min(n.max(1));
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<Result<SegmentReport>>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    let r = scan_segment(dir, i, true, progress);
-                    results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
-                }
-            });
-        }
-    });
-    let mut reports = Vec::with_capacity(n);
-    for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        reports.push(r.expect("every segment was scanned")?);
-    }
+    let reports = scan_segments(dir, true, progress)?;
     let mut findings: Vec<Finding> = Vec::new();
     for r in &reports {
         findings.extend(r.findings.iter().cloned());

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use segq::inspect::{QueueDir, SegmentEnd, scan_segment};
+use segq::inspect::{QueueDir, SegmentEnd, scan_segments};
 
 use crate::Outcome;
 use crate::output::{Align, Table, json, opt_timestamp};
@@ -19,10 +19,7 @@ pub struct Args {
 
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let dir = QueueDir::open(&args.dir)?;
-    let mut reports = Vec::with_capacity(dir.segments.len());
-    for i in 0..dir.segments.len() {
-        reports.push(scan_segment(&dir, i, true, &|_| {})?);
-    }
+    let reports = scan_segments(&dir, true, &|_| {})?;
     let damaged = reports.iter().any(|r| r.is_damaged());
     if args.json {
         json(out, &serde_json::json!({ "dir": dir.path, "segments": reports }))?;
