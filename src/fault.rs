@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub const EIO: i32 = 5;
 /// `ENOSPC`: no space left on the device.
 pub const ENOSPC: i32 = 28;
+/// `EOPNOTSUPP`: the file system does not support the operation (`fallocate` on some).
+pub const EOPNOTSUPP: i32 = 95;
 
 /// A kind of file operation that can be made to fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

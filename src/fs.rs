@@ -1,11 +1,13 @@
 //! Small file-system helpers: reserving blocks and making names durable.
 
 use std::fs::{self, File, OpenOptions};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use std::os::unix::fs::FileExt;
 
-use rustix::fs::{FallocateFlags, fallocate};
+use rustix::fs::{FallocateFlags, SeekFrom, fallocate, seek};
+use rustix::io::Errno;
 
 use crate::fault::{self, Point};
 use crate::mmap::Mapping;
@@ -14,10 +16,53 @@ use crate::error::{IoContext, Result};
 
 /// Reserves real blocks for the first `len` bytes of `file`, growing it if needed, so that
 /// stores through a mapping can never hit a full disk (which would be SIGBUS). A full disk
-/// shows up here instead, as an `Err` of kind `StorageFull`.
+/// shows up here instead, as an `Err` of kind `StorageFull`. The file must not be mapped
+/// for writing yet.
 pub(crate) fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
-    fault::check(path, Point::Allocate).at(path)?;
-    fallocate(file, FallocateFlags::empty(), 0, len).map_err(std::io::Error::from).at(path)
+    let reserved = fault::check(path, Point::Allocate)
+        .and_then(|()| fallocate(file, FallocateFlags::empty(), 0, len).map_err(io::Error::from));
+    match reserved {
+        // Some file systems cannot reserve blocks (NFS before 4.2, many FUSE ones, ZFS before
+        // 2.2): writing zeros does it, at the cost of writing them.
+        Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => fill_holes(file, len).at(path),
+        reserved => reserved.at(path),
+    }
+}
+
+/// Writes zeros into every hole of the first `len` bytes of `file`, growing it if needed.
+/// Holes read as zeros, so this changes no byte of the file, only where its blocks are.
+fn fill_holes(file: &File, len: u64) -> io::Result<()> {
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    let mut pos = 0;
+    while pos < len {
+        let hole = match seek(file, SeekFrom::Hole(pos)) {
+            Ok(hole) => hole,
+            Err(Errno::NXIO) => break, // `pos` is past the end of the file
+            // Without `SEEK_HOLE`, the file is taken to have no hole before its end.
+            Err(_) => file.metadata()?.len().max(pos),
+        };
+        if hole >= len {
+            return Ok(());
+        }
+        let data = match seek(file, SeekFrom::Data(hole)) {
+            Ok(data) => data.min(len),
+            Err(_) => len, // a hole up to the end of the file
+        };
+        write_zeros(file, hole..data, &ZEROS)?;
+        pos = data;
+    }
+    let end = file.metadata()?.len().max(pos);
+    write_zeros(file, end..len, &ZEROS)
+}
+
+fn write_zeros(file: &File, range: std::ops::Range<u64>, zeros: &[u8]) -> io::Result<()> {
+    let mut at = range.start;
+    while at < range.end {
+        let n = (range.end - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes` at `pos` of `file`.
@@ -90,4 +135,33 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 /// Renames `from` to `to`, replacing `to` atomically.
 pub(crate) fn rename(from: &Path, to: &Path) -> Result<()> {
     fault::check(to, Point::Rename).and_then(|()| fs::rename(from, to)).at(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    #[test]
+    fn filling_holes_allocates_every_block_and_changes_no_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = open_rw(&path, true).unwrap();
+        // Data, a hole of 1 MiB, data, and a hole up to the end at 3 MiB.
+        file.write_all_at(b"head", 0).unwrap();
+        file.write_all_at(&[7; 5000], 1 << 20).unwrap();
+        file.set_len(3 << 20).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(file.metadata().unwrap().blocks() * 512 < 1 << 20, "the file is sparse");
+        fill_holes(&file, 4 << 20).unwrap();
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after.len(), 4 << 20);
+        assert_eq!(after[..before.len()], before[..]);
+        assert!(after[before.len()..].iter().all(|&b| b == 0));
+        assert!(file.metadata().unwrap().blocks() * 512 >= 4 << 20);
+        // Shorter than the file: nothing to grow, and no hole is left to fill.
+        fill_holes(&file, 1 << 20).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), after);
+    }
 }

@@ -225,3 +225,57 @@ fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
     let floor = q.group("g").unwrap().ack_floor();
     assert!(floor >= acked, "acks were lost: floor {floor} < {acked}");
 }
+
+/// Bytes of `path` that have blocks behind them.
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// On a file system without `fallocate` (NFS before 4.2, many FUSE ones), blocks are
+/// reserved by writing zeros: every file segq maps for writing has all its blocks, so a
+/// full disk still shows as an error and never as SIGBUS; and the queue works as usual,
+/// through rolls, groups, a crash and recovery.
+#[test]
+fn a_file_system_without_fallocate_gets_its_blocks_by_writing_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let unsupported = || Fault::new(dir.path(), Point::Allocate).times(u64::MAX).errno(fault::EOPNOTSUPP);
+    fault::inject(unsupported());
+    let opts = || Options::default().segment_bytes(16 << 10).sync(SyncPolicy::Never);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    for i in 0..2_000 {
+        q.append(&payload(i)).unwrap();
+    }
+    let g = q.group("g").unwrap();
+    let first = g.poll_batch(10, Duration::ZERO).unwrap();
+    g.ack_batch(&first.iter().map(|d| d.offset()).collect::<Vec<_>>()).unwrap();
+    q.flush().unwrap();
+    let active = common::active_segment(dir.path());
+    let mut mapped = vec![active.clone(), active.with_extension("index")];
+    mapped.push(dir.path().join("groups").join("g").join("journal"));
+    for path in &mapped {
+        let len = std::fs::metadata(path).unwrap().len();
+        assert!(
+            len > 32 && allocated(path) >= len,
+            "{}: {} of {len} bytes allocated",
+            path.display(),
+            allocated(path)
+        );
+    }
+    assert!(common::segment_files(dir.path()).len() > 3, "the queue rolled");
+    // A crash: recovery reserves the newest segment's blocks again.
+    drop(g);
+    drop(q);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.next_offset(), 2_000);
+    for i in 2_000..2_100 {
+        q.append(&payload(i)).unwrap();
+    }
+    q.close().unwrap();
+    fault::clear(dir.path());
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    for o in 0..2_100 {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), payload(o));
+    }
+    assert_eq!(q.group("g").unwrap().ack_floor(), 10);
+}
