@@ -455,6 +455,44 @@ impl Queue {
         Iter::new(self.log.clone(), offset)
     }
 
+    /// Offset of the first record appended at or after `timestamp_ms` (milliseconds since
+    /// the Unix epoch, as [`crate::Record::timestamp_ms`] gives them), or [`Queue::next_offset`] if
+    /// every record is older. With [`Group::seek`] it replays a log from a point in time.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"before")?;
+    /// std::thread::sleep(std::time::Duration::from_millis(20)); // the clock moves on
+    /// let since = q.append(b"since")?;
+    /// let at = q.read(since)?.expect("appended").timestamp_ms();
+    /// assert_eq!(q.offset_at_time(at)?, since);
+    /// assert_eq!(q.offset_at_time(0)?, 0);
+    /// assert_eq!(q.offset_at_time(at + 1)?, q.next_offset()); // nothing that recent
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// It is a binary search over the records' timestamps, which are the wall clock at each
+    /// append: about log2(records) reads, each checked as [`Queue::read`] checks it. If the
+    /// system clock was ever set back, timestamps are not in order everywhere, and the answer
+    /// is then an offset where they cross `timestamp_ms`, not necessarily the first.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if a record the search reads is damaged. [`Error::Closed`].
+    pub fn offset_at_time(&self, timestamp_ms: u64) -> Result<u64> {
+        let (mut lo, mut hi) = (self.first_offset(), self.next_offset());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.read(mid)? {
+                Some(record) if record.timestamp_ms() >= timestamp_ms => hi = mid,
+                Some(_) => lo = mid + 1,
+                // Deleted by retention meanwhile: the answer is among the records kept.
+                None => lo = self.first_offset(),
+            }
+        }
+        Ok(lo)
+    }
+
     /// Offset of the oldest record kept.
     ///
     /// ```

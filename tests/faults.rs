@@ -255,12 +255,7 @@ fn a_file_system_without_fallocate_gets_its_blocks_by_writing_zeros() {
     mapped.push(dir.path().join("groups").join("g").join("journal"));
     for path in &mapped {
         let len = std::fs::metadata(path).unwrap().len();
-        assert!(
-            len > 32 && allocated(path) >= len,
-            "{}: {} of {len} bytes allocated",
-            path.display(),
-            allocated(path)
-        );
+        assert!(len > 32 && allocated(path) >= len, "{}: {} of {len} bytes allocated", path.display(), allocated(path));
     }
     assert!(common::segment_files(dir.path()).len() > 3, "the queue rolled");
     // A crash: recovery reserves the newest segment's blocks again.
