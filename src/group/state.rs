@@ -118,9 +118,11 @@ impl Clock {
         later(self.now(), Duration::from_millis(at_ms.saturating_sub(self.now_ms())))
     }
 
-    /// The wall-clock time of `at`.
+    /// The wall-clock time of `at`, saturating: a nack "for ever" is due at `u64::MAX`, and
+    /// the wall clock may have moved on further than the monotonic one since.
     pub fn ms_of(&self, at: Instant) -> u64 {
-        self.now_ms() + at.saturating_duration_since(self.now()).as_millis() as u64
+        let ahead = u64::try_from(at.saturating_duration_since(self.now()).as_millis()).unwrap_or(u64::MAX);
+        self.now_ms().saturating_add(ahead)
     }
 }
 
@@ -494,6 +496,20 @@ mod tests {
 
     fn later(c: &Clock, ms: u64) -> Clock {
         Clock::at(c.now() + Duration::from_millis(ms), c.now_ms() + ms)
+    }
+
+    /// A nack "for ever" (`Duration::MAX`) is due at `u64::MAX` ms. Written back to disk by
+    /// a later snapshot, when the wall clock has moved on further than the monotonic one, it
+    /// must stay there: it used to overflow (a panic in debug builds, a due time wrapped to
+    /// the past in release ones).
+    #[test]
+    fn a_due_time_at_the_end_of_time_stays_there_when_the_clocks_drift() {
+        let c = clock();
+        let at = c.instant_of(u64::MAX);
+        let drifted = Clock::at(c.now() + Duration::from_millis(1), c.now_ms() + 5);
+        assert_eq!(drifted.ms_of(at), u64::MAX);
+        assert_eq!(c.ms_of(at), u64::MAX);
+        assert_eq!(later(&c, 10).ms_of(c.now()), c.now_ms() + 10, "a time passed is now");
     }
 
     #[test]
