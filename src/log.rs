@@ -597,6 +597,8 @@ impl Log {
         self.closed.store(true, Ordering::Release);
         // Whatever happens below, this handle writes nothing more.
         w.closed = true;
+        // Consumers waiting in `poll` look again, and see the queue closed.
+        self.notify.notify();
         self.sealer.drain();
         // The spare is not part of the log.
         if self.spare.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
@@ -634,6 +636,7 @@ impl Log {
         let mut w = self.writer();
         w.closed = true;
         self.closed.store(true, Ordering::Release);
+        self.notify.notify();
         // The sealer must leave the files alone once the directory can be opened again.
         self.sealer.drain();
     }

@@ -627,3 +627,29 @@ fn nack_batch_retries_or_dead_letters_all_or_none() {
     assert!(g.poll_batch(10, NO_WAIT).unwrap().is_empty());
     assert_eq!(g.stats().waiting, 1);
 }
+
+/// `close` ends a `poll` waiting for records, with `Closed`, whatever its timeout: workers
+/// blocked in `poll(Duration::MAX)` can be joined at shutdown. (Under `Never` a waiting
+/// poll used to sleep on until its timeout: the wake-up came before the closed flag.)
+#[test]
+fn close_wakes_consumers_waiting_in_poll() {
+    for sync in [SyncPolicy::Never, SyncPolicy::Interval(Duration::from_millis(10)), SyncPolicy::Always] {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let q = queue(dir.path(), sync);
+            q.append(b"done").unwrap();
+            let g = q.group("g").unwrap();
+            let d = g.poll(Duration::ZERO).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let worker = std::thread::spawn(move || tx.send(g.poll(Duration::MAX).map(|d| d.is_some())));
+            // Lets the worker go to sleep first; the test holds either way.
+            std::thread::sleep(Duration::from_millis(20));
+            q.close().unwrap();
+            // Not a timing check: a minute stands for "never" when the wake-up is lost.
+            let result = rx.recv_timeout(Duration::from_secs(60)).expect("the poll ended");
+            assert!(matches!(result, Err(Error::Closed)), "{sync:?}: {result:?}");
+            worker.join().unwrap().unwrap();
+        }
+    }
+}
