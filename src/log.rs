@@ -541,19 +541,21 @@ impl Log {
 
     /// Syncs everything appended so far; returns the offset it covered up to.
     fn sync_now(&self) -> Result<u64> {
-        let (segment, end, next) = loop {
-            // Records of a segment being sealed are durable once its seal is done.
+        let (segment, end, next) = {
+            // Records of a segment being sealed are durable once its seal is done. Waiting
+            // first without the writer's lock keeps appends going meanwhile.
+            self.sealer.wait();
+            let w = self.writer();
+            // A roll may have started another seal since. Under the lock no further roll
+            // can: appenders rolling small segments would otherwise keep a flush waiting
+            // for ever.
             self.sealer.wait();
             if let Some(err) = self.poisoned_error() {
                 return Err(err);
             }
-            let w = self.writer();
-            if self.sealer.is_sealing() {
-                continue; // a roll started another seal meanwhile
-            }
             let next = self.next_offset.load(Ordering::Relaxed);
             match &w.active {
-                Some(active) => break (active.segment().clone(), active.position(), next),
+                Some(active) => (active.segment().clone(), active.position(), next),
                 // The newest segment was sealed (and so synced) when its successor could not
                 // be created.
                 None => return Ok(next),
