@@ -250,3 +250,35 @@ fn a_lost_journal_write_in_the_middle_is_damage_in_the_journal() {
     let groups = segq(["groups", &arg(tmp.path()), "billing", "--json"]).json();
     assert_eq!(groups["journal_entries"].as_u64(), Some(2), "replay stops at the damaged entry");
 }
+
+/// A queue under a name that is not UTF-8 (any bytes but `/` and NUL make a Linux file
+/// name): every `--json` output is valid JSON, with U+FFFD for the bad byte, also when it
+/// reports damage and when `repair` has changed files. (serde refuses such paths: the
+/// binary used to panic, after `repair --yes` had already cut the log.)
+#[test]
+fn json_output_survives_a_path_that_is_not_utf8() {
+    use std::os::unix::ffi::OsStrExt;
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(std::ffi::OsStr::from_bytes(b"queue-\xff"));
+    make_queue(&dir);
+    let first = segment_files(&dir)[0].clone();
+    let flip = record_positions(&fs::read(&first).unwrap())[3] + 30;
+    let mut bytes = fs::read(&first).unwrap();
+    bytes[flip] ^= 0xff;
+    fs::write(&first, bytes).unwrap();
+    for command in ["info", "segments", "verify", "groups", "dump"] {
+        let run = segq([std::ffi::OsStr::new(command), dir.as_os_str(), "--json".as_ref()]);
+        let doc = run.json();
+        assert!(doc.to_string().contains("queue-\u{fffd}"), "{command}: {doc}");
+    }
+    let run = segq([
+        std::ffi::OsStr::new("repair"),
+        dir.as_os_str(),
+        "--truncate-at-first-damage".as_ref(),
+        "--yes".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(run.json()["applied"], true);
+    assert_eq!(segq([std::ffi::OsStr::new("verify"), dir.as_os_str()]).code, 0);
+}

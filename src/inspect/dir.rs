@@ -33,12 +33,14 @@ const SLOT_B: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentFile {
     /// The `<base>.log` file.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub path: PathBuf,
     /// Its base offset, from its name.
     pub base: u64,
     /// Its length when the directory was listed.
     pub len: u64,
     /// Its `<base>.index` file, if there is one.
+    #[serde(serialize_with = "crate::inspect::lossy::opt_path")]
     pub index: Option<PathBuf>,
 }
 
@@ -122,6 +124,7 @@ impl From<Mark> for CheckpointSlot {
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct CheckpointInfo {
     /// The file.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub path: PathBuf,
     /// Whether the file exists.
     pub present: bool,
@@ -202,6 +205,7 @@ impl CheckpointInfo {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct QueueDir {
     /// The directory.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub path: PathBuf,
     /// The segment files, oldest first. The last one is the active (newest) segment.
     pub segments: Vec<SegmentFile>,
@@ -211,8 +215,10 @@ pub struct QueueDir {
     pub groups: Vec<String>,
     /// Files segq leaves behind only when interrupted: `*.tmp` files and `.index` files
     /// without their segment. The next open of the queue deletes them.
+    #[serde(serialize_with = "crate::inspect::lossy::paths")]
     pub leftovers: Vec<PathBuf>,
     /// Folders under `groups/` without a snapshot file (a group half created or deleted).
+    #[serde(serialize_with = "crate::inspect::lossy::paths")]
     pub incomplete_groups: Vec<PathBuf>,
 }
 

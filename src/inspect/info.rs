@@ -26,6 +26,7 @@ use crate::segment::header::FORMAT_VERSION;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Info {
     /// The queue directory.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub dir: PathBuf,
     /// On-disk format version of the segments (checked in the newest segment's header).
     pub format_version: u32,

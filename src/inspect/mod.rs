@@ -30,6 +30,7 @@ mod dir;
 mod groups;
 mod index;
 mod info;
+mod lossy;
 mod repair;
 mod segment;
 mod source;
@@ -103,6 +104,7 @@ pub struct Finding {
     /// How serious it is.
     pub severity: Severity,
     /// The file concerned.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub file: PathBuf,
     /// Byte position in that file where the problem starts (0 for the whole file).
     pub position: u64,

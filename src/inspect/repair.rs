@@ -35,6 +35,7 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Cut {
     /// The segment file to cut.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub file: PathBuf,
     /// Its new length: the end of the last complete batch before the damage.
     pub position: u64,
@@ -43,6 +44,7 @@ pub struct Cut {
     /// Bytes cut off (from `position` to the end of the file).
     pub bytes: u64,
     /// Where the cut bytes are kept.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub side_file: PathBuf,
 }
 
@@ -71,8 +73,10 @@ pub struct Cut {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Move {
     /// The segment file.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub file: PathBuf,
     /// Its new name, which segq does not read.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub side_file: PathBuf,
 }
 
@@ -112,6 +116,7 @@ pub struct RepairPlan {
     /// Files deleted: the indexes of the segments cut or moved and any damaged index (all
     /// derived data, rebuilt by the next open), and the checkpoint, so that the next open
     /// scans the newest segment instead of trusting positions that may be gone.
+    #[serde(serialize_with = "crate::inspect::lossy::paths")]
     pub deletes: Vec<PathBuf>,
     /// Offset the queue continues from after the repair.
     pub next_offset: u64,

@@ -90,6 +90,7 @@ pub enum SegmentEnd {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentReport {
     /// The segment file.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub file: PathBuf,
     /// Its base offset (from its name).
     pub base: u64,

@@ -26,6 +26,7 @@ use crate::segment::log_name;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct VerifyReport {
     /// The queue directory.
+    #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub dir: PathBuf,
     /// Segment files checked.
     pub segments: u64,

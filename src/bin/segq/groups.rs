@@ -56,7 +56,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         } else {
             json(
                 out,
-                &serde_json::json!({ "dir": dir.path, "next_offset": log_next, "groups": reports, "errors": errors }),
+                &serde_json::json!({ "dir": dir.path.to_string_lossy(), "next_offset": log_next, "groups": reports, "errors": errors }),
             )?;
         }
     } else if args.name.is_some() {

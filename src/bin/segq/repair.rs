@@ -102,7 +102,10 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         apply(&dir, &plan).map_err(|e| Failure::usage(format!("repair failed part-way: {e}; run it again")))?;
     }
     if args.json {
-        json(out, &serde_json::json!({ "dir": dir.path, "applied": args.yes && !plan.is_empty(), "plan": plan }))?;
+        json(
+            out,
+            &serde_json::json!({ "dir": dir.path.to_string_lossy(), "applied": args.yes && !plan.is_empty(), "plan": plan }),
+        )?;
     } else if plan.is_empty() {
         writeln!(out, "no damage found: nothing to repair")?;
     } else {

@@ -22,7 +22,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let reports = scan_segments(&dir, true, &|_| {})?;
     let damaged = reports.iter().any(|r| r.is_damaged());
     if args.json {
-        json(out, &serde_json::json!({ "dir": dir.path, "segments": reports }))?;
+        json(out, &serde_json::json!({ "dir": dir.path.to_string_lossy(), "segments": reports }))?;
         return Ok(u8::from(damaged));
     }
     let mut table = Table::new(&[

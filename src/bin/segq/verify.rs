@@ -42,7 +42,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let mb_per_s = report.bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
     if args.json {
         let doc = serde_json::json!({
-            "dir": report.dir,
+            "dir": report.dir.to_string_lossy(),
             "clean": damage == 0,
             "damage": damage,
             "warnings": report.findings.len() - damage,
