@@ -65,6 +65,21 @@ fn write_zeros(file: &File, range: std::ops::Range<u64>, zeros: &[u8]) -> io::Re
     Ok(())
 }
 
+/// Opens `path` for reading if it is a regular file (following symlinks). Opening a FIFO
+/// would otherwise wait for a writer for ever, and a device or a directory is no queue
+/// file either: they get an error naming what they are.
+pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nonblocking = rustix::fs::OFlags::NONBLOCK.bits() as i32;
+    let file = OpenOptions::new().read(true).custom_flags(nonblocking).open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() { "a directory" } else { "not a regular file (a FIFO, socket or device)" };
+    Err(io::Error::new(io::ErrorKind::InvalidInput, what))
+}
+
 /// Writes all of `bytes` at `pos` of `file`.
 pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<()> {
     fault::check(path, Point::Write).and_then(|()| file.write_all_at(bytes, pos)).at(path)

@@ -282,3 +282,42 @@ fn json_output_survives_a_path_that_is_not_utf8() {
     assert_eq!(run.json()["applied"], true);
     assert_eq!(segq([std::ffi::OsStr::new("verify"), dir.as_os_str()]).code, 0);
 }
+
+/// A FIFO under the name of a segment or of the checkpoint: every read command says it is
+/// not a regular file (exit 2) instead of waiting for ever for a writer to the FIFO.
+#[test]
+fn a_fifo_in_place_of_a_queue_file_is_an_error_not_a_hang() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["00000000000000900000.log", "checkpoint"] {
+        let dir = tmp.path().join(name.replace('.', "-"));
+        make_queue(&dir);
+        let _ = fs::remove_file(dir.join(name));
+        let made = std::process::Command::new("mkfifo").arg(dir.join(name)).status().expect("mkfifo runs");
+        assert!(made.success());
+        for command in ["info", "segments", "verify", "groups", "dump"] {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_segq"))
+                .args([command, &arg(&dir)])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Not a timing check: a minute stands for "never".
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    child.kill().unwrap();
+                    panic!("{command} on a FIFO named {name} hangs");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert_eq!(status.code(), Some(2), "{command} on a FIFO named {name}: {stderr}");
+            assert!(stderr.contains(name) && stderr.contains("not a regular file"), "{command}: {stderr}");
+        }
+    }
+}

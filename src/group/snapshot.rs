@@ -183,7 +183,10 @@ impl Snapshot {
         let mut files = Vec::with_capacity(FILES.len());
         for name in FILES {
             let path = dir.join(name);
-            let bytes = match std::fs::read(&path) {
+            let bytes = match crate::fs::open_regular(&path).and_then(|mut file| {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
+            }) {
                 Ok(bytes) => Some(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(crate::Error::io(&path, e)),

@@ -1,6 +1,6 @@
 //! The files of a queue directory, listed without opening the queue.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
@@ -145,7 +145,7 @@ impl CheckpointInfo {
     fn read(dir: &Path) -> Result<CheckpointInfo> {
         let path = dir.join(checkpoint::FILE_NAME);
         let mut info = CheckpointInfo { path: path.clone(), ..Default::default() };
-        let file = match File::open(&path) {
+        let file = match crate::fs::open_regular(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(info),
             Err(e) => return Err(Error::io(&path, e)),

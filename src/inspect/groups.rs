@@ -1,7 +1,6 @@
 //! A consumer group's state, decoded from its snapshot and journal and replayed through
 //! the same state machine the queue uses.
 
-use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
 
@@ -136,7 +135,7 @@ pub struct GroupReport {
 
 /// Reads the whole of a small file, refusing one over [`MAX_GROUP_FILE`].
 fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).at(path)?;
+    let file = crate::fs::open_regular(path).at(path)?;
     let len = file.metadata().at(path)?.len();
     if len > MAX_GROUP_FILE {
         return Err(Error::corrupt(path, 0, CorruptKind::BadHeader(format!("a group file of {len} bytes is too big"))));

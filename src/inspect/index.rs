@@ -1,7 +1,6 @@
 //! Checking a segment's sparse index against its records, entry by entry, as the records
 //! are walked.
 
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +38,7 @@ impl IndexCheck {
     /// Opens the index of a segment and checks its header. `None` (with the reason in
     /// `findings`) when there is nothing to check.
     pub fn open(path: &Path, base: u64, active: bool, findings: &mut Vec<Finding>) -> Option<IndexCheck> {
-        let file = match File::open(path) {
+        let file = match crate::fs::open_regular(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -184,7 +183,7 @@ const MAX_LOOKUP_INDEX: u64 = 64 << 20;
 /// `(position, offset)`; `None` if the index is missing, damaged or too big to read whole.
 pub(crate) fn floor(path: &Path, base: u64, rel: u64) -> Option<(u64, u64)> {
     use std::io::Read;
-    let file = File::open(path).ok()?;
+    let file = crate::fs::open_regular(path).ok()?;
     if file.metadata().ok()?.len() > MAX_LOOKUP_INDEX {
         return None;
     }

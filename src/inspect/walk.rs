@@ -1,6 +1,5 @@
 //! Walking the records of one segment file with positional reads, in bounded chunks.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian};
@@ -203,7 +202,7 @@ impl SegmentReader {
     /// position if it is shorter than a header or its header is wrong (magic, checksum,
     /// version, base offset).
     pub fn open(path: &Path) -> Result<SegmentReader> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
         SegmentReader::new(path, Source::File(file))
     }
 

@@ -380,7 +380,7 @@ impl Creation {
 /// leaves one (see [`Active::create_unsynced`]).
 pub(crate) fn never_written(dir: &Path, base: u64) -> Result<bool> {
     let path = dir.join(log_name(base));
-    let file = File::open(&path).at(&path)?;
+    let file = crate::fs::open_regular(&path).at(&path)?;
     let mut head = [0u8; FILE_HEADER_LEN];
     match std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0) {
         Ok(()) => Ok(head.iter().all(|&b| b == 0)),
