@@ -231,10 +231,13 @@ impl Queue {
         let opts = self.log.options().clone();
         // With `retain_until_consumed`, the lowest offset any group still needs.
         let needed = if opts.retain_until_consumed {
-            let names = self.groups()?;
+            // Listed and opened under the lock of the open groups, which `delete_group`
+            // takes too: opening a group deleted after the listing would create it again,
+            // at the first offset, and hold back retention for good.
+            let mut groups = self.shared.groups();
             let mut needed = None;
-            for name in names {
-                let floor = self.group(&name)?.inner().oldest_needed();
+            for name in group::list(self.log.dir())? {
+                let floor = self.open_locked(&mut groups, &name, None)?.inner().oldest_needed();
                 needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
             }
             Some(needed)
@@ -353,7 +356,16 @@ impl Queue {
         if self.log.is_closed() {
             return Err(Error::Closed);
         }
-        let mut groups = self.shared.groups();
+        self.open_locked(&mut self.shared.groups(), name, options)
+    }
+
+    /// [`Queue::open_group`] with the open groups' lock held.
+    fn open_locked(
+        &self,
+        groups: &mut HashMap<String, Arc<GroupInner>>,
+        name: &str,
+        options: Option<GroupOptions>,
+    ) -> Result<Group> {
         if let Some(inner) = groups.get(name) {
             let g = Group::from_inner(inner.clone());
             if let Some(o) = options {
