@@ -256,7 +256,7 @@ impl Queue {
             let too_old = match opts.retain_age {
                 Some(age) => {
                     let newest = segment.newest_timestamp()?;
-                    newest.is_some_and(|ts| ts.saturating_add(age.as_millis() as u64) < now_ms)
+                    newest.is_some_and(|ts| ts.saturating_add(group::millis(age)) < now_ms)
                 }
                 None => false,
             };

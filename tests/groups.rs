@@ -653,3 +653,26 @@ fn close_wakes_consumers_waiting_in_poll() {
         }
     }
 }
+
+/// A lease longer than `u64::MAX` milliseconds is stored as that, not wrapped: after a
+/// reopen it is still "for ever", and a leased record is not handed out again. (It wrapped
+/// to 0, below the 1 ms minimum, and every poll delivered the record anew.)
+#[test]
+fn a_lease_beyond_u64_milliseconds_saturates() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = Duration::from_secs(1 << 61);
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        q.append(b"a").unwrap();
+        let g = q.group_with("g", GroupOptions::default().lease(huge)).unwrap();
+        assert_eq!(g.stats().lease_ms, u64::MAX);
+        assert_eq!(g.poll(Duration::ZERO).unwrap().unwrap().offset(), 0);
+        q.close().unwrap();
+    }
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    assert_eq!(g.options().get_lease(), Duration::from_millis(u64::MAX));
+    // Leased at the crash-free close, so due again once: then leased for ever.
+    assert_eq!(g.poll(Duration::ZERO).unwrap().map(|d| d.attempt()), Some(2));
+    assert!(g.poll(Duration::ZERO).unwrap().is_none());
+}

@@ -590,7 +590,7 @@ impl Group {
             waiting: waiting as u64,
             dead,
             lost: l.state.lost,
-            lease_ms: l.opts.lease.as_millis() as u64,
+            lease_ms: millis(l.opts.lease),
             max_attempts: l.opts.max_attempts,
         }
     }
@@ -847,7 +847,7 @@ enum OnDamage {
 const MAX_BATCH_RESERVE: usize = 1024;
 
 /// A delay in whole milliseconds, saturating.
-fn millis(delay: Duration) -> u64 {
+pub(crate) fn millis(delay: Duration) -> u64 {
     u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -81,7 +81,7 @@ impl Snapshot {
         let mut b = Vec::with_capacity(FILE_HEADER_LEN + FIXED_LEN + self.entries.len() * ENTRY_LEN + 4);
         b.extend_from_slice(&header::encode(STATE_MAGIC, self.generation));
         let mut fixed = [0u8; FIXED_LEN];
-        LittleEndian::write_u64(&mut fixed[0..], self.lease.as_millis() as u64);
+        LittleEndian::write_u64(&mut fixed[0..], super::millis(self.lease));
         LittleEndian::write_u32(&mut fixed[8..], self.max_attempts);
         LittleEndian::write_u64(&mut fixed[16..], self.floor);
         LittleEndian::write_u64(&mut fixed[24..], self.next);

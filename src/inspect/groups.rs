@@ -286,7 +286,7 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
     Ok(GroupReport {
         name: name.to_string(),
         generation: snap.generation,
-        lease_ms: snap.lease.as_millis() as u64,
+        lease_ms: crate::group::millis(snap.lease),
         max_attempts: snap.max_attempts,
         ack_floor: floor,
         next_delivery: state.next(),
