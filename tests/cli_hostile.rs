@@ -321,3 +321,23 @@ fn a_fifo_in_place_of_a_queue_file_is_an_error_not_a_hang() {
         }
     }
 }
+
+/// A record claiming the last offset a u64 holds cannot be valid (no record could follow
+/// it): in the active segment it is the incomplete tail, and no count includes it. (The next
+/// offset overflowed: a panic in debug builds; in release, counts wrapped to 0.)
+#[test]
+fn a_record_at_the_last_u64_offset_is_never_counted() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut bytes = header(u64::MAX, 1);
+    bytes.extend(record(u64::MAX, b"z"));
+    fs::write(tmp.path().join(format!("{}.log", u64::MAX)), bytes).unwrap();
+    for command in ["info", "segments", "verify", "dump"] {
+        let run = segq([command, &arg(tmp.path())]);
+        assert_eq!(run.code, 0, "{command}: {}{}", run.stdout, run.stderr);
+    }
+    let info = segq(["info", &arg(tmp.path())]).stdout;
+    assert!(info.contains("records         0") && info.contains("last a u64 holds"), "{info}");
+    let verify = segq(["verify", &arg(tmp.path()), "--json"]).json();
+    assert_eq!((verify["records"].as_u64(), verify["next_offset"].as_u64()), (Some(0), Some(u64::MAX)));
+}

@@ -496,8 +496,16 @@ impl SegmentReader {
                 self.stop(EndReason::Damage(kind));
                 return Ok(None);
             }
+            // Offsets end below u64::MAX: the record after would have no offset to take.
+            let Some(next) = frame.offset.checked_add(1) else {
+                self.stop(EndReason::Damage(CorruptKind::BadHeader(format!(
+                    "offset {} is the last a u64 holds; no record can follow it",
+                    frame.offset
+                ))));
+                return Ok(None);
+            };
             self.pos = start + frame.end() as u64;
-            self.next_offset += 1;
+            self.next_offset = next;
             if !frame.batch_continues {
                 self.valid_end = self.pos;
                 self.valid_next_offset = self.next_offset;
