@@ -239,13 +239,20 @@ impl GroupState {
         clock: &Clock,
         limit: u64,
     ) -> GroupState {
-        let mut state = GroupState::new(floor.min(limit), lease);
-        state.next = next.clamp(state.floor, limit.max(state.floor));
-        state.window = (state.floor..state.next).map(|_| Slot::Acked).collect();
-        // Entries are sorted against the clamped window; those past the log's end name
-        // records that do not exist and are dropped.
-        let end = state.next;
-        for (offset, slot) in exceptions.into_iter().filter(|&(offset, _)| offset < end) {
+        let floor = floor.min(limit);
+        let end = next.clamp(floor, limit.max(floor));
+        // Entries past the log's end name records that do not exist and are dropped.
+        let exceptions: Vec<(u64, Slot)> = exceptions.into_iter().filter(|&(offset, _)| offset < end).collect();
+        // The window starts at the first record still to settle: the acked and dead ones
+        // before it are what `advance` would drop at once, and a snapshot whose floor lies
+        // far below its next offset must not cost a slot for each of them.
+        let open =
+            |&&(offset, slot): &&(u64, Slot)| offset >= floor && !matches!(slot, Slot::Acked | Slot::Dead { .. });
+        let start = exceptions.iter().filter(open).map(|&(offset, _)| offset).min().unwrap_or(end);
+        let mut state = GroupState::new(start, lease);
+        state.next = end;
+        state.window = (start..end).map(|_| Slot::Acked).collect();
+        for (offset, slot) in exceptions {
             if let Slot::Dead { attempts } = slot {
                 state.dead.insert(offset, attempts);
             }
@@ -510,6 +517,24 @@ mod tests {
         assert_eq!(drifted.ms_of(at), u64::MAX);
         assert_eq!(c.ms_of(at), u64::MAX);
         assert_eq!(later(&c, 10).ms_of(c.now()), c.now_ms() + 10, "a time passed is now");
+    }
+
+    /// A snapshot whose floor lies billions of offsets below its next offset, with nothing
+    /// in between to settle, costs no slot for them: a hostile snapshot used to make the
+    /// group (and `segq groups`) allocate 120 GB and abort.
+    #[test]
+    fn restoring_a_wide_snapshot_allocates_only_what_is_still_to_settle() {
+        let c = clock();
+        let lease = Duration::from_secs(30);
+        let s = GroupState::restore(0, 5_000_000_001, [], lease, &c, 5_000_000_001);
+        assert_eq!((s.floor, s.next, s.window.len()), (5_000_000_001, 5_000_000_001, 0));
+        // Acked and dead records before the first leased one: it is where the window starts.
+        let leased = Slot::Leased { attempts: 1, until: c.now() };
+        let exceptions = [(3, Slot::Dead { attempts: 5 }), (4_000_000_000, leased)];
+        let s = GroupState::restore(0, 4_000_000_010, exceptions, lease, &c, u64::MAX);
+        assert_eq!((s.floor, s.next, s.window.len()), (4_000_000_000, 4_000_000_010, 10));
+        assert!(s.dead.contains_key(&3));
+        assert!(matches!(s.slot(4_000_000_000), Some(Slot::Waiting { attempts: 1, .. })), "due again after a restart");
     }
 
     #[test]
