@@ -104,6 +104,13 @@ fn a_segment_whose_tail_was_lost_ends_the_log_and_the_newest_segment_goes() {
             bytes[from..from + 24].fill(0xAB);
         }
         std::fs::write(&prev, &bytes).unwrap();
+        // `verify` says what the next open will do: not damage (those records were never
+        // durable), but a warning naming the newest segment, which goes.
+        assert_eq!(damage_findings(dir.path()), Vec::<String>::new());
+        let qd = segq::inspect::QueueDir::open(dir.path()).unwrap();
+        let report = segq::inspect::verify(&qd, &|_| {}).unwrap();
+        let deletes = format!("data ends at offset {kept}: the next open deletes this segment");
+        assert!(report.findings.iter().any(|f| f.file == newest && f.what.contains(&deletes)), "{:?}", report.findings);
 
         let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
         let found = q.recovery().clone();

@@ -106,6 +106,24 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     let live: Vec<&SegmentReport> = reports.iter().filter(|r| r.end != SegmentEnd::Gone).collect();
     for pair in live.windows(2) {
         let (a, b) = (pair[0], pair[1]);
+        let unsealed = dir.segments.iter().position(|s| s.base == a.base).is_some_and(|i| dir.is_unsealed(i));
+        let ended = matches!(a.end, SegmentEnd::Clean | SegmentEnd::Torn { .. });
+        if unsealed && ended && a.next_offset < b.base {
+            // A segment whose seal did not finish: the records past its end never became
+            // durable, and those of the next segment (made durable by that seal) would follow
+            // a gap. Recovery deletes them, as the end of a torn tail.
+            findings.push(Finding::warning(
+                &b.file,
+                0,
+                format!(
+                    "the seal of {} did not finish and its data ends at offset {}: the next open deletes this segment and any after it (offsets {}..)",
+                    a.file.display(),
+                    a.next_offset,
+                    b.base
+                ),
+            ));
+            continue;
+        }
         if !matches!(a.end, SegmentEnd::Clean) {
             continue; // its damage is already reported; the offsets after it are lost with it
         }
