@@ -39,6 +39,20 @@ impl Source {
         }
     }
 
+    /// Where the next bytes that may not be zero start, at or after `pos` (`None`: only
+    /// zeros follow). Holes of a sparse file are skipped without reading them; where the
+    /// file system cannot tell, `pos` itself.
+    pub fn next_data(&self, pos: u64) -> Option<u64> {
+        match self {
+            Source::File(file) => match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(data) => Some(data.max(pos)),
+                Err(rustix::io::Errno::NXIO) => None,
+                Err(_) => Some(pos),
+            },
+            Source::Bytes(_) => Some(pos),
+        }
+    }
+
     /// The current length of the source.
     pub fn len(&self) -> io::Result<u64> {
         match self {

@@ -574,6 +574,15 @@ impl SegmentReader {
     pub fn first_nonzero(&mut self, from: u64) -> Result<Option<u64>> {
         let mut pos = from;
         while pos < self.len {
+            // A sparse file's holes are zeros: skip them rather than read them (a hostile
+            // segment may be a terabyte of hole).
+            match self.src.next_data(pos) {
+                Some(data) => pos = data,
+                None => break,
+            }
+            if pos >= self.len {
+                break;
+            }
             self.fill(pos, self.chunk)?;
             let (bytes, start) = self.window.bytes();
             let slice = &bytes[(pos - start) as usize..];
@@ -659,6 +668,27 @@ mod tests {
         assert!(matches!(magic, Error::Corrupt { position: 0, kind: CorruptKind::BadMagic, .. }));
         let empty = SegmentReader::from_bytes(name, vec![]).unwrap_err();
         assert!(matches!(empty, Error::Corrupt { position: 0, kind: CorruptKind::Truncated, .. }));
+    }
+
+    /// Past the data of a sparse file, holes are skipped and a stray byte after one is
+    /// still found (a hostile file may be a terabyte of hole: reading it took minutes).
+    #[test]
+    fn a_sparse_file_is_searched_for_stray_bytes_without_reading_its_holes() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000007.log");
+        let bytes = segment(7, &[(b"a".to_vec(), false), (b"b".to_vec(), false)]);
+        let end = bytes.len() as u64;
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(8 << 30).unwrap();
+        let mut r = SegmentReader::open(&path).unwrap();
+        while r.next_record().unwrap().is_some() {}
+        assert_eq!(r.first_nonzero(end).unwrap(), None);
+        file.write_all_at(b"x", 6 << 30).unwrap();
+        let mut r = SegmentReader::open(&path).unwrap();
+        while r.next_record().unwrap().is_some() {}
+        assert_eq!(r.first_nonzero(end).unwrap(), Some(6 << 30));
     }
 
     #[test]
