@@ -412,3 +412,32 @@ fn a_damaged_clean_shutdown_slot_is_not_taken_for_a_clean_shutdown() {
     opens_with_damaged_checkpoint(|p| flip_byte(p, 12));
     opens_with_damaged_checkpoint(|p| truncate_file(p, 40));
 }
+
+/// A checksummed checkpoint slot that does not land on the end of a batch (hostile, or
+/// written by hand) is dropped by recovery, which scans the whole newest segment. `info`
+/// does the same: the counts are the segment's, and neither the state nor the data is
+/// called damaged or clean on the slot's word. (It scanned from the slot: false damage,
+/// and a next offset of `u64::MAX` when the slot said so.)
+#[test]
+fn info_drops_a_checkpoint_slot_that_does_not_land_as_recovery_does() {
+    for (position, next) in [(40, u64::MAX), (33, 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        for i in 0..50 {
+            q.append(&common::payload(i)).unwrap();
+        }
+        q.close().unwrap();
+        let mut checkpoint = Vec::new();
+        common::put_checkpoint_slot(&mut checkpoint, 0, 0, position, next, true);
+        common::put_checkpoint_slot(&mut checkpoint, common::CHECKPOINT_SLOT_B, 0, position, next, true);
+        std::fs::write(dir.path().join("checkpoint"), &checkpoint).unwrap();
+        let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(info.next_offset, 50, "slot at {position}");
+        assert!(!matches!(info.tail, segq::inspect::SegmentEnd::Damaged { .. }), "{:?}", info.tail);
+        assert!(!info.clean && info.state != "clean", "slot at {position}: {}", info.state);
+        // The library agrees.
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert!(!q.recovery().clean);
+        assert_eq!(q.next_offset(), 50);
+    }
+}

@@ -85,16 +85,24 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     let unwritten = n >= 2
         && dir.is_unsealed(n - 2)
         && crate::segment::never_written(&dir.path, dir.segments[n - 1].base).unwrap_or(false);
+    let mut landed = true;
     let (next_offset, tail) = match n.checked_sub(if unwritten { 2 } else { 1 }) {
         None => (0, SegmentEnd::Clean),
         Some(last) => {
             // Fails with the header's damage, named by file and position.
             SegmentReader::open(&dir.segments[last].path)?;
-            let report = scan_from(dir, last, dir.trusted_in(last), false, &|_| {})?;
+            let from = dir.trusted_in(last);
+            let mut report = scan_from(dir, last, from, false, &|_| {})?;
+            if from.is_some() && matches!(report.end, SegmentEnd::Damaged { .. }) {
+                // A slot that does not land on the end of a batch is dropped by recovery,
+                // which then scans the whole segment: so does this.
+                landed = false;
+                report = scan_from(dir, last, None, false, &|_| {})?;
+            }
             (report.next_offset, report.end)
         }
     };
-    let state = if dir.is_clean() {
+    let state = if dir.is_clean() && landed {
         "clean"
     } else if dir.checkpoint.slot_a.is_some() {
         "open or crashed"
@@ -103,8 +111,9 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     };
     // While the segment before the newest is being sealed, the slots name only that one.
     let sealing = (n >= 2 && dir.is_unsealed(n - 2)).then(|| dir.trusted_in(n - 2)).flatten();
+    let trusted = dir.trusted().filter(|_| landed);
     let durable_offset =
-        if dir.is_clean() { next_offset } else { dir.trusted().or(sealing).map_or(first_offset, |(_, next)| next) };
+        if dir.is_clean() && landed { next_offset } else { trusted.or(sealing).map_or(first_offset, |(_, next)| next) };
     let stats = crate::Stats {
         segments: dir.segments.len() as u64,
         bytes_on_disk: bytes,
@@ -123,7 +132,7 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
         segments: dir.segments.len() as u64,
         bytes,
         groups: dir.groups.clone(),
-        clean: dir.is_clean(),
+        clean: dir.is_clean() && landed,
         state: state.to_string(),
         tail,
         checkpoint: dir.checkpoint.clone(),
