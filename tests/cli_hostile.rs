@@ -341,3 +341,22 @@ fn a_record_at_the_last_u64_offset_is_never_counted() {
     let verify = segq(["verify", &arg(tmp.path()), "--json"]).json();
     assert_eq!((verify["records"].as_u64(), verify["next_offset"].as_u64()), (Some(0), Some(u64::MAX)));
 }
+
+/// An I/O error in the middle of `dump --json` (here a directory named like the next
+/// segment) still leaves one valid JSON document, with the records printed before it and
+/// the error, and exit code 2. (The document used to stop in the middle of its array.)
+#[test]
+fn dump_json_stays_valid_when_an_error_stops_it() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("q");
+    make_queue(&dir);
+    let next = segq(["info", &arg(&dir), "--json"]).json()["next_offset"].as_u64().unwrap();
+    fs::create_dir(dir.join(format!("{next:020}.log"))).unwrap();
+    let run = segq(["dump", &arg(&dir), "--json", "--from", &(next - 2).to_string()]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["printed"], 2);
+    assert_eq!(doc["records"].as_array().map(Vec::len), Some(2));
+    assert!(doc["error"].as_str().is_some_and(|e| e.contains("a directory")), "{doc}");
+}

@@ -178,109 +178,116 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     }
     let mut findings: Vec<Finding> = Vec::new();
     let mut expected: Option<u64> = None;
-    for target in &targets {
-        if printer.done() {
-            break;
-        }
-        let mut reader = match SegmentReader::open(&target.path) {
-            Ok(r) => r,
-            Err(segq::Error::Corrupt { path, position, kind }) => {
-                findings.push(Finding::damage(path, position, kind));
-                expected = None;
-                continue;
-            }
-            Err(segq::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && target.dir.is_some() => {
-                // Deleted by retention since the listing: the records go on in the next one.
-                expected = None;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let base = reader.base();
-        if let Some(exp) = expected
-            && exp != base
-        {
-            let what = format!("the previous segment ends at offset {exp}, but this one starts at {base}");
-            findings.push(Finding::damage(&target.path, 0, what));
-        }
-        if from > base
-            && let Some((dir, i)) = &target.dir
-            && let Some((position, offset)) = dir.segments[*i].index_floor(from)
-        {
-            reader.seek(position, offset);
-        }
-        let mut held: Vec<Held> = Vec::new();
-        let mut retries = 0;
-        let mut started = reader.position() == 32;
-        let end = loop {
-            while let Some(rec) = reader.next_record()? {
-                started = true;
-                if rec.offset < from {
-                    continue;
-                }
-                if rec.batch_continues {
-                    let keep = matches!(args.payload, Payload::Hex | Payload::Utf8);
-                    held.push(Held {
-                        offset: rec.offset,
-                        timestamp_ms: rec.timestamp_ms,
-                        position: rec.position,
-                        len: rec.payload.len(),
-                        payload: if keep { rec.payload.to_vec() } else { Vec::new() },
-                    });
-                    continue;
-                }
-                for h in held.drain(..) {
-                    printer.held(&h)?;
-                }
-                printer.view(&rec)?;
-                if printer.done() {
-                    break;
-                }
-            }
+    // An error stops the walk; the JSON document is still closed, with the error in it.
+    let walked = (|| -> Result<(), Failure> {
+        for target in &targets {
             if printer.done() {
-                break SegmentEnd::Clean;
+                break;
             }
-            if !started {
-                // The index entry did not lead to a record: read from the segment start.
-                started = true;
-                reader.seek(32, base);
-                continue;
-            }
-            let verdict = judge_end(&mut reader, target.active, target.trusted)?;
-            let scan_end = reader.end().cloned().expect("the walk ended");
-            if target.active && matches!(verdict, SegmentEnd::Damaged { .. }) && retries < 3 {
-                // A writer may be writing the record right now: look again in a moment.
-                retries += 1;
-                std::thread::sleep(Duration::from_millis(30));
-                held.clear();
-                reader.seek(scan_end.valid_end, scan_end.valid_next_offset);
-                continue;
-            }
-            expected = Some(scan_end.valid_next_offset);
-            break verdict;
-        };
-        match end {
-            SegmentEnd::Damaged { position, what } => {
-                // The records of a batch cut short are readable in a sealed segment.
-                for h in held.drain(..) {
-                    printer.held(&h)?;
+            let mut reader = match SegmentReader::open(&target.path) {
+                Ok(r) => r,
+                Err(segq::Error::Corrupt { path, position, kind }) => {
+                    findings.push(Finding::damage(path, position, kind));
+                    expected = None;
+                    continue;
                 }
-                findings.push(Finding::damage(&target.path, position, what));
-                expected = None;
+                Err(segq::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound && target.dir.is_some() => {
+                    // Deleted by retention since the listing: the records go on in the next one.
+                    expected = None;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let base = reader.base();
+            if let Some(exp) = expected
+                && exp != base
+            {
+                let what = format!("the previous segment ends at offset {exp}, but this one starts at {base}");
+                findings.push(Finding::damage(&target.path, 0, what));
             }
-            SegmentEnd::Unreadable { position, what } => {
-                findings.push(Finding::damage(&target.path, position, what));
-                expected = None;
+            if from > base
+                && let Some((dir, i)) = &target.dir
+                && let Some((position, offset)) = dir.segments[*i].index_floor(from)
+            {
+                reader.seek(position, offset);
             }
-            _ => {}
+            let mut held: Vec<Held> = Vec::new();
+            let mut retries = 0;
+            let mut started = reader.position() == 32;
+            let end = loop {
+                while let Some(rec) = reader.next_record()? {
+                    started = true;
+                    if rec.offset < from {
+                        continue;
+                    }
+                    if rec.batch_continues {
+                        let keep = matches!(args.payload, Payload::Hex | Payload::Utf8);
+                        held.push(Held {
+                            offset: rec.offset,
+                            timestamp_ms: rec.timestamp_ms,
+                            position: rec.position,
+                            len: rec.payload.len(),
+                            payload: if keep { rec.payload.to_vec() } else { Vec::new() },
+                        });
+                        continue;
+                    }
+                    for h in held.drain(..) {
+                        printer.held(&h)?;
+                    }
+                    printer.view(&rec)?;
+                    if printer.done() {
+                        break;
+                    }
+                }
+                if printer.done() {
+                    break SegmentEnd::Clean;
+                }
+                if !started {
+                    // The index entry did not lead to a record: read from the segment start.
+                    started = true;
+                    reader.seek(32, base);
+                    continue;
+                }
+                let verdict = judge_end(&mut reader, target.active, target.trusted)?;
+                let scan_end = reader.end().cloned().expect("the walk ended");
+                if target.active && matches!(verdict, SegmentEnd::Damaged { .. }) && retries < 3 {
+                    // A writer may be writing the record right now: look again in a moment.
+                    retries += 1;
+                    std::thread::sleep(Duration::from_millis(30));
+                    held.clear();
+                    reader.seek(scan_end.valid_end, scan_end.valid_next_offset);
+                    continue;
+                }
+                expected = Some(scan_end.valid_next_offset);
+                break verdict;
+            };
+            match end {
+                SegmentEnd::Damaged { position, what } => {
+                    // The records of a batch cut short are readable in a sealed segment.
+                    for h in held.drain(..) {
+                        printer.held(&h)?;
+                    }
+                    findings.push(Finding::damage(&target.path, position, what));
+                    expected = None;
+                }
+                SegmentEnd::Unreadable { position, what } => {
+                    findings.push(Finding::damage(&target.path, position, what));
+                    expected = None;
+                }
+                _ => {}
+            }
         }
-    }
+        Ok(())
+    })();
     if args.json {
         if printer.printed > 0 {
             write!(printer.out, "\n  ")?;
         }
         writeln!(printer.out, "],")?;
-        let rest = serde_json::json!({ "printed": printer.printed, "findings": findings });
+        let mut rest = serde_json::json!({ "printed": printer.printed, "findings": findings });
+        if let Err(failure) = &walked {
+            rest["error"] = failure.message.clone().into();
+        }
         let text = serde_json::to_string_pretty(&rest).map_err(std::io::Error::other)?;
         // Splice the rest of the fields into the object opened above.
         let inner = text.trim_start_matches('{').trim_end_matches('}').trim_matches('\n');
@@ -290,5 +297,6 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             eprintln!("segq: {f}");
         }
     }
+    walked?;
     Ok(u8::from(!findings.is_empty()))
 }
