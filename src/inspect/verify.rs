@@ -106,9 +106,9 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     let live: Vec<&SegmentReport> = reports.iter().filter(|r| r.end != SegmentEnd::Gone).collect();
     for pair in live.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let unsealed = dir.segments.iter().position(|s| s.base == a.base).is_some_and(|i| dir.is_unsealed(i));
         let ended = matches!(a.end, SegmentEnd::Clean | SegmentEnd::Torn { .. });
-        if unsealed && ended && a.next_offset < b.base {
+        let unsealed = || dir.segments.binary_search_by_key(&a.base, |s| s.base).is_ok_and(|i| dir.is_unsealed(i));
+        if a.next_offset < b.base && ended && unsealed() {
             // A segment whose seal did not finish: the records past its end never became
             // durable, and those of the next segment (made durable by that seal) would follow
             // a gap. Recovery deletes them, as the end of a torn tail.
