@@ -1,9 +1,10 @@
 //! The state of one consumer group as a pure state machine: every change is an [`Op`],
 //! applied the same way live and when the journal is replayed at open.
 //!
-//! Offsets below `floor` are done (acked or dead), except the few redriven ones kept in
-//! `below`. Offsets in `floor..next` have been delivered at least once and each has a
-//! [`Slot`] in `window`. Offsets from `next` on have never been delivered.
+//! Offsets below `floor` are done (acked or dead), except the open ones kept in `below`:
+//! redriven dead letters, and records left open while the window filled up. Offsets in
+//! `floor..next` have been delivered at least once and each has a [`Slot`] in `window`.
+//! Offsets from `next` on have never been delivered.
 
 use std::cell::OnceCell;
 use std::cmp::Reverse;
@@ -126,6 +127,15 @@ impl Clock {
     }
 }
 
+/// The most slots `window` keeps. Past it, the oldest open records move to `below` and the
+/// floor goes on: a record left open for long (a long lease, a long nack delay) while
+/// millions of later ones are acked costs one entry, not a slot for each record after it.
+/// 2^16 slots are 1.5 MiB, and the dense window stays what in-order work touches.
+const MAX_WINDOW: usize = 1 << 16;
+
+/// The timer entries a group keeps at least before it sweeps out stale ones.
+const MIN_SWEEP: usize = 1024;
+
 /// A record due for another delivery (or for dead-lettering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Due {
@@ -144,6 +154,9 @@ pub(crate) struct GroupState {
     leases: VecDeque<(Instant, u64)>,
     /// Retry times of waiting records; entries whose slot moved on are skipped.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// `leases` or `retries` may hold this many entries before the stale ones are swept
+    /// out.
+    sweep_at: usize,
     pub lease: Duration,
     /// Records deleted by retention before this group was done with them.
     pub lost: u64,
@@ -160,6 +173,7 @@ impl GroupState {
             dead: BTreeMap::new(),
             leases: VecDeque::new(),
             retries: BinaryHeap::new(),
+            sweep_at: MIN_SWEEP,
             lease,
             lost: 0,
         }
@@ -245,10 +259,12 @@ impl GroupState {
         let exceptions: Vec<(u64, Slot)> = exceptions.into_iter().filter(|&(offset, _)| offset < end).collect();
         // The window starts at the first record still to settle: the acked and dead ones
         // before it are what `advance` would drop at once, and a snapshot whose floor lies
-        // far below its next offset must not cost a slot for each of them.
+        // far below its next offset must not cost a slot for each of them. Nor does it span
+        // more than `MAX_WINDOW`: open records before that are kept in `below`.
         let open =
             |&&(offset, slot): &&(u64, Slot)| offset >= floor && !matches!(slot, Slot::Acked | Slot::Dead { .. });
-        let start = exceptions.iter().filter(open).map(|&(offset, _)| offset).min().unwrap_or(end);
+        let first_open = exceptions.iter().filter(open).map(|&(offset, _)| offset).min().unwrap_or(end);
+        let start = first_open.max(end.saturating_sub(MAX_WINDOW as u64));
         let mut state = GroupState::new(start, lease);
         state.next = end;
         state.window = (start..end).map(|_| Slot::Acked).collect();
@@ -311,6 +327,9 @@ impl GroupState {
                     return;
                 }
                 self.leases.push_back((until, offset));
+                if self.leases.len() > self.sweep_at {
+                    self.sweep_timers();
+                }
             }
             Op::Ack { offset } => {
                 if offset < self.floor {
@@ -329,6 +348,9 @@ impl GroupState {
                 {
                     *slot = Slot::Waiting { attempts, at };
                     self.retries.push(Reverse((at, offset)));
+                    if self.retries.len() > self.sweep_at {
+                        self.sweep_timers();
+                    }
                 }
             }
             Op::Dead { offset } => {
@@ -428,18 +450,30 @@ impl GroupState {
         if self.next >= offset {
             return;
         }
-        while self.next < offset {
-            self.window.push_back(Slot::Acked);
-            self.next += 1;
+        let gap = offset - self.next;
+        if gap > (MAX_WINDOW - self.window.len().min(MAX_WINDOW)) as u64 {
+            // The skipped slots alone would overfill the window: its open records move to
+            // `below`, and the window starts over at `offset`.
+            for (i, slot) in self.window.drain(..).enumerate() {
+                if matches!(slot, Slot::Leased { .. } | Slot::Waiting { .. }) {
+                    self.below.insert(self.floor + i as u64, slot);
+                }
+            }
+            self.floor = offset;
+            self.next = offset;
+            return;
         }
+        self.window.extend((0..gap).map(|_| Slot::Acked));
+        self.next = offset;
         self.advance();
     }
 
-    /// Moves the floor past done slots.
+    /// Moves the floor past done slots, and past open ones (into `below`) while the window
+    /// holds more than `MAX_WINDOW` slots.
     fn advance(&mut self) {
-        while let Some(Slot::Acked | Slot::Dead { .. }) = self.window.front() {
-            self.window.pop_front();
-            self.floor += 1;
+        self.drop_done();
+        if self.window.len() > MAX_WINDOW {
+            self.spill();
         }
         // Drop lease timers whose slot has moved on, so the queue stays short.
         while let Some(&(until, offset)) = self.leases.front() {
@@ -448,6 +482,42 @@ impl GroupState {
             }
             self.leases.pop_front();
         }
+    }
+
+    /// Moves the floor past the done slots at the front of the window.
+    fn drop_done(&mut self) {
+        while let Some(Slot::Acked | Slot::Dead { .. }) = self.window.front() {
+            self.window.pop_front();
+            self.floor += 1;
+        }
+    }
+
+    /// Moves the oldest slots out of an overfull window, keeping the open ones in `below`.
+    #[cold]
+    fn spill(&mut self) {
+        while self.window.len() > MAX_WINDOW {
+            if let Some(slot @ (Slot::Leased { .. } | Slot::Waiting { .. })) = self.window.pop_front() {
+                self.below.insert(self.floor, slot);
+            }
+            self.floor += 1;
+            self.drop_done();
+        }
+    }
+
+    /// Drops the timer entries whose slot moved on. Stale entries leave the queues only
+    /// when they reach the front, and a lease still running there (a consumer holding a
+    /// record for an hour) would keep every later one, acked or not: 5 M acks behind it
+    /// were 120 MB of timers. Sweeping whenever the entries have doubled since the last
+    /// sweep keeps them within twice the live ones, at O(1) amortized per change.
+    fn sweep_timers(&mut self) {
+        let mut leases = std::mem::take(&mut self.leases);
+        leases.retain(|&(at, offset)| self.timer_is_live(at, offset));
+        let mut retries = std::mem::take(&mut self.retries);
+        retries.retain(|&Reverse((at, offset))| self.timer_is_live(at, offset));
+        self.sweep_at = MIN_SWEEP.max(2 * leases.len().max(retries.len()));
+        leases.shrink_to(self.sweep_at);
+        retries.shrink_to(self.sweep_at);
+        (self.leases, self.retries) = (leases, retries);
     }
 
     /// Whether a timer entry still belongs to its slot (else the slot moved on since).
@@ -535,6 +605,149 @@ mod tests {
         assert_eq!((s.floor, s.next, s.window.len()), (4_000_000_000, 4_000_000_010, 10));
         assert!(s.dead.contains_key(&3));
         assert!(matches!(s.slot(4_000_000_000), Some(Slot::Waiting { attempts: 1, .. })), "due again after a restart");
+    }
+
+    /// The slot of `offset` as the plain model below keeps it: done offsets under the floor
+    /// have no slot in `GroupState`, so both sides call them done.
+    fn view(slot: Option<Slot>) -> Option<Slot> {
+        match slot {
+            Some(Slot::Acked | Slot::Dead { .. }) | None => None,
+            open => open,
+        }
+    }
+
+    /// A record left open (leased for long, or nacked far ahead) while many later ones are
+    /// acked used to cost one slot for each of them: 5 M acks behind one stuck record grew
+    /// the group to 235 MB. The window now stops at `MAX_WINDOW` slots and the open records
+    /// before it move to `below`. A plain map of every offset checks that no record's
+    /// state changes on the way, through acks, nacks, redeliveries, dead letters, a
+    /// snapshot and its restore.
+    #[test]
+    fn records_left_open_behind_a_full_window_keep_their_state_and_cost_one_entry_each() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        let mut model: BTreeMap<u64, Slot> = BTreeMap::new();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut random = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let total = 4 * MAX_WINDOW as u64;
+        for offset in 0..total {
+            let op = Op::Deliver { offset, attempt: 1 };
+            s.apply(op, &c);
+            model.insert(offset, Slot::Leased { attempts: 1, until: later(&c, 30_000).now() });
+            // Most records are acked at once; a few stay open, are nacked, die, or are
+            // settled later at random.
+            let (op, slot) = match random(1000) {
+                0..=2 => continue,
+                3 => (
+                    Op::Nack { offset, at_ms: c.now_ms() + 60_000 },
+                    Slot::Waiting { attempts: 1, at: later(&c, 60_000).now() },
+                ),
+                4 => (Op::Dead { offset }, Slot::Dead { attempts: 1 }),
+                5 => {
+                    let old = random(offset + 1);
+                    match model.get(&old) {
+                        Some(&Slot::Leased { attempts, .. } | &Slot::Waiting { attempts, .. }) => {
+                            let leased = Slot::Leased { attempts: attempts + 1, until: later(&c, 30_000).now() };
+                            (Op::Deliver { offset: old, attempt: attempts + 1 }, leased)
+                        }
+                        _ => continue,
+                    }
+                }
+                6 => {
+                    let old = random(offset + 1);
+                    (Op::Ack { offset: old }, Slot::Acked)
+                }
+                _ => (Op::Ack { offset }, Slot::Acked),
+            };
+            let target = match op {
+                Op::Deliver { offset, .. } | Op::Ack { offset } | Op::Nack { offset, .. } | Op::Dead { offset } => {
+                    offset
+                }
+                _ => unreachable!(),
+            };
+            s.apply(op, &c);
+            model.insert(target, slot);
+            if let Op::Ack { .. } = op {
+                assert!(s.window.len() <= MAX_WINDOW, "the window stays bounded after an ack");
+            }
+        }
+        let check = |s: &GroupState, model: &BTreeMap<u64, Slot>, restored: bool| {
+            for (&offset, &slot) in model {
+                let expected = match view(Some(slot)) {
+                    Some(Slot::Leased { attempts, .. }) if restored => Some(Slot::Waiting { attempts, at: c.now() }),
+                    open => open,
+                };
+                assert_eq!(view(s.slot(offset)), expected, "offset {offset}");
+            }
+            let open = model.iter().find(|(_, slot)| view(Some(**slot)).is_some()).map(|(&o, _)| o);
+            assert_eq!(s.ack_floor(), open.unwrap_or(total));
+            let dead: Vec<u64> =
+                model.iter().filter(|(_, s)| matches!(s, Slot::Dead { .. })).map(|(&o, _)| o).collect();
+            assert_eq!(s.dead_letters().keys().copied().collect::<Vec<_>>(), dead);
+            let open_count = model.values().filter(|slot| view(Some(**slot)).is_some()).count();
+            assert!(s.below.len() <= open_count, "below holds only open records");
+            assert!(s.window.len() <= MAX_WINDOW);
+        };
+        assert!(s.below.len() > 10, "records were left open past the window: {}", s.below.len());
+        check(&s, &model, false);
+        let r = crate::group::snapshot::Snapshot::of(&s, 1, 5, &c).restore(&c, u64::MAX);
+        check(&r, &model, true);
+        // Settling every open record brings the floor to the end.
+        let open: Vec<u64> = model.iter().filter(|(_, slot)| view(Some(**slot)).is_some()).map(|(&o, _)| o).collect();
+        for offset in open {
+            s.apply(Op::Ack { offset }, &c);
+        }
+        assert_eq!((s.ack_floor(), s.below.len()), (total, 0));
+    }
+
+    /// Timers of settled records behind one that stays open are swept out: they used to
+    /// stay queued behind its lease (5 M acks: 120 MB), or behind its retry time.
+    #[test]
+    fn timers_of_settled_records_do_not_pile_up_behind_a_long_lease_or_delay() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(3600));
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, &c);
+        for offset in 1..200_000 {
+            s.apply(Op::Deliver { offset, attempt: 1 }, &c);
+            if offset % 2 == 0 {
+                // Nacked far ahead, then acked before it is due: its retry timer is stale.
+                s.apply(Op::Nack { offset, at_ms: c.now_ms() + 86_400_000 }, &c);
+            }
+            s.apply(Op::Ack { offset }, &c);
+            assert!(s.leases.len() + s.retries.len() <= 2 * MIN_SWEEP + 2, "at {offset}");
+        }
+        s.apply(Op::Nack { offset: 0, at_ms: c.now_ms() + 10 }, &c);
+        assert_eq!(s.due(&later(&c, 9)), None);
+        assert_eq!(s.due(&later(&c, 10)), Some(Due { offset: 0, attempts: 1 }));
+        s.apply(Op::Deliver { offset: 0, attempt: 2 }, &later(&c, 10));
+        assert_eq!(s.next_deadline(), Some(later(&c, 3_600_010).now()), "the live lease's timer is kept");
+    }
+
+    /// Deliveries that skip far ahead (a damaged journal, a dead-lettered offset past a
+    /// gap) with a record open behind them do not fill the window one slot per offset.
+    #[test]
+    fn a_delivery_far_ahead_of_an_open_record_does_not_fill_the_window() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, &c);
+        s.apply(Op::Deliver { offset: 1 << 40, attempt: 1 }, &c);
+        assert_eq!((s.window.len(), s.ack_floor(), s.next()), (1, 0, (1 << 40) + 1));
+        s.apply(Op::Dead { offset: 1 << 41 }, &c);
+        assert_eq!(s.window.len(), 0);
+        assert!(matches!(s.slot(0), Some(Slot::Leased { attempts: 1, .. })));
+        assert!(matches!(s.slot(1 << 40), Some(Slot::Leased { attempts: 1, .. })));
+        s.apply(Op::Ack { offset: 0 }, &c);
+        s.apply(Op::Ack { offset: 1 << 40 }, &c);
+        assert_eq!(s.ack_floor(), (1 << 41) + 1, "the dead letter does not hold the floor");
+        // A short gap still fills in as acked slots behind an open record.
+        s.apply(Op::Deliver { offset: (1 << 41) + 1, attempt: 1 }, &c);
+        s.apply(Op::Deliver { offset: (1 << 41) + 100, attempt: 1 }, &c);
+        assert_eq!((s.window.len(), s.ack_floor()), (100, (1 << 41) + 1));
     }
 
     #[test]
