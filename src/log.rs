@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fs;
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -346,6 +347,13 @@ impl Log {
             let first = self.next_offset.load(Ordering::Relaxed);
             if payloads.is_empty() {
                 return Ok(first..first);
+            }
+            // Offsets end below u64::MAX, so that the log's next offset always fits in a u64.
+            // Only a log whose files were made by hand gets here.
+            if first.checked_add(payloads.len() as u64).is_none() {
+                let why =
+                    format!("offsets used up: {} records from offset {first} would pass u64::MAX", payloads.len());
+                return Err(Error::Io(io::Error::new(io::ErrorKind::FileTooLarge, why)));
             }
             let active = self.make_room(&mut w, needed)?;
             let ts = now_ms();

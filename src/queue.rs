@@ -142,7 +142,9 @@ impl Queue {
     ///
     /// # Errors
     /// [`Error::RecordTooLarge`] (nothing is written), [`Error::Io`] (a full disk when a new
-    /// segment is needed: nothing is written and later appends may succeed),
+    /// segment is needed: nothing is written and later appends may succeed; or, of kind
+    /// `FileTooLarge`, offsets used up: the last offset a record can take is `u64::MAX - 1`,
+    /// which only a log whose files were made by hand comes near),
     /// [`Error::Poisoned`] after a failed sync, [`Error::Closed`].
     ///
     /// An [`Error::Io`] from the sync itself (under [`SyncPolicy::Always`]) comes after the

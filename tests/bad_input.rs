@@ -205,6 +205,87 @@ fn a_checksummed_record_with_the_wrong_offset_in_the_unsynced_tail_is_cut() {
     assert_holds(&q, &payloads[..(base as usize + k)]);
 }
 
+/// A queue directory holding one empty segment whose header says it starts at `base`, as
+/// FORMAT.md lays it out: magic, version 1, reserved word, base, CRC of the 24 bytes before.
+fn queue_starting_at(base: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut header = b"SEGQLOG\0".to_vec();
+    header.extend_from_slice(&1u32.to_le_bytes());
+    header.extend_from_slice(&[0; 4]);
+    header.extend_from_slice(&base.to_le_bytes());
+    header.extend_from_slice(&crc32(&header).to_le_bytes());
+    header.extend_from_slice(&[0; 4]);
+    std::fs::write(dir.path().join(format!("{base:020}.log")), header).unwrap();
+    dir
+}
+
+/// Offsets end below `u64::MAX`, so that the next offset always fits in a u64. A log made by
+/// hand to start a few records before that end takes appends (rolling segments on the way)
+/// up to it, then refuses more with an error, and stays whole across a reopen. (Appending
+/// at the end overflowed: a panic in debug builds, offsets wrapped to 0 in release ones.)
+#[test]
+fn a_log_at_the_end_of_the_offsets_refuses_appends_past_it() {
+    let base = u64::MAX - 300;
+    let dir = queue_starting_at(base);
+    let payloads: Vec<Vec<u8>> = (0..300).map(payload).collect();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert!(q.append_batch(&[b"a".as_slice(), b"b"]).is_ok_and(|r| r == (base..base + 2)));
+    for p in &payloads[2..299] {
+        q.append(p).unwrap();
+    }
+    // One offset left: a batch of two does not fit, and writes nothing.
+    let err = q.append_batch(&[b"y".as_slice(), b"z"]).unwrap_err();
+    assert!(matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::FileTooLarge), "{err:?}");
+    assert!(err.to_string().contains("offsets used up"), "{err}");
+    assert_eq!(q.append(b"last").unwrap(), u64::MAX - 1);
+    assert_eq!(q.next_offset(), u64::MAX);
+    assert!(q.append(b"one more").is_err());
+    assert!(segment_files(dir.path()).len() > 3, "the appends rolled segments");
+    let g = q.group("workers").unwrap();
+    let mut delivered = 0;
+    while let Some(d) = g.poll(NO_WAIT).unwrap() {
+        g.ack(d.offset()).unwrap();
+        delivered += 1;
+    }
+    assert_eq!((delivered, g.ack_floor()), (300, u64::MAX));
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!((q.first_offset(), q.next_offset()), (base, u64::MAX));
+    assert_eq!(q.iter_from(base).count(), 300);
+    assert_eq!(q.read(u64::MAX - 1).unwrap().unwrap().payload(), b"last");
+    assert!(q.read(u64::MAX).unwrap().is_none());
+    assert_eq!(q.group("workers").unwrap().poll(NO_WAIT).unwrap().map(|d| d.offset()), None);
+}
+
+/// A record that claims offset `u64::MAX`, checksummed, in the unsynced tail: no append
+/// writes one, so recovery cuts it and says why. (The scan of it overflowed.)
+#[test]
+fn a_record_at_the_last_u64_offset_is_cut_not_read() {
+    let dir = queue_starting_at(u64::MAX - 2);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    q.append(b"first").unwrap();
+    q.append(b"second").unwrap();
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let last = record_spans(&bytes).pop().unwrap();
+    let mut forged = bytes[last.clone()].to_vec();
+    forged[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    bytes[last.end..last.end + forged.len()].copy_from_slice(&forged);
+    std::fs::write(&seg, &bytes).unwrap();
+    fix_record_crc(&seg, last.end);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.next_offset(), u64::MAX);
+    assert_eq!(q.recovery().truncated_at, Some(last.end as u64));
+    let damage = q.recovery().damage.clone().unwrap();
+    assert!(damage.contains("last a u64 holds"), "{damage}");
+    assert_eq!(
+        q.iter_from(0).map(|r| r.unwrap().payload().to_vec()).collect::<Vec<_>>(),
+        [b"first".to_vec(), b"second".to_vec()]
+    );
+    assert!(q.read(u64::MAX).unwrap().is_none());
+}
+
 // ---- Segment headers -----------------------------------------------------------------
 
 /// Every byte of the newest segment's 32-byte header: magic (0..8), version (8..12),

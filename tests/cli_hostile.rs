@@ -360,3 +360,38 @@ fn dump_json_stays_valid_when_an_error_stops_it() {
     assert_eq!(doc["records"].as_array().map(Vec::len), Some(2));
     assert!(doc["error"].as_str().is_some_and(|e| e.contains("a directory")), "{doc}");
 }
+
+/// A log made to end at the last offsets a u64 holds, with an index entry of a sealed
+/// segment damaged to name an offset past `u64::MAX`: the library reads every record past
+/// it, and `verify` reports the entry with the offset it names in full. (The sum overflowed:
+/// a panic in debug builds.)
+#[test]
+fn an_index_entry_naming_an_offset_past_u64_max_is_damage() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let base = u64::MAX - 200;
+    fs::write(tmp.path().join(format!("{base:020}.log")), header(base, 1)).unwrap();
+    let q = segq::Queue::open(tmp.path(), small()).unwrap();
+    for i in 0..200 {
+        q.append(payload(i).as_bytes()).unwrap();
+    }
+    assert!(q.append(b"past the end").is_err());
+    q.close().unwrap();
+    let index = tmp.path().join(format!("{base:020}.index"));
+    let mut bytes = fs::read(&index).unwrap();
+    assert!(bytes.len() >= 32 + 16, "the first segment's index has two entries");
+    bytes[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+    fs::write(&index, bytes).unwrap();
+    let verify = segq(["verify", &arg(tmp.path())]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    let named = u128::from(base) + u128::from(u32::MAX);
+    assert!(verify.stdout.contains(&format!("entry for offset {named}")), "{}", verify.stdout);
+    for command in ["info", "segments", "dump", "groups"] {
+        let run = segq([command, &arg(tmp.path())]);
+        assert!(run.code <= 1 && !run.stderr.contains("panicked"), "{command}: {}{}", run.stdout, run.stderr);
+    }
+    let q = segq::Queue::open(tmp.path(), small()).unwrap();
+    for i in 0..200 {
+        assert_eq!(q.read(base + i).unwrap().unwrap().payload(), payload(i).as_bytes());
+    }
+}

@@ -9,7 +9,7 @@ use byteorder::{ByteOrder, LittleEndian};
 use super::Finding;
 use super::source::{Source, Window};
 use crate::segment::header::{self, FILE_HEADER_LEN, INDEX_MAGIC};
-use crate::segment::index::ENTRY_LEN;
+use crate::segment::index::{ENTRY_LEN, names};
 
 const CHUNK: usize = 1 << 20;
 const REBUILT: &str = "segq rebuilds the index when it next reads the segment";
@@ -86,6 +86,11 @@ impl IndexCheck {
         Some(check)
     }
 
+    /// The offset an entry names, in full even where it passes `u64::MAX` (a damaged entry).
+    fn named(&self, rel: u32) -> u128 {
+        u128::from(self.base) + u128::from(rel)
+    }
+
     fn bad(&mut self, what: String) {
         self.findings.push(Finding::damage(&self.path, self.pos, format!("{what}; {REBUILT}")));
         self.done = true;
@@ -136,15 +141,12 @@ impl IndexCheck {
                 return self.bad(format!("entry ({rel}, {pos}) does not follow entry ({r}, {p}) in order"));
             }
             if pos64 < position || pos64 < FILE_HEADER_LEN as u64 {
-                return self.bad(format!(
-                    "entry for offset {} points at byte {pos}, inside a record",
-                    self.base + u64::from(rel)
-                ));
+                return self.bad(format!("entry for offset {} points at byte {pos}, inside a record", self.named(rel)));
             }
-            if self.base + u64::from(rel) != offset {
+            if !names(self.base, rel, offset) {
                 return self.bad(format!(
                     "entry for offset {} points at byte {pos}, where the record with offset {offset} starts",
-                    self.base + u64::from(rel)
+                    self.named(rel)
                 ));
             }
             self.consume((rel, pos));
@@ -168,7 +170,7 @@ impl IndexCheck {
             if !self.active {
                 return self.bad(format!(
                     "entry for offset {} points at byte {pos}, past the segment's records (which end at byte {data_end})",
-                    self.base + u64::from(rel)
+                    self.named(rel)
                 ));
             }
             self.consume((rel, pos));
@@ -195,5 +197,6 @@ pub(crate) fn floor(path: &Path, base: u64, rel: u64) -> Option<(u64, u64)> {
     let used =
         entries.chunks_exact(ENTRY_LEN).position(|e| e.iter().all(|&b| b == 0)).unwrap_or(entries.len() / ENTRY_LEN);
     let (r, pos) = crate::segment::index::floor(&entries[..used * ENTRY_LEN], rel)?;
-    (pos as usize >= FILE_HEADER_LEN).then(|| (u64::from(pos), base + u64::from(r)))
+    let offset = base.checked_add(u64::from(r))?;
+    (pos as usize >= FILE_HEADER_LEN).then_some((u64::from(pos), offset))
 }

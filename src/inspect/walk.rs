@@ -9,7 +9,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::options::MAX_RECORD_LIMIT;
 use crate::record::{self, FrameError, HEADER_LEN};
 use crate::segment::header::{self, FILE_HEADER_LEN, LOG_MAGIC};
-use crate::segment::scan::corrupt_kind;
+use crate::segment::scan::{corrupt_kind, last_offset_damage};
 
 /// Bytes read at a time unless a record needs more.
 ///
@@ -496,12 +496,8 @@ impl SegmentReader {
                 self.stop(EndReason::Damage(kind));
                 return Ok(None);
             }
-            // Offsets end below u64::MAX: the record after would have no offset to take.
             let Some(next) = frame.offset.checked_add(1) else {
-                self.stop(EndReason::Damage(CorruptKind::BadHeader(format!(
-                    "offset {} is the last a u64 holds; no record can follow it",
-                    frame.offset
-                ))));
+                self.stop(EndReason::Damage(last_offset_damage(frame.offset)));
                 return Ok(None);
             };
             self.pos = start + frame.end() as u64;

@@ -141,7 +141,7 @@ impl OldIndex {
 /// at the start of the record it names in `data` (the segment's valid bytes).
 pub(crate) fn valid_len(entries: &[u8], data: &[u8], base: u64, max_rel: u64) -> usize {
     prefix_len(entries, data.len(), max_rel, |rel, pos| {
-        record::peek(data, pos).is_ok_and(|f| f.offset == base + u64::from(rel))
+        record::peek(data, pos).is_ok_and(|f| names(base, rel, f.offset))
     })
 }
 
@@ -153,7 +153,13 @@ pub(crate) fn ordered_len(entries: &[u8], data_len: usize, max_rel: u64) -> usiz
 
 /// Whether the entry `(rel, pos)` points at the record it names.
 pub(crate) fn lands(data: &[u8], base: u64, (rel, pos): (u32, u32)) -> bool {
-    record::peek(data, pos as usize).is_ok_and(|f| f.offset == base + u64::from(rel))
+    record::peek(data, pos as usize).is_ok_and(|f| names(base, rel, f.offset))
+}
+
+/// Whether an entry's relative offset `rel` in a segment starting at `base` names `offset`.
+/// A damaged entry's `rel` may reach past the last offset a u64 holds: it names nothing.
+pub(crate) fn names(base: u64, rel: u32, offset: u64) -> bool {
+    base.checked_add(u64::from(rel)) == Some(offset)
 }
 
 fn prefix_len(entries: &[u8], data_len: usize, max_rel: u64, lands: impl Fn(u32, usize) -> bool) -> usize {

@@ -55,8 +55,12 @@ pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Sca
             scan.damage = Some((pos, CorruptKind::BadOffset { expected: offset, found: frame.offset }));
             return scan;
         }
+        let Some(next) = offset.checked_add(1) else {
+            scan.damage = Some((pos, last_offset_damage(offset)));
+            return scan;
+        };
         pos = frame.end();
-        offset += 1;
+        offset = next;
         in_batch += 1;
         if !frame.batch_continues {
             scan.end = pos;
@@ -67,17 +71,23 @@ pub(crate) fn valid_prefix(bytes: &[u8], mut pos: usize, mut offset: u64) -> Sca
     }
 }
 
+/// A record at offset `u64::MAX`: offsets end below it, since the record after it would
+/// have no offset to take, so no append ever writes one.
+pub(crate) fn last_offset_damage(offset: u64) -> CorruptKind {
+    CorruptKind::BadHeader(format!("offset {offset} is the last a u64 holds; no record can follow it"))
+}
+
 /// Steps from record to record without checking CRCs, calling `visit(position, offset)` for
 /// each, until the end of `bytes`, a zeroed header or a record that does not frame. Used to
 /// rebuild an index; the CRCs are checked when records are read.
 pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl FnMut(usize, u64)) -> (usize, u64) {
     while let Ok(frame) = record::peek(bytes, pos) {
-        if frame.offset != offset {
+        let Some(next) = offset.checked_add(1).filter(|_| frame.offset == offset) else {
             break;
-        }
+        };
         visit(pos, offset);
         pos = frame.end();
-        offset += 1;
+        offset = next;
     }
     (pos, offset)
 }
