@@ -404,7 +404,9 @@ impl Default for GroupOptions {
 
 impl GroupOptions {
     /// How long a delivery stays leased to its consumer: if it is neither acked nor nacked
-    /// by then, it is delivered again. Default 30 s; at least 1 ms.
+    /// by then, it is delivered again. Default 30 s; at least 1 ms. The group stores its
+    /// lease in whole milliseconds, so a lease is rounded up to one here: the lease in force
+    /// is the one a reopen reads back (`Duration::MAX` becomes `u64::MAX` ms).
     ///
     /// ```
     /// use segq::{GroupOptions, Options, Queue};
@@ -417,11 +419,14 @@ impl GroupOptions {
     /// // No ack within 20 ms: the lease expires and the job is delivered again.
     /// let again = g.poll(Duration::from_secs(10))?.expect("redelivered");
     /// assert_eq!((again.offset(), again.attempt()), (first.offset(), 2));
+    ///
+    /// let rounded = GroupOptions::default().lease(Duration::from_micros(1500));
+    /// assert_eq!(rounded.get_lease(), Duration::from_millis(2));
     /// # Ok::<(), segq::Error>(())
     /// ```
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.lease = Duration::from_millis(crate::group::millis(lease));
         self
     }
 

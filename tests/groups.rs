@@ -676,3 +676,28 @@ fn a_lease_beyond_u64_milliseconds_saturates() {
     assert_eq!(g.poll(Duration::ZERO).unwrap().map(|d| d.attempt()), Some(2));
     assert!(g.poll(Duration::ZERO).unwrap().is_none());
 }
+
+/// A lease the group cannot store exactly (a fraction of a millisecond, or more
+/// milliseconds than a u64 holds) is rounded to what it stores, so that reopening with the
+/// same options finds them unchanged. (They differed from the stored ones at every open:
+/// each open rewrote the group's snapshot, an fsync, and a 1.5 ms lease became 1 ms after
+/// a reopen.)
+#[test]
+fn a_lease_the_group_cannot_store_exactly_is_rounded_once_not_rewritten_at_every_open() {
+    for lease in [Duration::from_micros(1500), Duration::from_secs(1 << 61), Duration::MAX] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = GroupOptions::default().lease(lease);
+        let generations: Vec<Option<u64>> = (0..3)
+            .map(|_| {
+                let q = queue(dir.path(), SyncPolicy::Never);
+                let g = q.group_with("g", opts).unwrap();
+                assert_eq!(g.options().get_lease(), opts.get_lease(), "{lease:?}");
+                q.close().unwrap();
+                common::latest_snapshot_generation(&dir.path().join("groups/g"))
+            })
+            .collect();
+        assert!(generations.windows(2).all(|w| w[0] == w[1]), "{lease:?}: {generations:?}");
+    }
+    assert_eq!(GroupOptions::default().lease(Duration::from_micros(1500)).get_lease(), Duration::from_millis(2));
+    assert_eq!(GroupOptions::default().lease(Duration::MAX).get_lease(), Duration::from_millis(u64::MAX));
+}

@@ -317,6 +317,12 @@ impl Group {
     /// removes it from the dead letters. Under [`SyncPolicy::Always`] the ack is durable
     /// when this returns.
     ///
+    /// Acks and nacks name an offset, not one delivery of it. A consumer whose lease ran out
+    /// can still ack (or nack) the record after it went to another consumer: its ack ends
+    /// the record for both, since the work was done once; its nack makes the record due
+    /// again while the other consumer still holds it. Choose a lease longer than the work
+    /// takes, so that this stays the rare case at-least-once delivery allows.
+    ///
     /// ```
     /// use std::time::Duration;
     /// # let dir = tempfile::tempdir()?;
@@ -368,7 +374,8 @@ impl Group {
 
     /// Gives a delivered record back, to be delivered again (with the next attempt number)
     /// once `delay` has passed — or dead-lettered, if it has had its `max_attempts`
-    /// deliveries. Nacking a record that is already acked or dead does nothing.
+    /// deliveries. Nacking a record that is already acked or dead does nothing. The delay
+    /// is kept in whole milliseconds, rounded up.
     ///
     /// ```
     /// use std::time::Duration;
@@ -846,9 +853,11 @@ enum OnDamage {
 /// A batch reserves room for this many deliveries at most before it has them.
 const MAX_BATCH_RESERVE: usize = 1024;
 
-/// A delay in whole milliseconds, saturating.
+/// A delay in whole milliseconds, the unit groups store: rounded up, so that a lease or a
+/// nack's delay is never cut short, and saturating.
 pub(crate) fn millis(delay: Duration) -> u64 {
-    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
+    let partial = u128::from(!delay.subsec_nanos().is_multiple_of(1_000_000));
+    u64::try_from(delay.as_millis() + partial).unwrap_or(u64::MAX)
 }
 
 /// The change that nacks `offset` with a delay of `delay_ms`: a retry, or a dead letter if
@@ -883,5 +892,20 @@ impl Locked {
         self.journal.restart(generation)?;
         self.generation = generation;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sub-millisecond delay used to be cut to 0: a nack with 500 µs of delay was due at once.
+    #[test]
+    fn delays_round_up_to_whole_milliseconds_and_saturate() {
+        assert_eq!(millis(Duration::ZERO), 0);
+        assert_eq!(millis(Duration::from_micros(500)), 1);
+        assert_eq!(millis(Duration::from_millis(7)), 7);
+        assert_eq!(millis(Duration::from_nanos(7_000_001)), 8);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 }
