@@ -103,7 +103,9 @@ pub enum Error {
     /// assert_eq!(q.next_offset(), 0); // not even "ok" was written
     /// # Ok::<(), segq::Error>(())
     /// ```
-    #[error("record of {size} bytes is over the limit of {limit} bytes")]
+    #[error(
+        "{size} bytes is over the limit of {limit} bytes (of a record: Options::max_record_bytes; of a whole batch, framed: the largest segment)"
+    )]
     RecordTooLarge {
         /// Size that was asked for, in bytes.
         size: u64,

@@ -93,6 +93,7 @@ fn too_large_records_write_nothing() {
     q.append(&[1u8; 100]).unwrap();
     let err = q.append(&[1u8; 101]).unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { size: 101, limit: 100 }), "{err}");
+    assert!(err.to_string().starts_with("101 bytes is over the limit of 100 bytes"), "{err}");
     let err = q.append_batch(&[b"ok".as_slice(), &[0u8; 500]]).unwrap_err();
     assert!(matches!(err, Error::RecordTooLarge { .. }));
     assert_eq!(q.next_offset(), 1);
