@@ -1,5 +1,6 @@
 //! A consumer group behaves like a simple in-memory model through random sequences of
-//! appends, polls, acks, nacks, redrives, seeks and reopens, one by one and in batches.
+//! appends, polls, acks, nacks, lease extensions, redrives, seeks and reopens, one by one
+//! and in batches.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,6 +23,8 @@ enum Step {
     NackBatch(usize, usize),
     Nack(usize),
     Redrive(usize),
+    /// `extend_lease` of a delivered offset (from an index): by two hours, or ended (zero).
+    Extend(usize, bool),
     Seek(u8),
     Reopen,
     Crash,
@@ -37,6 +40,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (any::<usize>(), 1usize..4).prop_map(|(i, n)| Step::NackBatch(i, n)),
         2 => any::<usize>().prop_map(Step::Nack),
         1 => any::<usize>().prop_map(Step::Redrive),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(i, end)| Step::Extend(i, end)),
         1 => any::<u8>().prop_map(Step::Seek),
         1 => Just(Step::Reopen),
         1 => Just(Step::Crash),
@@ -46,6 +50,9 @@ fn step() -> impl Strategy<Value = Step> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Leased(u32),
+    /// Leased, but the lease was ended by `extend_lease(_, 0)`: due for delivery again,
+    /// and still the holder's to ack, nack or extend until then.
+    Expired(u32),
     Due(u32),
     Acked,
     Dead(u32),
@@ -63,7 +70,7 @@ impl Model {
     fn ack_floor(&self) -> u64 {
         let mut floor = self.next;
         for (&o, s) in &self.states {
-            if matches!(s, State::Leased(_) | State::Due(_)) {
+            if matches!(s, State::Leased(_) | State::Expired(_) | State::Due(_)) {
                 floor = floor.min(o);
             }
         }
@@ -79,14 +86,14 @@ impl Model {
 
     /// A nack of `o`: due again, or dead once out of attempts; nothing if not leased.
     fn nacked(&mut self, o: u64) {
-        if let Some(State::Leased(a)) = self.states.get(&o).copied() {
+        if let Some(State::Leased(a) | State::Expired(a)) = self.states.get(&o).copied() {
             self.states.insert(o, if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) });
         }
     }
 
     fn restart(&mut self) {
         for s in self.states.values_mut() {
-            if let State::Leased(a) = *s {
+            if let State::Leased(a) | State::Expired(a) = *s {
                 *s = if a >= MAX_ATTEMPTS { State::Dead(a) } else { State::Due(a) };
             }
         }
@@ -111,7 +118,8 @@ fn take_some(outstanding: &mut Vec<u64>, i: usize, n: usize) -> Vec<u64> {
 
 /// Offsets due for a retry.
 fn due(m: &Model) -> Vec<u64> {
-    m.states.iter().filter(|(_, s)| matches!(s, State::Due(a) if *a < MAX_ATTEMPTS)).map(|(&o, _)| o).collect()
+    let due = |s: &State| matches!(s, State::Due(a) | State::Expired(a) if *a < MAX_ATTEMPTS);
+    m.states.iter().filter(|(_, s)| due(s)).map(|(&o, _)| o).collect()
 }
 
 /// Checks one delivery against the model and applies it.
@@ -125,11 +133,13 @@ fn delivered(m: &mut Model, outstanding: &mut Vec<u64>, d: &segq::Delivery) -> R
         m.next += 1;
     } else {
         prop_assert!(due.contains(&o), "{o} delivered while {due:?} are due");
-        let State::Due(a) = m.states[&o] else { unreachable!() };
+        let (State::Due(a) | State::Expired(a)) = m.states[&o] else { unreachable!() };
         prop_assert_eq!(d.attempt(), a + 1);
     }
     m.states.insert(o, State::Leased(d.attempt()));
-    outstanding.push(o);
+    if !outstanding.contains(&o) {
+        outstanding.push(o);
+    }
     Ok(())
 }
 
@@ -208,6 +218,27 @@ proptest! {
                         let (o, _) = dead[i % dead.len()];
                         g.redrive(o).unwrap();
                         m.states.insert(o, State::Due(0));
+                    }
+                }
+                Step::Extend(i, end) if m.next > 0 => {
+                    let o = i as u64 % m.next;
+                    let lease = if end { Duration::ZERO } else { Duration::from_secs(7200) };
+                    let held = match m.states.get(&o) {
+                        Some(&(State::Leased(a) | State::Expired(a))) => Some(a),
+                        _ => None,
+                    };
+                    prop_assert_eq!(g.extend_lease(o, lease).unwrap(), held.is_some(), "offset {}", o);
+                    if let Some(a) = held {
+                        // An ended last attempt is dead-lettered by the next look at the group.
+                        let now = match (end, a >= MAX_ATTEMPTS) {
+                            (false, _) => State::Leased(a),
+                            (true, false) => State::Expired(a),
+                            (true, true) => State::Dead(a),
+                        };
+                        m.states.insert(o, now);
+                        if now == State::Dead(a) {
+                            outstanding.retain(|&x| x != o);
+                        }
                     }
                 }
                 Step::Seek(to) => {

@@ -701,3 +701,63 @@ fn a_lease_the_group_cannot_store_exactly_is_rounded_once_not_rewritten_at_every
     assert_eq!(GroupOptions::default().lease(Duration::from_micros(1500)).get_lease(), Duration::from_millis(2));
     assert_eq!(GroupOptions::default().lease(Duration::MAX).get_lease(), Duration::from_millis(u64::MAX));
 }
+
+/// `extend_lease` keeps a record from being delivered again past the group's lease, can
+/// end a lease at once, and leaves records that are not leased alone.
+#[test]
+fn extend_lease_keeps_a_long_job_leased_or_ends_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 4);
+    // A 1 ms lease, extended to an hour: whenever the extension lands, the record has not
+    // been delivered again (nobody polled), so it is still leased and stays so.
+    let g = q.group_with("g", GroupOptions::default().lease(Duration::from_millis(1))).unwrap();
+    let job = g.poll(NO_WAIT).unwrap().unwrap();
+    assert!(g.extend_lease(job.offset(), Duration::from_secs(3600)).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    let others: Vec<u64> = std::iter::from_fn(|| g.poll(NO_WAIT).unwrap()).map(|d| d.offset()).take(3).collect();
+    assert_eq!(others, [1, 2, 3], "offset 0 stays leased past the group's 1 ms lease");
+    // Ended at once: due again, with the next attempt, ahead of the leases that ran out.
+    assert!(g.extend_lease(0, Duration::ZERO).unwrap());
+    let again: Vec<(u64, u32)> =
+        std::iter::from_fn(|| g.poll(NO_WAIT).unwrap()).map(|d| (d.offset(), d.attempt())).take(4).collect();
+    assert!(again.contains(&(0, 2)), "{again:?}");
+    // Records that are not leased: acked, waiting for a retry, dead.
+    g.ack(1).unwrap();
+    g.nack(2, Duration::from_secs(3600)).unwrap();
+    let h = q.group_with("h", GroupOptions::default().max_attempts(1)).unwrap();
+    let first = h.poll(NO_WAIT).unwrap().unwrap();
+    h.nack(first.offset(), NO_WAIT).unwrap();
+    assert_eq!(h.dead_letters().unwrap().len(), 1);
+    assert!(!g.extend_lease(1, Duration::from_secs(60)).unwrap());
+    assert!(!g.extend_lease(2, Duration::from_secs(60)).unwrap());
+    assert!(!h.extend_lease(first.offset(), Duration::from_secs(60)).unwrap());
+    assert!(matches!(g.extend_lease(4, Duration::from_secs(60)), Err(Error::NotDelivered { offset: 4 })));
+    // Not written anywhere: after a reopen every lease has ended, extended or not.
+    let job = h.poll(NO_WAIT).unwrap().unwrap();
+    assert!(h.extend_lease(job.offset(), Duration::from_secs(3600)).unwrap());
+    q.close().unwrap();
+    assert!(matches!(h.extend_lease(job.offset(), Duration::from_secs(60)), Err(Error::Closed)));
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let h = q.group("h").unwrap();
+    assert_eq!((h.stats().leased, h.stats().waiting), (0, 1));
+    assert!(!h.extend_lease(job.offset(), Duration::from_secs(60)).unwrap());
+}
+
+/// A lease extended beyond the leases delivered after it, and one shortened below them:
+/// each ends at its own time, not in delivery order.
+#[test]
+fn extended_leases_end_at_their_own_time_not_in_delivery_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 3);
+    let g = q.group_with("g", GroupOptions::default().lease(Duration::from_secs(3600))).unwrap();
+    let taken: Vec<u64> = std::iter::from_fn(|| g.poll(NO_WAIT).unwrap()).map(|d| d.offset()).collect();
+    assert_eq!(taken, [0, 1, 2]);
+    // Offset 2, delivered last, ends first; 0, delivered first, is kept longest.
+    assert!(g.extend_lease(0, Duration::from_secs(7200)).unwrap());
+    assert!(g.extend_lease(2, Duration::ZERO).unwrap());
+    let again = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((again.offset(), again.attempt()), (2, 2));
+    assert!(g.poll(NO_WAIT).unwrap().is_none(), "0 and 1 are still leased");
+}

@@ -434,6 +434,49 @@ impl Group {
         Ok(())
     }
 
+    /// Extends the lease of a record being worked on, for a job that takes longer than the
+    /// group's lease: the lease now ends `lease` from now (so a shorter one, even zero, ends
+    /// it sooner and the record is delivered again). Returns whether `offset` was leased;
+    /// a record that is acked, waiting for a retry or dead is left as it is. A lease that
+    /// has run out but whose record has not been delivered again yet is still leased.
+    ///
+    /// Leases are not written to disk, so this costs no I/O; after a restart every lease
+    /// has ended anyway. Like [`Group::ack`], it names an offset, not one delivery.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"long job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().lease(Duration::from_secs(30)))?;
+    /// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// // Still working after a while: keep the job for 10 more minutes.
+    /// assert!(g.extend_lease(job.offset(), Duration::from_secs(600))?);
+    /// // Or give it up now, as a nack with no delay would.
+    /// assert!(g.extend_lease(job.offset(), Duration::ZERO)?);
+    /// assert_eq!(g.poll(Duration::ZERO)?.expect("due again").attempt(), 2);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    /// [`Error::Closed`] and [`Error::GroupDeleted`] as for [`Group::poll`].
+    pub fn extend_lease(&self, offset: u64, lease: Duration) -> Result<bool> {
+        let inner = &*self.inner;
+        let extended = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            if offset >= l.state.next() {
+                return Err(Error::NotDelivered { offset });
+            }
+            l.state.extend_lease(offset, later(Instant::now(), lease))
+        };
+        // A shorter lease may make the record due before the deadline pollers sleep to.
+        inner.log.notify.notify();
+        Ok(extended)
+    }
+
     /// The records that used up their attempts, by offset. They do not hold back the
     /// ack floor.
     ///

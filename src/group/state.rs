@@ -152,7 +152,8 @@ pub(crate) struct GroupState {
     dead: BTreeMap<u64, u32>,
     /// Lease deadlines in delivery order; entries whose slot moved on are skipped.
     leases: VecDeque<(Instant, u64)>,
-    /// Retry times of waiting records; entries whose slot moved on are skipped.
+    /// Retry times of waiting records, and deadlines of extended leases; entries whose slot
+    /// moved on are skipped.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
     /// `leases` or `retries` may hold this many entries before the stale ones are swept
     /// out.
@@ -412,6 +413,22 @@ impl GroupState {
                 self.dead.retain(|&o, _| o < offset);
             }
         }
+    }
+
+    /// Moves the lease of a leased record to end at `until`; false if `offset` is not
+    /// leased. Not an [`Op`]: leases are not journaled, since none survives a restart. The
+    /// new deadline can be out of delivery order, so its timer goes in the heap, which
+    /// takes any order; the FIFO's entry goes stale.
+    pub fn extend_lease(&mut self, offset: u64, until: Instant) -> bool {
+        let Some(Slot::Leased { until: old, .. }) = self.slot_mut(offset) else {
+            return false;
+        };
+        *old = until;
+        self.retries.push(Reverse((until, offset)));
+        if self.retries.len() > self.sweep_at {
+            self.sweep_timers();
+        }
+        true
     }
 
     /// Forgets every delivery at or past `next`: the log ends there (after a machine crash
@@ -726,6 +743,26 @@ mod tests {
         assert_eq!(s.due(&later(&c, 10)), Some(Due { offset: 0, attempts: 1 }));
         s.apply(Op::Deliver { offset: 0, attempt: 2 }, &later(&c, 10));
         assert_eq!(s.next_deadline(), Some(later(&c, 3_600_010).now()), "the live lease's timer is kept");
+    }
+
+    /// An extended lease's timer lives in the heap: it stays live through sweeps, while the
+    /// lease's first timer in the FIFO goes stale.
+    #[test]
+    fn an_extended_lease_keeps_its_own_timer_through_sweeps() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, &c);
+        assert!(s.extend_lease(0, later(&c, 3_600_000).now()));
+        for offset in 1..10_000 {
+            s.apply(Op::Deliver { offset, attempt: 1 }, &c);
+            s.apply(Op::Ack { offset }, &c);
+        }
+        assert!(s.leases.len() + s.retries.len() <= 2 * MIN_SWEEP + 2);
+        assert_eq!(s.next_deadline(), Some(later(&c, 3_600_000).now()));
+        assert_eq!(s.due(&later(&c, 3_599_999)), None);
+        assert_eq!(s.due(&later(&c, 3_600_000)), Some(Due { offset: 0, attempts: 1 }));
+        s.apply(Op::Ack { offset: 0 }, &c);
+        assert!(!s.extend_lease(0, c.now()), "an acked record has no lease");
     }
 
     /// Deliveries that skip far ahead (a damaged journal, a dead-lettered offset past a
