@@ -320,6 +320,11 @@ impl GroupState {
                     self.skip_to(offset);
                     self.window.push_back(leased);
                     self.next = offset + 1;
+                    // One at a time as the window grows, so that no single ack later spills
+                    // a million records at once.
+                    if self.window.len() > MAX_WINDOW {
+                        self.spill();
+                    }
                 } else if let Some(slot) =
                     self.slot_mut(offset).filter(|s| matches!(s, Slot::Leased { .. } | Slot::Waiting { .. }))
                 {
@@ -763,6 +768,24 @@ mod tests {
         assert_eq!(s.due(&later(&c, 3_600_000)), Some(Due { offset: 0, attempts: 1 }));
         s.apply(Op::Ack { offset: 0 }, &c);
         assert!(!s.extend_lease(0, c.now()), "an acked record has no lease");
+    }
+
+    /// Deliveries with none settled spill the window one record at a time as it grows,
+    /// rather than all at once at the first ack.
+    #[test]
+    fn a_window_of_open_records_spills_as_it_grows() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(30));
+        let total = MAX_WINDOW as u64 + 1000;
+        for offset in 0..total {
+            s.apply(Op::Deliver { offset, attempt: 1 }, &c);
+            assert!(s.window.len() <= MAX_WINDOW);
+        }
+        assert_eq!((s.below.len(), s.ack_floor(), s.next()), (1000, 0, total));
+        for offset in (0..total).rev() {
+            s.apply(Op::Ack { offset }, &c);
+        }
+        assert_eq!((s.below.len(), s.window.len(), s.ack_floor()), (0, 0, total));
     }
 
     /// Deliveries that skip far ahead (a damaged journal, a dead-lettered offset past a
