@@ -405,8 +405,8 @@ impl Default for GroupOptions {
 impl GroupOptions {
     /// How long a delivery stays leased to its consumer: if it is neither acked nor nacked
     /// by then, it is delivered again. Default 30 s; at least 1 ms. The group stores its
-    /// lease in whole milliseconds, so a lease is rounded up to one here: the lease in force
-    /// is the one a reopen reads back (`Duration::MAX` becomes `u64::MAX` ms).
+    /// lease in whole milliseconds, so the lease in force is this one rounded up to them:
+    /// the one a reopen reads back (`Duration::MAX` becomes `u64::MAX` ms).
     ///
     /// ```
     /// use segq::{GroupOptions, Options, Queue};
@@ -420,13 +420,13 @@ impl GroupOptions {
     /// let again = g.poll(Duration::from_secs(10))?.expect("redelivered");
     /// assert_eq!((again.offset(), again.attempt()), (first.offset(), 2));
     ///
-    /// let rounded = GroupOptions::default().lease(Duration::from_micros(1500));
-    /// assert_eq!(rounded.get_lease(), Duration::from_millis(2));
+    /// let rounded = q.group_with("other", GroupOptions::default().lease(Duration::from_micros(1500)))?;
+    /// assert_eq!(rounded.options().get_lease(), Duration::from_millis(2));
     /// # Ok::<(), segq::Error>(())
     /// ```
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = Duration::from_millis(crate::group::millis(lease));
+        self.lease = lease;
         self
     }
 
@@ -481,5 +481,11 @@ impl GroupOptions {
             return Err(Error::InvalidOptions("a group's max_attempts must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// These options as a group keeps them: the lease in the whole milliseconds it stores,
+    /// rounded up, so that the options in force are the ones a reopen reads back.
+    pub(crate) fn as_stored(self) -> GroupOptions {
+        GroupOptions { lease: Duration::from_millis(crate::group::millis(self.lease)), ..self }
     }
 }

@@ -94,6 +94,7 @@ impl Group {
         if let Some(o) = &opts {
             o.validate()?;
         }
+        let opts = opts.map(GroupOptions::as_stored);
         let groups = log.dir().join(GROUPS_DIR);
         let dir = groups.join(name);
         let state_path = dir.join(STATE_FILE);
@@ -670,6 +671,7 @@ impl Group {
     /// Replaces the group's settings, durably.
     pub(crate) fn configure(&self, opts: GroupOptions) -> Result<()> {
         opts.validate()?;
+        let opts = opts.as_stored();
         let inner = &*self.inner;
         let mut l = inner.lock();
         inner.check(&l)?;
