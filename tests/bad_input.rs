@@ -286,6 +286,41 @@ fn a_record_at_the_last_u64_offset_is_cut_not_read() {
     assert!(q.read(u64::MAX).unwrap().is_none());
 }
 
+/// A cleanly closed log ending at `u64::MAX`, whose records were then overwritten by frames
+/// (bad CRCs) that carry `MAX - 3 ..= MAX`: the walk that checks the checkpoint's mark
+/// against the records stepped past `u64::MAX` (a panic in debug builds).
+#[test]
+fn frames_up_to_the_last_u64_offset_under_a_clean_checkpoint_are_damage() {
+    let base = u64::MAX - 3;
+    let dir = queue_starting_at(base);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    for _ in 0..3 {
+        q.append(&[1u8; 8]).unwrap();
+    }
+    q.close().unwrap();
+    let seg = active_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(record_spans(&bytes).last().map(|r| r.end), Some(FILE_HEADER_LEN + 96));
+    for i in 0..4u64 {
+        let at = FILE_HEADER_LEN + 24 * i as usize;
+        bytes[at..at + 4].copy_from_slice(&0x1234u32.to_le_bytes());
+        bytes[at + 4..at + 8].copy_from_slice(&0u32.to_le_bytes());
+        bytes[at + 8..at + 16].copy_from_slice(&(base + i).to_le_bytes());
+        bytes[at + 16..at + 24].copy_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    }
+    std::fs::write(&seg, &bytes).unwrap();
+    // The forged frames end where the checkpoint says, but do not end on its offset: the
+    // mark is not trusted (as for any slot that does not land), and the scan from the
+    // segment's start meets the first bad checksum.
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.next_offset(), base);
+    assert_eq!(q.recovery().truncated_at, Some(FILE_HEADER_LEN as u64));
+    assert!(q.recovery().damage.as_ref().is_some_and(|d| d.contains("checksum")), "{:?}", q.recovery());
+    for o in base..u64::MAX {
+        assert!(q.read(o).unwrap().is_none());
+    }
+}
+
 // ---- Segment headers -----------------------------------------------------------------
 
 /// Every byte of the newest segment's 32-byte header: magic (0..8), version (8..12),

@@ -462,7 +462,8 @@ impl Group {
     ///
     /// # Errors
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
-    /// [`Error::Closed`] and [`Error::GroupDeleted`] as for [`Group::poll`].
+    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
+    /// [`Group::poll`].
     pub fn extend_lease(&self, offset: u64, lease: Duration) -> Result<bool> {
         let inner = &*self.inner;
         let extended = {

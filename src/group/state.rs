@@ -415,6 +415,7 @@ impl GroupState {
                 self.below.clear();
                 self.leases.clear();
                 self.retries.clear();
+                self.sweep_at = MIN_SWEEP;
                 self.dead.retain(|&o, _| o < offset);
             }
         }

@@ -672,11 +672,12 @@ fn mark_lands(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) ->
     let mut in_batch = false;
     while p < pos {
         match record::peek(bytes, p) {
-            Ok(f) if f.offset == at => {
+            Ok(f) if f.offset == at && at < u64::MAX => {
                 p = f.end();
                 at += 1;
                 in_batch = f.batch_continues;
             }
+            // A record at u64::MAX is damage (no offset can follow it): not a mark to trust.
             _ => return false,
         }
     }
