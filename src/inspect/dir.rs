@@ -98,6 +98,14 @@ pub struct CheckpointSlot {
     pub clean: bool,
 }
 
+impl CheckpointSlot {
+    /// Whether the slot names segment `base` as recovery reads it: that base, and a next
+    /// offset not below it. Recovery ignores a slot for any segment it does not name.
+    pub(crate) fn names(&self, base: u64) -> bool {
+        self.segment_base == base && self.next_offset >= base
+    }
+}
+
 impl From<Mark> for CheckpointSlot {
     fn from(m: Mark) -> Self {
         CheckpointSlot {
@@ -363,9 +371,17 @@ impl QueueDir {
     /// assert!(QueueDir::open(dir.path())?.is_clean());
     /// # Ok::<(), segq::Error>(())
     /// ```
+    ///
+    /// As recovery (FORMAT.md, "How open uses the slots", steps 2 to 4): slot A must name the
+    /// newest segment (its base, and a next offset not below it), and nothing may follow its
+    /// position (24 zero bytes, or fewer than 24 bytes left). A clean slot A with records
+    /// after it is only a position to scan from. Whether the slot lands on the end of a
+    /// batch is not checked here: [`crate::inspect::info`] checks that too.
     pub fn is_clean(&self) -> bool {
-        let newest = self.newest().map(|s| s.base);
-        self.checkpoint.slot_a.is_some_and(|a| a.clean && Some(a.segment_base) == newest)
+        let Some(newest) = self.newest() else { return false };
+        self.checkpoint
+            .slot_a
+            .is_some_and(|a| a.clean && a.names(newest.base) && nothing_after(&newest.path, a.position))
     }
 
     /// Where the checkpoint says the newest segment's data was durable, as recovery would
@@ -401,7 +417,7 @@ impl QueueDir {
     /// ```
     pub fn trusted_in(&self, i: usize) -> Option<(u64, u64)> {
         let seg = self.segments.get(i)?;
-        let names = |s: &CheckpointSlot| s.segment_base == seg.base && s.next_offset >= seg.base;
+        let names = |s: &CheckpointSlot| s.names(seg.base);
         let newest = i + 1 == self.segments.len();
         let clean = self.checkpoint.slot_a.filter(|a| newest && a.clean && names(a));
         let chosen = clean.or_else(|| self.checkpoint.slots().map(|(_, s)| s).filter(names).max_by_key(|s| s.position));
@@ -430,7 +446,7 @@ impl QueueDir {
     /// ```
     pub fn is_unsealed(&self, i: usize) -> bool {
         let n = self.segments.len();
-        let named = |base: u64| self.checkpoint.slots().any(|(_, s)| s.segment_base == base && s.next_offset >= base);
+        let named = |base: u64| self.checkpoint.slots().any(|(_, s)| s.names(base));
         i + 1 == n
             || (i + 2 == n && !self.is_clean() && !named(self.segments[n - 1].base) && named(self.segments[i].base))
     }
@@ -440,6 +456,28 @@ impl QueueDir {
         let dir = self.path.join(GROUPS_DIR).join(name);
         (dir.join(group::STATE_FILE), dir.join(group::JOURNAL_FILE))
     }
+}
+
+/// Whether nothing follows `position` in the segment file at `path`, as recovery judges a
+/// clean end: the 24 bytes there are zeros, or fewer than 24 are left. `false` if the file
+/// cannot be read or `position` is not inside it.
+fn nothing_after(path: &Path, position: u64) -> bool {
+    let Ok(file) = crate::fs::open_regular(path) else { return false };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    if !(FILE_HEADER_LEN as u64..=len).contains(&position) {
+        return false; // recovery drops such a slot
+    }
+    let mut head = [0u8; crate::record::HEADER_LEN];
+    let mut filled = 0;
+    while filled < head.len() {
+        match std::os::unix::fs::FileExt::read_at(&file, &mut head[filled..], position + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    filled < head.len() || head.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]

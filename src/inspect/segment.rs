@@ -320,7 +320,9 @@ pub(crate) fn scan_from(
         _ => None,
     };
     let marks: Vec<(&str, CheckpointSlot)> = if check_index {
-        dir.checkpoint.slots().filter(|(_, s)| s.segment_base == seg.base).collect()
+        // A slot whose next offset is below the base names no segment: recovery ignores it,
+        // and `verify` says so once.
+        dir.checkpoint.slots().filter(|(_, s)| s.names(seg.base)).collect()
     } else {
         Vec::new()
     };
@@ -391,43 +393,40 @@ pub(crate) fn scan_from(
         report.index_entries = Some(ix.entries);
         report.findings.append(&mut ix.findings);
     }
+    let ck = &dir.checkpoint.path;
     for ((name, slot), ok) in marks.iter().zip(matched) {
-        if ok {
-            continue;
-        }
-        let ck = &dir.checkpoint.path;
-        let what = if slot.position > end.valid_end {
-            format!(
+        let position = if *name == "A" { 0 } else { 512 };
+        if slot.position > end.valid_end {
+            // Data the checkpoint says was synced is not there (or not valid) any more.
+            let what = format!(
                 "slot {name} says the data of {} was synced up to byte {} (offset {}), but its valid data ends at byte {}",
                 seg.path.display(),
                 slot.position,
                 slot.next_offset,
                 end.valid_end
-            )
-        } else {
-            format!(
-                "slot {name} names byte {} of {} with next offset {}, which is not the end of a batch there",
+            );
+            report.findings.push(Finding::damage(ck, position, what));
+        } else if !ok {
+            // Recovery drops a slot that does not land (FORMAT.md, step 3) and scans the
+            // segment from its start: nothing is lost.
+            let what = format!(
+                "slot {name} names byte {} of {} with next offset {}, which is not the end of a batch there; segq ignores it",
                 slot.position,
                 seg.path.display(),
                 slot.next_offset
-            )
-        };
-        let position = if *name == "A" { 0 } else { 512 };
-        report.findings.push(Finding::damage(ck, position, what));
-    }
-    if let Some(a) = dir.checkpoint.slot_a.filter(|a| a.clean && a.segment_base == seg.base && active && check_index)
-        && end.valid_end > a.position
-    {
-        report.findings.push(Finding::damage(
-            &dir.checkpoint.path,
-            0,
-            format!(
-                "slot A says the queue was closed cleanly with its data ending at byte {} of {}, but records go on to byte {}: the next open overwrites them",
-                a.position,
+            );
+            report.findings.push(Finding::warning(ck, position, what));
+        } else if *name == "A" && slot.clean && active && end.valid_end > slot.position {
+            // FORMAT.md, step 4: a clean slot A with records after it is only where the scan
+            // starts, and the records are kept.
+            let what = format!(
+                "slot A says the queue was closed cleanly with its data ending at byte {} of {}, but records go on to byte {}; the next open scans them and keeps them",
+                slot.position,
                 seg.path.display(),
                 end.valid_end
-            ),
-        ));
+            );
+            report.findings.push(Finding::warning(ck, position, what));
+        }
     }
     Ok(report)
 }

@@ -165,6 +165,13 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
                 slot.next_offset
             );
             findings.push(Finding::damage(&ck.path, if name == "A" { 0 } else { 512 }, what));
+        } else if !slot.names(slot.segment_base) {
+            let what = format!(
+                "slot {name} names segment {} with next offset {}, below that segment's base: it names no segment, and segq ignores it",
+                dir.path.join(log_name(slot.segment_base)).display(),
+                slot.next_offset
+            );
+            findings.push(Finding::warning(&ck.path, if name == "A" { 0 } else { 512 }, what));
         }
     }
     if !ck.present && !dir.segments.is_empty() {

@@ -1,0 +1,106 @@
+//! `segq` judges a queue directory as the library's open does (FORMAT.md, "How open uses
+//! the slots"): what recovery keeps or ignores without losing anything is at most a
+//! warning, never damage, and `info` calls a queue clean only when recovery would.
+
+mod cli_support;
+
+use std::path::Path;
+
+use cli_support::*;
+use segq::{Options, Queue};
+
+/// A closed queue of `n` records in one default-sized segment; returns where its data ends.
+fn one_segment(dir: &Path, n: u64) -> u64 {
+    let q = Queue::open(dir, Options::default()).unwrap();
+    for i in 0..n {
+        q.append(payload(i).as_bytes()).unwrap();
+    }
+    q.close().unwrap();
+    32 + n * (24 + payload(0).len() as u64)
+}
+
+fn findings(run: &Run, severity: &str) -> Vec<String> {
+    let doc = run.json();
+    doc["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == severity)
+        .map(|f| f["what"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// FORMAT.md step 4: a clean slot A with records after it is where the scan starts, and
+/// the records are kept. (`verify` called it damage, "the next open overwrites them", and
+/// `info` called the queue clean.)
+#[test]
+fn a_clean_slot_a_with_records_after_it_is_a_warning_and_not_clean() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let end5 = one_segment(d, 5);
+    let end3 = end5 - 2 * (24 + payload(0).len() as u64);
+    put_slot(d, 'A', 0, end3, 3, true);
+    put_slot(d, 'B', 0, end3, 3, false);
+    assert_eq!(library_open(d).unwrap(), (5, false), "the library keeps the records and scans");
+
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    assert!(findings(&verify, "damage").is_empty(), "{:?}", findings(&verify, "damage"));
+    let warnings = findings(&verify, "warning");
+    assert!(warnings.iter().any(|w| w.contains("closed cleanly") && w.contains("keeps them")), "{warnings:?}");
+
+    let info = segq(["info", "--json", &arg(d)]).json();
+    assert_eq!(info["next_offset"], 5);
+    assert_eq!(info["clean"], false);
+    assert_eq!(info["state"], "open or crashed");
+}
+
+/// A slot whose next offset is below its segment's base names no segment: recovery ignores
+/// it. (`verify` reported it as damage, and `info` called the queue clean on a clean slot A
+/// that recovery does not read.)
+#[test]
+fn a_slot_with_a_next_offset_below_its_base_is_ignored_as_recovery_ignores_it() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let newest = segment_files(d).pop().unwrap();
+    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    assert!(base > 1);
+    let len = std::fs::metadata(&newest).unwrap().len();
+    put_slot(d, 'A', base, len.min(100), base - 1, true);
+    assert_eq!(library_open(d).unwrap(), (RECORDS, false));
+
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    let warnings = findings(&verify, "warning");
+    assert!(warnings.iter().any(|w| w.contains("slot A") && w.contains("ignores it")), "{warnings:?}");
+
+    let info = segq(["info", "--json", &arg(d)]).json();
+    assert_eq!((info["next_offset"].as_u64(), info["clean"].as_bool()), (Some(RECORDS), Some(false)));
+}
+
+/// FORMAT.md step 3: a slot that does not land on the end of a batch is dropped, and the
+/// segment scanned from its start; nothing is lost. (`verify` reported it as damage.) A
+/// slot that says data was synced past where the valid data ends is still damage.
+#[test]
+fn a_slot_inside_the_data_that_does_not_land_is_a_warning_one_past_the_data_is_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let end = one_segment(d, 5);
+    put_slot(d, 'A', 0, 40, 1, false);
+    put_slot(d, 'B', 0, 40, 1, false);
+    assert_eq!(library_open(d).unwrap(), (5, false));
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    let warnings = findings(&verify, "warning");
+    assert_eq!(warnings.iter().filter(|w| w.contains("not the end of a batch")).count(), 2, "{warnings:?}");
+
+    put_slot(d, 'B', 0, end + 100, 9, false);
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    let damage = findings(&verify, "damage");
+    assert!(damage.iter().any(|w| w.contains("slot B says the data") && w.contains("synced up to")), "{damage:?}");
+}
