@@ -1,5 +1,9 @@
 //! Checking a segment's sparse index against its records, entry by entry, as the records
 //! are walked.
+//!
+//! An index is derived data: segq checks it against its segment and rebuilds it (or steps
+//! from the segment's start) when it does not fit, losing nothing. So every problem found
+//! here is a [`Severity::Warning`](super::Severity::Warning), never damage.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,18 +35,28 @@ pub(crate) struct IndexCheck {
     /// bad entry (what follows a bad entry is not trusted either).
     done: bool,
     active: bool,
+    /// The active segment of a queue closed cleanly: no writer adds entries past its data.
+    closed: bool,
     pub findings: Vec<Finding>,
 }
 
 impl IndexCheck {
     /// Opens the index of a segment and checks its header. `None` (with the reason in
-    /// `findings`) when there is nothing to check.
-    pub fn open(path: &Path, base: u64, active: bool, findings: &mut Vec<Finding>) -> Option<IndexCheck> {
+    /// `findings`) when there is nothing to check. `active`: the segment may still be
+    /// written to; `closed`: it is the active segment of a queue closed cleanly, so that
+    /// entries past its data are not being written but left over.
+    pub fn open(
+        path: &Path,
+        base: u64,
+        active: bool,
+        closed: bool,
+        findings: &mut Vec<Finding>,
+    ) -> Option<IndexCheck> {
         let file = match crate::fs::open_regular(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
+                findings.push(Finding::warning(path, 0, format!("cannot read the index: {e}")));
                 return None;
             }
         };
@@ -57,15 +71,16 @@ impl IndexCheck {
             entries: 0,
             done: false,
             active,
+            closed,
             findings: Vec::new(),
         };
         if let Err(e) = check.window.ensure(&check.src, &mut check.len, 0, FILE_HEADER_LEN, CHUNK) {
-            findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
+            findings.push(Finding::warning(path, 0, format!("cannot read the index: {e}")));
             return None;
         }
         let (bytes, _) = check.window.bytes();
         if bytes.len() < FILE_HEADER_LEN {
-            findings.push(Finding::damage(
+            findings.push(Finding::warning(
                 path,
                 bytes.len() as u64,
                 format!("index file is shorter than its header; {REBUILT}"),
@@ -73,11 +88,11 @@ impl IndexCheck {
             return None;
         }
         if let Err(kind) = header::check(bytes, INDEX_MAGIC, base) {
-            findings.push(Finding::damage(path, 0, format!("{kind}; {REBUILT}")));
+            findings.push(Finding::warning(path, 0, format!("{kind}; {REBUILT}")));
             return None;
         }
         if !active && !(check.len - FILE_HEADER_LEN as u64).is_multiple_of(ENTRY_LEN as u64) {
-            findings.push(Finding::damage(
+            findings.push(Finding::warning(
                 path,
                 check.len,
                 format!("a sealed index holds whole 8-byte entries, but the file is {} bytes; {REBUILT}", check.len),
@@ -92,7 +107,7 @@ impl IndexCheck {
     }
 
     fn bad(&mut self, what: String) {
-        self.findings.push(Finding::damage(&self.path, self.pos, format!("{what}; {REBUILT}")));
+        self.findings.push(Finding::warning(&self.path, self.pos, format!("{what}; {REBUILT}")));
         self.done = true;
     }
 
@@ -102,7 +117,7 @@ impl IndexCheck {
             return None;
         }
         if let Err(e) = self.window.ensure(&self.src, &mut self.len, self.pos, ENTRY_LEN, CHUNK) {
-            self.findings.push(Finding::damage(&self.path, self.pos, format!("cannot read the index: {e}")));
+            self.findings.push(Finding::warning(&self.path, self.pos, format!("cannot read the index: {e}")));
             self.done = true;
             return None;
         }
@@ -154,10 +169,25 @@ impl IndexCheck {
     }
 
     /// Checks the entries left once the records end at `data_end`: in a sealed segment none
-    /// may be left; in the active one, entries past the data belong to records being written.
-    pub fn finish(&mut self, data_end: u64) {
+    /// may be left; in the active one, entries past the data belong to records being written
+    /// (unless the queue was closed cleanly). With `data_damaged`, the records stop at
+    /// damage: entries past it index the records the damage hides, and are not checked.
+    pub fn finish(&mut self, data_end: u64, data_damaged: bool) {
+        if data_damaged {
+            self.done = true;
+            return;
+        }
         while let Some((rel, pos)) = self.peek() {
             let in_order = self.prev.is_none_or(|(r, p)| rel > r && pos > p);
+            if self.closed {
+                let what = format!(
+                    "entry ({rel}, {pos}) lies past the data (which ends at byte {data_end}) of a queue closed cleanly; \
+                     the next open drops it"
+                );
+                self.findings.push(Finding::warning(&self.path, self.pos, what));
+                self.done = true;
+                return;
+            }
             if self.active && !in_order {
                 // A writer may be writing this entry right now: past the data, entries of
                 // the active segment are not checked.

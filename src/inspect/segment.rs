@@ -139,6 +139,13 @@ impl SegmentReport {
     pub fn is_damaged(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Damage)
     }
+
+    /// Whether what was found may be a seal in progress: damage, or any problem with the
+    /// index (a seal cuts the index's unused entries after its data).
+    fn needs_another_look(&self, dir: &QueueDir) -> bool {
+        let index = dir.segments.iter().find(|s| s.base == self.base).and_then(|s| s.index.as_deref());
+        self.is_damaged() || self.findings.iter().any(|f| Some(f.file.as_path()) == index)
+    }
 }
 
 /// Walks every record of segment `i` of `dir`, checking each CRC and offset, and, with
@@ -216,7 +223,7 @@ fn scan_settled(
     for _ in 0..LIVE_RETRIES {
         // Segments judged unsealed are looked at again by `scan_from` itself.
         let damaged: Vec<usize> =
-            all.iter().copied().filter(|&i| reports[i].is_damaged() && !dir.is_unsealed(i)).collect();
+            all.iter().copied().filter(|&i| reports[i].needs_another_look(dir) && !dir.is_unsealed(i)).collect();
         if damaged.is_empty() {
             break;
         }
@@ -316,7 +323,10 @@ pub(crate) fn scan_from(
         reader.seek(position, offset);
     }
     let mut index = match (&seg.index, check_index) {
-        (Some(path), true) => IndexCheck::open(path, seg.base, unsealed, &mut report.findings),
+        (Some(path), true) => {
+            let closed = active && dir.is_clean();
+            IndexCheck::open(path, seg.base, unsealed, closed, &mut report.findings)
+        }
         _ => None,
     };
     let marks: Vec<(&str, CheckpointSlot)> = if check_index {
@@ -389,7 +399,7 @@ pub(crate) fn scan_from(
     }
     report.end = verdict;
     if let Some(mut ix) = index {
-        ix.finish(end.valid_end);
+        ix.finish(end.valid_end, matches!(report.end, SegmentEnd::Damaged { .. }));
         report.index_entries = Some(ix.entries);
         report.findings.append(&mut ix.findings);
     }
