@@ -1,6 +1,7 @@
 //! `segq` judges a queue directory as the library's open does (FORMAT.md, "How open uses
 //! the slots"): what recovery keeps or ignores without losing anything is at most a
-//! warning, never damage, and `info` calls a queue clean only when recovery would.
+//! warning, never damage, and `info` calls a queue clean only when recovery would. `repair`
+//! calls damage what `verify` does, and nothing else.
 
 mod cli_support;
 
@@ -103,4 +104,100 @@ fn a_slot_inside_the_data_that_does_not_land_is_a_warning_one_past_the_data_is_d
     assert_eq!(verify.code, 1, "{}", verify.stdout);
     let damage = findings(&verify, "damage");
     assert!(damage.iter().any(|w| w.contains("slot B says the data") && w.contains("synced up to")), "{damage:?}");
+}
+
+fn base_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
+/// Damage only in a group's journal: `repair` has nothing to cut, but does not say "no
+/// damage found": it lists the damage it leaves and exits with 1, as `verify` does. (It
+/// said "no damage found: nothing to repair", exit 0.)
+#[test]
+fn repair_reports_damage_in_group_files_that_it_does_not_mend() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let journal = d.join("groups/billing/journal");
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes[32 + 24 * 2 + 5] ^= 1; // the third of several entries
+    std::fs::write(&journal, &bytes).unwrap();
+    assert_eq!(segq(["verify", &arg(d)]).code, 1);
+    for yes in [false, true] {
+        let mut args = vec!["repair".to_string(), arg(d), "--truncate-at-first-damage".into()];
+        if yes {
+            args.push("--yes".into());
+        }
+        let run = segq(&args);
+        assert_eq!(run.code, 1, "--yes {yes}: {}{}", run.stdout, run.stderr);
+        assert!(!run.stdout.contains("no damage found"), "{}", run.stdout);
+        assert!(run.stdout.contains("does not mend") && run.stdout.contains("billing/journal"), "{}", run.stdout);
+    }
+    args_json_lists_it(d);
+    // Nothing was changed.
+    assert_eq!(segment_files(d).len(), segment_files(d).len());
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes);
+}
+
+fn args_json_lists_it(d: &Path) {
+    let run = segq(["repair", &arg(d), "--truncate-at-first-damage", "--json"]);
+    let plan = &run.json()["plan"];
+    assert_eq!(plan["unrepaired"].as_array().map(Vec::len), Some(1), "{plan}");
+    assert!(plan["cut"].is_null() && plan["moves"].as_array().unwrap().is_empty());
+}
+
+/// A newest segment that a roll created but never wrote, its seal unfinished: `verify`
+/// warns that the next open deletes it, and `repair` leaves it to that open. (`repair`
+/// called it damage, moved it aside and deleted the checkpoint.)
+#[test]
+fn repair_leaves_a_never_written_newest_segment_to_the_next_open() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let newest = segment_files(d).pop().unwrap();
+    let checkpoint = std::fs::read(d.join("checkpoint")).unwrap();
+    let len = u64::from_le_bytes(checkpoint[24..32].try_into().unwrap()); // where the clean close says the data ends
+    let base = base_of(&newest);
+    // The roll to offset RECORDS created the next segment; the crash came before its seal
+    // made it durable: its header is zeros, and the slots still name the one before.
+    std::fs::write(d.join(format!("{RECORDS:020}.log")), vec![0u8; 4096]).unwrap();
+    put_slot(d, 'A', base, len, RECORDS, false);
+    put_slot(d, 'B', base, len, RECORDS, false);
+    assert_eq!(library_open(d).unwrap(), (RECORDS, false));
+
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    let repair = segq(["repair", &arg(d), "--truncate-at-first-damage"]);
+    assert_eq!((repair.code, repair.stdout.trim()), (0, "no damage found: nothing to repair"));
+}
+
+/// An unfinished seal whose tail was lost: the records of the newest segment follow a gap,
+/// and the next open deletes that segment. `verify` warns; `repair` leaves it to the open.
+/// (`repair` called the gap damage and moved the newest segment aside.)
+#[test]
+fn repair_leaves_the_gap_of_an_unfinished_seal_to_the_next_open() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let files = segment_files(d);
+    let (sealing, newest) = (&files[files.len() - 2], &files[files.len() - 1]);
+    let base = base_of(sealing);
+    // The seal of `sealing` did not finish and its last record was lost: the slots name it
+    // only, and its data ends one record before the newest segment's base.
+    let bytes = std::fs::read(sealing).unwrap();
+    let last = *record_positions(&bytes).last().unwrap();
+    std::fs::OpenOptions::new().write(true).open(sealing).unwrap().set_len(last as u64).unwrap();
+    put_slot(d, 'A', base, 32, base, false);
+    put_slot(d, 'B', base, 32, base, false);
+    let kept = base_of(newest) - 1;
+    assert_eq!(library_open(d).unwrap(), (kept, false), "the library deletes the newest segment");
+
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    assert!(findings(&verify, "warning").iter().any(|w| w.contains("did not finish")), "{}", verify.stdout);
+    let repair = segq(["repair", &arg(d), "--truncate-at-first-damage"]);
+    assert_eq!((repair.code, repair.stdout.trim()), (0, "no damage found: nothing to repair"));
 }

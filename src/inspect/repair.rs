@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use super::dir::QueueDir;
-use super::segment::{SegmentEnd, scan_segment};
+use super::segment::{SegmentEnd, SegmentReport};
+use super::verify::{seal_left_a_gap, verify};
 use super::{Finding, Severity};
 use crate::error::Result;
 
@@ -113,13 +114,16 @@ pub struct RepairPlan {
     /// Segment files moved aside whole: those after the damage (and the damaged one itself
     /// when its header cannot be read).
     pub moves: Vec<Move>,
-    /// Files deleted: the indexes of the segments cut or moved and any damaged index (all
-    /// derived data, rebuilt by the next open), and the checkpoint, so that the next open
+    /// Files deleted: the indexes of the segments cut or moved (derived data, rebuilt by
+    /// the next open), and the checkpoint, so that the next open
     /// scans the newest segment instead of trusting positions that may be gone.
     #[serde(serialize_with = "crate::inspect::lossy::paths")]
     pub deletes: Vec<PathBuf>,
     /// Offset the queue continues from after the repair.
     pub next_offset: u64,
+    /// Damage that this repair does not mend, as [`verify`] reports it: in group files, or a
+    /// checkpoint slot that says data was synced which is gone. Nothing is done about it.
+    pub unrepaired: Vec<Finding>,
 }
 
 impl RepairPlan {
@@ -152,9 +156,13 @@ fn side_name(file: &Path, position: u64) -> PathBuf {
     (1..).map(|n| PathBuf::from(format!("{}.{n}", first.display()))).find(|p| !p.exists()).expect("a free name")
 }
 
-/// Works out the repair of the queue in `dir`: segments are scanned oldest first up to the
-/// first one with damage. A torn tail of the newest segment is not damage (the next open
-/// cuts it) and is left alone.
+/// Works out the repair of the queue in `dir` from what [`verify`] finds, so that the two
+/// agree: segments are taken oldest first up to the first one with damage. What is not
+/// damage is left alone: a torn tail of the newest segment (the next open cuts it), a newest
+/// segment that a roll created but never wrote, or the segments after an unfinished seal
+/// (the next open deletes them). Damage that a cut of the log does not mend (in group
+/// files, or a checkpoint slot claiming data that is gone) is listed in
+/// [`RepairPlan::unrepaired`].
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -171,40 +179,38 @@ fn side_name(file: &Path, position: u64) -> PathBuf {
 /// let plan = plan_repair(&QueueDir::open(dir.path())?)?;
 /// assert_eq!(plan.cut.expect("a cut").position, 32); // nothing before the damage to keep
 /// assert_eq!(plan.next_offset, 0);
+/// assert!(plan.unrepaired.is_empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
 /// # Errors
 /// [`crate::Error::Io`] when a file cannot be read.
 pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
+    let verified = verify(dir, &|_| {})?;
     let mut plan = RepairPlan::default();
     let mut first_bad: Option<usize> = None;
-    let mut index_damage = Vec::new();
-    let mut prev: Option<(u64, u64, PathBuf)> = None; // (next offset, data end, file) of the previous segment
-    for i in 0..dir.segments.len() {
-        let report = scan_segment(dir, i, true, &|_| {})?;
+    let mut deletes = Vec::new();
+    let mut prev: Option<&SegmentReport> = None;
+    for (i, report) in verified.segment_reports.iter().enumerate() {
         if report.end == SegmentEnd::Gone {
             continue;
         }
-        if let Some((next, end, file)) = &prev
-            && *next != report.base
+        if let Some(p) = prev
+            && p.next_offset != report.base
         {
+            if seal_left_a_gap(dir, p, report) {
+                break; // the next open deletes this segment and those after it
+            }
             // Offsets do not follow on: keep the previous segment whole, set aside the rest.
-            let what = if *next < report.base {
-                format!("offsets {next}..{} are missing", report.base)
+            let what = if p.next_offset < report.base {
+                format!("offsets {}..{} are missing", p.next_offset, report.base)
             } else {
                 format!("offsets from {} are also in {}", report.base, report.file.display())
             };
-            plan.damage = Some(Finding::damage(file, *end, what));
-            plan.next_offset = *next;
+            plan.damage = Some(Finding::damage(&p.file, p.data_end, what));
+            plan.next_offset = p.next_offset;
             first_bad = Some(i);
             break;
-        }
-        for f in &report.findings {
-            let is_index = dir.segments[i].index.as_deref() == Some(f.file.as_path());
-            if f.severity == Severity::Damage && is_index {
-                index_damage.push(f.file.clone());
-            }
         }
         match &report.end {
             SegmentEnd::Damaged { position, what } => {
@@ -218,21 +224,24 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
                 });
                 plan.next_offset = report.next_offset;
                 if let Some(index) = &dir.segments[i].index {
-                    index_damage.push(index.clone());
+                    deletes.push(index.clone());
                 }
                 first_bad = Some(i + 1);
                 break;
             }
+            // A header that is not damage: a newest segment created by a roll and never
+            // written, which the next open deletes.
+            SegmentEnd::Unreadable { .. } if !report.is_damaged() => break,
             SegmentEnd::Unreadable { position, what } => {
                 plan.damage = Some(Finding::damage(&report.file, *position, what));
-                plan.next_offset = prev.as_ref().map_or(report.base, |p| p.0);
+                plan.next_offset = prev.map_or(report.base, |p| p.next_offset);
                 first_bad = Some(i);
                 break;
             }
             _ => {}
         }
         plan.next_offset = report.next_offset;
-        prev = Some((report.next_offset, report.data_end, report.file));
+        prev = Some(report);
     }
     if first_bad == Some(0) {
         // No segment is left: the next open starts an empty queue at offset 0.
@@ -242,13 +251,13 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
         for seg in &dir.segments[first..] {
             plan.moves.push(Move { file: seg.path.clone(), side_file: side_name(&seg.path, 0) });
             if let Some(index) = &seg.index {
-                index_damage.push(index.clone());
+                deletes.push(index.clone());
             }
         }
     }
-    index_damage.sort();
-    index_damage.dedup();
-    plan.deletes = index_damage;
+    deletes.sort();
+    deletes.dedup();
+    plan.deletes = deletes;
     let checkpoint_damaged = dir.checkpoint.slots().any(|(_, s)| dir.newest().is_none_or(|n| s.segment_base > n.base));
     if (first_bad.is_some() || checkpoint_damaged) && dir.checkpoint.present {
         plan.deletes.push(dir.checkpoint.path.clone());
@@ -260,5 +269,18 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
             ));
         }
     }
+    // Damage in the log is mended by the cut: in the segment cut, the segments moved, and a
+    // gap or overlap at the cut. The rest stays.
+    let touched = |f: &Path| {
+        plan.cut.as_ref().is_some_and(|c| c.file == f)
+            || plan.moves.iter().any(|m| m.file == f)
+            || plan.deletes.iter().any(|d| d == f)
+            || (plan.damage.is_some() && dir.segments.iter().any(|s| s.path == f))
+    };
+    plan.unrepaired = verified
+        .findings
+        .into_iter()
+        .filter(|f| f.severity == Severity::Damage && !touched(&f.file))
+        .collect();
     Ok(plan)
 }

@@ -71,6 +71,15 @@ impl VerifyReport {
     }
 }
 
+/// Whether the records of `b` follow a gap after `a` because the seal of `a` did not finish
+/// (its tail was lost with a crash, or torn): recovery then deletes `b` and any segment after
+/// it, which held nothing durable. Not damage.
+pub(crate) fn seal_left_a_gap(dir: &QueueDir, a: &SegmentReport, b: &SegmentReport) -> bool {
+    let ended = matches!(a.end, SegmentEnd::Clean | SegmentEnd::Torn { .. });
+    let unsealed = || dir.segments.binary_search_by_key(&a.base, |s| s.base).is_ok_and(|i| dir.is_unsealed(i));
+    a.next_offset < b.base && ended && unsealed()
+}
+
 /// Checks the queue in `dir`: every record's CRC and offset, the offsets' continuity within
 /// and across segments, every index entry against the records, the checkpoint's positions,
 /// and every group's snapshot and journal. Segments are checked by [`scan_segments`], which
@@ -106,9 +115,7 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     let live: Vec<&SegmentReport> = reports.iter().filter(|r| r.end != SegmentEnd::Gone).collect();
     for pair in live.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let ended = matches!(a.end, SegmentEnd::Clean | SegmentEnd::Torn { .. });
-        let unsealed = || dir.segments.binary_search_by_key(&a.base, |s| s.base).is_ok_and(|i| dir.is_unsealed(i));
-        if a.next_offset < b.base && ended && unsealed() {
+        if seal_left_a_gap(dir, a, b) {
             // A segment whose seal did not finish: the records past its end never became
             // durable, and those of the next segment (made durable by that seal) would follow
             // a gap. Recovery deletes them, as the end of a torn tail.

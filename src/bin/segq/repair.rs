@@ -13,13 +13,16 @@ use crate::{Failure, Outcome};
 
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
-Without --yes, prints what it would do and changes nothing (exit code 1 if there is damage).
+Without --yes, prints what it would do and changes nothing (exit code 1 if there is damage,
+as for verify). Warnings of verify are not damage and are left alone.
 With --yes it takes the queue's lock (refusing, with exit code 2, while a writer has the queue
 open), then: deletes the checkpoint so that the next open scans the newest segment; copies
 the bytes after the cut to <segment>.cut-<position> and cuts the segment there, at the end of
 the last complete batch before the damage; renames every later segment to
 <segment>.cut-0; deletes the index files of the segments it changed (they are rebuilt).
-Nothing is removed that is not kept in a side file, apart from derived data.")]
+Nothing is removed that is not kept in a side file, apart from derived data. Damage that a cut
+of the log does not mend (in group files, or a checkpoint slot naming data that is gone) is
+listed and left; the exit code is then 1 even with --yes.")]
 pub struct Args {
     /// The queue directory
     dir: PathBuf,
@@ -85,6 +88,12 @@ fn describe(out: &mut impl Write, plan: &RepairPlan, done: bool) -> io::Result<(
     if !done && !plan.is_empty() {
         writeln!(out, "nothing was changed: run again with --yes to do it")?;
     }
+    if !plan.unrepaired.is_empty() {
+        writeln!(out, "damage that cutting the log does not mend (left as it is; see `segq verify`):")?;
+        for f in &plan.unrepaired {
+            writeln!(out, "  {} at byte {}: {}", f.file.display(), f.position, f.what)?;
+        }
+    }
     Ok(())
 }
 
@@ -106,13 +115,18 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             out,
             &serde_json::json!({ "dir": dir.path.to_string_lossy(), "applied": args.yes && !plan.is_empty(), "plan": plan }),
         )?;
-    } else if plan.is_empty() {
+    } else if plan.is_empty() && plan.unrepaired.is_empty() {
         writeln!(out, "no damage found: nothing to repair")?;
     } else {
+        if plan.is_empty() {
+            writeln!(out, "nothing to cut in the log")?;
+        }
         describe(out, &plan, args.yes)?;
     }
     drop(held);
-    Ok(if plan.is_empty() || args.yes { 0 } else { 1 })
+    // As `verify`: 1 while damage is left, here or because the plan was not carried out.
+    let left = !plan.unrepaired.is_empty() || (!plan.is_empty() && !args.yes);
+    Ok(u8::from(left))
 }
 
 /// Carries out the plan. Each step leaves a queue that opens: the checkpoint goes first
