@@ -420,7 +420,9 @@ fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
     let findings = |run: &Run| -> Vec<(String, String)> {
         let doc = run.json();
         let all = doc["findings"].as_array().unwrap().clone();
-        all.iter().map(|f| (f["severity"].as_str().unwrap().to_string(), f["file"].as_str().unwrap().to_string())).collect()
+        all.iter()
+            .map(|f| (f["severity"].as_str().unwrap().to_string(), f["file"].as_str().unwrap().to_string()))
+            .collect()
     };
     let index = d.join("00000000000000000000.index");
     let saved = fs::read(&index).unwrap();
@@ -448,4 +450,38 @@ fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
     let run = segq(["verify", "--json", &arg(d)]);
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(findings(&run), [("warning".to_string(), arg(&newest))], "{}", run.stdout);
+}
+
+/// A regular file named `groups` in place of the groups directory: the log is intact, so
+/// `info`, `segments` and `dump` work and mention it; `verify` reports it as damage on that
+/// path and `groups` fails with exit 1 naming it. (Every command failed with "Not a
+/// directory", exit 2.)
+#[test]
+fn a_file_named_groups_breaks_only_the_group_commands() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = segq::Queue::open(d, small()).unwrap();
+    q.append(b"hello").unwrap();
+    q.close().unwrap();
+    fs::write(d.join("groups"), b"not a directory").unwrap();
+    let info = segq(["info", "--json", &arg(d)]);
+    assert_eq!(info.code, 0, "{}", info.stderr);
+    let doc = info.json();
+    assert_eq!(doc["next_offset"], 1);
+    assert!(doc["groups_error"].as_str().is_some_and(|e| e.contains("groups")), "{doc}");
+    let segments = segq(["segments", &arg(d)]);
+    assert_eq!(segments.code, 0, "{}", segments.stderr);
+    assert!(segments.stderr.contains("groups"), "{}", segments.stderr);
+    let dump = segq(["dump", &arg(d)]);
+    assert_eq!(dump.code, 0, "{}", dump.stderr);
+    assert!(dump.stdout.contains("hello") && dump.stderr.contains("groups"), "{}{}", dump.stdout, dump.stderr);
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    let f = &verify.json()["findings"][0];
+    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(&d.join("groups")).as_str())));
+    assert!(f["what"].as_str().unwrap().contains("not a directory"), "{f}");
+    let groups = segq(["groups", &arg(d)]);
+    assert_eq!(groups.code, 1, "{}", groups.stderr);
+    assert!(groups.stderr.contains("groups") && groups.stderr.contains("Not a directory"), "{}", groups.stderr);
 }

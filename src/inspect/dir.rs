@@ -228,6 +228,10 @@ pub struct QueueDir {
     /// Folders under `groups/` without a snapshot file (a group half created or deleted).
     #[serde(serialize_with = "crate::inspect::lossy::paths")]
     pub incomplete_groups: Vec<PathBuf>,
+    /// Why the consumer groups could not be listed (`groups` is a file instead of a
+    /// directory, say), naming the path; [`QueueDir::groups`] is then empty. The log does
+    /// not need them and can still be read, as `Queue::open` does.
+    pub groups_error: Option<String>,
 }
 
 /// The files of one pass over a queue directory.
@@ -328,7 +332,10 @@ impl QueueDir {
             let msg = format!("{}: not a segq queue directory (no segment files, no checkpoint)", path.display());
             return Err(Error::Io(io::Error::new(io::ErrorKind::NotFound, msg)));
         }
-        let groups = group::list(path)?;
+        let (groups, groups_error) = match group::list(path) {
+            Ok(groups) => (groups, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         let mut incomplete_groups = Vec::new();
         if let Ok(entries) = fs::read_dir(path.join(GROUPS_DIR)) {
             for entry in entries.flatten() {
@@ -340,7 +347,15 @@ impl QueueDir {
             }
         }
         incomplete_groups.sort();
-        Ok(QueueDir { path: path.to_path_buf(), segments, checkpoint, groups, leftovers, incomplete_groups })
+        Ok(QueueDir {
+            path: path.to_path_buf(),
+            segments,
+            checkpoint,
+            groups,
+            leftovers,
+            incomplete_groups,
+            groups_error,
+        })
     }
 
     /// The newest segment: the one a writer appends to.

@@ -45,13 +45,7 @@ impl IndexCheck {
     /// `findings`) when there is nothing to check. `active`: the segment may still be
     /// written to; `closed`: it is the active segment of a queue closed cleanly, so that
     /// entries past its data are not being written but left over.
-    pub fn open(
-        path: &Path,
-        base: u64,
-        active: bool,
-        closed: bool,
-        findings: &mut Vec<Finding>,
-    ) -> Option<IndexCheck> {
+    pub fn open(path: &Path, base: u64, active: bool, closed: bool, findings: &mut Vec<Finding>) -> Option<IndexCheck> {
         let file = match crate::fs::open_regular(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,

@@ -42,6 +42,8 @@ pub struct Info {
     pub bytes: u64,
     /// Names of the consumer groups.
     pub groups: Vec<String>,
+    /// Why the groups could not be listed (see [`QueueDir::groups_error`]).
+    pub groups_error: Option<String>,
     /// The queue was closed cleanly (checkpoint slot A carries the clean flag for the
     /// newest segment). `false` while a writer has it open, and after a crash.
     pub clean: bool,
@@ -132,6 +134,7 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
         segments: dir.segments.len() as u64,
         bytes,
         groups: dir.groups.clone(),
+        groups_error: dir.groups_error.clone(),
         clean: dir.is_clean() && landed,
         state: state.to_string(),
         tail,

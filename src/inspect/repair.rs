@@ -277,10 +277,7 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
             || plan.deletes.iter().any(|d| d == f)
             || (plan.damage.is_some() && dir.segments.iter().any(|s| s.path == f))
     };
-    plan.unrepaired = verified
-        .findings
-        .into_iter()
-        .filter(|f| f.severity == Severity::Damage && !touched(&f.file))
-        .collect();
+    plan.unrepaired =
+        verified.findings.into_iter().filter(|f| f.severity == Severity::Damage && !touched(&f.file)).collect();
     Ok(plan)
 }

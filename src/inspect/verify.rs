@@ -194,6 +194,18 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
             "a group folder without a snapshot (half created or deleted); ignored",
         ));
     }
+    if let Some(e) = &dir.groups_error {
+        let groups = dir.path.join(crate::group::GROUPS_DIR);
+        if std::fs::metadata(&groups).is_ok_and(|m| !m.is_dir()) {
+            let what = format!(
+                "not a directory, so no consumer group can be read or created: the queue opens, but every group \
+                 call fails ({e})"
+            );
+            findings.push(Finding::damage(groups, 0, what));
+        } else {
+            return Err(Error::Io(std::io::Error::other(format!("cannot list the consumer groups: {e}"))));
+        }
+    }
     let next_offset = live.last().map_or(0, |r| r.next_offset);
     for name in &dir.groups {
         match read_group(dir, name, next_offset) {

@@ -131,6 +131,9 @@ fn targets(path: &Path, from: u64) -> Result<Vec<Target>, Failure> {
     let meta = std::fs::metadata(path).map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
     if meta.is_dir() {
         let dir = QueueDir::open(path)?;
+        if let Some(e) = &dir.groups_error {
+            eprintln!("segq: note: the consumer groups cannot be listed ({e}); see `segq verify`");
+        }
         let n = dir.segments.len();
         let start = dir.segments.iter().rposition(|s| s.base <= from).unwrap_or(0);
         return Ok((start..n)

@@ -24,6 +24,12 @@ const SHOWN: usize = 20;
 
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let dir = QueueDir::open(&args.dir)?;
+    if let Some(e) = &dir.groups_error {
+        // Not a directory: the queue's groups are broken (damage); anything else is an I/O error.
+        let path = dir.path.join("groups");
+        let code = if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) { 1 } else { 2 };
+        return Err(Failure { code, message: format!("the consumer groups cannot be read: {e}") });
+    }
     let names = match &args.name {
         Some(name) if dir.groups.contains(name) => vec![name.clone()],
         Some(name) => return Err(Failure::usage(format!("{}: no consumer group named {name:?}", dir.path.display()))),

@@ -41,7 +41,9 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             "open or crashed" => "open or crashed (not closed cleanly: the next open scans the tail)".to_string(),
             other => other.to_string(),
         };
-        let groups = if info.groups.is_empty() {
+        let groups = if let Some(e) = &info.groups_error {
+            format!("unknown: {e}")
+        } else if info.groups.is_empty() {
             "0".to_string()
         } else {
             format!("{} ({})", info.groups.len(), info.groups.join(", "))

@@ -19,6 +19,9 @@ pub struct Args {
 
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let dir = QueueDir::open(&args.dir)?;
+    if let Some(e) = &dir.groups_error {
+        eprintln!("segq: note: the consumer groups cannot be listed ({e}); see `segq verify`");
+    }
     let reports = scan_segments(&dir, true, &|_| {})?;
     let damaged = reports.iter().any(|r| r.is_damaged());
     if args.json {
