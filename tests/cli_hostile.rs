@@ -485,3 +485,49 @@ fn a_file_named_groups_breaks_only_the_group_commands() {
     assert_eq!(groups.code, 1, "{}", groups.stderr);
     assert!(groups.stderr.contains("groups") && groups.stderr.contains("Not a directory"), "{}", groups.stderr);
 }
+
+/// Segments kept elsewhere behind symbolic links: sizes are those of the files, not of the
+/// links. A link to nothing as the newest segment is damage naming the link and its target
+/// (the library does not open such a queue), not a segment deleted by retention. (It was
+/// shown as "deleted", `verify` found nothing, and sizes were the links' own.)
+#[test]
+fn symlinked_segments_show_their_files_and_a_dangling_link_is_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let files = segment_files(d);
+    let moved = elsewhere.path().join("first.log");
+    fs::rename(&files[0], &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &files[0]).unwrap();
+    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(segq(["info", "--json", &arg(d)]).json()["bytes"].as_u64(), Some(total));
+    let segments = segq(["segments", "--json", &arg(d)]).json();
+    assert_eq!(segments["segments"][0]["bytes"].as_u64(), Some(fs::metadata(&moved).unwrap().len()));
+    assert_eq!(segq(["verify", &arg(d)]).code, 0);
+
+    let newest = files.last().unwrap();
+    fs::remove_file(newest).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("gone.log"), newest).unwrap();
+    assert!(segq::Queue::open(d, small()).is_err(), "the library does not open it");
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    let doc = verify.json();
+    let f = &doc["findings"][0];
+    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(newest).as_str())), "{doc}");
+    assert!(f["what"].as_str().unwrap().contains("symbolic link") && f["what"].as_str().unwrap().contains("gone.log"));
+    let segments = segq(["segments", &arg(d)]);
+    assert_eq!(segments.code, 1);
+    assert!(!segments.stdout.contains("deleted") && segments.stdout.contains("UNREADABLE"), "{}", segments.stdout);
+    for command in ["info", "groups"] {
+        let run = segq([command, &arg(d)]);
+        assert_ne!(run.code, 0, "{command}");
+        assert!(
+            run.stderr.contains("symbolic link") || run.stdout.contains("symbolic link"),
+            "{command}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}

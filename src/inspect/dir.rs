@@ -253,8 +253,16 @@ impl Listing {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if let Some(base) = segment::parse_log_name(name) {
-                let len = match entry.metadata() {
+                // The length of the file itself, through a symbolic link.
+                let len = match fs::metadata(entry.path()) {
                     Ok(m) => m.len(),
+                    // A link to nothing is listed (and found damaged when read).
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            && super::walk::dangling_link(&entry.path()).is_some() =>
+                    {
+                        0
+                    }
                     // Deleted by retention since the listing.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(Error::io(&entry.path(), e)),

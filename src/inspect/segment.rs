@@ -296,6 +296,14 @@ pub(crate) fn scan_from(
     let mut reader = match SegmentReader::open(&seg.path) {
         Ok(r) => r,
         Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(target) = super::walk::dangling_link(&seg.path) {
+                // Not deleted: a link to nothing, and the queue does not open.
+                let what = format!("a symbolic link to {}, which does not exist", target.display());
+                report.data_end = 0;
+                report.findings.push(Finding::damage(&seg.path, 0, &what));
+                report.end = SegmentEnd::Unreadable { position: 0, what };
+                return Ok(report);
+            }
             report.end = SegmentEnd::Gone;
             return Ok(report);
         }

@@ -76,8 +76,10 @@ impl VerifyReport {
 /// it, which held nothing durable. Not damage.
 pub(crate) fn seal_left_a_gap(dir: &QueueDir, a: &SegmentReport, b: &SegmentReport) -> bool {
     let ended = matches!(a.end, SegmentEnd::Clean | SegmentEnd::Torn { .. });
+    // Recovery deletes `b` only with a valid header; otherwise the queue does not open.
+    let readable = !matches!(b.end, SegmentEnd::Unreadable { .. });
     let unsealed = || dir.segments.binary_search_by_key(&a.base, |s| s.base).is_ok_and(|i| dir.is_unsealed(i));
-    a.next_offset < b.base && ended && unsealed()
+    a.next_offset < b.base && ended && readable && unsealed()
 }
 
 /// Checks the queue in `dir`: every record's CRC and offset, the offsets' continuity within

@@ -202,7 +202,13 @@ impl SegmentReader {
     /// position if it is shorter than a header or its header is wrong (magic, checksum,
     /// version, base offset).
     pub fn open(path: &Path) -> Result<SegmentReader> {
-        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fs::open_regular(path).map_err(|e| match dangling_link(path) {
+            Some(target) if e.kind() == std::io::ErrorKind::NotFound => Error::io(
+                path,
+                std::io::Error::new(e.kind(), format!("a symbolic link to {}, which does not exist", target.display())),
+            ),
+            _ => Error::io(path, e),
+        })?;
         SegmentReader::new(path, Source::File(file))
     }
 
@@ -592,6 +598,13 @@ impl SegmentReader {
         }
         Ok(None)
     }
+}
+
+/// Where the symbolic link at `path` points, if it is one and what it points to does not
+/// exist: then `path` is not gone (deleted by retention) but broken.
+pub(crate) fn dangling_link(path: &Path) -> Option<PathBuf> {
+    let target = std::fs::read_link(path).ok()?;
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound).then_some(target)
 }
 
 /// Index of the first byte that is not zero, checking 16 bytes at a time.
