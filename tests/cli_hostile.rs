@@ -531,3 +531,30 @@ fn symlinked_segments_show_their_files_and_a_dangling_link_is_damage() {
         );
     }
 }
+
+/// The newest segment's header is damaged, so where the log ends is not known: `groups`
+/// counts the lag up to that segment's base, and does not claim that the group delivered
+/// past the log's end. (It took the end to be offset 0 and warned that every delivery
+/// would be forgotten.)
+#[test]
+fn groups_with_an_unreadable_newest_segment_do_not_claim_deliveries_past_the_end() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let newest = segment_files(d).pop().unwrap();
+    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = fs::read(&newest).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&newest, &bytes).unwrap();
+    for args in [vec!["groups", "--json"], vec!["verify", "--json"]] {
+        let run = segq(args.iter().copied().chain([arg(d).as_str()]));
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(!run.stdout.contains("delivered up to"), "{args:?}: {}", run.stdout);
+    }
+    let doc = segq(["groups", "--json", &arg(d)]).json();
+    let billing = doc["groups"].as_array().unwrap().iter().find(|g| g["name"] == "billing").unwrap().clone();
+    assert_eq!(billing["next_delivery"], 6);
+    assert_eq!(billing["lag"].as_u64(), Some(base - 6 + 2), "up to the newest base, and 3 (waiting) and 4 (leased)");
+    assert!(billing["findings"].as_array().unwrap().is_empty(), "{billing}");
+}

@@ -187,6 +187,35 @@ fn read_snapshot(state_path: &Path) -> Result<Snapshot> {
 /// header is damaged, as the queue would refuse to open the group; [`Error::Io`] if a file
 /// cannot be read.
 pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupReport> {
+    read(dir, name, log_next, true)
+}
+
+/// [`read_group`] when the log's end is not known (its newest segment cannot be read):
+/// the log ends at `at_least` or later (the newest segment's base, say). The lag counts up
+/// to `at_least`, and deliveries past it are not reported as past the log's end.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # let g = q.group("mailer")?;
+/// # g.poll(std::time::Duration::ZERO)?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, read_group_past};
+///
+/// let group = read_group_past(&QueueDir::open(dir.path())?, "mailer", 0)?;
+/// assert_eq!(group.next_delivery, 1);
+/// assert!(group.findings.is_empty()); // the delivery may well be in the log
+/// # Ok::<(), segq::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`read_group`].
+pub fn read_group_past(dir: &QueueDir, name: &str, at_least: u64) -> Result<GroupReport> {
+    read(dir, name, at_least, false)
+}
+
+fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<GroupReport> {
     crate::group::validate_name(name)?;
     let (state_path, journal_path) = dir.group_files(name);
     // A live group may write a new snapshot and restart its journal between the two reads:
@@ -235,7 +264,9 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
     let clock = Clock::lazy();
     // Capped at the log's end, so a damaged snapshot cannot make this allocate a slot per
     // offset of a range that does not exist.
-    let mut state = snap.restore(&clock, log_next);
+    // Where the log's end is not known, the snapshot's own next delivery is taken as in it.
+    let limit = if end_known { log_next } else { log_next.max(snap.next) };
+    let mut state = snap.restore(&clock, limit);
     let mut findings = Vec::new();
     if let Some((bad, at)) = stale {
         let what = format!(
@@ -261,7 +292,7 @@ pub fn read_group(dir: &QueueDir, name: &str, log_next: u64) -> Result<GroupRepo
         state.apply(op, &clock);
         replayed += 1;
     }
-    if snap.next.max(state.next()) > log_next {
+    if end_known && snap.next.max(state.next()) > log_next {
         findings.push(Finding {
             severity: Severity::Warning,
             file: state_path.clone(),

@@ -41,7 +41,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
-pub use groups::{GroupReport, Lease, Retry, read_group};
+pub use groups::{GroupReport, Lease, Retry, read_group, read_group_past};
 pub use info::{Info, info};
 pub use repair::{Cut, Move, RepairPlan, plan_repair};
 pub use segment::{SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use super::dir::QueueDir;
-use super::groups::read_group;
+use super::groups::{read_group, read_group_past};
 use super::segment::{SegmentEnd, SegmentReport, scan_segments};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
@@ -209,8 +209,11 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
         }
     }
     let next_offset = live.last().map_or(0, |r| r.next_offset);
+    // A newest segment that cannot be read hides where the log ends: at its base or later.
+    let end_known = live.last().is_none_or(|r| !(matches!(r.end, SegmentEnd::Unreadable { .. }) && r.is_damaged()));
     for name in &dir.groups {
-        match read_group(dir, name, next_offset) {
+        let read = if end_known { read_group(dir, name, next_offset) } else { read_group_past(dir, name, next_offset) };
+        match read {
             Ok(report) => findings.extend(report.findings),
             Err(Error::Corrupt { path, position, kind }) => findings.push(Finding::damage(path, position, kind)),
             Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {} // deleted meanwhile

@@ -37,20 +37,25 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     };
     // The lag counts up to the log's end; a log too damaged to say where it ends still
     // has groups worth showing.
-    let mut damaged = false;
+    let mut failed = 0;
     let log_next = match inspect::info(&dir) {
-        Ok(info) => info.next_offset,
-        Err(e @ segq::Error::Corrupt { .. }) => {
-            eprintln!("segq: {e} (lag is not known)");
-            damaged = true;
-            0
+        Ok(info) => Some(info.next_offset),
+        Err(e) => {
+            // The newest segment cannot be read: the log ends at its base or later.
+            eprintln!("segq: {e} (the log's end is not known: lag counts up to the newest segment's base)");
+            failed = if matches!(e, segq::Error::Corrupt { .. }) { 1 } else { 2 };
+            None
         }
-        Err(e) => return Err(e.into()),
     };
+    let at_least = dir.newest().map_or(0, |s| s.base);
     let mut reports = Vec::new();
     let mut errors = Vec::new();
     for name in &names {
-        match inspect::read_group(&dir, name, log_next) {
+        let report = match log_next {
+            Some(next) => inspect::read_group(&dir, name, next),
+            None => inspect::read_group_past(&dir, name, at_least),
+        };
+        match report {
             Ok(r) => reports.push(r),
             Err(e @ segq::Error::Corrupt { .. }) => errors.push(e.to_string()),
             Err(e) => return Err(e.into()),
@@ -110,7 +115,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     for e in &errors {
         eprintln!("segq: {e}");
     }
-    Ok(u8::from(damaged || !errors.is_empty()))
+    Ok(failed.max(u8::from(!errors.is_empty())))
 }
 
 /// Everything about one group.
