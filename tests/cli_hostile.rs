@@ -176,10 +176,10 @@ fn damage_in_synced_data_of_the_active_segment_is_damage() {
     assert_eq!(run.json()["findings"][0]["position"].as_u64(), Some(at as u64));
 }
 
-/// An index is derived data that segq checks and rebuilds: a bad entry is a warning naming
-/// the index and the entry's position, and every record still reads.
+/// A bad index entry is damage in the index, at the entry's position; the library rebuilds
+/// the index, so every record still reads.
 #[test]
-fn a_bad_index_entry_is_a_warning_in_the_index() {
+fn a_bad_index_entry_is_damage_in_the_index() {
     let _s = serial();
     let tmp = tempfile::tempdir().unwrap();
     make_queue(tmp.path());
@@ -188,10 +188,10 @@ fn a_bad_index_entry_is_a_warning_in_the_index() {
     bytes[32 + 8 + 4] ^= 0x10; // the position of the second entry
     fs::write(&index, &bytes).unwrap();
     let run = segq(["verify", &arg(tmp.path()), "--json"]);
-    assert_eq!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.code, 1, "{}", run.stdout);
     let f = &run.json()["findings"][0];
     assert!(f["file"].as_str().unwrap().ends_with(".index"), "{f}");
-    assert_eq!(f["severity"], "warning");
+    assert_eq!(f["severity"], "damage");
     assert_eq!(f["position"].as_u64(), Some(40));
     let q = segq::Queue::open(tmp.path(), small()).unwrap();
     for i in 0..100 {
@@ -373,7 +373,7 @@ fn dump_json_stays_valid_when_an_error_stops_it() {
 /// it, and `verify` reports the entry with the offset it names in full. (The sum overflowed:
 /// a panic in debug builds.)
 #[test]
-fn an_index_entry_naming_an_offset_past_u64_max_is_reported() {
+fn an_index_entry_naming_an_offset_past_u64_max_is_damage() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let base = u64::MAX - 200;
@@ -390,11 +390,9 @@ fn an_index_entry_naming_an_offset_past_u64_max_is_reported() {
     bytes[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
     fs::write(&index, bytes).unwrap();
     let verify = segq(["verify", &arg(tmp.path())]);
-    // A warning: the index is rebuilt, and every record reads (below).
-    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
     let named = u128::from(base) + u128::from(u32::MAX);
-    let line = verify.stdout.lines().find(|l| l.contains(&format!("entry for offset {named}")));
-    assert!(line.is_some_and(|l| l.starts_with("warning")), "{}", verify.stdout);
+    assert!(verify.stdout.contains(&format!("entry for offset {named}")), "{}", verify.stdout);
     for command in ["info", "segments", "dump", "groups"] {
         let run = segq([command, &arg(tmp.path())]);
         assert!(run.code <= 1 && !run.stderr.contains("panicked"), "{command}: {}{}", run.stdout, run.stderr);
@@ -405,14 +403,14 @@ fn an_index_entry_naming_an_offset_past_u64_max_is_reported() {
     }
 }
 
-/// Index problems are warnings (an index is derived data that segq rebuilds), each reported
-/// once: a 0-byte index, and garbage past the data in the active segment's index of a
-/// queue closed cleanly. Damage in a segment is one finding: the index entries past it
-/// index the records the damage hides, and are not reported as well. (A 0-byte index was
-/// damage, a damaged segment gave a second damage finding in its index, and garbage in the
-/// active index was never reported.)
+/// Index problems are damage in the index, each reported once: a 0-byte index, and garbage
+/// past the data in the active segment's index of a queue closed cleanly. `repair` deletes
+/// a damaged index (the next open rebuilds it) and cuts nothing. Damage in a segment is one
+/// finding: the index entries past it index the records the damage hides, and are not
+/// reported as well. (A damaged segment gave a second finding in its index; garbage in the
+/// active index was never reported; `repair` did not mend a damaged index.)
 #[test]
-fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
+fn index_damage_is_reported_once_and_repair_deletes_the_index() {
     let _s = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -424,12 +422,13 @@ fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
             .map(|f| (f["severity"].as_str().unwrap().to_string(), f["file"].as_str().unwrap().to_string()))
             .collect()
     };
+    let damage_in = |file: &Path| vec![("damage".to_string(), arg(file))];
     let index = d.join("00000000000000000000.index");
     let saved = fs::read(&index).unwrap();
     fs::write(&index, b"").unwrap();
     let run = segq(["verify", "--json", &arg(d)]);
-    assert_eq!(run.code, 0, "{}", run.stdout);
-    assert_eq!(findings(&run), [("warning".to_string(), arg(&index))]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(findings(&run), damage_in(&index));
     fs::write(&index, &saved).unwrap();
 
     let segment = d.join("00000000000000000000.log");
@@ -438,7 +437,7 @@ fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
     fs::write(&segment, &bytes).unwrap();
     let run = segq(["verify", "--json", &arg(d)]);
     assert_eq!(run.code, 1, "{}", run.stdout);
-    assert_eq!(findings(&run), [("damage".to_string(), arg(&segment))], "{}", run.stdout);
+    assert_eq!(findings(&run), damage_in(&segment), "{}", run.stdout);
     bytes[32 + 30] ^= 1;
     fs::write(&segment, &bytes).unwrap();
 
@@ -448,113 +447,21 @@ fn index_problems_are_warnings_and_a_damaged_segment_is_damage_once() {
     ix[unused..unused + 8].copy_from_slice(&[5, 0, 0, 0, 0, 0xff, 0xff, 0]);
     fs::write(&newest, &ix).unwrap();
     let run = segq(["verify", "--json", &arg(d)]);
-    assert_eq!(run.code, 0, "{}", run.stdout);
-    assert_eq!(findings(&run), [("warning".to_string(), arg(&newest))], "{}", run.stdout);
-}
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(findings(&run), damage_in(&newest), "{}", run.stdout);
 
-/// A regular file named `groups` in place of the groups directory: the log is intact, so
-/// `info`, `segments` and `dump` work and mention it; `verify` reports it as damage on that
-/// path and `groups` fails with exit 1 naming it. (Every command failed with "Not a
-/// directory", exit 2.)
-#[test]
-fn a_file_named_groups_breaks_only_the_group_commands() {
-    let _s = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+    let dry = segq(["repair", "--truncate-at-first-damage", &arg(d)]);
+    assert_eq!(dry.code, 1, "{}", dry.stdout);
+    assert!(dry.stdout.contains(&format!("would delete {}", newest.display())), "{}", dry.stdout);
+    assert!(!dry.stdout.contains("would cut"), "{}", dry.stdout);
+    let done = segq(["repair", "--truncate-at-first-damage", "--yes", &arg(d)]);
+    assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
+    assert!(!newest.exists());
     let q = segq::Queue::open(d, small()).unwrap();
-    q.append(b"hello").unwrap();
+    for i in 0..100 {
+        assert_eq!(q.read(i).unwrap().unwrap().payload(), payload(i).as_bytes());
+    }
+    assert_eq!(q.next_offset(), RECORDS);
     q.close().unwrap();
-    fs::write(d.join("groups"), b"not a directory").unwrap();
-    let info = segq(["info", "--json", &arg(d)]);
-    assert_eq!(info.code, 0, "{}", info.stderr);
-    let doc = info.json();
-    assert_eq!(doc["next_offset"], 1);
-    assert!(doc["groups_error"].as_str().is_some_and(|e| e.contains("groups")), "{doc}");
-    let segments = segq(["segments", &arg(d)]);
-    assert_eq!(segments.code, 0, "{}", segments.stderr);
-    assert!(segments.stderr.contains("groups"), "{}", segments.stderr);
-    let dump = segq(["dump", &arg(d)]);
-    assert_eq!(dump.code, 0, "{}", dump.stderr);
-    assert!(dump.stdout.contains("hello") && dump.stderr.contains("groups"), "{}{}", dump.stdout, dump.stderr);
-    let verify = segq(["verify", "--json", &arg(d)]);
-    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
-    let f = &verify.json()["findings"][0];
-    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(&d.join("groups")).as_str())));
-    assert!(f["what"].as_str().unwrap().contains("not a directory"), "{f}");
-    let groups = segq(["groups", &arg(d)]);
-    assert_eq!(groups.code, 1, "{}", groups.stderr);
-    assert!(groups.stderr.contains("groups") && groups.stderr.contains("Not a directory"), "{}", groups.stderr);
-}
-
-/// Segments kept elsewhere behind symbolic links: sizes are those of the files, not of the
-/// links. A link to nothing as the newest segment is damage naming the link and its target
-/// (the library does not open such a queue), not a segment deleted by retention. (It was
-/// shown as "deleted", `verify` found nothing, and sizes were the links' own.)
-#[test]
-fn symlinked_segments_show_their_files_and_a_dangling_link_is_damage() {
-    let _s = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    make_queue(d);
-    let files = segment_files(d);
-    let moved = elsewhere.path().join("first.log");
-    fs::rename(&files[0], &moved).unwrap();
-    std::os::unix::fs::symlink(&moved, &files[0]).unwrap();
-    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
-    assert_eq!(segq(["info", "--json", &arg(d)]).json()["bytes"].as_u64(), Some(total));
-    let segments = segq(["segments", "--json", &arg(d)]).json();
-    assert_eq!(segments["segments"][0]["bytes"].as_u64(), Some(fs::metadata(&moved).unwrap().len()));
-    assert_eq!(segq(["verify", &arg(d)]).code, 0);
-
-    let newest = files.last().unwrap();
-    fs::remove_file(newest).unwrap();
-    std::os::unix::fs::symlink(elsewhere.path().join("gone.log"), newest).unwrap();
-    assert!(segq::Queue::open(d, small()).is_err(), "the library does not open it");
-    let verify = segq(["verify", "--json", &arg(d)]);
-    assert_eq!(verify.code, 1, "{}", verify.stdout);
-    let doc = verify.json();
-    let f = &doc["findings"][0];
-    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(newest).as_str())), "{doc}");
-    assert!(f["what"].as_str().unwrap().contains("symbolic link") && f["what"].as_str().unwrap().contains("gone.log"));
-    let segments = segq(["segments", &arg(d)]);
-    assert_eq!(segments.code, 1);
-    assert!(!segments.stdout.contains("deleted") && segments.stdout.contains("UNREADABLE"), "{}", segments.stdout);
-    for command in ["info", "groups"] {
-        let run = segq([command, &arg(d)]);
-        assert_ne!(run.code, 0, "{command}");
-        assert!(
-            run.stderr.contains("symbolic link") || run.stdout.contains("symbolic link"),
-            "{command}: {}{}",
-            run.stdout,
-            run.stderr
-        );
-    }
-}
-
-/// The newest segment's header is damaged, so where the log ends is not known: `groups`
-/// counts the lag up to that segment's base, and does not claim that the group delivered
-/// past the log's end. (It took the end to be offset 0 and warned that every delivery
-/// would be forgotten.)
-#[test]
-fn groups_with_an_unreadable_newest_segment_do_not_claim_deliveries_past_the_end() {
-    let _s = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
-    make_queue(d);
-    let newest = segment_files(d).pop().unwrap();
-    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    let mut bytes = fs::read(&newest).unwrap();
-    bytes[0] ^= 0xff;
-    fs::write(&newest, &bytes).unwrap();
-    for args in [vec!["groups", "--json"], vec!["verify", "--json"]] {
-        let run = segq(args.iter().copied().chain([arg(d).as_str()]));
-        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
-        assert!(!run.stdout.contains("delivered up to"), "{args:?}: {}", run.stdout);
-    }
-    let doc = segq(["groups", "--json", &arg(d)]).json();
-    let billing = doc["groups"].as_array().unwrap().iter().find(|g| g["name"] == "billing").unwrap().clone();
-    assert_eq!(billing["next_delivery"], 6);
-    assert_eq!(billing["lag"].as_u64(), Some(base - 6 + 2), "up to the newest base, and 3 (waiting) and 4 (leased)");
-    assert!(billing["findings"].as_array().unwrap().is_empty(), "{billing}");
+    assert_eq!(segq(["verify", &arg(d)]).code, 0, "clean once the index is rebuilt");
 }

@@ -1,9 +1,10 @@
 //! Checking a segment's sparse index against its records, entry by entry, as the records
 //! are walked.
 //!
-//! An index is derived data: segq checks it against its segment and rebuilds it (or steps
-//! from the segment's start) when it does not fit, losing nothing. So every problem found
-//! here is a [`Severity::Warning`](super::Severity::Warning), never damage.
+//! An index is derived data: the library checks it against its segment and rebuilds it (or
+//! steps from the segment's start) when it does not fit, losing nothing. A problem found
+//! here is still damage (its bytes are not what segq wrote: a disk or a tool changed them),
+//! reported in the index, which `repair` deletes for the next open to rebuild.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -50,7 +51,7 @@ impl IndexCheck {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
-                findings.push(Finding::warning(path, 0, format!("cannot read the index: {e}")));
+                findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
                 return None;
             }
         };
@@ -69,12 +70,12 @@ impl IndexCheck {
             findings: Vec::new(),
         };
         if let Err(e) = check.window.ensure(&check.src, &mut check.len, 0, FILE_HEADER_LEN, CHUNK) {
-            findings.push(Finding::warning(path, 0, format!("cannot read the index: {e}")));
+            findings.push(Finding::damage(path, 0, format!("cannot read the index: {e}")));
             return None;
         }
         let (bytes, _) = check.window.bytes();
         if bytes.len() < FILE_HEADER_LEN {
-            findings.push(Finding::warning(
+            findings.push(Finding::damage(
                 path,
                 bytes.len() as u64,
                 format!("index file is shorter than its header; {REBUILT}"),
@@ -82,11 +83,11 @@ impl IndexCheck {
             return None;
         }
         if let Err(kind) = header::check(bytes, INDEX_MAGIC, base) {
-            findings.push(Finding::warning(path, 0, format!("{kind}; {REBUILT}")));
+            findings.push(Finding::damage(path, 0, format!("{kind}; {REBUILT}")));
             return None;
         }
         if !active && !(check.len - FILE_HEADER_LEN as u64).is_multiple_of(ENTRY_LEN as u64) {
-            findings.push(Finding::warning(
+            findings.push(Finding::damage(
                 path,
                 check.len,
                 format!("a sealed index holds whole 8-byte entries, but the file is {} bytes; {REBUILT}", check.len),
@@ -101,7 +102,7 @@ impl IndexCheck {
     }
 
     fn bad(&mut self, what: String) {
-        self.findings.push(Finding::warning(&self.path, self.pos, format!("{what}; {REBUILT}")));
+        self.findings.push(Finding::damage(&self.path, self.pos, format!("{what}; {REBUILT}")));
         self.done = true;
     }
 
@@ -111,7 +112,7 @@ impl IndexCheck {
             return None;
         }
         if let Err(e) = self.window.ensure(&self.src, &mut self.len, self.pos, ENTRY_LEN, CHUNK) {
-            self.findings.push(Finding::warning(&self.path, self.pos, format!("cannot read the index: {e}")));
+            self.findings.push(Finding::damage(&self.path, self.pos, format!("cannot read the index: {e}")));
             self.done = true;
             return None;
         }
@@ -178,7 +179,7 @@ impl IndexCheck {
                     "entry ({rel}, {pos}) lies past the data (which ends at byte {data_end}) of a queue closed cleanly; \
                      the next open drops it"
                 );
-                self.findings.push(Finding::warning(&self.path, self.pos, what));
+                self.findings.push(Finding::damage(&self.path, self.pos, what));
                 self.done = true;
                 return;
             }

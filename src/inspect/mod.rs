@@ -64,8 +64,7 @@ pub enum Severity {
     /// Bytes are not what segq wrote, or files disagree: reads may fail or data may be lost.
     Damage,
     /// Something unusual that segq copes with by itself, losing nothing (a leftover
-    /// temporary file, an ignored checkpoint slot, stray bytes past the end of the data, an
-    /// index that does not fit its segment: indexes are derived data, rebuilt).
+    /// temporary file, an ignored checkpoint slot, stray bytes past the end of the data).
     Warning,
 }
 

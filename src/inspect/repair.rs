@@ -255,6 +255,13 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
             }
         }
     }
+    // A damaged index is derived data: deleted, and rebuilt by the next open.
+    let indexes: Vec<&Path> = dir.segments.iter().filter_map(|s| s.index.as_deref()).collect();
+    let damaged = verified.findings.iter().filter(|f| f.severity == Severity::Damage);
+    for f in damaged.filter(|f| indexes.contains(&f.file.as_path())) {
+        deletes.push(f.file.clone());
+        plan.damage.get_or_insert_with(|| f.clone());
+    }
     deletes.sort();
     deletes.dedup();
     plan.deletes = deletes;
