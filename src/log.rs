@@ -854,7 +854,8 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, u64)>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(base) = segment::parse_log_name(name) {
-            bases.push((base, entry.metadata().at(&entry.path())?.len()));
+            // The file itself, not a symbolic link to it (a segment moved to another disk).
+            bases.push((base, fs::metadata(entry.path()).at(&entry.path())?.len()));
         } else if name.ends_with(".tmp") {
             let _ = fs::remove_file(entry.path());
         } else if let Some(digits) = name.strip_suffix(".index")

@@ -226,3 +226,24 @@ fn a_group_deleted_during_retention_stays_deleted() {
     q.enforce_retention().unwrap();
     assert_eq!(segment_files(dir.path()).len(), 1, "only the newest segment is kept");
 }
+
+/// A sealed segment moved elsewhere and replaced by a symbolic link to it is counted at
+/// its file's size, not the link's, so that `retain_bytes` sees the bytes it holds. (Open
+/// took the link's own length: a 4 KiB segment counted as a few dozen bytes.)
+#[test]
+fn a_symlinked_segment_counts_with_its_files_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    fill(&q, 200);
+    q.close().unwrap();
+    let oldest = segment_files(dir.path())[0].clone();
+    let moved = elsewhere.path().join(oldest.file_name().unwrap());
+    std::fs::copy(&oldest, &moved).unwrap();
+    std::fs::remove_file(&oldest).unwrap();
+    std::os::unix::fs::symlink(&moved, &oldest).unwrap();
+    let real: u64 = segment_files(dir.path()).iter().map(|f| std::fs::metadata(f).unwrap().len()).sum();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    assert_eq!(q.stats().bytes_on_disk, real);
+    assert_eq!(q.read(0).unwrap().unwrap().payload(), payload(0));
+}
