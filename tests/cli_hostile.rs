@@ -465,3 +465,63 @@ fn index_damage_is_reported_once_and_repair_deletes_the_index() {
     q.close().unwrap();
     assert_eq!(segq(["verify", &arg(d)]).code, 0, "clean once the index is rebuilt");
 }
+
+/// Runs `segq` with `args` under `ulimit -v` of `kib` KiB (address space), so that a run
+/// that tries to hold a large file in memory fails to allocate (and aborts) instead of
+/// passing.
+fn segq_within(kib: u64, args: &[&str]) -> Run {
+    let script = format!("ulimit -v {kib} && exec \"$0\" \"$@\"");
+    let mut all = vec!["-c", &script, env!("CARGO_BIN_EXE_segq")];
+    all.extend_from_slice(args);
+    let out = std::process::Command::new("sh").args(&all).output().expect("sh runs");
+    let run = Run {
+        code: out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("killed by a signal: {}", String::from_utf8_lossy(&out.stderr))),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(!run.stderr.contains("panicked"), "segq panicked:\n{}", run.stderr);
+    run
+}
+
+/// Group files of 1 GiB, sparse (`truncate -s 1G`): a journal whose entries are followed
+/// by a hole with one stray entry of the current generation far down it, and a snapshot
+/// whose entry count does not fit its length. Both are checked in a few MiB: the journal a
+/// chunk at a time to its end, the snapshot not read past its fixed part.
+#[test]
+fn sparse_gigabyte_group_files_are_checked_in_bounded_memory() {
+    use std::os::unix::fs::FileExt;
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let journal =
+        fs::OpenOptions::new().read(true).write(true).open(tmp.path().join("groups/billing/journal")).unwrap();
+    let mut entries = [0u8; 48];
+    journal.read_exact_at(&mut entries, 32).unwrap();
+    assert!(entries[24..].iter().any(|&b| b != 0), "billing has two journal entries or more");
+    let end = fs::read(tmp.path().join("groups/billing/journal")).unwrap()[32..]
+        .chunks_exact(24)
+        .position(|e| e.iter().all(|&b| b == 0))
+        .unwrap() as u64
+        * 24
+        + 32;
+    let stray = 32 + 24 * (32 << 20); // an entry's position, about 768 MiB in
+    journal.set_len(1 << 30).unwrap();
+    journal.write_all_at(&entries[..24], stray).unwrap();
+    fs::OpenOptions::new().write(true).open(tmp.path().join("groups/audit/state")).unwrap().set_len(1 << 30).unwrap();
+
+    let run = segq_within(256 << 10, &["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let findings = run.json()["findings"].as_array().unwrap().clone();
+    let at = |file: &str| findings.iter().find(|f| f["file"].as_str().unwrap().ends_with(file)).cloned();
+    let lost = at("billing/journal").expect("the stray entry is found");
+    assert_eq!((lost["severity"].as_str(), lost["position"].as_u64()), (Some("damage"), Some(end)), "{lost}");
+    assert!(lost["what"].as_str().unwrap().contains(&format!("byte {stray} does")), "{lost}");
+    let snapshot = at("audit/state").expect("the snapshot's count is damage");
+    assert_eq!((snapshot["severity"].as_str(), snapshot["position"].as_u64()), (Some("damage"), Some(72)));
+    let groups = segq_within(256 << 10, &["groups", &arg(tmp.path()), "billing", "--json"]);
+    assert_eq!(groups.json()["findings"][0]["position"].as_u64(), Some(end), "{}\n{}", groups.stdout, groups.stderr);
+    assert_eq!(groups.json()["journal_entries"].as_u64(), Some((end - 32) / 24));
+}

@@ -1,20 +1,17 @@
 //! A consumer group's state, decoded from its snapshot and journal and replayed through
 //! the same state machine the queue uses.
 
-use std::io::{self, Read};
 use std::path::Path;
 
 use super::dir::QueueDir;
+use super::group_files::{CHUNK, JournalReader, read_snapshots};
 use super::{Finding, Severity};
-use crate::error::{CorruptKind, Error, IoContext, Result};
-use crate::group::journal::{self, JOURNAL_MAGIC};
-use crate::group::snapshot::{self, Snapshot};
-use crate::group::state::{Clock, Op, Slot};
-use crate::segment::header::{self, FILE_HEADER_LEN};
+use crate::error::{CorruptKind, Error, Result};
+use crate::group::journal;
+use crate::group::snapshot;
+use crate::group::state::{Clock, GroupState, Op, Slot};
+use crate::segment::header::FILE_HEADER_LEN;
 
-/// Largest group file read: far more than any group writes, and a bound on what a damaged
-/// or hostile file can make this read.
-const MAX_GROUP_FILE: u64 = 1 << 30;
 /// How far past the log's end a journal entry may reach before replay stops.
 const MAX_SKIP: u64 = 1 << 20;
 
@@ -133,35 +130,6 @@ pub struct GroupReport {
     pub findings: Vec<Finding>,
 }
 
-/// Reads the whole of a small file, refusing one over [`MAX_GROUP_FILE`].
-fn read_bounded(path: &Path) -> Result<Vec<u8>> {
-    let file = crate::fs::open_regular(path).at(path)?;
-    let len = file.metadata().at(path)?.len();
-    if len > MAX_GROUP_FILE {
-        return Err(Error::corrupt(path, 0, CorruptKind::BadHeader(format!("a group file of {len} bytes is too big"))));
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(MAX_GROUP_FILE).read_to_end(&mut bytes).at(path)?;
-    Ok(bytes)
-}
-
-/// The newest valid snapshot of the group whose first snapshot file is `state_path`: a
-/// group's snapshots alternate between two files.
-fn read_snapshot(state_path: &Path) -> Result<Snapshot> {
-    let dir = state_path.parent().unwrap_or(Path::new("."));
-    let mut files = Vec::new();
-    for name in snapshot::FILES {
-        let path = dir.join(name);
-        let bytes = match read_bounded(&path) {
-            Ok(bytes) => Some(bytes),
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
-        files.push((path, bytes));
-    }
-    snapshot::latest(&files)
-}
-
 /// Decodes group `name` of `dir`: its snapshot, then its journal replayed on top.
 /// `log_next` is the log's next offset, for the lag.
 ///
@@ -218,28 +186,19 @@ pub fn read_group_past(dir: &QueueDir, name: &str, at_least: u64) -> Result<Grou
 fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<GroupReport> {
     crate::group::validate_name(name)?;
     let (state_path, journal_path) = dir.group_files(name);
+    let clock = Clock::lazy();
     // A live group may write a new snapshot and restart its journal between the two reads:
     // read again until both are of the same generation.
     let mut tries = 0;
-    let (snap, ops, stale) = loop {
+    let (snap, state, replay) = loop {
         tries += 1;
-        let snap = read_snapshot(&state_path)?;
-        let bytes = match read_bounded(&journal_path) {
-            Ok(bytes) => bytes,
-            Err(Error::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::corrupt(&journal_path, 0, CorruptKind::Truncated));
-            }
-            Err(e) => return Err(e),
-        };
-        if bytes.len() < FILE_HEADER_LEN {
-            return Err(Error::corrupt(&journal_path, bytes.len() as u64, CorruptKind::Truncated));
-        }
-        header::check(&bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(&journal_path, 0, kind))?;
-        if bytes
-            .get(FILE_HEADER_LEN..)
-            .and_then(|e| journal::decode(e, &journal::EntryCrc::new(snap.generation + 1)))
-            .is_some()
-        {
+        let snap = read_snapshots(&state_path)?;
+        // Capped at the log's end, so a damaged snapshot cannot make this allocate a slot per
+        // offset of a range that does not exist.
+        // Where the log's end is not known, the snapshot's own next delivery is taken as in it.
+        let limit = if end_known { log_next } else { log_next.max(snap.next) };
+        let mut state = snap.restore(&clock, limit);
+        let Some(replay) = replay_journal(&journal_path, snap.generation, &mut state, &clock, log_next)? else {
             if tries < 3 {
                 continue; // A live group wrote its next snapshot between the two reads.
             }
@@ -247,50 +206,23 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             let lost = state_path.with_file_name(snapshot::file_for(snap.generation + 1));
             let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
             return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
-        }
-        let (ops, end) = journal::replay(&bytes, snap.generation);
-        // An entry of this generation past the first one that fails its check: a write in
-        // the middle was torn or lost, and what follows it is dropped at the next open.
-        let crc = journal::EntryCrc::new(snap.generation);
-        let stale = bytes[end..]
-            .chunks_exact(journal::ENTRY_LEN)
-            .position(|e| journal::decode(e, &crc).is_some())
-            .map(|i| (end + i * journal::ENTRY_LEN) as u64);
-        let again = read_snapshot(&state_path).map(|s| s.generation).ok();
+        };
+        let again = read_snapshots(&state_path).map(|s| s.generation).ok();
         if again == Some(snap.generation) || tries >= 3 {
-            break (snap, ops, stale.map(|at| (end as u64, at)));
+            break (snap, state, replay);
         }
     };
-    let clock = Clock::lazy();
-    // Capped at the log's end, so a damaged snapshot cannot make this allocate a slot per
-    // offset of a range that does not exist.
-    // Where the log's end is not known, the snapshot's own next delivery is taken as in it.
-    let limit = if end_known { log_next } else { log_next.max(snap.next) };
-    let mut state = snap.restore(&clock, limit);
     let mut findings = Vec::new();
-    if let Some((bad, at)) = stale {
+    if let Some((bad, at)) = replay.stale {
         let what = format!(
             "the entry at byte {bad} does not verify but the one at byte {at} does: a write was lost in the middle, \
              and the changes after it are dropped at the next open"
         );
         findings.push(Finding::damage(&journal_path, bad, what));
     }
-    let mut replayed = 0u64;
-    for (i, &op) in ops.iter().enumerate() {
-        // Delivering far past the last delivery allocates a slot per skipped offset; no
-        // journal entry of a real group does that beyond the log's end.
-        let reach = match op {
-            Op::Deliver { offset, .. } | Op::Dead { offset } => offset,
-            _ => 0,
-        };
-        if reach > state.next().max(log_next).saturating_add(MAX_SKIP) {
-            let position = (FILE_HEADER_LEN + i * journal::ENTRY_LEN) as u64;
-            let what = format!("entry names offset {reach}, far past the log's end ({log_next}); replay stops here");
-            findings.push(Finding::damage(&journal_path, position, what));
-            break;
-        }
-        state.apply(op, &clock);
-        replayed += 1;
+    if let Some((position, reach)) = replay.too_far {
+        let what = format!("entry names offset {reach}, far past the log's end ({log_next}); replay stops here");
+        findings.push(Finding::damage(&journal_path, position, what));
     }
     if end_known && snap.next.max(state.next()) > log_next {
         findings.push(Finding {
@@ -326,7 +258,83 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         leased,
         waiting,
         dead_letters: state.dead_letters().iter().map(|(&offset, &attempts)| Lease { offset, attempts }).collect(),
-        journal_entries: replayed,
+        journal_entries: replay.replayed,
         findings,
     })
+}
+
+/// What replaying a journal found.
+#[derive(Debug, Default)]
+struct Replay {
+    /// Entries applied.
+    replayed: u64,
+    /// `(the entry that ended the journal, a later one of the same generation)`: a write in
+    /// the middle was torn or lost.
+    stale: Option<(u64, u64)>,
+    /// `(position, offset)` of an entry that reaches so far past the log's end that replay
+    /// stopped there.
+    too_far: Option<(u64, u64)>,
+}
+
+/// Replays the journal at `path` for snapshot generation `generation` onto `state`, a chunk
+/// at a time. `None` if its first entry is of the next generation: the journal was
+/// restarted for a newer snapshot than the one read.
+///
+/// The entries end at the first one that does not verify; the rest of the file is then
+/// searched for an entry of this generation (see [`Replay::stale`]), skipping chunks of
+/// zeros, the unused room of a preallocated or sparse file.
+fn replay_journal(
+    path: &Path,
+    generation: u64,
+    state: &mut GroupState,
+    clock: &Clock,
+    log_next: u64,
+) -> Result<Option<Replay>> {
+    static ZEROS: [u8; CHUNK] = [0; CHUNK];
+    let crc = journal::EntryCrc::new(generation);
+    let mut reader = JournalReader::open(path)?;
+    let mut replay = Replay::default();
+    // Where the entries end, once found.
+    let mut end = None;
+    while let Some((start, chunk)) = reader.next_chunk()? {
+        if start == FILE_HEADER_LEN as u64 && journal::decode(chunk, &journal::EntryCrc::new(generation + 1)).is_some()
+        {
+            return Ok(None);
+        }
+        if end.is_some() && chunk == &ZEROS[..chunk.len()] {
+            continue;
+        }
+        for (i, entry) in chunk.chunks_exact(journal::ENTRY_LEN).enumerate() {
+            let position = start + (i * journal::ENTRY_LEN) as u64;
+            let op = journal::decode(entry, &crc);
+            match (end, op) {
+                (None, None) => end = Some(position),
+                (None, Some(op)) if replay.too_far.is_none() => {
+                    // Delivering far past the last delivery allocates a slot per skipped
+                    // offset; no journal entry of a real group does that beyond the log's end.
+                    let reach = match op {
+                        Op::Deliver { offset, .. } | Op::Dead { offset } => offset,
+                        _ => 0,
+                    };
+                    if reach > state.next().max(log_next).saturating_add(MAX_SKIP) {
+                        replay.too_far = Some((position, reach));
+                    } else {
+                        state.apply(op, clock);
+                        replay.replayed += 1;
+                    }
+                }
+                (None, Some(_)) => {}
+                (Some(bad), Some(_)) => {
+                    replay.stale = Some((bad, position));
+                    return Ok(Some(replay));
+                }
+                (Some(_), None) => {}
+            }
+        }
+        if end.is_none() && chunk.len() % journal::ENTRY_LEN != 0 {
+            // The file ends with part of an entry, which cannot verify.
+            end = Some(start + (chunk.len() - chunk.len() % journal::ENTRY_LEN) as u64);
+        }
+    }
+    Ok(Some(replay))
 }

@@ -27,6 +27,7 @@
 //! ```
 
 mod dir;
+mod group_files;
 mod groups;
 mod index;
 mod info;

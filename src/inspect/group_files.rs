@@ -1,0 +1,241 @@
+//! A group's snapshot and journal files, read in bounded memory: a snapshot is read whole
+//! only once its length agrees with its entry count and its checksum matches, and the
+//! journal a chunk at a time. A sparse or hostile file of any length costs a buffer of
+//! [`CHUNK`] bytes, not its length.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use byteorder::{ByteOrder, LittleEndian};
+
+use crate::error::{CorruptKind, Error, IoContext, Result};
+use crate::group::journal::{ENTRY_LEN, JOURNAL_MAGIC};
+use crate::group::snapshot::{self, Snapshot};
+use crate::segment::header::{self, FILE_HEADER_LEN};
+
+/// Largest group file read: far more than any group writes, and a bound on how long a
+/// damaged or hostile file can make a check take.
+const MAX_GROUP_FILE: u64 = 1 << 30;
+/// Bytes read from a group file at a time: a whole number of journal entries.
+pub(super) const CHUNK: usize = ENTRY_LEN * 4096;
+
+// The snapshot layout of FORMAT.md ("The snapshots"): `file header | fixed part (48 bytes)
+// | entry (24 bytes) * count | crc: u32`.
+/// Bytes before a snapshot's first entry: its file header and fixed part.
+const SNAPSHOT_HEAD: usize = FILE_HEADER_LEN + 48;
+/// Position of a snapshot's `count` field, the last of its fixed part.
+const COUNT_AT: usize = SNAPSHOT_HEAD - 8;
+/// Bytes in one snapshot entry.
+const SNAPSHOT_ENTRY_LEN: u64 = 24;
+/// Bytes of a snapshot's trailing CRC.
+const TRAILER_LEN: u64 = 4;
+
+/// What one of a group's snapshot files holds.
+#[derive(Debug)]
+enum Slot {
+    Missing,
+    /// It fails its checks: an [`Error::Corrupt`] naming the position and what is wrong.
+    Damaged(Error),
+    Valid(Snapshot),
+}
+
+/// Reads as much of `buf` as the file still holds; `Ok(false)` if it ends first (a file cut
+/// while it is read, by a live group writing a snapshot in its place).
+fn fill(file: &mut File, path: &Path, buf: &mut [u8]) -> Result<bool> {
+    match file.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Reads and checks one snapshot file, as `Snapshot::decode` checks it, without reading
+/// more than [`CHUNK`] bytes at a time of a file that is not a valid snapshot.
+fn read_slot(path: &Path) -> Result<Slot> {
+    let mut file = match crate::fs::open_regular(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Slot::Missing),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let len = file.metadata().at(path)?.len();
+    let damaged = |position: u64, kind| Ok(Slot::Damaged(Error::corrupt(path, position, kind)));
+    let mut head = [0u8; SNAPSHOT_HEAD];
+    if len < (SNAPSHOT_HEAD as u64 + TRAILER_LEN) || !fill(&mut file, path, &mut head)? {
+        return damaged(len, CorruptKind::Truncated);
+    }
+    // A snapshot is exactly as long as its entry count makes it (the last check of
+    // `Snapshot::decode`, made first here so that a count or a length that a damaged or
+    // sparse file makes up is never read through).
+    let count = LittleEndian::read_u64(&head[COUNT_AT..]);
+    let fits = count.checked_mul(SNAPSHOT_ENTRY_LEN).and_then(|n| n.checked_add(SNAPSHOT_HEAD as u64 + TRAILER_LEN));
+    if fits != Some(len) {
+        return damaged(COUNT_AT as u64, CorruptKind::BadLength { len: count });
+    }
+    if len > MAX_GROUP_FILE {
+        let why = format!("a group file of {len} bytes is too big");
+        return Err(Error::corrupt(path, 0, CorruptKind::BadHeader(why)));
+    }
+    // The checksum, a chunk at a time.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    let mut left = len - TRAILER_LEN - SNAPSHOT_HEAD as u64;
+    let mut buf = vec![0u8; CHUNK.min(left as usize)];
+    while left > 0 {
+        let n = CHUNK.min(left as usize);
+        if !fill(&mut file, path, &mut buf[..n])? {
+            return damaged(len - left, CorruptKind::Truncated);
+        }
+        crc.update(&buf[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    if !fill(&mut file, path, &mut trailer)? {
+        return damaged(len - TRAILER_LEN, CorruptKind::Truncated);
+    }
+    let (expected, actual) = (u32::from_le_bytes(trailer), crc.finalize());
+    if expected != actual {
+        return damaged(len - TRAILER_LEN, CorruptKind::BadCrc { expected, actual });
+    }
+    // A valid snapshot: read whole and decoded by the queue's own code, which checks it all again.
+    file.seek(SeekFrom::Start(0)).at(path)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut bytes).at(path)?;
+    Ok(match Snapshot::decode(&bytes) {
+        Ok(snap) => Slot::Valid(snap),
+        Err((position, kind)) => Slot::Damaged(Error::corrupt(path, position, kind)),
+    })
+}
+
+/// The newest valid snapshot of the group whose first snapshot file is `state_path`, as
+/// `snapshot::latest` picks it: of the files that pass their checks, the one of the higher
+/// generation; when none does, the error of the first damaged file (`state` before
+/// `state.1`).
+///
+/// # Errors
+/// [`Error::Corrupt`] if no file holds a valid snapshot; [`Error::Io`] if a file cannot be
+/// read (`NotFound` if neither exists).
+pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshot> {
+    let dir = state_path.parent().unwrap_or(Path::new("."));
+    let mut best: Option<Snapshot> = None;
+    let mut damage = None;
+    for name in snapshot::FILES {
+        let path = dir.join(name);
+        match read_slot(&path)? {
+            Slot::Missing => {}
+            Slot::Damaged(e) => damage = damage.or(Some(e)),
+            Slot::Valid(snap) => {
+                if best.as_ref().is_none_or(|b| snap.generation > b.generation) {
+                    best = Some(snap);
+                }
+            }
+        }
+    }
+    match (best, damage) {
+        (Some(found), _) => Ok(found),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(Error::io(state_path, io::Error::from(io::ErrorKind::NotFound))),
+    }
+}
+
+/// A group's journal, read a chunk of whole entries at a time.
+pub(super) struct JournalReader {
+    file: io::Take<File>,
+    path: PathBuf,
+    buf: Vec<u8>,
+    /// Position in the file of the next chunk.
+    pos: u64,
+}
+
+impl JournalReader {
+    /// Opens the journal at `path` and checks its header.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] if the file is missing, shorter than its header, larger than
+    /// [`MAX_GROUP_FILE`] or its header is damaged, as the queue refuses to open the group;
+    /// [`Error::Io`] if it cannot be read.
+    pub fn open(path: &Path) -> Result<JournalReader> {
+        let mut file = match crate::fs::open_regular(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::corrupt(path, 0, CorruptKind::Truncated));
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let len = file.metadata().at(path)?.len();
+        if len > MAX_GROUP_FILE {
+            let why = format!("a group file of {len} bytes is too big");
+            return Err(Error::corrupt(path, 0, CorruptKind::BadHeader(why)));
+        }
+        let mut head = [0u8; FILE_HEADER_LEN];
+        if len < FILE_HEADER_LEN as u64 || !fill(&mut file, path, &mut head)? {
+            return Err(Error::corrupt(path, len, CorruptKind::Truncated));
+        }
+        header::check(&head, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
+        let file = file.take(MAX_GROUP_FILE - FILE_HEADER_LEN as u64);
+        Ok(JournalReader { file, path: path.to_path_buf(), buf: vec![0; CHUNK], pos: FILE_HEADER_LEN as u64 })
+    }
+
+    /// The next chunk of entries and the position of its first, or `None` at the end of
+    /// the file. A chunk holds a whole number of entries, except the last one of the file,
+    /// which may end with part of one (not an entry: it cannot verify).
+    pub fn next_chunk(&mut self) -> Result<Option<(u64, &[u8])>> {
+        let mut filled = 0;
+        while filled < self.buf.len() {
+            match self.file.read(&mut self.buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&self.path, e)),
+            }
+        }
+        if filled == 0 {
+            return Ok(None);
+        }
+        let at = self.pos;
+        self.pos += filled as u64;
+        Ok(Some((at, &self.buf[..filled])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_snapshot_file_is_valid_exactly_when_the_queue_decodes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let snap = Snapshot {
+            generation: 3,
+            lease: Duration::from_secs(5),
+            max_attempts: 4,
+            floor: 10,
+            next: 20,
+            lost: 1,
+            entries: vec![(12, 1, 2, 99), (15, 3, 4, 0)],
+        };
+        let bytes = snap.encode();
+        let mut cases = vec![bytes.clone(), bytes[..bytes.len() - 1].to_vec(), bytes[..40].to_vec()];
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            cases.push(bad);
+        }
+        let mut longer = bytes.clone();
+        longer.resize(1 << 20, 0);
+        cases.push(longer);
+        for case in cases {
+            std::fs::write(&path, &case).unwrap();
+            match (read_slot(&path).unwrap(), Snapshot::decode(&case)) {
+                (Slot::Valid(s), Ok(d)) => assert_eq!(s, d),
+                (Slot::Damaged(Error::Corrupt { .. }), Err(_)) => {}
+                (got, want) => panic!("{} bytes: read as {got:?}, decoded as {want:?}", case.len()),
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(read_slot(&path).unwrap(), Slot::Missing));
+    }
+}
