@@ -525,3 +525,25 @@ fn sparse_gigabyte_group_files_are_checked_in_bounded_memory() {
     assert_eq!(groups.json()["findings"][0]["position"].as_u64(), Some(end), "{}\n{}", groups.stdout, groups.stderr);
     assert_eq!(groups.json()["journal_entries"].as_u64(), Some((end - 32) / 24));
 }
+
+/// A snapshot that passes its checks but whose floor is above its next delivery: the queue
+/// raises `next` to the floor, and the commands say so, naming the `next` field.
+#[test]
+fn a_snapshot_floor_above_its_next_delivery_is_a_warning_at_the_field() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    put_snapshot(&tmp.path().join("groups/audit/state"), 0, 10, 3);
+    let run = segq(["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 0, "{}", run.stdout);
+    let findings = run.json()["findings"].as_array().unwrap().clone();
+    let f = findings.iter().find(|f| f["file"].as_str().unwrap().ends_with("audit/state")).expect("a finding");
+    assert_eq!((f["severity"].as_str(), f["position"].as_u64()), (Some("warning"), Some(56)), "{f}");
+    assert!(f["what"].as_str().unwrap().contains("below the ack floor 10"), "{f}");
+    let group = segq(["groups", &arg(tmp.path()), "audit", "--json"]).json();
+    assert_eq!((group["ack_floor"].as_u64(), group["next_delivery"].as_u64()), (Some(10), Some(10)));
+    assert_eq!(group["findings"][0]["position"].as_u64(), Some(56));
+    // The queue opens the group as the commands describe it.
+    let q = segq::Queue::open(tmp.path(), small()).unwrap();
+    assert_eq!(q.group("audit").unwrap().stats().lag, RECORDS - 10);
+}

@@ -24,6 +24,10 @@ pub(super) const CHUNK: usize = ENTRY_LEN * 4096;
 // | entry (24 bytes) * count | crc: u32`.
 /// Bytes before a snapshot's first entry: its file header and fixed part.
 const SNAPSHOT_HEAD: usize = FILE_HEADER_LEN + 48;
+/// Position of a snapshot's `floor` field.
+pub(super) const FLOOR_AT: u64 = FILE_HEADER_LEN as u64 + 16;
+/// Position of a snapshot's `next` field.
+pub(super) const NEXT_AT: u64 = FLOOR_AT + 8;
 /// Position of a snapshot's `count` field, the last of its fixed part.
 const COUNT_AT: usize = SNAPSHOT_HEAD - 8;
 /// Bytes in one snapshot entry.
@@ -107,6 +111,15 @@ fn read_slot(path: &Path) -> Result<Slot> {
     })
 }
 
+/// The snapshot that opening the group would use.
+#[derive(Debug)]
+pub(super) struct Snapshots {
+    /// The newest valid snapshot.
+    pub snap: Snapshot,
+    /// The file it is in.
+    pub path: PathBuf,
+}
+
 /// The newest valid snapshot of the group whose first snapshot file is `state_path`, as
 /// `snapshot::latest` picks it: of the files that pass their checks, the one of the higher
 /// generation; when none does, the error of the first damaged file (`state` before
@@ -115,9 +128,9 @@ fn read_slot(path: &Path) -> Result<Slot> {
 /// # Errors
 /// [`Error::Corrupt`] if no file holds a valid snapshot; [`Error::Io`] if a file cannot be
 /// read (`NotFound` if neither exists).
-pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshot> {
+pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshots> {
     let dir = state_path.parent().unwrap_or(Path::new("."));
-    let mut best: Option<Snapshot> = None;
+    let mut best: Option<Snapshots> = None;
     let mut damage = None;
     for name in snapshot::FILES {
         let path = dir.join(name);
@@ -125,8 +138,8 @@ pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshot> {
             Slot::Missing => {}
             Slot::Damaged(e) => damage = damage.or(Some(e)),
             Slot::Valid(snap) => {
-                if best.as_ref().is_none_or(|b| snap.generation > b.generation) {
-                    best = Some(snap);
+                if best.as_ref().is_none_or(|b| snap.generation > b.snap.generation) {
+                    best = Some(Snapshots { snap, path });
                 }
             }
         }

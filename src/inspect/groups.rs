@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::dir::QueueDir;
-use super::group_files::{CHUNK, JournalReader, read_snapshots};
+use super::group_files::{CHUNK, FLOOR_AT, JournalReader, NEXT_AT, read_snapshots};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
 use crate::group::journal;
@@ -190,9 +190,10 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
     // A live group may write a new snapshot and restart its journal between the two reads:
     // read again until both are of the same generation.
     let mut tries = 0;
-    let (snap, state, replay) = loop {
+    let (snaps, state, replay) = loop {
         tries += 1;
-        let snap = read_snapshots(&state_path)?;
+        let snaps = read_snapshots(&state_path)?;
+        let snap = &snaps.snap;
         // Capped at the log's end, so a damaged snapshot cannot make this allocate a slot per
         // offset of a range that does not exist.
         // Where the log's end is not known, the snapshot's own next delivery is taken as in it.
@@ -207,12 +208,23 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
             return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
         };
-        let again = read_snapshots(&state_path).map(|s| s.generation).ok();
+        let again = read_snapshots(&state_path).map(|s| s.snap.generation).ok();
         if again == Some(snap.generation) || tries >= 3 {
-            break (snap, state, replay);
+            break (snaps, state, replay);
         }
     };
+    let snap = snaps.snap;
     let mut findings = Vec::new();
+    if snap.floor > snap.next {
+        // FORMAT.md: `floor <= next`. The queue copes: `GroupState::restore` raises `next`
+        // to the floor, so the offsets between count as delivered and acked.
+        let what = format!(
+            "next delivery {} is below the ack floor {} (byte {FLOOR_AT}); the queue raises it to the floor, \
+             taking the offsets between as acked",
+            snap.next, snap.floor
+        );
+        findings.push(Finding::warning(&snaps.path, NEXT_AT, what));
+    }
     if let Some((bad, at)) = replay.stale {
         let what = format!(
             "the entry at byte {bad} does not verify but the one at byte {at} does: a write was lost in the middle, \

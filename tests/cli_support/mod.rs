@@ -155,3 +155,25 @@ pub fn library_open(dir: &Path) -> Result<(u64, bool), segq::Error> {
     q.close()?;
     Ok(found)
 }
+
+/// Writes a valid group snapshot with no entries (lease 30 s, 5 attempts), as FORMAT.md
+/// lays it out, to `path`.
+pub fn put_snapshot(path: &Path, generation: u64, floor: u64, next: u64) {
+    let mut b = Vec::with_capacity(84);
+    b.extend_from_slice(b"SEGQGRP\0");
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&generation.to_le_bytes());
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    b.extend_from_slice(&30_000u64.to_le_bytes());
+    b.extend_from_slice(&5u32.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    for field in [floor, next, 0, 0] {
+        b.extend_from_slice(&field.to_le_bytes()); // floor, next, lost, count
+    }
+    let crc = crc32fast::hash(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(path, b).unwrap();
+}
