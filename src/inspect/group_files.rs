@@ -22,6 +22,8 @@ pub(super) const CHUNK: usize = ENTRY_LEN * 4096;
 
 // The snapshot layout of FORMAT.md ("The snapshots"): `file header | fixed part (48 bytes)
 // | entry (24 bytes) * count | crc: u32`.
+/// Position of a snapshot's generation, in its file header's `base_offset` field.
+const GENERATION_AT: usize = 16;
 /// Bytes before a snapshot's first entry: its file header and fixed part.
 const SNAPSHOT_HEAD: usize = FILE_HEADER_LEN + 48;
 /// Position of a snapshot's `floor` field.
@@ -39,9 +41,18 @@ const TRAILER_LEN: u64 = 4;
 #[derive(Debug)]
 enum Slot {
     Missing,
-    /// It fails its checks: an [`Error::Corrupt`] naming the position and what is wrong.
-    Damaged(Error),
+    Damaged(Damaged),
     Valid(Snapshot),
+}
+
+/// A snapshot file that fails its checks.
+#[derive(Debug)]
+pub(super) struct Damaged {
+    /// An [`Error::Corrupt`] naming the file, the position and what is wrong.
+    pub error: Error,
+    /// The generation in its header, when the header itself (which has a CRC of its own)
+    /// passes its checks.
+    pub generation: Option<u64>,
 }
 
 /// Reads as much of `buf` as the file still holds; `Ok(false)` if it ends first (a file cut
@@ -63,11 +74,17 @@ fn read_slot(path: &Path) -> Result<Slot> {
         Err(e) => return Err(Error::io(path, e)),
     };
     let len = file.metadata().at(path)?.len();
-    let damaged = |position: u64, kind| Ok(Slot::Damaged(Error::corrupt(path, position, kind)));
     let mut head = [0u8; SNAPSHOT_HEAD];
     if len < (SNAPSHOT_HEAD as u64 + TRAILER_LEN) || !fill(&mut file, path, &mut head)? {
-        return damaged(len, CorruptKind::Truncated);
+        return Ok(Slot::Damaged(Damaged {
+            error: Error::corrupt(path, len, CorruptKind::Truncated),
+            generation: None,
+        }));
     }
+    let claimed = LittleEndian::read_u64(&head[GENERATION_AT..]);
+    let generation = header::check(&head, snapshot::STATE_MAGIC, claimed).ok().map(|()| claimed);
+    let damaged =
+        |position: u64, kind| Ok(Slot::Damaged(Damaged { error: Error::corrupt(path, position, kind), generation }));
     // A snapshot is exactly as long as its entry count makes it (the last check of
     // `Snapshot::decode`, made first here so that a count or a length that a damaged or
     // sparse file makes up is never read through).
@@ -107,7 +124,7 @@ fn read_slot(path: &Path) -> Result<Slot> {
     file.take(len).read_to_end(&mut bytes).at(path)?;
     Ok(match Snapshot::decode(&bytes) {
         Ok(snap) => Slot::Valid(snap),
-        Err((position, kind)) => Slot::Damaged(Error::corrupt(path, position, kind)),
+        Err((position, kind)) => Slot::Damaged(Damaged { error: Error::corrupt(path, position, kind), generation }),
     })
 }
 
@@ -118,6 +135,8 @@ pub(super) struct Snapshots {
     pub snap: Snapshot,
     /// The file it is in.
     pub path: PathBuf,
+    /// The other file, when it fails its checks and is passed over.
+    pub passed_over: Option<Damaged>,
 }
 
 /// The newest valid snapshot of the group whose first snapshot file is `state_path`, as
@@ -130,23 +149,23 @@ pub(super) struct Snapshots {
 /// read (`NotFound` if neither exists).
 pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshots> {
     let dir = state_path.parent().unwrap_or(Path::new("."));
-    let mut best: Option<Snapshots> = None;
+    let mut best: Option<(Snapshot, PathBuf)> = None;
     let mut damage = None;
     for name in snapshot::FILES {
         let path = dir.join(name);
         match read_slot(&path)? {
             Slot::Missing => {}
-            Slot::Damaged(e) => damage = damage.or(Some(e)),
+            Slot::Damaged(d) => damage = damage.or(Some(d)),
             Slot::Valid(snap) => {
-                if best.as_ref().is_none_or(|b| snap.generation > b.snap.generation) {
-                    best = Some(Snapshots { snap, path });
+                if best.as_ref().is_none_or(|(b, _)| snap.generation > b.generation) {
+                    best = Some((snap, path));
                 }
             }
         }
     }
     match (best, damage) {
-        (Some(found), _) => Ok(found),
-        (None, Some(e)) => Err(e),
+        (Some((snap, path)), passed_over) => Ok(Snapshots { snap, path, passed_over }),
+        (None, Some(d)) => Err(d.error),
         (None, None) => Err(Error::io(state_path, io::Error::from(io::ErrorKind::NotFound))),
     }
 }
@@ -244,7 +263,7 @@ mod tests {
             std::fs::write(&path, &case).unwrap();
             match (read_slot(&path).unwrap(), Snapshot::decode(&case)) {
                 (Slot::Valid(s), Ok(d)) => assert_eq!(s, d),
-                (Slot::Damaged(Error::Corrupt { .. }), Err(_)) => {}
+                (Slot::Damaged(Damaged { error: Error::Corrupt { .. }, .. }), Err(_)) => {}
                 (got, want) => panic!("{} bytes: read as {got:?}, decoded as {want:?}", case.len()),
             }
         }

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::dir::QueueDir;
-use super::group_files::{CHUNK, FLOOR_AT, JournalReader, NEXT_AT, read_snapshots};
+use super::group_files::{CHUNK, Damaged, FLOOR_AT, JournalReader, NEXT_AT, read_snapshots};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
 use crate::group::journal;
@@ -224,6 +224,26 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             snap.next, snap.floor
         );
         findings.push(Finding::warning(&snaps.path, NEXT_AT, what));
+    }
+    if let Some(Damaged { error: Error::Corrupt { path, position, kind }, generation }) = &snaps.passed_over {
+        // The queue passes over a snapshot file that fails its checks whenever the other
+        // one is valid; it needs it only if the journal has moved on to its generation,
+        // which `replay_journal` found not to be the case.
+        let using = format!(
+            "the group opens from snapshot generation {} in {}",
+            snap.generation,
+            snaps.path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let what = match generation {
+            Some(newer) if *newer > snap.generation => format!(
+                "{kind}: snapshot generation {newer}, cut short by a crash while it was written (or damaged since); \
+                 {using} and the journal entries after it, which hold every change since (settings passed with the \
+                 newer snapshot are lost)"
+            ),
+            Some(older) => format!("{kind}: an older snapshot (generation {older}), not needed; {using}"),
+            None => format!("{kind}: passed over, as the other snapshot file is valid; {using}"),
+        };
+        findings.push(Finding::warning(path, *position, what));
     }
     if let Some((bad, at)) = replay.stale {
         let what = format!(
