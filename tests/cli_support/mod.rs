@@ -1,6 +1,9 @@
 //! Helpers shared by the tests of the `segq` binary.
 #![allow(dead_code)]
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -117,33 +120,14 @@ pub fn record_positions(bytes: &[u8]) -> Vec<usize> {
 /// Writes a valid checkpoint slot (`'A'` at byte 0, `'B'` at byte 512) into the queue's
 /// checkpoint file, as FORMAT.md lays it out.
 pub fn put_slot(dir: &Path, slot: char, base: u64, position: u64, next: u64, clean: bool) {
-    use std::os::unix::fs::FileExt;
-    let mut s = [0u8; 64];
-    s[..8].copy_from_slice(b"SEGQCKPT");
-    s[8..12].copy_from_slice(&1u32.to_le_bytes());
-    s[12..16].copy_from_slice(&u32::from(clean).to_le_bytes());
-    s[16..24].copy_from_slice(&base.to_le_bytes());
-    s[24..32].copy_from_slice(&position.to_le_bytes());
-    s[32..40].copy_from_slice(&next.to_le_bytes());
-    let crc = crc32fast::hash(&s[..40]);
-    s[40..44].copy_from_slice(&crc.to_le_bytes());
-    let file = std::fs::OpenOptions::new().write(true).open(dir.join("checkpoint")).unwrap();
-    file.write_all_at(&s, if slot == 'A' { 0 } else { 512 }).unwrap();
+    let path = dir.join("checkpoint");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = if slot == 'A' { 0 } else { common::CHECKPOINT_SLOT_B };
+    common::put_checkpoint_slot(&mut bytes, at, base, position, next, clean);
+    std::fs::write(&path, bytes).unwrap();
 }
 
-/// Copies the files of a queue directory (and its `groups/` tree) to `to`.
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
+pub use common::copy_tree;
 
 /// What the library's open makes of a copy of the queue in `dir`: `(next offset, whether
 /// recovery found a clean close)`, or the error.
