@@ -547,3 +547,110 @@ fn a_snapshot_floor_above_its_next_delivery_is_a_warning_at_the_field() {
     let q = segq::Queue::open(tmp.path(), small()).unwrap();
     assert_eq!(q.group("audit").unwrap().stats().lag, RECORDS - 10);
 }
+
+/// A regular file named `groups` in place of the groups directory: the log is intact, so
+/// `info`, `segments` and `dump` work and mention it; `verify` reports it as damage on that
+/// path and `groups` fails with exit 1 naming it. (Every command failed with "Not a
+/// directory", exit 2.)
+#[test]
+fn a_file_named_groups_breaks_only_the_group_commands() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = segq::Queue::open(d, small()).unwrap();
+    q.append(b"hello").unwrap();
+    q.close().unwrap();
+    fs::write(d.join("groups"), b"not a directory").unwrap();
+    let info = segq(["info", "--json", &arg(d)]);
+    assert_eq!(info.code, 0, "{}", info.stderr);
+    let doc = info.json();
+    assert_eq!(doc["next_offset"], 1);
+    assert!(doc["groups_error"].as_str().is_some_and(|e| e.contains("groups")), "{doc}");
+    let segments = segq(["segments", &arg(d)]);
+    assert_eq!(segments.code, 0, "{}", segments.stderr);
+    assert!(segments.stderr.contains("groups"), "{}", segments.stderr);
+    let dump = segq(["dump", &arg(d)]);
+    assert_eq!(dump.code, 0, "{}", dump.stderr);
+    assert!(dump.stdout.contains("hello") && dump.stderr.contains("groups"), "{}{}", dump.stdout, dump.stderr);
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}{}", verify.stdout, verify.stderr);
+    let f = &verify.json()["findings"][0];
+    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(&d.join("groups")).as_str())));
+    assert!(f["what"].as_str().unwrap().contains("not a directory"), "{f}");
+    let groups = segq(["groups", &arg(d)]);
+    assert_eq!(groups.code, 1, "{}", groups.stderr);
+    assert!(groups.stderr.contains("groups") && groups.stderr.contains("Not a directory"), "{}", groups.stderr);
+}
+
+/// Segments kept elsewhere behind symbolic links: sizes are those of the files, not of the
+/// links. A link to nothing as the newest segment is damage naming the link and its target
+/// (the library does not open such a queue), not a segment deleted by retention. (It was
+/// shown as "deleted", `verify` found nothing, and sizes were the links' own.)
+#[test]
+fn symlinked_segments_show_their_files_and_a_dangling_link_is_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let files = segment_files(d);
+    let moved = elsewhere.path().join("first.log");
+    fs::rename(&files[0], &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &files[0]).unwrap();
+    let total: u64 = files.iter().map(|f| fs::metadata(f).unwrap().len()).sum();
+    assert_eq!(segq(["info", "--json", &arg(d)]).json()["bytes"].as_u64(), Some(total));
+    let segments = segq(["segments", "--json", &arg(d)]).json();
+    assert_eq!(segments["segments"][0]["bytes"].as_u64(), Some(fs::metadata(&moved).unwrap().len()));
+    assert_eq!(segq(["verify", &arg(d)]).code, 0);
+
+    let newest = files.last().unwrap();
+    fs::remove_file(newest).unwrap();
+    std::os::unix::fs::symlink(elsewhere.path().join("gone.log"), newest).unwrap();
+    assert!(segq::Queue::open(d, small()).is_err(), "the library does not open it");
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    let doc = verify.json();
+    let f = &doc["findings"][0];
+    assert_eq!((f["severity"].as_str(), f["file"].as_str()), (Some("damage"), Some(arg(newest).as_str())), "{doc}");
+    assert!(f["what"].as_str().unwrap().contains("symbolic link") && f["what"].as_str().unwrap().contains("gone.log"));
+    let segments = segq(["segments", &arg(d)]);
+    assert_eq!(segments.code, 1);
+    assert!(!segments.stdout.contains("deleted") && segments.stdout.contains("UNREADABLE"), "{}", segments.stdout);
+    for command in ["info", "groups"] {
+        let run = segq([command, &arg(d)]);
+        assert_ne!(run.code, 0, "{command}");
+        assert!(
+            run.stderr.contains("symbolic link") || run.stdout.contains("symbolic link"),
+            "{command}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+}
+
+/// The newest segment's header is damaged, so where the log ends is not known: `groups`
+/// counts the lag up to that segment's base, and does not claim that the group delivered
+/// past the log's end. (It took the end to be offset 0 and warned that every delivery
+/// would be forgotten.)
+#[test]
+fn groups_with_an_unreadable_newest_segment_do_not_claim_deliveries_past_the_end() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let newest = segment_files(d).pop().unwrap();
+    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = fs::read(&newest).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&newest, &bytes).unwrap();
+    for args in [vec!["groups", "--json"], vec!["verify", "--json"]] {
+        let run = segq(args.iter().copied().chain([arg(d).as_str()]));
+        assert_eq!(run.code, 1, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(!run.stdout.contains("delivered up to"), "{args:?}: {}", run.stdout);
+    }
+    let doc = segq(["groups", "--json", &arg(d)]).json();
+    let billing = doc["groups"].as_array().unwrap().iter().find(|g| g["name"] == "billing").unwrap().clone();
+    assert_eq!(billing["next_delivery"], 6);
+    assert_eq!(billing["lag"].as_u64(), Some(base - 6 + 2), "up to the newest base, and 3 (waiting) and 4 (leased)");
+    assert!(billing["findings"].as_array().unwrap().is_empty(), "{billing}");
+}
