@@ -123,3 +123,35 @@ fn repair_moves_aside_a_segment_whose_header_is_damaged() {
     assert_eq!(q.next_offset(), base2);
     q.close().unwrap();
 }
+
+/// The oldest segment replaced by a link to a file that is gone (its disk was removed, say):
+/// `repair` sets the link aside and nothing else, as if retention had deleted the segment,
+/// and the library reopens at the next segment with every later record and the groups'
+/// progress. (It moved every segment aside: the queue restarted at offset 0 and would
+/// have handed out every offset again.)
+#[test]
+fn repair_sets_aside_a_dangling_link_in_place_of_the_oldest_segment_and_keeps_the_rest() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let files = segment_files(d);
+    let second = files[1].file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    fs::remove_file(&files[0]).unwrap();
+    std::os::unix::fs::symlink(d.join("gone-disk/segment.log"), &files[0]).unwrap();
+    assert_eq!(segq(["verify", &arg(d)]).code, 1);
+    let done = segq(["repair", "--truncate-at-first-damage", "--yes", &arg(d)]);
+    assert_eq!(done.code, 0, "{}{}", done.stdout, done.stderr);
+    assert!(!done.stdout.contains(" cut "), "{}", done.stdout);
+    assert_eq!(segment_files(d).len(), files.len() - 1, "only the link was set aside");
+    let q = Queue::open(d, small()).unwrap();
+    assert_eq!((q.first_offset(), q.next_offset()), (second, RECORDS));
+    for i in second..100 {
+        assert_eq!(q.read(i).unwrap().unwrap().payload(), payload(i).as_bytes());
+    }
+    let audit = q.group("audit").unwrap();
+    assert_eq!(audit.poll(std::time::Duration::ZERO).unwrap().map(|d| d.offset()), Some(second));
+    drop(audit);
+    q.close().unwrap();
+    assert_eq!(segq(["verify", &arg(d)]).code, 0);
+}

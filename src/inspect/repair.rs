@@ -229,6 +229,19 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
                 first_bad = Some(i + 1);
                 break;
             }
+            // The oldest segment's file is gone and only a link to it is left: as if
+            // retention had deleted it. The link is set aside, and the queue starts at the
+            // next segment (cutting there would hand out every later offset again).
+            SegmentEnd::Unreadable { position, what }
+                if prev.is_none()
+                    && i + 1 < verified.segment_reports.len()
+                    && super::walk::dangling_link(&report.file).is_some() =>
+            {
+                plan.damage.get_or_insert_with(|| Finding::damage(&report.file, *position, what));
+                plan.moves.push(Move { file: report.file.clone(), side_file: side_name(&report.file, 0) });
+                deletes.extend(dir.segments[i].index.clone());
+                continue;
+            }
             // A header that is not damage: a newest segment created by a roll and never
             // written, which the next open deletes.
             SegmentEnd::Unreadable { .. } if !report.is_damaged() => break,
