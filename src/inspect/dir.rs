@@ -150,7 +150,7 @@ pub struct CheckpointInfo {
 
 impl CheckpointInfo {
     /// Reads the checkpoint of the queue in `dir`; a missing file is not an error.
-    fn read(dir: &Path) -> Result<CheckpointInfo> {
+    pub(crate) fn read(dir: &Path) -> Result<CheckpointInfo> {
         let path = dir.join(checkpoint::FILE_NAME);
         let mut info = CheckpointInfo { path: path.clone(), ..Default::default() };
         let file = match crate::fs::open_regular(&path) {

@@ -183,6 +183,29 @@ pub fn read_group_past(dir: &QueueDir, name: &str, at_least: u64) -> Result<Grou
     read(dir, name, at_least, false)
 }
 
+/// Whether the snapshot file passed over at `path` is still damaged at `position` (with the
+/// same generation) when looked at again, a few times 30 ms apart. A live group writes its
+/// snapshot in place and cuts the file last, so a file caught mid-write looks damaged
+/// until the write ends; damage that stays is real.
+fn passed_over_stays(state_path: &Path, path: &Path, position: u64, generation: Option<u64>) -> bool {
+    (0..3).all(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        read_snapshots(state_path).is_ok_and(|again| match again.passed_over {
+            Some(Damaged { error: Error::Corrupt { path: p, position: at, .. }, generation: g }) => {
+                p == path && at == position && g == generation
+            }
+            _ => false,
+        })
+    })
+}
+
+/// Whether the log of the queue at `path`, measured again now, holds offsets up to
+/// `offset`. The log's end was measured before the group's files were read: on a live
+/// queue the group may have delivered records appended in between.
+fn log_reaches(path: &Path, offset: u64) -> bool {
+    QueueDir::open(path).and_then(|dir| super::info(&dir)).is_ok_and(|now| now.next_offset >= offset)
+}
+
 fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<GroupReport> {
     crate::group::validate_name(name)?;
     let (state_path, journal_path) = dir.group_files(name);
@@ -200,8 +223,12 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         let limit = if end_known { log_next } else { log_next.max(snap.next) };
         let mut state = snap.restore(&clock, limit);
         let Some(replay) = replay_journal(&journal_path, snap.generation, &mut state, &clock, log_next)? else {
-            if tries < 3 {
-                continue; // A live group wrote its next snapshot between the two reads.
+            if tries < 5 {
+                // A live group wrote its next snapshot between the two reads: look again, a
+                // moment later, so that a group writing snapshots back to back is caught
+                // between two of them.
+                std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+                continue;
             }
             // As the queue refuses to open the group: the newer snapshot is lost.
             let lost = state_path.with_file_name(snapshot::file_for(snap.generation + 1));
@@ -209,7 +236,7 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
         };
         let again = read_snapshots(&state_path).map(|s| s.snap.generation).ok();
-        if again == Some(snap.generation) || tries >= 3 {
+        if again == Some(snap.generation) || tries >= 5 {
             break (snaps, state, replay);
         }
     };
@@ -225,7 +252,9 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         );
         findings.push(Finding::warning(&snaps.path, NEXT_AT, what));
     }
-    if let Some(Damaged { error: Error::Corrupt { path, position, kind }, generation }) = &snaps.passed_over {
+    if let Some(Damaged { error: Error::Corrupt { path, position, kind }, generation }) = &snaps.passed_over
+        && passed_over_stays(&state_path, path, *position, *generation)
+    {
         // The queue passes over a snapshot file that fails its checks whenever the other
         // one is valid; it needs it only if the journal has moved on to its generation,
         // which `replay_journal` found not to be the case.
@@ -256,14 +285,14 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         let what = format!("entry names offset {reach}, far past the log's end ({log_next}); replay stops here");
         findings.push(Finding::damage(&journal_path, position, what));
     }
-    if end_known && snap.next.max(state.next()) > log_next {
+    let delivered = snap.next.max(state.next());
+    if end_known && delivered > log_next && !log_reaches(&dir.path, delivered) {
         findings.push(Finding {
             severity: Severity::Warning,
             file: state_path.clone(),
             position: 0,
             what: format!(
-                "the group has delivered up to offset {} but the log ends at {log_next}; the next open forgets those deliveries",
-                snap.next.max(state.next())
+                "the group has delivered up to offset {delivered} but the log ends at {log_next}; the next open forgets those deliveries"
             ),
         });
     }

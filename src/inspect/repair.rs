@@ -278,7 +278,15 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
     deletes.sort();
     deletes.dedup();
     plan.deletes = deletes;
-    let checkpoint_damaged = dir.checkpoint.slots().any(|(_, s)| dir.newest().is_none_or(|n| s.segment_base > n.base));
+    // A checkpoint is a hint: one whose slots name a segment that is missing, or data
+    // that is not there (findings in it), is deleted, and the next open scans instead.
+    let in_checkpoint =
+        verified.findings.iter().find(|f| f.severity == Severity::Damage && f.file == dir.checkpoint.path);
+    if let Some(f) = in_checkpoint {
+        plan.damage.get_or_insert_with(|| f.clone());
+    }
+    let checkpoint_damaged = in_checkpoint.is_some()
+        || dir.checkpoint.slots().any(|(_, s)| dir.newest().is_none_or(|n| s.segment_base > n.base));
     if (first_bad.is_some() || checkpoint_damaged) && dir.checkpoint.present {
         plan.deletes.push(dir.checkpoint.path.clone());
         if plan.damage.is_none() {

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::dir::{CheckpointSlot, QueueDir, SegmentFile};
+use super::dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
 use super::index::IndexCheck;
 use super::walk::{EndReason, ScanEnd, SegmentReader};
 use super::{Finding, Severity};
@@ -406,8 +406,17 @@ pub(crate) fn scan_from(
         report.findings.push(stray);
     }
     report.end = verdict;
+    // What a clean close promises (nothing past slot A, no index entries past the data)
+    // holds only until a writer opens the queue: if the checkpoint changed since it was
+    // read, a writer did, and findings that rest on the old promise describe a moment
+    // that has passed.
+    let still_closed = || CheckpointInfo::read(&dir.path).is_ok_and(|now| now == dir.checkpoint);
     if let Some(mut ix) = index {
+        let before = ix.findings.len();
         ix.finish(end.valid_end, matches!(report.end, SegmentEnd::Damaged { .. }));
+        if active && dir.is_clean() && ix.findings.len() > before && !still_closed() {
+            ix.findings.truncate(before);
+        }
         report.index_entries = Some(ix.entries);
         report.findings.append(&mut ix.findings);
     }
@@ -434,7 +443,7 @@ pub(crate) fn scan_from(
                 slot.next_offset
             );
             report.findings.push(Finding::warning(ck, position, what));
-        } else if *name == "A" && slot.clean && active && end.valid_end > slot.position {
+        } else if *name == "A" && slot.clean && active && end.valid_end > slot.position && still_closed() {
             // FORMAT.md, step 4: a clean slot A with records after it is only where the scan
             // starts, and the records are kept.
             let what = format!(
