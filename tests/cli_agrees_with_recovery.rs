@@ -358,3 +358,20 @@ fn repair_deletes_a_checkpoint_whose_slot_claims_data_that_is_not_there() {
     assert_eq!(segq(["verify", &arg(d)]).code, 0);
     assert_eq!(library_open(d).unwrap().0, 5);
 }
+
+/// A checkpoint slot naming a segment newer than the newest file (that file was lost): the
+/// library refuses to open the queue, and `info` says why instead of "clean". (It said
+/// "clean", exit 0.)
+#[test]
+fn info_refuses_as_open_does_when_a_slot_names_a_missing_newer_segment() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    let newest = base_of(segment_files(d).last().unwrap());
+    put_slot(d, 'B', newest + 1000, 32, newest + 1000, false);
+    assert!(library_open(d).is_err());
+    let info = segq(["info", &arg(d)]);
+    assert_eq!(info.code, 1, "{}{}", info.stdout, info.stderr);
+    assert!(info.stderr.contains(&format!("{:020}.log", newest + 1000)), "{}", info.stderr);
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::dir::{CheckpointInfo, QueueDir};
 use super::segment::{SegmentEnd, scan_from};
 use super::walk::SegmentReader;
-use crate::error::Result;
+use crate::error::{CorruptKind, Error, Result};
 use crate::segment::header::FORMAT_VERSION;
 
 /// What `segq info` shows.
@@ -78,6 +78,18 @@ pub struct Info {
 /// [`crate::Error::Corrupt`] if the newest segment's header is damaged (the queue would
 /// not open either); [`crate::Error::Io`] if a file cannot be read.
 pub fn info(dir: &QueueDir) -> Result<Info> {
+    // As the library's open: a slot naming a segment newer than the newest file means that
+    // file was lost, and the queue does not open (starting over from an older segment would
+    // hand out its offsets again).
+    let newest_named = dir.checkpoint.slots().map(|(_, s)| s).max_by_key(|s| (s.segment_base, s.next_offset));
+    let newest = dir.newest().map(|s| s.base);
+    if let Some(mark) = newest_named.filter(|m| newest.is_none_or(|base| m.segment_base > base))
+        && (newest.is_some() || mark.next_offset > 0)
+    {
+        let missing = dir.path.join(crate::segment::log_name(mark.segment_base));
+        let from = newest.map_or(0, |_| mark.segment_base);
+        return Err(Error::corrupt(&missing, 0, CorruptKind::Gap { from, to: mark.next_offset.max(from) }));
+    }
     let bytes = dir.segments.iter().map(|s| s.len).sum();
     let first_offset = dir.segments.first().map_or(0, |s| s.base);
     let n = dir.segments.len();
