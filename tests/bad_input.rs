@@ -848,30 +848,7 @@ fn snapshot_bytes(max_attempts: u32, floor: u64, next: u64, entries: &[(u64, u32
 /// failure cannot take the machine's memory or the other tests with it.)
 #[test]
 fn a_checksummed_snapshot_entry_far_past_the_log_is_dropped() {
-    // The failure is an abort on a failed allocation: run it in a child process, so that it
-    // does not take the other tests of this binary down with it.
-    const ENV: &str = "SEGQ_BAD_INPUT_CHILD";
-    if std::env::var(ENV).is_err() {
-        let _serial = common::process_lock();
-        // At most 2 GiB of address space, so that the failure is quick and harmless.
-        let exe = std::env::current_exe().unwrap();
-        let out = std::process::Command::new("sh")
-            .args(["-c", "ulimit -v 2000000 && exec \"$0\" \"$@\""])
-            .arg(exe)
-            .args(["--exact", "a_checksummed_snapshot_entry_far_past_the_log_is_dropped", "--nocapture"])
-            .env(ENV, "1")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "the child failed ({}):\n{}",
-            out.status,
-            stderr.lines().take(5).collect::<Vec<_>>().join("\n")
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+    if !in_a_child_with(2_000_000, "a_checksummed_snapshot_entry_far_past_the_log_is_dropped") {
         return;
     }
     let fx = Fixture::new();
@@ -883,6 +860,61 @@ fn a_checksummed_snapshot_entry_far_past_the_log_is_dropped() {
     let g = q.group("g").unwrap();
     assert!(g.ack_floor() <= RECORDS);
     assert!(g.dead_letters().unwrap().iter().all(|d| d.offset() < RECORDS), "a dead letter past the log");
+}
+
+/// Whether this is the child process that runs test `name`'s body. The parent (the test
+/// as run by the harness) starts that child with at most `kib` KiB of address space, waits
+/// and checks it passed: a failure to guard against is an abort on a huge allocation,
+/// which must not take the other tests of this binary, or the machine's memory, with it.
+fn in_a_child_with(kib: u64, name: &str) -> bool {
+    const ENV: &str = "SEGQ_BAD_INPUT_CHILD";
+    if std::env::var(ENV).is_ok() {
+        return true;
+    }
+    let _serial = common::process_lock();
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("sh")
+        .args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+        .arg(exe)
+        .args(["--exact", name, "--nocapture"])
+        .env(ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let head = stderr.lines().take(5).collect::<Vec<_>>().join("\n");
+    assert!(out.status.success(), "the child failed ({}):\n{head}", out.status);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+    false
+}
+
+/// Sparse snapshot files of a gigabyte and more next to a valid one: one whose length does
+/// not fit its entry count, and one whose does but whose checksum fails. The group opens
+/// from the valid file without reading either whole (the child has 600 MB of address
+/// space). (The library read each file whole first: a 20 GiB sparse file was a 20 GiB
+/// allocation and an abort.)
+#[test]
+fn sparse_gigabyte_snapshot_files_are_passed_over_without_reading_them_whole() {
+    if !in_a_child_with(600_000, "sparse_gigabyte_snapshot_files_are_passed_over_without_reading_them_whole") {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let fx = Fixture::new();
+    let group = |copy: &tempfile::TempDir| copy.path().join("groups/g");
+    let generation = snapshot_generation(&std::fs::read(group(&fx.dir).join("state")).unwrap());
+    let spare = group(&fx.dir).join(if generation.is_multiple_of(2) { "state.1" } else { "state" });
+    let name = spare.file_name().unwrap().to_owned();
+    let gib = (1u64 << 30) / 24;
+    for (len, count) in [(20u64 << 30, 7u64), (84 + 24 * gib, gib)] {
+        let copy = fx.copy();
+        let file = std::fs::File::create(group(&copy).join(&name)).unwrap();
+        file.set_len(len).unwrap();
+        file.write_all_at(b"SEGQGRP\0", 0).unwrap();
+        file.write_all_at(&count.to_le_bytes(), 72).unwrap();
+        let q = Queue::open(copy.path(), opts()).unwrap();
+        assert_eq!(q.group("g").unwrap().ack_floor(), 5, "{len} bytes");
+    }
 }
 
 /// Every byte of the journal header: magic, version, reserved, base and CRC make the group

@@ -654,3 +654,29 @@ fn groups_with_an_unreadable_newest_segment_do_not_claim_deliveries_past_the_end
     assert_eq!(billing["lag"].as_u64(), Some(base - 6 + 2), "up to the newest base, and 3 (waiting) and 4 (leased)");
     assert!(billing["findings"].as_array().unwrap().is_empty(), "{billing}");
 }
+
+/// A sparse `state.1` over 1 GiB whose entry count fits its length, next to a valid `state`:
+/// too big to check, it is passed over as the library passes over a file it cannot use,
+/// and the group is read from `state`. (The whole group was damage, though it opens.)
+#[test]
+fn a_snapshot_file_too_big_to_check_is_passed_over_for_its_valid_sibling() {
+    use std::os::unix::fs::FileExt;
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let group = tmp.path().join("groups/audit");
+    let head = fs::read(group.join("state")).unwrap()[..80].to_vec();
+    let count: u64 = (1 << 30) / 24 + 1;
+    let huge = fs::File::create(group.join("state.1")).unwrap();
+    huge.set_len(84 + 24 * count).unwrap();
+    huge.write_all_at(&head[..72], 0).unwrap();
+    huge.write_all_at(&count.to_le_bytes(), 72).unwrap();
+    let run = segq_within(256 << 10, &["verify", &arg(tmp.path()), "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let doc = run.json();
+    let findings = doc["findings"].as_array().unwrap();
+    assert!(findings.iter().all(|f| f["severity"] == "warning"), "{doc}");
+    assert!(findings.iter().any(|f| f["file"].as_str().unwrap().ends_with("audit/state.1")), "{doc}");
+    let q = segq::Queue::open(tmp.path(), small()).unwrap();
+    assert_eq!(q.group("audit").unwrap().ack_floor(), 0);
+}

@@ -181,20 +181,72 @@ impl Snapshot {
     /// other file could quietly undo the changes of a newer generation.
     pub fn read_latest(dir: &Path) -> Result<Snapshot> {
         let mut files = Vec::with_capacity(FILES.len());
+        // The first file found damaged before it was read whole.
+        let mut damaged = None;
         for name in FILES {
             let path = dir.join(name);
-            let bytes = match crate::fs::open_regular(&path).and_then(|mut file| {
-                let mut bytes = Vec::new();
-                std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
-            }) {
-                Ok(bytes) => Some(bytes),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            match read_checked(&path) {
+                Ok(Ok(bytes)) => files.push((path, Some(bytes))),
+                Ok(Err((position, kind))) => {
+                    damaged = damaged.or(Some(crate::Error::corrupt(&path, position, kind)));
+                    files.push((path, None));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => files.push((path, None)),
+                // Shorter than its length said when it was opened.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    damaged = damaged.or(Some(crate::Error::corrupt(&path, 0, CorruptKind::Truncated)));
+                    files.push((path, None));
+                }
                 Err(e) => return Err(crate::Error::io(&path, e)),
-            };
-            files.push((path, bytes));
+            }
         }
-        latest(&files)
+        match (latest(&files), damaged) {
+            (Err(crate::Error::Io(_)), Some(damage)) => Err(damage),
+            (result, _) => result,
+        }
     }
+}
+
+/// A snapshot file's bytes, read whole only once its length fits its entry count and its
+/// checksum matches (both checked a chunk at a time), so that a damaged or sparse file of
+/// any length costs no more memory than a chunk. `Err` inside: where it is damaged.
+fn read_checked(path: &Path) -> std::io::Result<std::result::Result<Vec<u8>, (u64, CorruptKind)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let head_len = FILE_HEADER_LEN + FIXED_LEN;
+    let mut file = crate::fs::open_regular(path)?;
+    let len = file.metadata()?.len();
+    if len < (head_len + 4) as u64 {
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        return Ok(Ok(bytes)); // too short: `decode` says where
+    }
+    let mut head = vec![0u8; head_len];
+    file.read_exact(&mut head)?;
+    let count = LittleEndian::read_u64(&head[FILE_HEADER_LEN + 40..]);
+    let fits = count.checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add((head_len + 4) as u64));
+    if fits != Some(len) {
+        return Ok(Err(((FILE_HEADER_LEN + 40) as u64, CorruptKind::BadLength { len: count })));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head);
+    let mut left = len - 4 - head_len as u64;
+    let mut chunk = vec![0u8; left.min(1 << 20) as usize];
+    while left > 0 {
+        let n = chunk.len().min(left as usize);
+        file.read_exact(&mut chunk[..n])?;
+        crc.update(&chunk[..n]);
+        left -= n as u64;
+    }
+    let mut trailer = [0u8; 4];
+    file.read_exact(&mut trailer)?;
+    let (expected, actual) = (u32::from_le_bytes(trailer), crc.finalize());
+    if expected != actual {
+        return Ok(Err((len - 4, CorruptKind::BadCrc { expected, actual })));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(len).read_to_end(&mut bytes)?;
+    Ok(Ok(bytes))
 }
 
 /// The two files a group's snapshots alternate between: generation `g` is written to

@@ -94,8 +94,9 @@ fn read_slot(path: &Path) -> Result<Slot> {
         return damaged(COUNT_AT as u64, CorruptKind::BadLength { len: count });
     }
     if len > MAX_GROUP_FILE {
+        // Too big to check here: passed over like a damaged file, so a valid sibling is used.
         let why = format!("a group file of {len} bytes is too big");
-        return Err(Error::corrupt(path, 0, CorruptKind::BadHeader(why)));
+        return damaged(0, CorruptKind::BadHeader(why));
     }
     // The checksum, a chunk at a time.
     let mut crc = crc32fast::Hasher::new();
