@@ -1382,3 +1382,18 @@ proptest! {
         exercise(copy.path(), &fx.payloads);
     }
 }
+
+/// A sparse journal of 2 GiB (segq writes 1 MiB ones): `Queue::group` refuses it with
+/// `Corrupt` naming the journal, as `segq verify` does, instead of mapping and scanning
+/// its whole length (page cache for every hole it read).
+#[test]
+fn a_journal_of_gigabytes_is_refused_not_scanned() {
+    let fx = Fixture::new();
+    let copy = fx.copy();
+    let journal = copy.path().join("groups/g/journal");
+    std::fs::OpenOptions::new().write(true).open(&journal).unwrap().set_len(2 << 30).unwrap();
+    let q = Queue::open(copy.path(), opts()).unwrap();
+    let (path, position, kind) = corrupt(q.group("g"));
+    assert_eq!((path, position), (journal, 0));
+    assert!(kind.to_string().contains("too big"), "{kind}");
+}

@@ -26,6 +26,10 @@ use crate::segment::header::{self, FILE_HEADER_LEN};
 /// starts it over. Each snapshot costs an fsync, so a larger journal makes changes cheaper;
 /// replaying a full one at open takes a few milliseconds.
 pub(crate) const JOURNAL_BYTES: usize = 1 << 20;
+
+/// The largest journal file a group opens (and `segq verify` reads): far more than segq
+/// writes, and a bound on what a damaged or hostile file can cost.
+pub(crate) const MAX_JOURNAL_FILE: u64 = 1 << 30;
 /// Bytes in one journal entry.
 pub(crate) const ENTRY_LEN: usize = 24;
 /// Magic number of a journal file.
@@ -194,7 +198,14 @@ impl Journal {
     /// the caller must start a new generation first.
     pub fn open(path: &Path, generation: u64) -> Result<(Journal, Vec<Op>, bool)> {
         let file = crate::fs::open_rw(path, false)?;
-        let len = file.metadata().at(path)?.len() as usize;
+        let len = file.metadata().at(path)?.len();
+        if len > MAX_JOURNAL_FILE {
+            // segq writes journals of JOURNAL_BYTES; a file this big is not one of them, and
+            // mapping and scanning it would cost its whole length.
+            let why = format!("a group file of {len} bytes is too big");
+            return Err(Error::corrupt(path, 0, crate::error::CorruptKind::BadHeader(why)));
+        }
+        let len = len as usize;
         if len < FILE_HEADER_LEN {
             return Err(Error::corrupt(path, len as u64, crate::error::CorruptKind::Truncated));
         }

@@ -16,7 +16,7 @@ use crate::segment::header::{self, FILE_HEADER_LEN};
 
 /// Largest group file read: far more than any group writes, and a bound on how long a
 /// damaged or hostile file can make a check take.
-const MAX_GROUP_FILE: u64 = 1 << 30;
+const MAX_GROUP_FILE: u64 = crate::group::journal::MAX_JOURNAL_FILE;
 /// Bytes read from a group file at a time: a whole number of journal entries.
 pub(super) const CHUNK: usize = ENTRY_LEN * 4096;
 
