@@ -109,8 +109,8 @@ fn dump_of_one_segment_file_shows_only_its_records() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let j = run.json();
     let records = j["records"].as_array().unwrap();
-    let base: u64 = files[1].file_stem().unwrap().to_str().unwrap().parse().unwrap();
-    let next: u64 = files[2].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base = base_of(&files[1]);
+    let next = base_of(&files[2]);
     assert_eq!(records.len() as u64, next - base);
     assert_eq!(records[0]["offset"].as_u64(), Some(base));
 }

@@ -67,7 +67,7 @@ fn a_slot_with_a_next_offset_below_its_base_is_ignored_as_recovery_ignores_it() 
     let d = tmp.path();
     make_queue(d);
     let newest = segment_files(d).pop().unwrap();
-    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base = base_of(&newest);
     assert!(base > 1);
     let len = std::fs::metadata(&newest).unwrap().len();
     put_slot(d, 'A', base, len.min(100), base - 1, true);
@@ -104,10 +104,6 @@ fn a_slot_inside_the_data_that_does_not_land_is_a_warning_one_past_the_data_is_d
     assert_eq!(verify.code, 1, "{}", verify.stdout);
     let damage = findings(&verify, "damage");
     assert!(damage.iter().any(|w| w.contains("slot B says the data") && w.contains("synced up to")), "{damage:?}");
-}
-
-fn base_of(path: &Path) -> u64 {
-    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
 }
 
 /// Damage only in a group's journal: `repair` has nothing to cut, but does not say "no

@@ -639,7 +639,7 @@ fn groups_with_an_unreadable_newest_segment_do_not_claim_deliveries_past_the_end
     let d = tmp.path();
     make_queue(d);
     let newest = segment_files(d).pop().unwrap();
-    let base: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base = base_of(&newest);
     let mut bytes = fs::read(&newest).unwrap();
     bytes[0] ^= 0xff;
     fs::write(&newest, &bytes).unwrap();

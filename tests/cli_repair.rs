@@ -19,7 +19,7 @@ fn damaged_queue() -> (tempfile::TempDir, std::path::PathBuf, usize, u64) {
     let at = record_positions(&bytes)[4];
     bytes[at + 50] ^= 0xff;
     fs::write(&file, &bytes).unwrap();
-    let base: u64 = file.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base = base_of(&file);
     (tmp, file, at, base + 3)
 }
 
@@ -117,7 +117,7 @@ fn repair_moves_aside_a_segment_whose_header_is_damaged() {
     let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--yes", "--json"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let next = run.json()["plan"]["next_offset"].as_u64().unwrap();
-    let base2: u64 = files[2].file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let base2 = base_of(&files[2]);
     assert_eq!(next, base2);
     let q = Queue::open(tmp.path(), small()).unwrap();
     assert_eq!(q.next_offset(), base2);
@@ -136,7 +136,7 @@ fn repair_sets_aside_a_dangling_link_in_place_of_the_oldest_segment_and_keeps_th
     let d = tmp.path();
     make_queue(d);
     let files = segment_files(d);
-    let second = files[1].file_stem().unwrap().to_str().unwrap().parse::<u64>().unwrap();
+    let second = base_of(&files[1]);
     fs::remove_file(&files[0]).unwrap();
     std::os::unix::fs::symlink(d.join("gone-disk/segment.log"), &files[0]).unwrap();
     assert_eq!(segq(["verify", &arg(d)]).code, 1);

@@ -604,7 +604,8 @@ impl SegmentReader {
 /// exist: then `path` is not gone (deleted by retention) but broken.
 pub(crate) fn dangling_link(path: &Path) -> Option<PathBuf> {
     let target = std::fs::read_link(path).ok()?;
-    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound).then_some(target)
+    let broken = matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    broken.then_some(target)
 }
 
 /// Index of the first byte that is not zero, checking 16 bytes at a time.

@@ -92,6 +92,11 @@ pub fn make_queue(dir: &Path) {
     q.close().unwrap();
 }
 
+/// The base offset in a segment file's name.
+pub fn base_of(path: &Path) -> u64 {
+    path.file_stem().unwrap().to_str().unwrap().parse().unwrap()
+}
+
 /// The segment files of a queue directory, oldest first.
 pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
