@@ -185,7 +185,7 @@ impl Snapshot {
         let mut damaged = None;
         for name in FILES {
             let path = dir.join(name);
-            match read_checked(&path) {
+            match read_checked(&path, u64::MAX) {
                 Ok(Ok(bytes)) => files.push((path, Some(bytes))),
                 Ok(Err((position, kind))) => {
                     damaged = damaged.or(Some(crate::Error::corrupt(&path, position, kind)));
@@ -209,8 +209,12 @@ impl Snapshot {
 
 /// A snapshot file's bytes, read whole only once its length fits its entry count and its
 /// checksum matches (both checked a chunk at a time), so that a damaged or sparse file of
-/// any length costs no more memory than a chunk. `Err` inside: where it is damaged.
-fn read_checked(path: &Path) -> std::io::Result<std::result::Result<Vec<u8>, (u64, CorruptKind)>> {
+/// any length costs no more memory than a chunk. `Err` inside: where it is damaged. A file
+/// longer than `max_len` (whose length fits its count) is not read: too big.
+pub(crate) fn read_checked(
+    path: &Path,
+    max_len: u64,
+) -> std::io::Result<std::result::Result<Vec<u8>, (u64, CorruptKind)>> {
     use std::io::{Read, Seek, SeekFrom};
     let head_len = FILE_HEADER_LEN + FIXED_LEN;
     let mut file = crate::fs::open_regular(path)?;
@@ -226,6 +230,9 @@ fn read_checked(path: &Path) -> std::io::Result<std::result::Result<Vec<u8>, (u6
     let fits = count.checked_mul(ENTRY_LEN as u64).and_then(|n| n.checked_add((head_len + 4) as u64));
     if fits != Some(len) {
         return Ok(Err(((FILE_HEADER_LEN + 40) as u64, CorruptKind::BadLength { len: count })));
+    }
+    if len > max_len {
+        return Ok(Err((0, CorruptKind::BadHeader(format!("a group file of {len} bytes is too big")))));
     }
     let mut crc = crc32fast::Hasher::new();
     crc.update(&head);

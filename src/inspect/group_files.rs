@@ -1,10 +1,10 @@
-//! A group's snapshot and journal files, read in bounded memory: a snapshot is read whole
-//! only once its length agrees with its entry count and its checksum matches, and the
-//! journal a chunk at a time. A sparse or hostile file of any length costs a buffer of
-//! [`CHUNK`] bytes, not its length.
+//! A group's snapshot and journal files, read in bounded memory: a snapshot as the library
+//! reads it (whole only once its length agrees with its entry count and its checksum
+//! matches, checked a MiB at a time), and the journal [`CHUNK`] bytes at a time. A sparse
+//! or hostile file of any length costs a bounded buffer, not its length.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use byteorder::{ByteOrder, LittleEndian};
@@ -24,18 +24,10 @@ pub(super) const CHUNK: usize = ENTRY_LEN * 4096;
 // | entry (24 bytes) * count | crc: u32`.
 /// Position of a snapshot's generation, in its file header's `base_offset` field.
 const GENERATION_AT: usize = 16;
-/// Bytes before a snapshot's first entry: its file header and fixed part.
-const SNAPSHOT_HEAD: usize = FILE_HEADER_LEN + 48;
 /// Position of a snapshot's `floor` field.
 pub(super) const FLOOR_AT: u64 = FILE_HEADER_LEN as u64 + 16;
 /// Position of a snapshot's `next` field.
 pub(super) const NEXT_AT: u64 = FLOOR_AT + 8;
-/// Position of a snapshot's `count` field, the last of its fixed part.
-const COUNT_AT: usize = SNAPSHOT_HEAD - 8;
-/// Bytes in one snapshot entry.
-const SNAPSHOT_ENTRY_LEN: u64 = 24;
-/// Bytes of a snapshot's trailing CRC.
-const TRAILER_LEN: u64 = 4;
 
 /// What one of a group's snapshot files holds.
 #[derive(Debug)]
@@ -65,68 +57,31 @@ fn fill(file: &mut File, path: &Path, buf: &mut [u8]) -> Result<bool> {
     }
 }
 
-/// Reads and checks one snapshot file, as `Snapshot::decode` checks it, without reading
-/// more than [`CHUNK`] bytes at a time of a file that is not a valid snapshot.
+/// Reads and checks one snapshot file as opening the group does (`snapshot::read_checked`,
+/// then `Snapshot::decode`), refusing to read one over [`MAX_GROUP_FILE`].
 fn read_slot(path: &Path) -> Result<Slot> {
-    let mut file = match crate::fs::open_regular(path) {
-        Ok(file) => file,
+    let checked = match snapshot::read_checked(path, MAX_GROUP_FILE) {
+        Ok(checked) => checked,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Slot::Missing),
+        // Cut while it was read (a live group writing a snapshot in its place).
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err((0, CorruptKind::Truncated)),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let len = file.metadata().at(path)?.len();
-    let mut head = [0u8; SNAPSHOT_HEAD];
-    if len < (SNAPSHOT_HEAD as u64 + TRAILER_LEN) || !fill(&mut file, path, &mut head)? {
-        return Ok(Slot::Damaged(Damaged {
-            error: Error::corrupt(path, len, CorruptKind::Truncated),
-            generation: None,
-        }));
-    }
-    let claimed = LittleEndian::read_u64(&head[GENERATION_AT..]);
-    let generation = header::check(&head, snapshot::STATE_MAGIC, claimed).ok().map(|()| claimed);
-    let damaged =
-        |position: u64, kind| Ok(Slot::Damaged(Damaged { error: Error::corrupt(path, position, kind), generation }));
-    // A snapshot is exactly as long as its entry count makes it (the last check of
-    // `Snapshot::decode`, made first here so that a count or a length that a damaged or
-    // sparse file makes up is never read through).
-    let count = LittleEndian::read_u64(&head[COUNT_AT..]);
-    let fits = count.checked_mul(SNAPSHOT_ENTRY_LEN).and_then(|n| n.checked_add(SNAPSHOT_HEAD as u64 + TRAILER_LEN));
-    if fits != Some(len) {
-        return damaged(COUNT_AT as u64, CorruptKind::BadLength { len: count });
-    }
-    if len > MAX_GROUP_FILE {
-        // Too big to check here: passed over like a damaged file, so a valid sibling is used.
-        let why = format!("a group file of {len} bytes is too big");
-        return damaged(0, CorruptKind::BadHeader(why));
-    }
-    // The checksum, a chunk at a time.
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head);
-    let mut left = len - TRAILER_LEN - SNAPSHOT_HEAD as u64;
-    let mut buf = vec![0u8; CHUNK.min(left as usize)];
-    while left > 0 {
-        let n = CHUNK.min(left as usize);
-        if !fill(&mut file, path, &mut buf[..n])? {
-            return damaged(len - left, CorruptKind::Truncated);
-        }
-        crc.update(&buf[..n]);
-        left -= n as u64;
-    }
-    let mut trailer = [0u8; TRAILER_LEN as usize];
-    if !fill(&mut file, path, &mut trailer)? {
-        return damaged(len - TRAILER_LEN, CorruptKind::Truncated);
-    }
-    let (expected, actual) = (u32::from_le_bytes(trailer), crc.finalize());
-    if expected != actual {
-        return damaged(len - TRAILER_LEN, CorruptKind::BadCrc { expected, actual });
-    }
-    // A valid snapshot: read whole and decoded by the queue's own code, which checks it all again.
-    file.seek(SeekFrom::Start(0)).at(path)?;
-    let mut bytes = Vec::with_capacity(len as usize);
-    file.take(len).read_to_end(&mut bytes).at(path)?;
-    Ok(match Snapshot::decode(&bytes) {
+    Ok(match checked.and_then(|bytes| Snapshot::decode(&bytes)) {
         Ok(snap) => Slot::Valid(snap),
-        Err((position, kind)) => Slot::Damaged(Damaged { error: Error::corrupt(path, position, kind), generation }),
+        Err((position, kind)) => {
+            Slot::Damaged(Damaged { error: Error::corrupt(path, position, kind), generation: generation_of(path) })
+        }
     })
+}
+
+/// The generation in a snapshot file's header, if the header (which has a CRC of its own)
+/// passes its checks.
+fn generation_of(path: &Path) -> Option<u64> {
+    let mut head = [0u8; FILE_HEADER_LEN];
+    crate::fs::open_regular(path).ok()?.read_exact(&mut head).ok()?;
+    let claimed = LittleEndian::read_u64(&head[GENERATION_AT..]);
+    header::check(&head, snapshot::STATE_MAGIC, claimed).ok().map(|()| claimed)
 }
 
 /// The snapshot that opening the group would use.
