@@ -765,10 +765,20 @@ impl Log {
                 segments.remove(0);
                 self.first_offset.store(segments[0].base(), Ordering::Release);
             }
+            // A segment moved to another disk is a link to it: the file goes too, or nothing is
+            // freed. The link goes first, so that a crash between the two leaves an orphan file
+            // elsewhere, not a dangling link that open would refuse.
+            let moved = linked_file(&self.dir, oldest.path());
             // Readers holding the segment keep its mapping; only the names go.
             fs::remove_file(oldest.path()).at(oldest.path())?;
             let _ = fs::remove_file(self.dir.join(segment::index_name(oldest.base())));
             sync_dir(&self.dir)?;
+            if let Some(file) = moved {
+                fs::remove_file(&file).at(&file)?;
+                if let Some(parent) = file.parent() {
+                    sync_dir(parent)?;
+                }
+            }
             report.segments_deleted += 1;
             report.bytes_deleted += oldest.bytes();
         }
@@ -830,6 +840,16 @@ fn finish_seal(
     recovery.truncated_at = Some(at);
     recovery.damage = Some(format!("{what}; the segment starting at offset {next} followed it and was deleted"));
     Ok(Unsealed::Newest(active, found))
+}
+
+/// The file outside `dir` that the segment file `path` is a symbolic link to, if it is one.
+/// (A link to another name in `dir` is not followed: that name may be another segment.)
+fn linked_file(dir: &Path, path: &Path) -> Option<PathBuf> {
+    if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return None;
+    }
+    let file = fs::canonicalize(path).ok()?;
+    (file.parent() != fs::canonicalize(dir).ok().as_deref()).then_some(file)
 }
 
 /// Deletes the segment `base` and its index from `dir`, durably.

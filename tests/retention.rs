@@ -247,3 +247,37 @@ fn a_symlinked_segment_counts_with_its_files_size() {
     assert_eq!(q.stats().bytes_on_disk, real);
     assert_eq!(q.read(0).unwrap().unwrap().payload(), payload(0));
 }
+
+/// Retention of a segment moved to another disk deletes the file there as well as the link,
+/// or it frees nothing while reporting the bytes as deleted. (Only the link went.)
+#[test]
+fn retention_of_a_symlinked_segment_deletes_the_file_it_points_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    fill(&q, 200);
+    q.close().unwrap();
+    let files = segment_files(dir.path());
+    assert!(files.len() >= 3, "{files:?}");
+    let oldest = files[0].clone();
+    let moved = elsewhere.path().join(oldest.file_name().unwrap());
+    std::fs::copy(&oldest, &moved).unwrap();
+    std::fs::remove_file(&oldest).unwrap();
+    std::os::unix::fs::symlink(&moved, &oldest).unwrap();
+    // A link to another name inside the directory is only unlinked: that name is not followed.
+    let second = files[1].clone();
+    let renamed = dir.path().join("kept-aside");
+    std::fs::rename(&second, &renamed).unwrap();
+    std::os::unix::fs::symlink(&renamed, &second).unwrap();
+    let moved_len = std::fs::metadata(&moved).unwrap().len();
+
+    let q = Queue::open(dir.path(), opts().retain_bytes(0)).unwrap();
+    let report = q.enforce_retention().unwrap();
+    assert_eq!(report.segments_deleted as usize, files.len() - 1, "{report:?}");
+    assert!(report.bytes_deleted >= moved_len);
+    assert!(!moved.exists(), "the moved segment's file is left behind");
+    assert!(std::fs::symlink_metadata(&oldest).is_err());
+    assert!(std::fs::symlink_metadata(&second).is_err());
+    assert!(renamed.exists(), "a file inside the queue's directory was followed and deleted");
+    assert_eq!(q.first_offset(), common::segment_base(files.last().unwrap()));
+}
