@@ -418,6 +418,8 @@ impl Queue {
         if self.log.is_closed() {
             return Err(Error::Closed);
         }
+        // A group on a disk that is missing stays, rather than seeming deleted until it is back.
+        group::check_link(&self.log.dir().join(group::GROUPS_DIR))?;
         let mut groups = self.shared.groups();
         if let Some(inner) = groups.remove(name) {
             inner.mark_deleted();

@@ -582,6 +582,41 @@ fn a_file_named_groups_breaks_only_the_group_commands() {
     assert!(groups.stderr.contains("groups") && groups.stderr.contains("Not a directory"), "{}", groups.stderr);
 }
 
+/// The groups folder as a symbolic link that leads nowhere (a disk not mounted, or a loop):
+/// damage on that path, exit 1, as for a file named `groups`, and the log is still read.
+/// (`verify` found no damage and `groups` listed none for a dangling link; for a loop both
+/// stopped with exit 2 and `verify` checked nothing.)
+#[test]
+fn a_groups_link_that_leads_nowhere_is_damage() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = segq::Queue::open(d, small()).unwrap();
+    q.append(b"hello").unwrap();
+    q.close().unwrap();
+    for (target, why) in [("/no/such/disk", "No such file"), ("groups", "symbolic links")] {
+        let _ = fs::remove_file(d.join("groups"));
+        std::os::unix::fs::symlink(target, d.join("groups")).unwrap();
+        let verify = segq(["verify", "--json", &arg(d)]);
+        assert_eq!(verify.code, 1, "{target}: {}{}", verify.stdout, verify.stderr);
+        let doc = verify.json();
+        assert_eq!(doc["next_offset"], 1, "{doc}");
+        let f = &doc["findings"][0];
+        assert_eq!(
+            (f["severity"].as_str(), f["file"].as_str()),
+            (Some("damage"), Some(arg(&d.join("groups")).as_str()))
+        );
+        let what = f["what"].as_str().unwrap();
+        assert!(what.contains("symbolic link") && what.contains(target) && what.contains(why), "{f}");
+        let groups = segq(["groups", &arg(d)]);
+        assert_eq!(groups.code, 1, "{target}: {}", groups.stderr);
+        assert!(groups.stderr.contains(target), "{}", groups.stderr);
+        let info = segq(["info", "--json", &arg(d)]);
+        assert_eq!(info.code, 0, "{}", info.stderr);
+        assert!(info.json()["groups_error"].as_str().is_some_and(|e| e.contains(why)));
+    }
+}
+
 /// Segments kept elsewhere behind symbolic links: sizes are those of the files, not of the
 /// links. A link to nothing as the newest segment is damage naming the link and its target
 /// (the library does not open such a queue), not a segment deleted by retention. (It was

@@ -765,3 +765,40 @@ fn extended_leases_end_at_their_own_time_not_in_delivery_order() {
     assert_eq!((again.offset(), again.attempt()), (2, 2));
     assert!(g.poll(NO_WAIT).unwrap().is_none(), "0 and 1 are still leased");
 }
+
+/// A groups folder kept on another disk behind a symbolic link, while that disk is missing:
+/// listing and opening groups fail naming the link, rather than listing no group or failing
+/// with "File exists"; nothing is created, and once the folder is back every group is too.
+#[test]
+fn a_groups_link_to_a_missing_disk_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 10);
+    let g = q.group("billing").unwrap();
+    let first = g.poll(Duration::ZERO).unwrap().unwrap();
+    g.ack(first.offset()).unwrap();
+    drop(g);
+    q.close().unwrap();
+    let moved = elsewhere.path().join("groups");
+    std::fs::rename(dir.path().join("groups"), &moved).unwrap();
+    let unmounted = elsewhere.path().join("unmounted");
+    std::os::unix::fs::symlink(&unmounted, dir.path().join("groups")).unwrap();
+
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let errors = [
+        q.groups().unwrap_err(),
+        q.group("billing").unwrap_err(),
+        q.group("other").unwrap_err(),
+        q.delete_group("billing").unwrap_err(),
+    ];
+    for err in errors {
+        assert!(matches!(err, Error::Io(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("symbolic link") && msg.contains("unmounted"), "{msg}");
+    }
+    assert!(!unmounted.exists(), "a group was created through the link");
+    std::fs::rename(&moved, &unmounted).unwrap();
+    assert_eq!(q.groups().unwrap(), ["billing"]);
+    assert_eq!(q.group("billing").unwrap().poll(Duration::ZERO).unwrap().unwrap().offset(), 1);
+}

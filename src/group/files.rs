@@ -25,9 +25,23 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(Error::InvalidGroupName { name: name.to_string() }) }
 }
 
+/// Fails if the groups folder is a symbolic link that leads nowhere (to a disk not mounted,
+/// say): listing would quietly find no group, and creating one would fail with "File exists".
+pub(crate) fn check_link(groups: &Path) -> Result<()> {
+    match fs::metadata(groups) {
+        Err(e) if fs::symlink_metadata(groups).is_ok_and(|m| m.file_type().is_symlink()) => {
+            let target = fs::read_link(groups).map(|t| t.display().to_string()).unwrap_or_default();
+            let why = format!("a symbolic link to {target} that cannot be followed: {e}");
+            Err(Error::io(groups, std::io::Error::new(e.kind(), why)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Names of the groups stored under `queue_dir`, sorted.
 pub(crate) fn list(queue_dir: &Path) -> Result<Vec<String>> {
     let dir = queue_dir.join(GROUPS_DIR);
+    check_link(&dir)?;
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -73,6 +87,7 @@ pub(super) fn remove_temp_files(dir: &Path) {
 
 /// Creates the files of a new group starting at the log's first offset.
 pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: &Clock) -> Result<()> {
+    check_link(groups)?;
     let new_groups_dir = !groups.exists();
     // Files left by a deletion that a crash interrupted must not mix with the new group's.
     if dir.exists() {

@@ -12,7 +12,7 @@ pub(crate) mod snapshot;
 pub(crate) mod state;
 
 pub use delivery::{DeadLetter, Delivery, GroupStats};
-pub(crate) use files::{GROUPS_DIR, JOURNAL_FILE, STATE_FILE, list, remove, validate_name};
+pub(crate) use files::{GROUPS_DIR, JOURNAL_FILE, STATE_FILE, check_link, list, remove, validate_name};
 use files::{create, remove_temp_files};
 
 use std::path::{Path, PathBuf};

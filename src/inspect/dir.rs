@@ -381,6 +381,35 @@ impl QueueDir {
         self.segments.last()
     }
 
+    /// What is wrong with the path where the consumer groups live, when that is damage
+    /// rather than a passing I/O error: a file that is not a directory, or a symbolic link
+    /// that leads nowhere. The queue still opens, but every group call fails.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// # q.append(b"hello")?;
+    /// # q.close()?;
+    /// use segq::inspect::QueueDir;
+    ///
+    /// assert_eq!(QueueDir::open(dir.path())?.groups_damage(), None);
+    /// std::os::unix::fs::symlink("/no/such/disk", dir.path().join("groups"))?;
+    /// let queue = QueueDir::open(dir.path())?;
+    /// assert!(queue.groups_error.is_some());
+    /// assert_eq!(queue.groups_damage(), Some("a symbolic link that cannot be followed"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn groups_damage(&self) -> Option<&'static str> {
+        let groups = self.path.join(GROUPS_DIR);
+        match fs::metadata(&groups) {
+            Ok(m) if !m.is_dir() => Some("not a directory"),
+            Err(_) if fs::symlink_metadata(&groups).is_ok_and(|m| m.file_type().is_symlink()) => {
+                Some("a symbolic link that cannot be followed")
+            }
+            _ => None,
+        }
+    }
+
     /// The queue was closed cleanly: checkpoint slot A carries the clean flag and names the
     /// newest segment, so the next open scans nothing.
     ///

@@ -198,10 +198,10 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     }
     if let Some(e) = &dir.groups_error {
         let groups = dir.path.join(crate::group::GROUPS_DIR);
-        if std::fs::metadata(&groups).is_ok_and(|m| !m.is_dir()) {
+        if let Some(damage) = dir.groups_damage() {
             let what = format!(
-                "not a directory, so no consumer group can be read or created: the queue opens, but every group \
-                 call fails ({e})"
+                "{damage}, so no consumer group can be read or created: the queue opens, but every group call \
+                 fails ({e})"
             );
             findings.push(Finding::damage(groups, 0, what));
         } else {

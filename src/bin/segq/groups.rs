@@ -25,9 +25,9 @@ const SHOWN: usize = 20;
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let dir = QueueDir::open(&args.dir)?;
     if let Some(e) = &dir.groups_error {
-        // Not a directory: the queue's groups are broken (damage); anything else is an I/O error.
-        let path = dir.path.join("groups");
-        let code = if std::fs::metadata(&path).is_ok_and(|m| !m.is_dir()) { 1 } else { 2 };
+        // Not a directory, or a link to nothing: the queue's groups are broken (damage);
+        // anything else is an I/O error.
+        let code = if dir.groups_damage().is_some() { 1 } else { 2 };
         return Err(Failure { code, message: format!("the consumer groups cannot be read: {e}") });
     }
     let names = match &args.name {
