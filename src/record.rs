@@ -105,8 +105,11 @@ pub(crate) enum FrameError {
 /// Reads the header at `pos` without checking the CRC: enough to step to the next record.
 #[inline]
 pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
-    let header: &[u8; HEADER_LEN] =
-        bytes.get(pos..pos.saturating_add(HEADER_LEN)).and_then(|h| h.try_into().ok()).ok_or(FrameError::Truncated)?;
+    let Some(header) =
+        bytes.get(pos..pos.saturating_add(HEADER_LEN)).and_then(|h| <&[u8; HEADER_LEN]>::try_from(h).ok())
+    else {
+        return Err(short_tail(bytes, pos));
+    };
     let crc_len = LittleEndian::read_u64(&header[CRC_AT..]);
     let offset = LittleEndian::read_u64(&header[OFFSET_AT..]);
     let timestamp_ms = LittleEndian::read_u64(&header[TIMESTAMP_AT..]);
@@ -120,6 +123,16 @@ pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
         return Err(FrameError::BadLength(len as u64));
     }
     Ok(Frame { offset, timestamp_ms, payload: start..start + len, batch_continues: len_flags & BATCH_CONTINUES != 0 })
+}
+
+/// Fewer bytes than a header are left at `pos`. Zeros are the end of the data: a record
+/// filled the segment to within a header of its end. Anything else is a header cut short.
+#[cold]
+fn short_tail(bytes: &[u8], pos: usize) -> FrameError {
+    match bytes.get(pos..) {
+        Some(rest) if !rest.is_empty() && rest.iter().all(|&b| b == 0) => FrameError::Zeroed,
+        _ => FrameError::Truncated,
+    }
 }
 
 /// Decodes and checksums the record at `pos`.
@@ -532,6 +545,9 @@ mod tests {
     fn zeros_truncation_and_overlong_lengths_are_told_apart() {
         assert_eq!(decode(&[0u8; 64], 0), Err(FrameError::Zeroed));
         assert_eq!(decode(&[1u8; 10], 0), Err(FrameError::Truncated));
+        // Fewer zeros than a header after the last record: the end of the data.
+        assert_eq!(decode(&[0u8; 10], 0), Err(FrameError::Zeroed));
+        assert_eq!(decode(&[0u8; 10], 10), Err(FrameError::Truncated));
         let buf = frame_bytes(1, b"abc", false);
         assert_eq!(decode(&buf[..buf.len() - 1], 0), Err(FrameError::BadLength(3)));
         let mut huge = buf.clone();
