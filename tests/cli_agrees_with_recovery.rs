@@ -274,6 +274,35 @@ fn a_damaged_snapshot_file_is_a_warning_when_the_group_opens_without_it() {
     }
 }
 
+/// Both snapshot files damaged, each its own way (a checksum that fails, a file cut short):
+/// the library and `verify` name the same file, `state`, as FORMAT.md says. (The library
+/// named `state.1`: a file cut short was preferred to one whose checksum failed.)
+#[test]
+fn with_both_snapshots_damaged_the_library_and_verify_name_state() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    make_queue(d);
+    {
+        let q = Queue::open(d, small()).unwrap();
+        q.group_with("audit", segq::GroupOptions::default().max_attempts(9)).unwrap();
+        q.close().unwrap();
+    }
+    let group = d.join("groups/audit");
+    let mut state = std::fs::read(group.join("state")).unwrap();
+    state[40] ^= 1; // the trailer CRC fails
+    std::fs::write(group.join("state"), &state).unwrap();
+    let state_1 = std::fs::read(group.join("state.1")).unwrap();
+    std::fs::write(group.join("state.1"), &state_1[..50]).unwrap();
+    assert_eq!(library_group(d, "audit"), Err(group.join("state")));
+    let run = segq(["verify", &arg(d), "--json"]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    let doc = run.json();
+    let damage: Vec<_> = doc["findings"].as_array().unwrap().iter().filter(|f| f["severity"] == "damage").collect();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    assert_eq!(damage[0]["file"].as_str(), Some(arg(&group.join("state")).as_str()), "{}", damage[0]);
+}
+
 /// A writer opens a cleanly closed queue, and appends, after `verify` read the checkpoint
 /// but before it scanned the segment: what the clean close promised (nothing after slot A)
 /// no longer holds, and nothing is reported. (A warning that the next open would keep

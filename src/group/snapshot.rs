@@ -181,29 +181,18 @@ impl Snapshot {
     /// other file could quietly undo the changes of a newer generation.
     pub fn read_latest(dir: &Path) -> Result<Snapshot> {
         let mut files = Vec::with_capacity(FILES.len());
-        // The first file found damaged before it was read whole.
-        let mut damaged = None;
         for name in FILES {
             let path = dir.join(name);
-            match read_checked(&path, u64::MAX) {
-                Ok(Ok(bytes)) => files.push((path, Some(bytes))),
-                Ok(Err((position, kind))) => {
-                    damaged = damaged.or(Some(crate::Error::corrupt(&path, position, kind)));
-                    files.push((path, None));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => files.push((path, None)),
+            let checked = match read_checked(&path, u64::MAX) {
+                Ok(checked) => Some(checked),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 // Shorter than its length said when it was opened.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    damaged = damaged.or(Some(crate::Error::corrupt(&path, 0, CorruptKind::Truncated)));
-                    files.push((path, None));
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Some(Err((0, CorruptKind::Truncated))),
                 Err(e) => return Err(crate::Error::io(&path, e)),
-            }
+            };
+            files.push((path, checked));
         }
-        match (latest(&files), damaged) {
-            (Err(crate::Error::Io(_)), Some(damage)) => Err(damage),
-            (result, _) => result,
-        }
+        latest(&files)
     }
 }
 
@@ -265,14 +254,17 @@ pub(crate) fn file_for(generation: u64) -> &'static str {
     FILES[(generation % 2) as usize]
 }
 
-/// The newest valid snapshot among the contents of a group's snapshot files (`None` for a
-/// missing file). Damage is reported only when no file holds a valid snapshot.
-pub(crate) fn latest(files: &[(std::path::PathBuf, Option<Vec<u8>>)]) -> Result<Snapshot> {
+/// What [`read_checked`] made of one snapshot file (`None`: the file is missing).
+type Checked = Option<std::result::Result<Vec<u8>, (u64, CorruptKind)>>;
+
+/// The newest valid snapshot among a group's snapshot files, in [`FILES`] order. When none
+/// is valid, the error names the first damaged file: `state` before `state.1`.
+pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<Snapshot> {
     let mut best: Option<Snapshot> = None;
     let mut damage = None;
-    for (path, bytes) in files {
-        let Some(bytes) = bytes else { continue };
-        match Snapshot::decode(bytes) {
+    for (path, checked) in files {
+        let Some(checked) = checked else { continue };
+        match checked.as_ref().map_err(Clone::clone).and_then(|bytes| Snapshot::decode(bytes)) {
             Ok(s) if best.as_ref().is_none_or(|b| s.generation > b.generation) => best = Some(s),
             Ok(_) => {}
             Err((position, kind)) => damage = damage.or(Some(crate::Error::corrupt(path, position, kind))),
@@ -338,12 +330,19 @@ mod alternation_tests {
         let (a, b) = ("a".into(), "b".into());
         let four = snap(4).encode();
         let mut five = snap(5).encode();
-        assert_eq!(latest(&[(a, Some(four.clone())), (b, Some(five.clone()))]).unwrap().generation, 5);
+        assert_eq!(latest(&[(a, Some(Ok(four.clone()))), (b, Some(Ok(five.clone())))]).unwrap().generation, 5);
         five[40] ^= 1;
-        let files = [("a".into(), Some(four)), ("b".into(), Some(five.clone()))];
+        let files = [("a".into(), Some(Ok(four))), ("b".into(), Some(Ok(five.clone())))];
         assert_eq!(latest(&files).unwrap().generation, 4);
-        let only_torn = [("a".into(), None), ("b".into(), Some(five))];
+        let only_torn = [("a".into(), None), ("b".into(), Some(Ok(five.clone())))];
         assert!(matches!(latest(&only_torn), Err(crate::Error::Corrupt { .. })));
+        // Neither valid: the first file is named, whatever check each failed.
+        let both = [
+            ("a".into(), Some(Err((80, CorruptKind::BadCrc { expected: 1, actual: 2 })))),
+            ("b".into(), Some(Ok(five))),
+        ];
+        let Err(crate::Error::Corrupt { path, position, .. }) = latest(&both) else { panic!("not damage") };
+        assert_eq!((path.to_str(), position), (Some("a"), 80));
     }
 
     #[test]
