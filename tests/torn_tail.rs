@@ -260,7 +260,7 @@ fn a_segment_filled_to_within_a_header_of_its_end_recovers_without_damage() {
         q.simulate_crash();
         let q = Queue::open(dir.path(), opts()).unwrap();
         let recovery = q.recovery();
-        assert_eq!((recovery.truncated_at.clone(), recovery.damage.clone()), (None, None), "{left} bytes left");
+        assert_eq!((recovery.truncated_at, recovery.damage.clone()), (None, None), "{left} bytes left");
         assert_eq!(q.next_offset(), 1);
         assert_eq!(q.read(0).unwrap().unwrap().payload(), payload);
         assert_eq!(q.append(b"next").unwrap(), 1);
