@@ -330,7 +330,9 @@ impl Queue {
         self.open_group(name, None)
     }
 
-    /// The consumer group `name` with these settings, which replace the stored ones.
+    /// The consumer group `name` with these settings, which replace the stored ones. On a
+    /// group already open, a new lease applies to later deliveries; records already leased
+    /// keep the deadline they were given (see [`Group::extend_lease`] to change one).
     ///
     /// ```
     /// use segq::{GroupOptions, Options, Queue};

@@ -802,3 +802,24 @@ fn a_groups_link_to_a_missing_disk_is_an_error_naming_it() {
     assert_eq!(q.groups().unwrap(), ["billing"]);
     assert_eq!(q.group("billing").unwrap().poll(Duration::ZERO).unwrap().unwrap().offset(), 1);
 }
+
+/// A shorter lease set on a running group: a record leased under it comes back when its
+/// lease ends, not after the records still leased under the old, longer one. (It waited
+/// behind them, up to the old lease: an hour here.)
+#[test]
+fn a_shortened_lease_ends_before_the_longer_ones_given_earlier() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 2);
+    let hour = q.group_with("g", GroupOptions::default().lease(Duration::from_secs(3600))).unwrap();
+    let held = hour.poll(Duration::ZERO).unwrap().unwrap();
+    assert_eq!(held.offset(), 0);
+    let short = q.group_with("g", GroupOptions::default().lease(Duration::from_millis(20))).unwrap();
+    let first = short.poll(Duration::ZERO).unwrap().unwrap();
+    assert_eq!((first.offset(), first.attempt()), (1, 1));
+    let again = short.poll(Duration::from_secs(30)).unwrap().expect("offset 1 comes back once its lease ends");
+    assert_eq!((again.offset(), again.attempt()), (1, 2));
+    // Offset 0 stays leased for its hour.
+    let later = short.poll(Duration::ZERO).unwrap();
+    assert!(later.as_ref().is_none_or(|d| d.offset() == 1), "{later:?}");
+}

@@ -136,7 +136,7 @@ impl Group {
         let changed = opts.filter(|o| *o != stored);
         if let Some(o) = changed {
             locked.opts = o;
-            locked.state.lease = o.lease;
+            locked.state.set_lease(o.lease);
         }
         if locked.state.oldest_needed() < log.first_offset() || locked.state.next() < log.first_offset() {
             locked.state.apply(Op::Skip { offset: log.first_offset() }, &clock);
@@ -680,7 +680,7 @@ impl Group {
             return Ok(());
         }
         l.opts = opts;
-        l.state.lease = opts.lease;
+        l.state.set_lease(opts.lease);
         let result = l.compact(&inner.dir, &Clock::lazy());
         if let Err(e) = &result {
             l.failed = Some(e.to_string());

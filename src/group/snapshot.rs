@@ -59,7 +59,7 @@ impl Snapshot {
             .chain(state.dead_letters().iter().filter(|&(&o, _)| o < state.floor()).map(|(&o, &a)| (o, DEAD, a, 0)))
             .collect();
         let (floor, next, lost) = (state.floor(), state.next(), state.lost);
-        Snapshot { generation, lease: state.lease, max_attempts, floor, next, lost, entries }
+        Snapshot { generation, lease: state.lease(), max_attempts, floor, next, lost, entries }
     }
 
     /// Rebuilds the state it captured, for a log whose next offset is `limit`.

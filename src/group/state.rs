@@ -160,7 +160,8 @@ pub(crate) struct GroupState {
     /// `leases` or `retries` may hold this many entries before the stale ones are swept
     /// out.
     sweep_at: usize,
-    pub lease: Duration,
+    /// How long a delivery is leased; see [`GroupState::set_lease`].
+    lease: Duration,
     /// Records deleted by retention before this group was done with them.
     pub lost: u64,
 }
@@ -425,6 +426,24 @@ impl GroupState {
                 self.dead.retain(|&o, _| o < offset);
             }
         }
+    }
+
+    /// How long a delivery is leased.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Leases later deliveries for `lease`. `leases` is in deadline order only because every
+    /// lease is as long: a shorter one would end before those already queued, and wait
+    /// behind them. Those then go to the heap, which takes any order.
+    pub fn set_lease(&mut self, lease: Duration) {
+        if lease < self.lease {
+            self.retries.extend(self.leases.drain(..).map(Reverse));
+            if self.retries.len() > self.sweep_at {
+                self.sweep_timers();
+            }
+        }
+        self.lease = lease;
     }
 
     /// Moves the lease of a leased record to end at `until`; false if `offset` is not
@@ -925,7 +944,7 @@ mod tests {
         s.apply(Op::Deliver { offset: 1, attempt: 1 }, &c);
         s.apply(Op::Ack { offset: 1 }, &c);
         let exceptions: Vec<_> = s.exceptions().collect();
-        let mut r = GroupState::restore(s.floor(), s.next(), exceptions, s.lease, &c, u64::MAX);
+        let mut r = GroupState::restore(s.floor(), s.next(), exceptions, s.lease(), &c, u64::MAX);
         assert_eq!((r.ack_floor(), r.next()), (0, 2));
         assert_eq!(r.due(&c), Some(Due { offset: 0, attempts: 2 }));
     }

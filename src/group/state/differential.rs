@@ -238,7 +238,13 @@ fn group_state_matches_a_plain_model() {
                 79..82 => Some(Op::Skip { offset: pick(&mut rng, &m) }),
                 _ => None,
             };
-            if let Some(op) = op {
+            if roll == 82 {
+                // New settings: later deliveries take the new lease, shorter or longer.
+                let lease = Duration::from_millis(1 + rng.below(400));
+                s.set_lease(lease);
+                m.lease = lease;
+                steps.push(format!("lease {lease:?}"));
+            } else if let Some(op) = op {
                 s.apply(op, &c);
                 m.apply(op, &c);
                 steps.push(format!("{op:?}"));
