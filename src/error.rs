@@ -162,7 +162,9 @@ pub enum Error {
     InvalidOptions(String),
 
     /// An earlier sync failed, so the kernel may have dropped unsynced data: this handle
-    /// refuses writes until the queue is reopened (which recovers the durable prefix).
+    /// refuses writes until the queue is reopened (which recovers the durable prefix). The
+    /// text names the file whose sync failed: a failed sync of a group's files poisons only
+    /// that group.
     ///
     /// ```
     /// use segq::{Error, Options, Queue};
@@ -178,7 +180,7 @@ pub enum Error {
     /// q.append(b"c")?;
     /// # Ok::<(), segq::Error>(())
     /// ```
-    #[error("queue is poisoned by an earlier failed sync ({0}); reopen it to recover")]
+    #[error("poisoned by an earlier failed sync ({0}); reopen the queue to recover")]
     Poisoned(String),
 
     /// The queue was closed; this handle can no longer be used.

@@ -59,11 +59,12 @@ impl Shared {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes the log and every open group durable.
+    /// Makes the log and every open group durable. A failure, or a group poisoned earlier,
+    /// does not stop the others: the first error is returned once all have been tried.
     fn flush(&self) -> Result<()> {
-        self.log.flush()?;
+        let log = self.log.flush();
         let groups: Vec<_> = self.groups().values().cloned().collect();
-        groups.iter().try_for_each(|g| g.flush())
+        groups.iter().map(|g| g.flush()).fold(log, Result::and)
     }
 }
 
@@ -303,7 +304,9 @@ impl Queue {
     ///
     /// # Errors
     /// [`Error::Io`] if a sync fails (which poisons the queue or the group concerned),
-    /// [`Error::Poisoned`] after an earlier failed sync, [`Error::Closed`].
+    /// [`Error::Poisoned`] after an earlier failed sync, [`Error::Closed`]. A failing or
+    /// poisoned group does not keep the log or the other groups from being made durable:
+    /// the first error is returned once all have been tried.
     pub fn flush(&self) -> Result<()> {
         self.shared.flush()
     }

@@ -274,3 +274,51 @@ fn a_file_system_without_fallocate_gets_its_blocks_by_writing_zeros() {
     }
     assert_eq!(q.group("g").unwrap().ack_floor(), 10);
 }
+
+/// One group poisoned by a failed sync: `Queue::flush` and `close` still make the log and
+/// every other group durable, then report it; its message names the group's file. (They
+/// stopped at the poisoned group, leaving the groups after it unsynced, in the order of a
+/// hash map, and the interval flusher did the same at every tick.)
+#[test]
+fn a_poisoned_group_does_not_keep_the_others_from_being_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+    for i in 0..5 {
+        q.append(&payload(i)).unwrap();
+    }
+    let bad = q.group("bad").unwrap();
+    bad.poll(Duration::ZERO).unwrap().unwrap();
+    fault::inject(Fault::new(&dir.path().join("groups/bad"), Point::Sync));
+    assert!(matches!(bad.flush(), Err(Error::Io(_))));
+    fault::clear(dir.path());
+    let names: Vec<String> = (0..8).map(|i| format!("healthy-{i}")).collect();
+    let healthy: Vec<_> = names.iter().map(|n| q.group(n).unwrap()).collect();
+    let journals = |synced: Vec<fault::Synced>| -> Vec<String> {
+        let mut groups: Vec<String> = synced
+            .iter()
+            .filter(|s| s.path.ends_with("journal"))
+            .map(|s| s.path.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    };
+    fault::audit(dir.path());
+    for step in ["flush", "close"] {
+        for g in &healthy {
+            let d = g.poll(Duration::ZERO).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+        }
+        q.append(b"more").unwrap();
+        let result = if step == "flush" { q.flush() } else { q.close() };
+        let Err(Error::Poisoned(why)) = result else { panic!("{step}: {result:?}") };
+        assert!(why.contains("bad"), "{step}: {why}");
+        assert_eq!(q.durable_offset(), q.next_offset(), "{step}: the log was flushed");
+        assert_eq!(journals(fault::take_synced(dir.path())), names, "{step}: every healthy group was synced");
+    }
+    let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
+    assert_eq!(q.next_offset(), 7);
+    for n in &names {
+        assert_eq!(q.group(n).unwrap().ack_floor(), 2, "{n}");
+    }
+}
