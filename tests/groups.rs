@@ -823,3 +823,27 @@ fn a_shortened_lease_ends_before_the_longer_ones_given_earlier() {
     let later = short.poll(Duration::ZERO).unwrap();
     assert!(later.as_ref().is_none_or(|d| d.offset() == 1), "{later:?}");
 }
+
+/// What a worker still holding a record sees when an operator seeks the group, as `seek`
+/// documents: after a seek back, `NotDelivered` (the record comes again); after a seek past
+/// it, its ack or nack succeeds and changes nothing.
+#[test]
+fn a_late_ack_after_a_seek_is_not_delivered_or_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 6);
+    let g = q.group("g").unwrap();
+    let held: Vec<u64> = (0..3).map(|_| g.poll(Duration::ZERO).unwrap().unwrap().offset()).collect();
+    assert_eq!(held, [0, 1, 2]);
+    g.seek(1).unwrap();
+    assert!(matches!(g.ack(2), Err(Error::NotDelivered { offset: 2 })));
+    assert!(matches!(g.nack(1, Duration::ZERO), Err(Error::NotDelivered { offset: 1 })));
+    assert_eq!(g.poll(Duration::ZERO).unwrap().unwrap().offset(), 1);
+    g.seek(5).unwrap();
+    g.ack(1).unwrap();
+    g.nack(2, Duration::ZERO).unwrap();
+    assert_eq!(g.ack_floor(), 5);
+    let next = g.poll(Duration::ZERO).unwrap().unwrap();
+    assert_eq!((next.offset(), next.attempt()), (5, 1));
+    assert!(g.poll(Duration::ZERO).unwrap().is_none());
+}

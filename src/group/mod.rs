@@ -339,7 +339,8 @@ impl Group {
     /// ```
     ///
     /// # Errors
-    /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
+    /// [`Error::NotDelivered`] for an offset the group has not delivered yet, or not since
+    /// a [`Group::seek`] back to or before it.
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
     /// as for [`Group::poll`].
     pub fn ack(&self, offset: u64) -> Result<()> {
@@ -581,6 +582,11 @@ impl Group {
     /// within the records the queue holds: below the first offset it means the first, past
     /// the end it means the end. Leases and pending retries are dropped, and dead letters at
     /// or above `offset` are forgotten (they will be delivered again). Durable like an ack.
+    ///
+    /// A consumer still working on a record when the group seeks: after a seek back to or
+    /// before that record, its ack or nack returns [`Error::NotDelivered`] (the record is
+    /// to be delivered again); after a seek past it, its ack or nack succeeds and changes
+    /// nothing. A worker loop should treat `NotDelivered` as "nothing to do", not stop.
     ///
     /// ```
     /// use std::time::Duration;
