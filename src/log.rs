@@ -53,8 +53,21 @@ const WRITE_BACK_AHEAD: usize = 256 << 10;
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Recovery {
     /// The queue had been closed cleanly, so nothing was scanned. False for a queue that
-    /// did not exist before this open.
+    /// did not exist before this open (see `created`).
     pub clean: bool,
+    /// The directory held no segment, so this open started an empty queue: neither clean
+    /// nor crashed. Tells a first start from an unclean one.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert!(q.recovery().created && !q.recovery().clean);
+    /// q.close()?;
+    /// let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// assert!(!q.recovery().created && q.recovery().clean);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    pub created: bool,
     /// Bytes of records checked at open (those after the last known synced position).
     pub scanned_bytes: u64,
     /// Position in the newest segment kept where a damaged (torn) unsynced tail was cut, or
@@ -196,7 +209,10 @@ impl Log {
             }
         }
         let (segments, active, next_offset) = match bases.split_last() {
-            None => (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0),
+            None => {
+                recovery.created = true;
+                (Vec::new(), Active::create(dir, 0, min_capacity, interval)?, 0)
+            }
             Some((&newest, _)) => {
                 let marks = [slot_a, slot_b].into_iter().flatten();
                 let names = |base: u64| move |m: &Mark| m.segment_base == base && m.next_offset >= base;
