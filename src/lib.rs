@@ -66,7 +66,7 @@ pub use error::{CorruptKind, Error, Result};
 pub use group::{DeadLetter, Delivery, Group, GroupStats};
 pub use iter::Iter;
 pub use log::{Recovery, RetentionReport, Stats};
-pub use options::{GroupOptions, Options, SyncPolicy};
+pub use options::{GroupOptions, MAX_RECORD_LIMIT, MAX_SEGMENT_BYTES, MIN_SEGMENT_BYTES, Options, SyncPolicy};
 pub use queue::Queue;
 pub use record::{Record, RecordRef};
 

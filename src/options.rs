@@ -33,7 +33,10 @@ pub enum SyncPolicy {
     #[default]
     Always,
     /// A background thread syncs everything appended every interval: a machine crash loses
-    /// at most about one interval of appends. The interval must not be zero.
+    /// at most about one interval of appends. The interval must not be zero. The thread
+    /// wakes once an interval even when nothing was appended: a few milliseconds costs
+    /// nothing noticeable, while an interval far below a sync's own time (~100 µs here)
+    /// keeps a core busy; for a sync per append, use [`SyncPolicy::Always`].
     ///
     /// ```
     /// use segq::{Options, Queue, SyncPolicy};
@@ -66,11 +69,38 @@ pub enum SyncPolicy {
     Never,
 }
 
-/// Smallest accepted segment size.
+/// Smallest accepted segment size ([`Options::segment_bytes`]).
+///
+/// ```
+/// use segq::{MIN_SEGMENT_BYTES, Options, Queue};
+/// # let dir = tempfile::tempdir()?;
+/// assert!(Queue::open(dir.path(), Options::default().segment_bytes(MIN_SEGMENT_BYTES)).is_ok());
+/// # let dir = tempfile::tempdir()?;
+/// assert!(Queue::open(dir.path(), Options::default().segment_bytes(MIN_SEGMENT_BYTES - 1)).is_err());
+/// # Ok::<(), segq::Error>(())
+/// ```
 pub const MIN_SEGMENT_BYTES: u64 = 4096;
-/// Largest accepted segment size: positions inside a segment are 32-bit.
+/// Largest accepted segment size ([`Options::segment_bytes`]): positions inside a segment
+/// are 32-bit.
+///
+/// ```
+/// use segq::{MAX_SEGMENT_BYTES, Options, Queue};
+/// # let dir = tempfile::tempdir()?;
+/// let err = Queue::open(dir.path(), Options::default().segment_bytes(MAX_SEGMENT_BYTES + 1)).unwrap_err();
+/// assert!(matches!(err, segq::Error::InvalidOptions(_)));
+/// # Ok::<(), segq::Error>(())
+/// ```
 pub const MAX_SEGMENT_BYTES: u64 = u32::MAX as u64;
-/// Largest accepted payload limit (1 GiB): one record plus its headers must fit a segment.
+/// Largest accepted payload limit ([`Options::max_record_bytes`], 1 GiB): one record plus
+/// its headers must fit a segment.
+///
+/// ```
+/// use segq::{MAX_RECORD_LIMIT, Options, Queue};
+/// # let dir = tempfile::tempdir()?;
+/// let err = Queue::open(dir.path(), Options::default().max_record_bytes(MAX_RECORD_LIMIT + 1)).unwrap_err();
+/// assert!(matches!(err, segq::Error::InvalidOptions(_)));
+/// # Ok::<(), segq::Error>(())
+/// ```
 pub const MAX_RECORD_LIMIT: u32 = 1 << 30;
 
 /// Options for [`crate::Queue::open`], built with consuming setters.
@@ -115,7 +145,9 @@ impl Options {
     /// Size each segment file is preallocated to; a segment rolls when the next record does
     /// not fit. Default 64 MiB; from 4 KiB up to 4 GiB − 1. Crash recovery scans at most one
     /// segment, so smaller segments bound recovery time. A record (or batch) too big for a
-    /// segment of this size gets a segment of its own, sized to fit.
+    /// segment of this size gets a segment of its own, sized to fit. A queue reopened with
+    /// another size keeps its existing segments, the active one included, as they are: the
+    /// new size applies from the next segment on.
     ///
     /// ```
     /// use segq::{Options, Queue};

@@ -94,6 +94,10 @@ impl Queue {
         let dir = dir.as_ref();
         options.validate()?;
         if !dir.is_dir() {
+            if dir.exists() {
+                let why = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+                return Err(Error::io(dir, why));
+            }
             std::fs::create_dir_all(dir).at(dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 sync_dir(parent)?;
@@ -397,7 +401,8 @@ impl Queue {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] if the groups' folder cannot be read.
+    /// [`Error::Io`] if the groups' folder cannot be read. (It reads the directory only, so
+    /// it still answers after [`Queue::close`].)
     pub fn groups(&self) -> Result<Vec<String>> {
         group::list(self.log.dir())
     }

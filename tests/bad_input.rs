@@ -1095,13 +1095,18 @@ fn a_file_where_the_groups_folder_should_be_fails_group_calls_only() {
 }
 
 /// The queue's path is a file, or its `checkpoint` or `lock` is a folder: open fails with
-/// an I/O error.
+/// an I/O error. For a file, it says so: `NotADirectory`, naming it. (It said "File
+/// exists", from `create_dir_all`.)
 #[test]
 fn files_of_the_wrong_type_fail_open_with_an_io_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    assert!(matches!(Queue::open(&file, opts()), Err(Error::Io(_))));
+    let err = Queue::open(&file, opts()).unwrap_err();
+    let Error::Io(io) = &err else { panic!("{err:?}") };
+    assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{err}");
+    assert!(err.to_string().contains("file: not a directory"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"x");
     for name in ["checkpoint", "lock"] {
         let d = dir.path().join(format!("q-{name}"));
         std::fs::create_dir_all(d.join(name)).unwrap();

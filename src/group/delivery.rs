@@ -200,8 +200,8 @@ pub struct GroupStats {
     pub dead: u64,
     /// Records that retention deleted before this group was done with them.
     pub lost: u64,
-    /// The group's settings.
+    /// The group's lease, in milliseconds ([`crate::GroupOptions::lease`]).
     pub lease_ms: u64,
-    /// Deliveries before dead-lettering.
+    /// Deliveries before dead-lettering ([`crate::GroupOptions::max_attempts`]).
     pub max_attempts: u32,
 }

@@ -618,7 +618,9 @@ impl Group {
         inner.make_durable(seq)
     }
 
-    /// Where the group stands: ack floor, lag, leased, waiting and dead records.
+    /// Where the group stands: ack floor, lag, leased, waiting and dead records. It reads
+    /// memory only, so after [`crate::Queue::close`] it still answers, with the group as it
+    /// stood at the close.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
