@@ -75,8 +75,22 @@ impl Iter {
         Iter { log, next: from, cursor: None, done: false, resumed: false }
     }
 
-    /// The offset the next call to `next` looks for.
-    pub(crate) fn peek_offset(&self) -> u64 {
+    /// The offset the next call to `next` looks for: where a consumer that keeps its own
+    /// position would resume, with [`crate::Queue::iter_from`], after a restart. (If
+    /// retention deletes that record first, the next call moves on to the first offset.)
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append_batch(&[b"a".as_slice(), b"b", b"c"])?;
+    /// let mut records = q.iter_from(0);
+    /// records.next().transpose()?;
+    /// let resume_at = records.next_offset(); // store it with the work done
+    /// assert_eq!(resume_at, 1);
+    /// assert_eq!(q.iter_from(resume_at).next().transpose()?.map(|r| r.offset()), Some(1));
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    pub fn next_offset(&self) -> u64 {
         self.next
     }
 

@@ -860,7 +860,7 @@ impl GroupInner {
         }
         // New records are read with a cursor that walks the log, cheaper than a lookup each.
         let read = match &mut l.cursor {
-            Some(cursor) if cursor.peek_offset() == offset => cursor.next().transpose(),
+            Some(cursor) if cursor.next_offset() == offset => cursor.next().transpose(),
             _ => {
                 let mut cursor = Iter::new(self.log.clone(), offset);
                 let read = cursor.next().transpose();
