@@ -1,8 +1,10 @@
 //! Iteration over the records of the log, following it as it grows.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
+use crate::group::state::later;
 use crate::log::Log;
 use crate::mmap::Mapping;
 use crate::record::{self, Frame, Record, RecordRef};
@@ -92,6 +94,38 @@ impl Iter {
     /// ```
     pub fn next_offset(&self) -> u64 {
         self.next
+    }
+
+    /// The next record, waiting up to `timeout` for one to be appended when the iterator is
+    /// at the end of the log: a consumer that follows the log without a consumer group
+    /// (which has [`crate::Group::poll`]) sleeps here instead of polling in a loop. `None` if
+    /// nothing came in time, or once the queue is closed, which ends the wait at once.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = std::sync::Arc::new(segq::Queue::open(dir.path(), segq::Options::default())?);
+    /// let mut tail = q.iter_from(q.next_offset());
+    /// assert!(tail.next_timeout(Duration::from_millis(1)).is_none()); // nothing yet
+    /// let writer = { let q = q.clone(); std::thread::spawn(move || q.append(b"news")) };
+    /// let record = tail.next_timeout(Duration::from_secs(60)).expect("appended meanwhile")?;
+    /// assert_eq!(record.payload(), b"news");
+    /// # writer.join().unwrap()?;
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<Record>> {
+        let deadline = later(Instant::now(), timeout);
+        loop {
+            // Read before looking: an append after the look moves it, so the wait returns.
+            let seen = self.log.notify.generation();
+            if let Some(next) = self.next() {
+                return Some(next);
+            }
+            if self.done || self.log.is_closed() || Instant::now() >= deadline {
+                return None;
+            }
+            self.log.notify.wait(seen, deadline);
+        }
     }
 
     /// Like [`Iterator::next`], but lends the record instead of handing it out: nothing is

@@ -346,3 +346,42 @@ fn flush_and_close_finish_while_appenders_roll_segments() {
     let q = Queue::open(dir.path(), Options::default().segment_bytes(4096)).unwrap();
     assert!(q.recovery().clean);
 }
+
+/// An iterator at the end of the log waits in `next_timeout` for records appended by other
+/// threads, across segment rolls, and sees each once, in order; `close` ends a wait of any
+/// length with `None`.
+#[test]
+fn next_timeout_waits_for_appends_and_close_ends_the_wait() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    for sync in [SyncPolicy::Never, SyncPolicy::Always] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Queue::open(dir.path(), tiny(4096).sync(sync)).unwrap());
+        let mut tail = q.iter_from(0);
+        assert!(tail.next_timeout(Duration::ZERO).is_none());
+        let writer = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    q.append(&payload(i)).unwrap();
+                    if i % 50 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            })
+        };
+        for i in 0..200 {
+            // Not a timing check: a minute stands for "never" when a wake-up is lost.
+            let record = tail.next_timeout(Duration::from_secs(60)).expect("appended").unwrap();
+            assert_eq!((record.offset(), record.payload()), (i, payload(i).as_slice()), "{sync:?}");
+        }
+        writer.join().unwrap();
+        assert!(q.stats().segments > 1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || tx.send(tail.next_timeout(Duration::MAX).map(|r| r.is_ok())));
+        std::thread::sleep(Duration::from_millis(20));
+        q.close().unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(60)).expect("the wait ended"), None, "{sync:?}");
+        waiter.join().unwrap().unwrap();
+    }
+}
