@@ -401,12 +401,12 @@ impl QueueDir {
     /// ```
     pub fn groups_damage(&self) -> Option<&'static str> {
         let groups = self.path.join(GROUPS_DIR);
-        match fs::metadata(&groups) {
-            Ok(m) if !m.is_dir() => Some("not a directory"),
-            Err(_) if fs::symlink_metadata(&groups).is_ok_and(|m| m.file_type().is_symlink()) => {
-                Some("a symbolic link that cannot be followed")
-            }
-            _ => None,
+        if fs::metadata(&groups).is_ok_and(|m| !m.is_dir()) {
+            Some("not a directory")
+        } else if crate::group::check_link(&groups).is_err() {
+            Some("a symbolic link that cannot be followed")
+        } else {
+            None
         }
     }
 
