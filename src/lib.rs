@@ -56,6 +56,7 @@ mod mmap;
 mod notify;
 mod options;
 mod prefault;
+mod primitives;
 mod queue;
 mod record;
 mod sealer;

@@ -1,9 +1,11 @@
 //! Wake-ups for consumers waiting in `poll`: a generation counter bumped by every event that
 //! may make a record deliverable (an append, a sync, a nack, a redrive, a seek).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+// Loom's under `cfg(loom)`, std's otherwise: see the module.
+use crate::primitives::{AtomicU64, AtomicUsize, Condvar, Mutex};
 
 /// Many waiters, many notifiers; a notifier pays for a lock only when someone waits.
 #[derive(Debug, Default)]
@@ -62,5 +64,68 @@ mod tests {
             assert_ne!(n.generation(), seen);
             t.join().unwrap();
         }
+    }
+}
+
+/// The wake-ups under loom, which runs each model through every interleaving of its threads
+/// and reports a deadlock when every thread sleeps: a lost wake-up. Loom's timed waits never
+/// time out, so a waiter that nobody wakes is seen. Run with
+/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// Consumers that wait until `produced` records are there, as `poll` does: read the
+    /// generation, look for work, sleep on the generation read.
+    fn consume(notify: &Notify, records: &AtomicU64, produced: u64) {
+        loop {
+            let seen = notify.generation();
+            if records.load(Ordering::Acquire) == produced {
+                return;
+            }
+            notify.wait(seen, Instant::now() + Duration::from_secs(3600));
+        }
+    }
+
+    fn check(consumers: usize, producers: u64) {
+        crate::primitives::check(3, move || {
+            let notify = Arc::new(Notify::default());
+            let records = Arc::new(AtomicU64::new(0));
+            let threads: Vec<_> = (0..producers)
+                .map(|_| {
+                    let (notify, records) = (notify.clone(), records.clone());
+                    loom::thread::spawn(move || {
+                        records.fetch_add(1, Ordering::AcqRel);
+                        notify.notify();
+                    })
+                })
+                .chain((1..consumers).map(|_| {
+                    let (notify, records) = (notify.clone(), records.clone());
+                    loom::thread::spawn(move || consume(&notify, &records, producers))
+                }))
+                .collect();
+            consume(&notify, &records, producers);
+            for thread in threads {
+                thread.join().unwrap();
+            }
+        });
+    }
+
+    #[test]
+    fn a_consumer_is_woken_by_the_append_it_waits_for() {
+        check(1, 1);
+    }
+
+    #[test]
+    fn two_consumers_are_both_woken() {
+        check(2, 1);
+    }
+
+    #[test]
+    fn a_consumer_waiting_for_two_appends_sees_both() {
+        check(1, 2);
     }
 }

@@ -1,14 +1,14 @@
 //! Durability: group commit for appenders that wait for a sync, and the background flusher
 //! of [`crate::SyncPolicy::Interval`].
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
-
-use rustix::thread::futex;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
+// Loom's under `cfg(loom)`, std's and rustix's otherwise: see the module.
+use crate::primitives::{self, AtomicBool, AtomicU32, AtomicU64, Instant, futex, yield_now};
 
 /// Lets many threads that each need "everything up to offset N is durable" share syncs.
 ///
@@ -48,7 +48,7 @@ pub(crate) struct GroupCommit {
     gathering: AtomicU32,
     /// Touched only by the thread that holds the leader's office (the leader, or the call
     /// that took its gathering over).
-    history: Mutex<History>,
+    history: primitives::Mutex<History>,
     /// When the leader in office should be done, in nanoseconds since `epoch`; 0 if none.
     due: AtomicU64,
     epoch: Instant,
@@ -90,7 +90,7 @@ impl GroupCommit {
             leader: AtomicBool::new(false),
             arrivals: AtomicU32::new(0),
             gathering: AtomicU32::new(0),
-            history: Mutex::new(History::default()),
+            history: primitives::Mutex::new(History::default()),
             due: AtomicU64::new(0),
             epoch: Instant::now(),
             busy_wait: false,
@@ -99,6 +99,16 @@ impl GroupCommit {
             #[cfg(test)]
             taken_over: AtomicU64::new(0),
         }
+    }
+
+    /// Starts as if a sync had just covered `batch` callers and taken `took`: with `batch`
+    /// over 1 the next leader gathers, and with busy waiting it tells its waiters when it
+    /// should be done. For models that begin there instead of running a first round.
+    #[cfg(all(test, loom))]
+    fn after_a_sync(mut self, batch: u32, took: Duration) -> GroupCommit {
+        self.arrivals = AtomicU32::new(batch);
+        *self.history.get_mut().unwrap() = History { synced_arrivals: batch, last_batch: batch, last_sync: took };
+        self
     }
 
     /// Has waiters yield the CPU in a loop, instead of sleeping, while the sync in flight
@@ -179,7 +189,7 @@ impl GroupCommit {
             if self.nanos() >= give_up {
                 return false;
             }
-            std::thread::yield_now();
+            yield_now();
         }
     }
 
@@ -474,5 +484,209 @@ mod tests {
         let err = commit.wait_for(1, || Err(Error::Closed), || None).unwrap_err();
         assert!(matches!(err, Error::Closed));
         assert_eq!(commit.durable(), 0);
+    }
+}
+
+/// Group commit under loom, which runs each model through every interleaving of its threads
+/// (up to a bound on preemptions) and reports a deadlock when every thread sleeps: a lost
+/// wake-up. Time and futexes are simulated (see `crate::primitives`). Run with
+/// `RUSTFLAGS="--cfg loom" cargo test --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_model {
+    use super::*;
+    use crate::primitives::advance_clock;
+    use loom::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::atomic::AtomicU64 as Total;
+
+    /// A model's sync takes this long: short enough that busy waiters yield through it.
+    const SYNC_TIME: Duration = Duration::from_micros(100);
+
+    /// What group commit sees of a log: appends, and syncs that cover what was appended when
+    /// they began. Checks that syncs run one at a time, in the leader's office, and never
+    /// after a failed one.
+    #[derive(Default)]
+    struct Log {
+        appended: AtomicU64,
+        syncing: AtomicBool,
+        syncs: AtomicU64,
+        /// The sync that fails, counted from 1; 0 for none.
+        fail_at: u64,
+        failed: AtomicBool,
+    }
+
+    impl Log {
+        fn sync(&self, commit: &GroupCommit) -> Result<u64> {
+            assert!(commit.leader.load(Ordering::Acquire), "a sync outside the leader's office");
+            assert!(!self.syncing.swap(true, Ordering::AcqRel), "two syncs at once");
+            assert!(!self.failed.load(Ordering::Acquire), "a sync after a failed one");
+            let nth = self.syncs.fetch_add(1, Ordering::AcqRel) + 1;
+            // A read-modify-write reads the latest append, as the real sync does under the
+            // writer's lock.
+            let covered = self.appended.fetch_add(0, Ordering::AcqRel);
+            advance_clock(SYNC_TIME);
+            self.syncing.store(false, Ordering::Release);
+            if nth == self.fail_at {
+                // As the real sync: the queue is poisoned before the error returns.
+                self.failed.store(true, Ordering::Release);
+                return Err(Error::Closed);
+            }
+            Ok(covered)
+        }
+
+        fn failed(&self) -> Option<Error> {
+            self.failed.load(Ordering::Acquire).then_some(Error::Closed)
+        }
+
+        /// Appends a record and waits for it to be durable; checks that `durable` does not go
+        /// back and that an `Ok` means the record is durable.
+        fn append_and_wait(&self, commit: &GroupCommit) -> Result<()> {
+            let target = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
+            let before = commit.durable();
+            let result = commit.wait_for(target, || self.sync(commit), || self.failed());
+            let after = commit.durable();
+            assert!(after >= before, "durable went back from {before} to {after}");
+            if result.is_ok() {
+                assert!(after >= target, "returned Ok for {target} with {after} durable");
+            }
+            result
+        }
+    }
+
+    /// Sums over every execution loom explored, to show what the models went through.
+    #[derive(Debug, Default)]
+    struct Totals {
+        executions: Total,
+        syncs: Total,
+        taken_over: Total,
+        yielded: Total,
+        errors: Total,
+    }
+
+    /// Runs `threads` appenders, each appending one record and waiting for it, on the group
+    /// commit `start` makes, through every interleaving loom explores. Checks the `Log`'s
+    /// assertions, that no thread is left sleeping (loom's deadlock check), and at the end
+    /// that the office is free and, unless a sync failed, every record is durable.
+    fn check(threads: usize, fail_at: u64, start: fn() -> GroupCommit) -> Totals {
+        let totals = std::sync::Arc::new(Totals::default());
+        let sums = totals.clone();
+        // Two threads get three preemptions; three threads two, to keep to seconds.
+        let preemptions = if threads > 2 { 2 } else { 3 };
+        primitives::check(preemptions, move || {
+            let commit = loom::sync::Arc::new(start());
+            let log = loom::sync::Arc::new(Log { fail_at, ..Log::default() });
+            let others: Vec<_> = (1..threads)
+                .map(|_| {
+                    let (commit, log) = (commit.clone(), log.clone());
+                    loom::thread::spawn(move || log.append_and_wait(&commit))
+                })
+                .collect();
+            let mut results = vec![log.append_and_wait(&commit)];
+            results.extend(others.into_iter().map(|thread| thread.join().unwrap()));
+
+            let syncs = log.syncs.load(Ordering::Acquire);
+            let published = u64::from(commit.syncs.load(Ordering::Acquire));
+            assert!(!commit.leader.load(Ordering::Acquire), "the office was not given up");
+            assert_eq!(commit.gathering.load(Ordering::Acquire), 0, "a gathering was left open");
+            // Each office ends in one publication, after one sync unless a sync had failed.
+            if fail_at == 0 {
+                assert_eq!(published, syncs, "an office synced twice, or not at all");
+                assert_eq!(commit.durable(), threads as u64, "records left not durable");
+            } else {
+                assert!(published >= syncs, "an office synced twice");
+                if fail_at == 1 {
+                    assert!(results.iter().all(Result::is_err), "a waiter got Ok with nothing synced");
+                }
+            }
+            sums.executions.fetch_add(1, Ordering::Relaxed);
+            sums.syncs.fetch_add(syncs, Ordering::Relaxed);
+            sums.taken_over.fetch_add(commit.taken_over.load(Ordering::Relaxed), Ordering::Relaxed);
+            sums.yielded.fetch_add(commit.yielded.load(Ordering::Relaxed), Ordering::Relaxed);
+            sums.errors.fetch_add(results.iter().filter(|r| r.is_err()).count() as u64, Ordering::Relaxed);
+        });
+        let totals = std::sync::Arc::into_inner(totals).unwrap();
+        eprintln!("{threads} threads, failing sync {fail_at}: {totals:?}");
+        totals
+    }
+
+    fn fresh() -> GroupCommit {
+        GroupCommit::new(0)
+    }
+
+    #[test]
+    fn two_waiters_each_return_once_their_record_is_durable() {
+        check(2, 0, fresh);
+    }
+
+    /// A sync may cover one, two or three records here, and a second leader may then gather
+    /// after a sync that covered several.
+    #[test]
+    fn three_waiters_each_return_once_their_record_is_durable() {
+        check(3, 0, fresh);
+    }
+
+    /// Waiters yield rather than sleep, the leader having told them when it should be done.
+    fn busy() -> GroupCommit {
+        GroupCommit::new(0).busy_wait(true).after_a_sync(1, SYNC_TIME)
+    }
+
+    #[test]
+    fn two_busy_waiters_each_return_once_their_record_is_durable() {
+        let totals = check(2, 0, busy);
+        assert!(totals.yielded.into_inner() > 0, "no waiter yielded through a sync");
+    }
+
+    #[test]
+    fn three_busy_waiters_each_return_once_their_record_is_durable() {
+        let totals = check(3, 0, busy);
+        assert!(totals.yielded.into_inner() > 0, "no waiter yielded through a sync");
+    }
+
+    /// The last sync covered two callers: the next leader gathers until a second one comes,
+    /// which then syncs in its stead, or until it times out and syncs itself.
+    fn gathering() -> GroupCommit {
+        GroupCommit::new(0).after_a_sync(2, SYNC_TIME)
+    }
+
+    #[test]
+    fn two_waiters_through_a_gathering() {
+        let totals = check(2, 0, gathering);
+        assert!(totals.taken_over.into_inner() > 0, "no gathering was taken over");
+    }
+
+    #[test]
+    fn three_waiters_through_a_gathering() {
+        let totals = check(3, 0, gathering);
+        assert!(totals.taken_over.into_inner() > 0, "no gathering was taken over");
+    }
+
+    #[test]
+    fn three_busy_waiters_through_a_gathering() {
+        let totals = check(3, 0, || gathering().busy_wait(true));
+        assert!(totals.taken_over.load(Ordering::Relaxed) > 0, "no gathering was taken over");
+        assert!(totals.yielded.into_inner() > 0, "no waiter yielded through a sync");
+    }
+
+    #[test]
+    fn two_waiters_of_a_failed_sync_both_fail() {
+        check(2, 1, fresh);
+    }
+
+    #[test]
+    fn three_waiters_of_a_failed_sync_all_fail() {
+        check(3, 1, fresh);
+    }
+
+    /// Some waiters may have their record covered by the first sync; the others fail.
+    #[test]
+    fn three_waiters_of_a_sync_that_fails_after_one_that_succeeded() {
+        let totals = check(3, 2, fresh);
+        assert!(totals.errors.into_inner() > 0, "the second sync never ran");
+    }
+
+    /// The failure reaches the call that took the gathering over, and the leader it woke.
+    #[test]
+    fn three_waiters_of_a_failed_sync_through_a_gathering() {
+        let totals = check(3, 1, gathering);
+        assert!(totals.taken_over.into_inner() > 0, "no gathering was taken over");
     }
 }
