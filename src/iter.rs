@@ -38,7 +38,9 @@ const MAX_AHEAD: usize = 16;
 /// ```
 ///
 /// [`Iter::next_ref`] walks the same way but lends each record instead of handing out an
-/// owned one, which is cheaper when the record is not kept.
+/// owned one, which is cheaper when the record is not kept. At the end of the log,
+/// [`Iter::next_timeout`] waits for the next append, and [`Iter::next_offset`] says where
+/// to resume after a restart.
 #[derive(Debug)]
 pub struct Iter {
     log: Arc<Log>,
