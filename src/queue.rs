@@ -477,6 +477,12 @@ impl Queue {
     /// A damaged record is yielded as an [`Error::Corrupt`], and iteration goes on with the
     /// record after it if the damage left its frame intact, else with the next segment.
     /// Once the queue is closed the iterator yields nothing more (no [`Error::Closed`]).
+    ///
+    /// Like [`Queue::read`], it sees a record as soon as it is appended, before it is
+    /// durable, even under [`SyncPolicy::Always`] while the appender still waits for its
+    /// sync: a machine crash can take such a record back. A reader that must see only
+    /// durable records stops below [`Queue::durable_offset`]; consumer groups do so by
+    /// themselves under `Always`.
     pub fn iter_from(&self, offset: u64) -> Iter {
         Iter::new(self.log.clone(), offset)
     }
