@@ -437,7 +437,9 @@ impl Queue {
         group::remove(self.log.dir(), name)
     }
 
-    /// Reads the record at `offset`, or `None` outside `first_offset()..next_offset()`.
+    /// Reads the record at `offset`, or `None` outside `first_offset()..next_offset()`. A
+    /// record is readable as soon as it is appended, before it is durable (see
+    /// [`Queue::durable_offset`]).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
