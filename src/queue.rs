@@ -429,7 +429,9 @@ impl Queue {
             return Err(Error::Closed);
         }
         // A group on a disk that is missing stays, rather than seeming deleted until it is back.
-        group::check_link(&self.log.dir().join(group::GROUPS_DIR))?;
+        let groups_dir = self.log.dir().join(group::GROUPS_DIR);
+        group::check_link(&groups_dir)?;
+        group::check_link(&groups_dir.join(name))?;
         let mut groups = self.shared.groups();
         if let Some(inner) = groups.remove(name) {
             inner.mark_deleted();

@@ -847,3 +847,45 @@ fn a_late_ack_after_a_seek_is_not_delivered_or_a_no_op() {
     assert_eq!((next.offset(), next.attempt()), (5, 1));
     assert!(g.poll(Duration::ZERO).unwrap().is_none());
 }
+
+/// One group's folder kept on another disk behind a symbolic link, while that disk is
+/// missing: listing the groups fails naming it, so retention under `retain_until_consumed`
+/// deletes nothing that group still needs, and opening or deleting it fails instead of
+/// "File exists" or a false Ok. (Listing skipped it: retention deleted every segment it had
+/// not read, counted later as `lost`.)
+#[test]
+fn a_group_folder_linked_to_a_missing_disk_holds_retention_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let opts = || common::tiny(4096).retain_until_consumed(true);
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    q.group("fast").unwrap();
+    q.group("slow").unwrap();
+    fill(&q, 300);
+    q.close().unwrap();
+    let moved = elsewhere.path().join("slow");
+    std::fs::rename(dir.path().join("groups/slow"), &moved).unwrap();
+    let unmounted = elsewhere.path().join("unmounted");
+    std::os::unix::fs::symlink(&unmounted, dir.path().join("groups/slow")).unwrap();
+
+    let q = Queue::open(dir.path(), opts()).unwrap();
+    let fast = q.group("fast").unwrap();
+    while let Some(d) = fast.poll(Duration::ZERO).unwrap() {
+        fast.ack(d.offset()).unwrap();
+    }
+    let errors = [
+        q.groups().unwrap_err(),
+        q.enforce_retention().unwrap_err(),
+        q.group("slow").unwrap_err(),
+        q.delete_group("slow").unwrap_err(),
+    ];
+    for err in errors {
+        let msg = err.to_string();
+        assert!(matches!(err, Error::Io(_)) && msg.contains("unmounted"), "{msg}");
+    }
+    assert_eq!(q.first_offset(), 0, "retention deleted records the missing group needs");
+    std::fs::rename(&moved, &unmounted).unwrap();
+    assert_eq!(q.groups().unwrap(), ["fast", "slow"]);
+    let slow = q.group("slow").unwrap();
+    assert_eq!((slow.stats().lost, slow.poll(Duration::ZERO).unwrap().unwrap().offset()), (0, 0));
+}

@@ -25,8 +25,9 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     if ok { Ok(()) } else { Err(Error::InvalidGroupName { name: name.to_string() }) }
 }
 
-/// Fails if the groups folder is a symbolic link that leads nowhere (to a disk not mounted,
-/// say): listing would quietly find no group, and creating one would fail with "File exists".
+/// Fails if the groups folder, or a group's folder, is a symbolic link that leads nowhere (to
+/// a disk not mounted, say): listing would quietly miss the groups there (and retention then
+/// delete what they still need), and creating one would fail with "File exists".
 pub(crate) fn check_link(groups: &Path) -> Result<()> {
     match fs::metadata(groups) {
         Err(e) if fs::symlink_metadata(groups).is_ok_and(|m| m.file_type().is_symlink()) => {
@@ -51,7 +52,11 @@ pub(crate) fn list(queue_dir: &Path) -> Result<Vec<String>> {
     for entry in entries {
         let entry = entry.at(&dir)?;
         let Ok(name) = entry.file_name().into_string() else { continue };
-        if validate_name(&name).is_ok() && entry.path().join(STATE_FILE).is_file() {
+        if validate_name(&name).is_err() {
+            continue;
+        }
+        check_link(&entry.path())?;
+        if entry.path().join(STATE_FILE).is_file() {
             names.push(name);
         }
     }
@@ -88,6 +93,7 @@ pub(super) fn remove_temp_files(dir: &Path) {
 /// Creates the files of a new group starting at the log's first offset.
 pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: &Clock) -> Result<()> {
     check_link(groups)?;
+    check_link(dir)?;
     let new_groups_dir = !groups.exists();
     // Files left by a deletion that a crash interrupted must not mix with the new group's.
     if dir.exists() {
