@@ -47,6 +47,8 @@ pub struct Iter {
     /// The offset of the next record to hand out.
     next: u64,
     cursor: Option<Cursor>,
+    /// Stopped at damage in the active segment, where no later record can be found until
+    /// the segment is sealed: then iteration goes on after it.
     done: bool,
     /// The last error skipped only the damaged record: go on in the same segment.
     resumed: bool,
@@ -123,7 +125,8 @@ impl Iter {
             if let Some(next) = self.next() {
                 return Some(next);
             }
-            if self.done || self.log.is_closed() || Instant::now() >= deadline {
+            // After damage in the active segment, nothing comes until it is sealed: wait on.
+            if self.log.is_closed() || Instant::now() >= deadline {
                 return None;
             }
             self.log.notify.wait(seen, deadline);
@@ -154,7 +157,7 @@ impl Iter {
 
     /// Moves past the next record and returns it, with the mapping it lies in.
     fn advance(&mut self) -> Option<Result<(&Arc<Mapping>, Frame)>> {
-        if self.done || self.log.is_closed() {
+        if (self.done && !self.resume_past_damage()) || self.log.is_closed() {
             return None;
         }
         // Retention may have deleted the cursor's segment: then the slow path moves on.
@@ -174,6 +177,22 @@ impl Iter {
         let cursor = self.cursor.as_ref().expect("a frame is read through the cursor");
         self.next += 1;
         Some(Ok((&cursor.map, frame)))
+    }
+
+    /// Goes on after the damaged segment that stopped the iterator, once it is sealed (its
+    /// end is known) or deleted by retention; false while it is still the active one.
+    #[cold]
+    fn resume_past_damage(&mut self) -> bool {
+        let sealed_end = self.log.segment_for(self.next).and_then(|s| s.end_offset());
+        if sealed_end.is_none() && self.next >= self.log.first_offset() {
+            return false;
+        }
+        if let Some(end) = sealed_end {
+            self.next = end;
+        }
+        self.done = false;
+        self.cursor = None;
+        true
     }
 
     /// Finds the record at `self.next` when [`Iter::advance`]'s quick look did not: moves

@@ -385,3 +385,42 @@ fn next_timeout_waits_for_appends_and_close_ends_the_wait() {
         waiter.join().unwrap().unwrap();
     }
 }
+
+/// Damage in the active segment stops an iterator there (where the next record starts is not
+/// known); once that segment is sealed, it goes on with the next one, and `next_timeout`
+/// waits meanwhile instead of returning at once. (It returned `None` at once for ever, so a
+/// loop around `next_timeout` spun and never saw another record.)
+#[test]
+fn an_iterator_stopped_by_damage_in_the_active_segment_goes_on_after_its_seal() {
+    use std::os::unix::fs::FileExt;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), tiny(4096).sync(SyncPolicy::Never)).unwrap();
+    for i in 0..5 {
+        q.append(&payload(i)).unwrap();
+    }
+    q.flush().unwrap();
+    let segment = common::active_segment(dir.path());
+    let spans = common::record_spans(&std::fs::read(&segment).unwrap());
+    // The high byte of record 2's length: its frame now runs past the segment.
+    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0x7f], spans[2].start as u64 + 7).unwrap();
+    let mut it = q.iter_from(0);
+    assert_eq!(it.next().unwrap().unwrap().offset(), 0);
+    assert_eq!(it.next().unwrap().unwrap().offset(), 1);
+    assert!(it.next().unwrap().is_err());
+    assert!(it.next().is_none());
+    assert!(it.next_timeout(Duration::from_millis(20)).is_none());
+    // Enough records to seal the damaged segment and fill the next ones.
+    let mut i = 5;
+    while q.stats().segments < 3 {
+        q.append(&payload(i)).unwrap();
+        i += 1;
+    }
+    let next = it.next_timeout(Duration::from_secs(60)).expect("goes on after the seal").unwrap();
+    let base = common::segment_base(&common::segment_files(dir.path())[1]);
+    assert_eq!(next.offset(), base);
+    assert_eq!(next.payload(), payload(base));
+    let rest: Vec<u64> = it.map(|r| r.unwrap().offset()).collect();
+    assert_eq!(rest, (base + 1..i).collect::<Vec<_>>());
+}
