@@ -859,13 +859,16 @@ fn finish_seal(
 }
 
 /// The file outside `dir` that the segment file `path` is a symbolic link to, if it is one.
-/// (A link to another name in `dir` is not followed: that name may be another segment.)
+/// (A link to another name in `dir` is not followed: that name may be another segment.
+/// Directories are compared by device and inode, which a bind mount does not change.)
 fn linked_file(dir: &Path, path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     if !fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
         return None;
     }
     let file = fs::canonicalize(path).ok()?;
-    (file.parent() != fs::canonicalize(dir).ok().as_deref()).then_some(file)
+    let (parent, dir) = (fs::metadata(file.parent()?).ok()?, fs::metadata(dir).ok()?);
+    ((parent.dev(), parent.ino()) != (dir.dev(), dir.ino())).then_some(file)
 }
 
 /// Deletes the segment `base` and its index from `dir`, durably.
