@@ -94,9 +94,9 @@ impl Queue {
         let dir = dir.as_ref();
         options.validate()?;
         if !dir.is_dir() {
-            if dir.exists() {
-                let why = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
-                return Err(Error::io(dir, why));
+            if let Ok(found) = std::fs::symlink_metadata(dir) {
+                let what = if found.is_symlink() { "a symbolic link to no directory" } else { "not a directory" };
+                return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotADirectory, what)));
             }
             std::fs::create_dir_all(dir).at(dir)?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -1107,6 +1107,15 @@ fn files_of_the_wrong_type_fail_open_with_an_io_error() {
     assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{err}");
     assert!(err.to_string().contains("file: not a directory"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    // A link to nothing, or a loop: the same, not "File exists".
+    for (name, target) in [("dangling", "/no/such/disk/q"), ("loop", "loop")] {
+        let link = dir.path().join(name);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        let err = Queue::open(&link, opts()).unwrap_err();
+        let Error::Io(io) = &err else { panic!("{err:?}") };
+        assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory, "{name}: {err}");
+        assert!(err.to_string().contains("symbolic link"), "{name}: {err}");
+    }
     for name in ["checkpoint", "lock"] {
         let d = dir.path().join(format!("q-{name}"));
         std::fs::create_dir_all(d.join(name)).unwrap();
