@@ -76,6 +76,32 @@ pub struct Recovery {
     pub truncated_at: Option<u64>,
     /// What was wrong at the cut.
     pub damage: Option<String>,
+    /// Damage that open came upon in data the checkpoint records as synced (file, byte
+    /// position and what), which it kept instead of cutting: records after it were
+    /// acknowledged. Reads of the damaged record report it as [`crate::Error::Corrupt`].
+    /// Open looks at only the stretch before the last synced position (about one index
+    /// interval), so `None` is no check of the whole log: `segq verify` is.
+    ///
+    /// ```
+    /// use segq::{Options, Queue, SyncPolicy};
+    /// use std::os::unix::fs::FileExt;
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always))?;
+    /// for _ in 0..3 {
+    ///     q.append(&[7; 100])?; // durable when it returns
+    /// }
+    /// q.simulate_crash();
+    /// // A bit flip in the length of the second record (records are 124 bytes from byte 32).
+    /// let segment = dir.path().join("00000000000000000000.log");
+    /// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(&[0xff], 32 + 124 + 6)?;
+    ///
+    /// let q = Queue::open(dir.path(), Options::default())?;
+    /// assert!(q.recovery().synced_damage.as_ref().is_some_and(|d| d.contains("byte 156")));
+    /// assert_eq!(q.next_offset(), 3); // nothing was cut
+    /// assert!(q.read(1).is_err()); // the damaged record reports itself
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub synced_damage: Option<String>,
 }
 
 /// The log of one queue directory.
@@ -235,9 +261,9 @@ impl Log {
                     match finish_seal(dir, &opts, files[prev].0, newest, trusted, &mut recovery)? {
                         Unsealed::Sealed(Some(len)) => files[prev].1 = len,
                         Unsealed::Sealed(None) => {}
-                        Unsealed::Newest(active, found) => {
+                        Unsealed::Newest(recovered) => {
                             files.pop();
-                            kept = Some((active, found));
+                            kept = Some(*recovered);
                         }
                     }
                 }
@@ -254,6 +280,7 @@ impl Log {
                             recovery.truncated_at = Some(*at);
                             recovery.damage = Some(damage.to_string());
                         }
+                        note_kept_damage(&mut recovery, dir, last, &found);
                         (active, found)
                     }
                 };
@@ -809,7 +836,7 @@ enum Unsealed {
     /// report it as for any sealed segment).
     Sealed(Option<u64>),
     /// Its records end before the next segment starts, which was deleted: it is the newest.
-    Newest(Active, segment::Recovered),
+    Newest(Box<(Active, segment::Recovered)>),
 }
 
 /// Finishes the seal of segment `base`, the one before the newest (`next`), when no
@@ -831,6 +858,7 @@ fn finish_seal(
         Err(Error::Corrupt { .. }) => return Ok(Unsealed::Sealed(None)),
         Err(e) => return Err(e),
     };
+    note_kept_damage(recovery, dir, base, &found);
     if found.next_offset >= next {
         recovery.scanned_bytes += found.scanned_bytes;
         let len = active.position() as u64;
@@ -855,7 +883,15 @@ fn finish_seal(
     };
     recovery.truncated_at = Some(at);
     recovery.damage = Some(format!("{what}; the segment starting at offset {next} followed it and was deleted"));
-    Ok(Unsealed::Newest(active, found))
+    Ok(Unsealed::Newest(Box::new((active, found))))
+}
+
+/// Notes in `recovery` the damage that the recovery of segment `base` kept.
+fn note_kept_damage(recovery: &mut Recovery, dir: &Path, base: u64, found: &segment::Recovered) {
+    if let Some((at, kind)) = &found.kept_damage {
+        let path = dir.join(segment::log_name(base));
+        recovery.synced_damage = Some(format!("{}: {kind} at byte {at}", path.display()));
+    }
 }
 
 /// The file outside `dir` that the segment file `path` is a symbolic link to, if it is one.

@@ -87,9 +87,14 @@ impl Queue {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Locked`] if the queue is open elsewhere, [`Error::Corrupt`] for damage that
-    /// recovery may not cut (it lies in data known to be synced),
-    /// [`Error::InvalidOptions`], or [`Error::Io`].
+    /// [`Error::Locked`] if the queue is open elsewhere, [`Error::Corrupt`] when the newest
+    /// segment's header is damaged or records known to be synced are missing (a segment
+    /// file deleted or cut short, zeros where synced records were: kind
+    /// [`crate::CorruptKind::Gap`], naming the file and position; going on would give their
+    /// offsets to new records; `segq repair` makes the queue open with what is left),
+    /// [`Error::InvalidOptions`], or [`Error::Io`]. Damage that leaves synced records in
+    /// place does not fail the open: they are kept, and reads of a damaged one report it
+    /// (see [`crate::Recovery::synced_damage`]).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
         let dir = dir.as_ref();
         options.validate()?;

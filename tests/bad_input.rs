@@ -309,16 +309,22 @@ fn frames_up_to_the_last_u64_offset_under_a_clean_checkpoint_are_damage() {
         bytes[at + 16..at + 24].copy_from_slice(&1_700_000_000_000u64.to_le_bytes());
     }
     std::fs::write(&seg, &bytes).unwrap();
-    // The forged frames end where the checkpoint says, but do not end on its offset: the
-    // mark is not trusted (as for any slot that does not land), and the scan from the
-    // segment's start meets the first bad checksum.
+    // The forged frames end where the checkpoint says, but the last carries `u64::MAX`,
+    // which no record can: damage in data the clean close synced. The mark still holds
+    // (cutting there would drop acknowledged records), so nothing is cut, and every record
+    // reads as damage instead of as data. (Before, the mark was dropped and the segment
+    // cut at its first record.)
     let q = Queue::open(dir.path(), opts()).unwrap();
-    assert_eq!(q.next_offset(), base);
-    assert_eq!(q.recovery().truncated_at, Some(FILE_HEADER_LEN as u64));
-    assert!(q.recovery().damage.as_ref().is_some_and(|d| d.contains("checksum")), "{:?}", q.recovery());
+    assert_eq!(q.next_offset(), u64::MAX);
+    assert_eq!(q.recovery().truncated_at, None);
+    assert!(q.recovery().synced_damage.as_ref().is_some_and(|d| d.contains("u64 holds")), "{:?}", q.recovery());
     for o in base..u64::MAX {
-        assert!(q.read(o).unwrap().is_none());
+        let (path, position, kind) = corrupt(q.read(o));
+        assert_eq!(path, seg);
+        assert_eq!(position, (FILE_HEADER_LEN + 24 * (o - base) as usize) as u64);
+        assert!(matches!(kind, CorruptKind::BadCrc { .. }), "{kind:?}");
     }
+    assert!(q.append(b"x").is_err(), "no offset is left");
 }
 
 // ---- Segment headers -----------------------------------------------------------------
@@ -413,11 +419,14 @@ fn every_byte_of_a_sealed_segment_header_damaged_spoils_only_that_segment() {
 
 // ---- Truncation at every position ----------------------------------------------------
 
-/// The newest segment cut at every byte (after a clean close): below 32 bytes open fails
-/// with `Truncated`; otherwise the queue opens with the whole records before the cut, says
-/// it cut or scanned, and appends go on from there.
+/// The newest segment of a cleanly closed queue cut short at every byte. The clean close
+/// synced every record, so a cut that takes any of them away makes open fail with `Gap`,
+/// naming the file and the first missing record, and changing nothing: going on would hand
+/// out the lost records' offsets again (a group that had read them would skip the new
+/// records). Once the checkpoint is deleted, as `segq repair` does, the queue opens with
+/// the whole records before the cut. (Before, open kept them at once and went on.)
 #[test]
-fn the_newest_segment_cut_at_every_byte_keeps_the_whole_records_before() {
+fn the_newest_segment_cut_at_every_byte_refuses_to_open_until_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let payloads: Vec<Vec<u8>> = (0..6).map(|i| vec![i as u8 + 1; 3 + i]).collect();
     {
@@ -433,26 +442,39 @@ fn the_newest_segment_cut_at_every_byte_keeps_the_whole_records_before() {
         copy_tree(dir.path(), copy.path());
         let path = rename_in(copy.path(), &seg);
         truncate_file(&path, cut);
+        let before = std::fs::read(&path).unwrap();
         let result = Queue::open(copy.path(), opts());
+        let kept = spans.iter().take_while(|s| s.end <= cut).count();
         if cut < FILE_HEADER_LEN {
             let (_, position, kind) = corrupt(result);
             assert_eq!((position, kind), (cut as u64, CorruptKind::Truncated));
             continue;
         }
-        let q = result.unwrap();
-        let kept = spans.iter().take_while(|s| s.end <= cut).count();
+        if kept < payloads.len() {
+            let (p, position, kind) = corrupt(result);
+            assert_eq!(p, path, "cut at {cut}");
+            assert_eq!(position, spans.get(kept).map_or(FILE_HEADER_LEN, |s| s.start) as u64, "cut at {cut}");
+            assert_eq!(kind, CorruptKind::Gap { from: kept as u64, to: payloads.len() as u64 }, "cut at {cut}");
+            assert_eq!(std::fs::read(&path).unwrap(), before, "a refused open changes nothing");
+            std::fs::remove_file(copy.path().join("checkpoint")).unwrap();
+        } else {
+            drop(result.unwrap());
+        }
+        let q = Queue::open(copy.path(), opts()).unwrap();
         assert_holds(&q, &payloads[..kept]);
         assert!(kept == payloads.len() || !q.recovery().clean, "cut at {cut}: {:?}", q.recovery());
         assert_eq!(q.append(b"after").unwrap(), kept as u64);
     }
 }
 
-/// The newest segment cut short by hand (or by a tool or filesystem that lost its tail),
-/// then a crash before the first sync of the run that recovered it. Open writes the
-/// recovered end into both checkpoint slots, so no slot from before the cut can send the
-/// next recovery past the records appended since. (Found while building this catalogue:
-/// open used to rewrite slot A only, and the stale slot B, with its higher position, cut
-/// 30 of the 60 acknowledged appends below.)
+/// The newest segment cut short by hand (or by a tool or filesystem that lost its tail)
+/// after its records were synced: open refuses with `Gap` until the checkpoint is deleted
+/// (what `segq repair` does), then a crash comes before the first sync of the run that
+/// recovered it. Open writes the recovered end into both checkpoint slots, so nothing from
+/// before the cut can send the next recovery past the records appended since. (Found
+/// while building this catalogue: open used to rewrite slot A only, and a stale slot B
+/// with a higher position cut 30 of the 60 acknowledged appends below. Until the cut was
+/// refused, the stale slot came from the checkpoint the cut had outdated.)
 #[test]
 fn a_cut_newest_segment_then_a_crash_loses_no_acknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
@@ -468,6 +490,9 @@ fn a_cut_newest_segment_then_a_crash_loses_no_acknowledged_append() {
     let seg = active_segment(dir.path());
     let spans = record_spans(&std::fs::read(&seg).unwrap());
     truncate_file(&seg, spans[10].start);
+    let (_, _, kind) = corrupt(Queue::open(dir.path(), opts.clone()));
+    assert_eq!(kind, CorruptKind::Gap { from: 10, to: 40 });
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
     let extra: Vec<Vec<u8>> = (0..60u8).map(|i| vec![i; 111]).collect();
     {
         let q = Queue::open(dir.path(), opts.clone()).unwrap();
@@ -637,6 +662,107 @@ fn checkpoint_slots_that_claim_the_impossible() {
     let (path, _, kind) = corrupt(Queue::open(copy.path(), opts()));
     assert!(matches!(kind, CorruptKind::Gap { .. }), "{kind:?}");
     assert!(path.starts_with(copy.path()));
+}
+
+/// A queue of 50 records of 100 B under `Always`, crashed: every record was synced, and
+/// the checkpoint says so (slot B, written after each sync). Returns it, its newest segment
+/// and where each record lies in it.
+fn synced_then_crashed() -> (tempfile::TempDir, PathBuf, Vec<std::ops::Range<usize>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+    for i in 0..50u8 {
+        q.append(&[i; 100]).unwrap();
+    }
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let spans = record_spans(&std::fs::read(&seg).unwrap());
+    assert_eq!(spans.len(), 50);
+    (dir, seg, spans)
+}
+
+/// The record at `at` claims a length that runs past the file: it no longer frames, and
+/// nothing after it can be found by stepping from it.
+fn break_length(seg: &Path, at: usize) {
+    write_u32(seg, at + 4, 0x00ff_ffff);
+}
+
+/// Damage in data the checkpoint says was synced, in the stretch that open steps over to
+/// check the checkpoint's mark: open keeps everything and says so in `Recovery`, the
+/// damaged record reads as `Corrupt` naming the file and position, and every other record
+/// reads as itself or as `Corrupt`, never as other data. (Before, the mark was dropped, the
+/// segment scanned from its start and cut at the damage: the acknowledged records after
+/// it were deleted.)
+#[test]
+fn damage_before_the_checkpoint_mark_is_kept_not_cut() {
+    let (dir, seg, spans) = synced_then_crashed();
+    break_length(&seg, spans[48].start);
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.next_offset(), 50, "{:?}", q.recovery());
+    assert_eq!((q.recovery().truncated_at, q.recovery().damage.as_ref()), (None, None));
+    let noted = q.recovery().synced_damage.clone().expect("the damage is noted");
+    assert!(
+        noted.contains(&seg.display().to_string()) && noted.contains(&format!("byte {}", spans[48].start)),
+        "{noted}"
+    );
+    let (path, position, kind) = corrupt(q.read(48));
+    assert_eq!((path, position), (seg.clone(), spans[48].start as u64));
+    assert!(matches!(kind, CorruptKind::BadLength { .. }), "{kind:?}");
+    for o in (0..48).chain(49..50) {
+        match q.read(o) {
+            Ok(Some(r)) => assert_eq!(r.payload(), [o as u8; 100]),
+            Err(Error::Corrupt { .. }) if o == 49 => {}
+            other => panic!("offset {o}: {other:?}"),
+        }
+    }
+    assert_eq!(q.append(b"after").unwrap(), 50);
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(q.recovery().clean);
+    assert_eq!(q.read(50).unwrap().unwrap().payload(), b"after");
+    assert_eq!(q.read(47).unwrap().unwrap().payload(), [47; 100]);
+}
+
+/// The same with the index gone, so that open steps over the whole segment from its start:
+/// damage near the start no longer costs the rest. (Before: cut at record 5, losing 45
+/// acknowledged records.)
+#[test]
+fn damage_anywhere_before_the_mark_is_kept_when_the_index_is_gone() {
+    for field in ["length", "offset"] {
+        let (dir, seg, spans) = synced_then_crashed();
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        match field {
+            "length" => break_length(&seg, spans[5].start),
+            _ => write_u64(&seg, spans[5].start + 8, 7),
+        }
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(q.next_offset(), 50, "{field}: {:?}", q.recovery());
+        assert_eq!(q.recovery().truncated_at, None);
+        assert!(q.recovery().synced_damage.is_some());
+        let (_, position, _) = corrupt(q.read(5));
+        assert_eq!(position, spans[5].start as u64);
+        assert_eq!(q.append(b"after").unwrap(), 50);
+        assert_eq!(q.read(50).unwrap().unwrap().payload(), b"after");
+    }
+}
+
+/// Zeros where records were that the checkpoint says were synced (writes a disk lost, or a
+/// file wiped by hand): open fails with `Gap`, naming the file and the first missing
+/// record, and changes nothing. Going on from the records left would hand out the lost
+/// records' offsets again. (Before: the mark was dropped, and the queue opened at offset
+/// 47, giving 47..50 to new records.)
+#[test]
+fn zeros_where_synced_records_were_fail_open_with_a_gap() {
+    let (dir, seg, spans) = synced_then_crashed();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[spans[47].start..spans[49].end].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (path, position, kind) = corrupt(Queue::open(dir.path(), Options::default()));
+    assert_eq!((path, position, kind), (seg.clone(), spans[47].start as u64, CorruptKind::Gap { from: 47, to: 50 }));
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "a refused open changes nothing");
+    // `segq repair` deletes the checkpoint: then the records left are the queue.
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.next_offset(), 47);
 }
 
 /// A clean slot (valid CRC) that claims more records than its position holds is not

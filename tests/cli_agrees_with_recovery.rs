@@ -400,3 +400,50 @@ fn info_refuses_as_open_does_when_a_slot_names_a_missing_newer_segment() {
     assert_eq!(info.code, 1, "{}{}", info.stdout, info.stderr);
     assert!(info.stderr.contains(&format!("{:020}.log", newest + 1000)), "{}", info.stderr);
 }
+
+/// Damage or loss in data a checkpoint slot says was synced, as open meets it when it
+/// checks the slot (FORMAT.md step 3): `info` says what the library does. Damaged records
+/// before the slot are kept, and the slot holds; zeros or a cut file where its records were
+/// make open fail with a gap, and `info` fails the same way. `verify` calls each of them
+/// damage. (`info` followed the old recovery, which dropped such a slot and cut the data.)
+#[test]
+fn info_agrees_with_open_on_damage_and_loss_before_the_slot() {
+    let _s = serial();
+    let record = 24 + payload(0).len() as u64;
+    let at = |i: u64| (32 + i * record) as usize;
+    type Damage = fn(&mut Vec<u8>, usize, usize);
+    let cases: [(&str, Damage); 3] = [
+        ("length", |b, from, _| b[from + 4..from + 8].copy_from_slice(&0x00ff_ffffu32.to_le_bytes())),
+        ("zeros", |b, from, end| b[from..end].fill(0)),
+        ("cut", |b, from, _| b.truncate(from)),
+    ];
+    for (what, damage) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        one_segment(d, 5);
+        let seg = segment_files(d)[0].clone();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        damage(&mut bytes, at(3), at(5));
+        std::fs::write(&seg, &bytes).unwrap();
+        let info = segq(["info", "--json", &arg(d)]);
+        match library_open(d) {
+            Ok((next, clean)) => {
+                assert_eq!(what, "length");
+                assert_eq!(info.code, 0, "{}{}", info.stdout, info.stderr);
+                let doc = info.json();
+                assert_eq!((doc["next_offset"].as_u64(), doc["clean"].as_bool()), (Some(next), Some(clean)));
+                assert_eq!(next, 5);
+            }
+            Err(segq::Error::Corrupt { position, kind, .. }) => {
+                assert_ne!(what, "length");
+                assert_eq!((position, &kind), (at(3) as u64, &segq::CorruptKind::Gap { from: 3, to: 5 }));
+                assert_eq!(info.code, 1, "{what}: {}{}", info.stdout, info.stderr);
+                assert!(info.stderr.contains(&kind.to_string()), "{what}: {}", info.stderr);
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+        let verify = segq(["verify", "--json", &arg(d)]);
+        assert_eq!(verify.code, 1, "{what}: {}", verify.stdout);
+        assert!(!findings(&verify, "damage").is_empty(), "{what}");
+    }
+}

@@ -126,6 +126,45 @@ fn a_segment_whose_tail_was_lost_ends_the_log_and_the_newest_segment_goes() {
     }
 }
 
+/// Damage in the synced part of the segment whose seal a crash interrupted, where open
+/// steps over it to check the checkpoint's mark (its index is gone): the mark still holds,
+/// so the segment is sealed with the damage in it and the newest segment is kept. Only the
+/// damaged record reads as `Corrupt`. (Before, the mark was dropped and the scan from the
+/// segment's start stopped at the damage: the segment was cut there and the newest segment
+/// deleted as following a gap, losing every acknowledged record after the damage.)
+#[test]
+fn damage_before_the_mark_of_an_unfinished_seal_cuts_nothing() {
+    let (dir, n) = crashed_queue();
+    let files = segment_files(dir.path());
+    let (prev_base, newest) = (segment_base(&files[files.len() - 2]), files.last().unwrap().clone());
+    let (prev, spans) = unseal_prev(dir.path(), prev_base + 10);
+    std::fs::remove_file(prev.with_extension("index")).unwrap();
+    let damaged = spans[3].start;
+    let mut bytes = std::fs::read(&prev).unwrap();
+    bytes[damaged + 4..damaged + 8].copy_from_slice(&0x00ff_ffffu32.to_le_bytes());
+    std::fs::write(&prev, &bytes).unwrap();
+
+    let q = Queue::open(dir.path(), tiny(SEGMENT_BYTES)).unwrap();
+    let found = q.recovery().clone();
+    assert_eq!((found.truncated_at, found.damage), (None, None));
+    assert!(found.synced_damage.is_some_and(|d| d.contains(&format!("byte {damaged}"))));
+    assert!(newest.exists());
+    assert_eq!(q.next_offset(), n);
+    for o in 0..n {
+        match q.read(o) {
+            Ok(Some(r)) => assert_eq!(r.payload(), payload(o), "record {o}"),
+            Err(Error::Corrupt { path, position, .. }) if o == prev_base + 3 => {
+                assert_eq!((path, position), (prev.clone(), damaged as u64));
+            }
+            // Records after the damage up to the next index entry cannot be stepped to.
+            Err(Error::Corrupt { path, .. }) if o > prev_base + 3 && o < prev_base + spans.len() as u64 => {
+                assert_eq!(path, prev);
+            }
+            other => panic!("record {o}: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_checkpoint_that_names_neither_segment_decides_nothing() {
     let (dir, n) = crashed_queue();

@@ -468,12 +468,19 @@ impl QueueDir {
     /// # Ok::<(), segq::Error>(())
     /// ```
     pub fn trusted_in(&self, i: usize) -> Option<(u64, u64)> {
+        let len = self.segments.get(i)?.len;
+        let chosen = self.chosen_in(i);
+        chosen.filter(|s| (FILE_HEADER_LEN as u64..=len).contains(&s.position)).map(|s| (s.position, s.next_offset))
+    }
+
+    /// The slot recovery chooses for segment `i`, whether or not it holds there: for the
+    /// newest segment the clean close's, else the one with the highest position.
+    pub(crate) fn chosen_in(&self, i: usize) -> Option<CheckpointSlot> {
         let seg = self.segments.get(i)?;
         let names = |s: &CheckpointSlot| s.names(seg.base);
         let newest = i + 1 == self.segments.len();
         let clean = self.checkpoint.slot_a.filter(|a| newest && a.clean && names(a));
-        let chosen = clean.or_else(|| self.checkpoint.slots().map(|(_, s)| s).filter(names).max_by_key(|s| s.position));
-        chosen.filter(|s| (FILE_HEADER_LEN as u64..=seg.len).contains(&s.position)).map(|s| (s.position, s.next_offset))
+        clean.or_else(|| self.checkpoint.slots().map(|(_, s)| s).filter(names).max_by_key(|s| s.position))
     }
 
     /// Whether segment `i` may still be written to or sealed, as recovery sees it: the

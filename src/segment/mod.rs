@@ -399,6 +399,8 @@ pub(crate) struct Recovered {
     pub clean: bool,
     /// Position where a damaged, unsynced tail was cut, and what was wrong there.
     pub cut: Option<(u64, CorruptKind)>,
+    /// Damage met in data the checkpoint records as synced, kept as it is: position and kind.
+    pub kept_damage: Option<(u64, CorruptKind)>,
 }
 
 impl Active {
@@ -484,16 +486,30 @@ impl Active {
         // offset it names, and a clean end must have nothing after it.
         let old_index = index::OldIndex::open(&seg.index_path, base, len.max(min_capacity));
         let entries = old_index.trusted(bytes, base);
-        let trusted = trusted.filter(|&(pos, next)| {
-            (FILE_HEADER_LEN..=len).contains(&pos) && mark_lands(bytes, base, entries, pos, next)
-        });
+        let mut kept_damage = None;
+        let trusted = match trusted.filter(|&(pos, _)| pos >= FILE_HEADER_LEN) {
+            None => None,
+            Some((pos, next)) => match landing(bytes, base, entries, pos, next) {
+                Landing::Lands => Some((pos, next)),
+                Landing::Elsewhere => None,
+                // Cutting there would drop records that were acknowledged as durable.
+                Landing::Damaged(at, kind) => {
+                    kept_damage = Some((at as u64, kind));
+                    Some((pos, next))
+                }
+                // Going on from the records left would hand out their offsets again.
+                Landing::Missing(at, from) => {
+                    return Err(Error::corrupt(&path, at as u64, CorruptKind::Gap { from, to: next.max(from) }));
+                }
+            },
+        };
         let nothing_after = |pos| {
             let next = record::peek(bytes, pos);
             next.is_err_and(|e| e == record::FrameError::Zeroed || e == record::FrameError::Truncated)
         };
         let clean = clean && trusted.is_some_and(|(pos, _)| nothing_after(pos));
         let (start, start_offset) = trusted.unwrap_or((FILE_HEADER_LEN, base));
-        let mut recovered = Recovered { next_offset: start_offset, clean, ..Default::default() };
+        let mut recovered = Recovered { next_offset: start_offset, clean, kept_damage, ..Default::default() };
         let end = if recovered.clean {
             start
         } else {
@@ -662,26 +678,66 @@ impl Active {
     }
 }
 
-/// Whether `pos` is the end of a batch in `bytes` and `next` the offset after it, stepping
-/// there from the last trusted index entry before it (at most one index interval).
-fn mark_lands(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) -> bool {
+/// What stepping from the last trusted index entry before a checkpoint mark up to the mark
+/// finds (framing and offsets only: at most about one index interval while the index holds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Landing {
+    /// The mark is the end of a batch there, with the next offset it names.
+    Lands,
+    /// Whole records that do not end a batch at the mark with its offset: the mark was not
+    /// written for this data (by hand, or for another file), and is dropped.
+    Elsewhere,
+    /// A record that does not frame, at this position: damage in data that the mark says
+    /// was synced. The mark was written only after that sync, so it still holds.
+    Damaged(usize, CorruptKind),
+    /// Only zeros, or the end of the file, from this position (where this offset should
+    /// start, below the mark's) up to the mark: records the mark says were synced are gone.
+    Missing(usize, u64),
+}
+
+/// Checks the mark `(pos, next)` against the records of `bytes` (see [`Landing`]), stepping
+/// from the last of `entries` (index entries trusted to land) before `pos`.
+pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next: u64) -> Landing {
     // From an entry strictly before `pos`, so that the record ending at `pos` is stepped
     // over and its batch flag seen.
-    let (mut at, mut p) = index::floor_by_position(entries, pos.saturating_sub(1))
-        .map_or((base, FILE_HEADER_LEN), |(rel, entry_pos)| (base + u64::from(rel), entry_pos as usize));
+    let start = index::floor_by_position(entries, pos.saturating_sub(1))
+        .map_or((FILE_HEADER_LEN, base), |(rel, entry_pos)| (entry_pos as usize, base + u64::from(rel)));
+    let (mut p, mut at) = start;
     let mut in_batch = false;
     while p < pos {
-        match record::peek(bytes, p) {
+        let kind = match record::peek(bytes, p) {
             Ok(f) if f.offset == at && at < u64::MAX => {
                 p = f.end();
                 at += 1;
                 in_batch = f.batch_continues;
+                continue;
             }
-            // A record at u64::MAX is damage (no offset can follow it): not a mark to trust.
-            _ => return false,
+            Ok(f) if f.offset != at => CorruptKind::BadOffset { expected: at, found: f.offset },
+            // A record at u64::MAX is damage: no offset can follow it.
+            Ok(_) => scan::last_offset_damage(at),
+            Err(e) => scan::corrupt_kind(e),
+        };
+        let gone = pos > bytes.len() || bytes[p..pos].iter().all(|&b| b == 0);
+        return match gone {
+            // Every offset the mark names is there; only its position is wrong.
+            true if at >= next => Landing::Elsewhere,
+            true => Landing::Missing(p, at),
+            false => Landing::Damaged(p, kind),
+        };
+    }
+    if p == pos && at == next && !in_batch {
+        return Landing::Lands;
+    }
+    // A damaged length or flag can step over the mark too: only whole records that pass
+    // their checksums say that the mark was not written for them.
+    let mut p = start.0;
+    while p < pos {
+        match record::decode(bytes, p) {
+            Ok(f) => p = f.end(),
+            Err(e) => return Landing::Damaged(p, scan::corrupt_kind(e)),
         }
     }
-    p == pos && at == next && !in_batch
+    Landing::Elsewhere
 }
 
 /// How far before a guessed record position [`touch`] loads lines: beyond this, the walk
