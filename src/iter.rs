@@ -22,8 +22,10 @@ const MAX_AHEAD: usize = 16;
 ///
 /// It yields `Result<Record>`: a damaged record is an [`crate::Error::Corrupt`]. If only its
 /// checksum fails and its frame still leads to the next record (a damaged payload), the
-/// iterator goes on with that record; otherwise it goes on with the next segment (and the
-/// rest of the damaged one is skipped, though [`crate::Queue::read`] may still read some).
+/// iterator goes on with that record. Otherwise it goes on with the first record after it
+/// that the segment's index leads to (about one index interval on; in the active segment,
+/// once appends have added such an entry), skipping the records in between, which
+/// [`crate::Queue::read`] cannot reach either; without one, with the next segment.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -179,20 +181,34 @@ impl Iter {
         Some(Ok((&cursor.map, frame)))
     }
 
-    /// Goes on after the damaged segment that stopped the iterator, once it is sealed (its
-    /// end is known) or deleted by retention; false while it is still the active one.
+    /// Goes on after the damage that stopped the iterator in the active segment: at a
+    /// record an index entry leads to past it (appends add entries), at the segment's end
+    /// once it is sealed, or past retention; false while none of these is there.
     #[cold]
     fn resume_past_damage(&mut self) -> bool {
-        let sealed_end = self.log.segment_for(self.next).and_then(|s| s.end_offset());
-        if sealed_end.is_none() && self.next >= self.log.first_offset() {
+        if self.next >= self.log.first_offset() && !self.skip_damage() {
             return false;
-        }
-        if let Some(end) = sealed_end {
-            self.next = end;
         }
         self.done = false;
         self.cursor = None;
         true
+    }
+
+    /// Moves past the damaged record at `self.next`, whose frame hides where the next one
+    /// starts: to the first record after it that the segment's index leads to, else to the
+    /// next segment. False if neither is known yet (the active segment).
+    #[cold]
+    fn skip_damage(&mut self) -> bool {
+        self.cursor = None;
+        let segment = self.log.segment_for(self.next);
+        let Some(segment) = segment else { return true };
+        match segment.resume_after(self.next).or_else(|| segment.end_offset()) {
+            Some(next) => {
+                self.next = next;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Finds the record at `self.next` when [`Iter::advance`]'s quick look did not: moves
@@ -221,11 +237,7 @@ impl Iter {
                 Err(_) if self.next < self.log.first_offset() => self.cursor = None,
                 Err(e) if std::mem::take(&mut self.resumed) => return Some(Err(e)),
                 Err(e) => {
-                    match self.log.segment_for(self.next).and_then(|s| s.end_offset()) {
-                        Some(end) => self.next = end,
-                        None => self.done = true,
-                    }
-                    self.cursor = None;
+                    self.done = !self.skip_damage();
                     return Some(Err(e));
                 }
             }
@@ -305,7 +317,8 @@ impl Iterator for Iter {
     /// The next record, or `None` once the end of the log is reached. Iteration follows the
     /// live log: calling `next` again later yields records appended since. After a damaged
     /// record the iterator yields the error and goes on with the record after it when the
-    /// damage left its frame intact, else with the next segment. Once the queue is closed it
+    /// damage left its frame intact, else with the first record after it that the index
+    /// leads to, or the next segment (see [`Iter`]). Once the queue is closed it
     /// yields `None`.
     #[inline]
     fn next(&mut self) -> Option<Result<Record>> {

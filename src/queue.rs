@@ -484,7 +484,8 @@ impl Queue {
     /// ```
     ///
     /// A damaged record is yielded as an [`Error::Corrupt`], and iteration goes on with the
-    /// record after it if the damage left its frame intact, else with the next segment.
+    /// record after it if the damage left its frame intact, else with the first record
+    /// after it that the segment's index leads to, or the next segment (see [`crate::Iter`]).
     /// Once the queue is closed the iterator yields nothing more (no [`Error::Closed`]).
     ///
     /// Like [`Queue::read`], it sees a record as soon as it is appended, before it is

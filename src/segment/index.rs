@@ -90,6 +90,12 @@ pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)
     partition_point(entries, |(_, at)| at as usize <= pos).checked_sub(1).map(|i| entry(entries, i))
 }
 
+/// The entries after those at or before `rel`, in order.
+pub(crate) fn after(entries: &[u8], rel: u64) -> impl Iterator<Item = (u32, u32)> + '_ {
+    let first = partition_point(entries, |(r, _)| u64::from(r) <= rel);
+    (first..entries.len() / ENTRY_LEN).map(move |i| entry(entries, i))
+}
+
 /// How many entries from the first satisfy `holds`, which holds for a prefix of them.
 fn partition_point(entries: &[u8], holds: impl Fn((u32, u32)) -> bool) -> usize {
     let (mut lo, mut hi) = (0, entries.len() / ENTRY_LEN);

@@ -271,6 +271,23 @@ impl Segment {
         Ok(frame)
     }
 
+    /// The first record past the damaged one at offset `damaged` that an index entry leads
+    /// to and that passes its CRC: where iteration can go on in this segment when the damage
+    /// hides where the next record starts. `None` if no entry does (yet, while active).
+    #[cold]
+    pub fn resume_after(&self, damaged: u64) -> Option<u64> {
+        if self.index_distrusted.load(Ordering::Relaxed) {
+            return None;
+        }
+        let bytes = self.data().ok()?.readable();
+        let entries = self.index(bytes).ok()?.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        let mut after = index::after(entries, damaged.checked_sub(self.base)?);
+        let (rel, _) = after.find(|&(rel, pos)| {
+            record::decode(bytes, pos as usize).is_ok_and(|f| index::names(self.base, rel, f.offset))
+        })?;
+        Some(self.base + u64::from(rel))
+    }
+
     /// Position of the record with this offset, for iteration.
     pub fn position_of(&self, offset: u64) -> Result<usize> {
         let data = self.data()?;
