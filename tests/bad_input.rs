@@ -745,6 +745,43 @@ fn damage_anywhere_before_the_mark_is_kept_when_the_index_is_gone() {
     }
 }
 
+/// A record under an index entry of the active segment, damaged (its offset field) after
+/// it was synced: the entries after it are kept at open, since the records before it show
+/// that the entry is right. Only the damaged record and those up to the next entry are
+/// unreadable. (The entries from the damaged one on were dropped and could not be rebuilt
+/// past the damage: every later record of the segment read as `Corrupt`.)
+#[test]
+fn damage_under_an_index_entry_of_the_active_segment_costs_only_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+    for i in 0..200u8 {
+        q.append(&[i; 100]).unwrap();
+    }
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let index = std::fs::read(seg.with_extension("index")).unwrap();
+    let entry = |i: usize| {
+        let e = &index[FILE_HEADER_LEN + 8 * i..FILE_HEADER_LEN + 8 * i + 8];
+        (u32::from_le_bytes(e[..4].try_into().unwrap()) as u64, u32::from_le_bytes(e[4..].try_into().unwrap()) as usize)
+    };
+    let ((damaged, at), (next, _)) = (entry(10), entry(11));
+    write_u64(&seg, at + 8, 7);
+    for reopen in 0..2 {
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(q.next_offset(), 200);
+        for o in 0..200u64 {
+            match q.read(o) {
+                Ok(Some(r)) if !(damaged..next).contains(&o) => assert_eq!(r.payload(), [o as u8; 100]),
+                Err(e @ Error::Corrupt { .. }) if (damaged..next).contains(&o) => {
+                    assert!(matches!(e, Error::Corrupt { position, .. } if position == at as u64), "{e}");
+                }
+                other => panic!("open {reopen}, record {o}: {other:?}"),
+            }
+        }
+        q.close().unwrap();
+    }
+}
+
 /// Zeros where records were that the checkpoint says were synced (writes a disk lost, or a
 /// file wiped by hand): open fails with `Gap`, naming the file and the first missing
 /// record, and changes nothing. Going on from the records left would hand out the lost

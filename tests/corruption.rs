@@ -160,6 +160,60 @@ fn an_iterator_goes_on_past_framing_damage_at_the_next_indexed_record() {
     assert_eq!(walk(&q, 0, true), walk(&q, 0, false));
 }
 
+/// A record that an index entry points at, damaged so that the entry no longer lands on
+/// it (its offset field flipped): the entry is right, as the records before it show, so
+/// the index stays in use. Only the damaged record and the two after it, up to the next
+/// entry, are unreadable; every later record of the segment reads, the iterator goes on at
+/// the next entry, and the index file is kept. (The whole index was distrusted and its
+/// file deleted: every record after the damage in the segment read as `Corrupt`, and a
+/// consumer group dead-lettered each of them.)
+#[test]
+fn a_damaged_record_under_an_index_entry_costs_only_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..1200u64 {
+        q.append(&[i as u8; 100]).unwrap();
+    }
+    q.close().unwrap();
+    let first = segment_files(dir.path())[0].clone();
+    let end = record_spans(&std::fs::read(&first).unwrap()).len() as u64;
+    let index = first.with_extension("index");
+    let entries = std::fs::read(&index).unwrap();
+    let entry = |i: usize| {
+        let e = &entries[FILE_HEADER_LEN + 8 * i..FILE_HEADER_LEN + 8 * i + 8];
+        (u32::from_le_bytes(e[..4].try_into().unwrap()) as u64, u32::from_le_bytes(e[4..].try_into().unwrap()) as usize)
+    };
+    let ((damaged, at), (next, _)) = (entry(30), entry(31));
+    assert_eq!(next, damaged + 3, "an entry every third record");
+    flip_byte(&first, at + 8);
+
+    for reopen in [false, true] {
+        let q = Queue::open(dir.path(), opts.clone()).unwrap();
+        for o in 0..1200 {
+            match q.read(o) {
+                Ok(Some(r)) => {
+                    assert!(o < damaged || o >= next, "{o} read through the damage");
+                    assert_eq!(r.payload(), [o as u8; 100]);
+                }
+                Err(e) => {
+                    assert!((damaged..next).contains(&o), "reopen {reopen}: record {o}: {e}");
+                    assert_corrupt_at(&e, &first, at);
+                }
+                Ok(None) => panic!("record {o} missing"),
+            }
+        }
+        let seen: Vec<Result<u64, String>> =
+            q.iter_from(0).map(|r| r.map(|r| r.offset()).map_err(|e| e.to_string())).collect();
+        let expected: Vec<u64> = (0..damaged).chain(next..1200).collect();
+        assert_eq!(seen.iter().filter(|r| r.is_err()).count(), 1);
+        assert_eq!(seen.into_iter().filter_map(Result::ok).collect::<Vec<_>>(), expected);
+        assert!(index.exists(), "the index is kept");
+        assert!(end > next);
+        q.close().unwrap();
+    }
+}
+
 /// What iteration from `from` yields: offsets with payloads, or error messages. Lent
 /// records (`Iter::next_ref`) if `lent`, owned ones otherwise.
 fn walk(q: &Queue, from: u64, lent: bool) -> Vec<Result<(u64, Vec<u8>), String>> {

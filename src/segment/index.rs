@@ -90,6 +90,11 @@ pub(crate) fn floor_by_position(entries: &[u8], pos: usize) -> Option<(u32, u32)
     partition_point(entries, |(_, at)| at as usize <= pos).checked_sub(1).map(|i| entry(entries, i))
 }
 
+/// The entry before `e` (ordered entries); `None` if `e` is the first.
+pub(crate) fn before(entries: &[u8], (rel, _): (u32, u32)) -> Option<(u32, u32)> {
+    floor(entries, u64::from(rel).checked_sub(1)?)
+}
+
 /// The entries after those at or before `rel`, in order.
 pub(crate) fn after(entries: &[u8], rel: u64) -> impl Iterator<Item = (u32, u32)> + '_ {
     let first = partition_point(entries, |(r, _)| u64::from(r) <= rel);
@@ -146,8 +151,12 @@ impl OldIndex {
 /// positions strictly increasing, relative offsets below `max_rel`, and each entry pointing
 /// at the start of the record it names in `data` (the segment's valid bytes).
 pub(crate) fn valid_len(entries: &[u8], data: &[u8], base: u64, max_rel: u64) -> usize {
+    let mut prev = None;
     prefix_len(entries, data.len(), max_rel, |rel, pos| {
-        record::peek(data, pos).is_ok_and(|f| names(base, rel, f.offset))
+        let e = (rel, pos as u32);
+        let kept = lands(data, base, e) || names_damaged_record(data, base, prev, e);
+        prev = Some(e);
+        kept
     })
 }
 
@@ -162,13 +171,29 @@ pub(crate) fn lands(data: &[u8], base: u64, (rel, pos): (u32, u32)) -> bool {
     record::peek(data, pos as usize).is_ok_and(|f| names(base, rel, f.offset))
 }
 
+/// Whether the entry `(rel, pos)`, which does not land, is right all the same: the records
+/// from the entry before it (`prev`, trusted; else the segment's start) frame exactly up to
+/// its position, with its offset next. Then the record there is damaged, not the index,
+/// and stepping from the entry reports that damage.
+#[cold]
+pub(crate) fn names_damaged_record(data: &[u8], base: u64, prev: Option<(u32, u32)>, (rel, pos): (u32, u32)) -> bool {
+    let (mut at, mut p) = prev.map_or((base, FILE_HEADER_LEN), |(r, p)| (base + u64::from(r), p as usize));
+    while p < pos as usize {
+        match record::peek(data, p) {
+            Ok(f) if f.offset == at && at < u64::MAX => (p, at) = (f.end(), at + 1),
+            _ => return false,
+        }
+    }
+    p == pos as usize && names(base, rel, at)
+}
+
 /// Whether an entry's relative offset `rel` in a segment starting at `base` names `offset`.
 /// A damaged entry's `rel` may reach past the last offset a u64 holds: it names nothing.
 pub(crate) fn names(base: u64, rel: u32, offset: u64) -> bool {
     base.checked_add(u64::from(rel)) == Some(offset)
 }
 
-fn prefix_len(entries: &[u8], data_len: usize, max_rel: u64, lands: impl Fn(u32, usize) -> bool) -> usize {
+fn prefix_len(entries: &[u8], data_len: usize, max_rel: u64, mut lands: impl FnMut(u32, usize) -> bool) -> usize {
     let mut prev: Option<(u32, u32)> = None;
     for i in 0..entries.len() / ENTRY_LEN {
         let (rel, pos) = entry(entries, i);

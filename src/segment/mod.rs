@@ -219,8 +219,11 @@ impl Segment {
             let walk = (self.interval as usize).min(MAX_TOUCH_BEFORE) + 64;
             touch(bytes, guess.saturating_sub(walk)..guess.saturating_add(128));
         }
+        let entry = |e: (u32, u32)| (self.base + u64::from(e.0), e.1 as usize);
         match index::floor(entries, offset - self.base) {
-            Some(e) if index::lands(bytes, self.base, e) => Ok((self.base + u64::from(e.0), e.1 as usize)),
+            Some(e) if index::lands(bytes, self.base, e) => Ok(entry(e)),
+            // The record is damaged, not the index: stepping from the entry reports it.
+            Some(e) if index::names_damaged_record(bytes, self.base, index::before(entries, e), e) => Ok(entry(e)),
             Some(_) => {
                 self.index_distrusted.store(true, Ordering::Relaxed);
                 if self.end_offset().is_some() {
