@@ -4,11 +4,10 @@ use std::path::PathBuf;
 
 use super::dir::{CheckpointInfo, QueueDir};
 use super::segment::{SegmentEnd, scan_from};
-use super::source::Source;
 use super::walk::SegmentReader;
-use crate::error::{CorruptKind, Error, IoContext, Result};
-use crate::segment::header::{FILE_HEADER_LEN, FORMAT_VERSION};
-use crate::segment::{Landing, landing};
+use crate::error::{CorruptKind, Error, Result};
+use crate::segment::Landing;
+use crate::segment::header::FORMAT_VERSION;
 
 /// What `segq info` shows.
 ///
@@ -110,7 +109,7 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
             // As recovery: a mark that holds is where the scan starts; one written for other
             // data is dropped, and the whole segment scanned; one whose records are gone
             // stops the open.
-            let from = match mark_landing(dir, last)? {
+            let from = match dir.mark_landing(last)? {
                 None => None,
                 Some((pos, next, Landing::Lands | Landing::Damaged(..))) => Some((pos, next)),
                 Some((_, _, Landing::Elsewhere)) => {
@@ -162,51 +161,4 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
         tail,
         checkpoint: dir.checkpoint.clone(),
     })
-}
-
-/// How the checkpoint's mark for segment `i` (the slot recovery chooses) stands against its
-/// records, judged as recovery judges it: `(position, next offset, verdict)`, or `None`
-/// when no slot names the segment at a position recovery would look at. Only the stretch
-/// from the index entry before the mark up to it is read (and the record that crosses the
-/// mark, if one does).
-fn mark_landing(dir: &QueueDir, i: usize) -> Result<Option<(u64, u64, Landing)>> {
-    let seg = &dir.segments[i];
-    let Some(slot) = dir.chosen_in(i).filter(|s| s.position >= FILE_HEADER_LEN as u64) else { return Ok(None) };
-    let (pos, next) = (slot.position, slot.next_offset);
-    let source = Source::File(crate::fs::open_regular(&seg.path).at(&seg.path)?);
-    let len = source.len().at(&seg.path)?;
-    if len > crate::MAX_SEGMENT_BYTES {
-        return Ok(None); // no segment is this long: nothing to compare the mark with
-    }
-    let fill = |bytes: &mut [u8], range: std::ops::Range<u64>| -> Result<()> {
-        let range = range.start.min(len) as usize..range.end.min(len) as usize;
-        source.read_full(&mut bytes[range.clone()], range.start as u64).at(&seg.path).map(|_| ())
-    };
-    // Zeroed on allocation without being touched: only the parts read below cost memory.
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
-    let header = crate::record::HEADER_LEN as u64;
-    // The index entry recovery would step from, if it is on its record.
-    let mut entries = Vec::new();
-    if let Some((at, offset)) = next.checked_sub(1).and_then(|last| seg.index_floor(last)).filter(|&(p, _)| p < pos) {
-        fill(&mut bytes, at..at + header)?;
-        let entry = (u32::try_from(offset - seg.base).unwrap_or(u32::MAX), at as u32);
-        if crate::segment::index::lands(&bytes, seg.base, entry) {
-            entries.extend_from_slice(&entry.0.to_le_bytes());
-            entries.extend_from_slice(&entry.1.to_le_bytes());
-        }
-    }
-    let start = entries
-        .get(4..8)
-        .map_or(FILE_HEADER_LEN as u64, |p| u64::from(u32::from_le_bytes(p.try_into().unwrap_or_default())));
-    fill(&mut bytes, start..pos.saturating_add(header))?;
-    let mut verdict = landing(&bytes, seg.base, &entries, pos as usize, next);
-    // A record that crosses the mark is checked whole: read the rest of it and look again.
-    if let Landing::Damaged(at, _) = verdict
-        && let Ok(frame) = crate::record::peek(&bytes, at)
-        && frame.end() as u64 > pos + header
-    {
-        fill(&mut bytes, pos + header..frame.end() as u64)?;
-        verdict = landing(&bytes, seg.base, &entries, pos as usize, next);
-    }
-    Ok(Some((pos, next, verdict)))
 }

@@ -10,6 +10,7 @@ use super::index::IndexCheck;
 use super::walk::{EndReason, ScanEnd, SegmentReader};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
+use crate::segment::Landing;
 use crate::segment::header::FILE_HEADER_LEN;
 
 /// How often a damaged-looking end of the active segment is read again before it counts
@@ -421,17 +422,32 @@ pub(crate) fn scan_from(
         report.findings.append(&mut ix.findings);
     }
     let ck = &dir.checkpoint.path;
+    // What the next open makes of the slot it checks (FORMAT.md, step 3).
+    let chosen = if unsealed && !marks.is_empty() { dir.mark_landing(i)? } else { None };
     for ((name, slot), ok) in marks.iter().zip(matched) {
         let position = if *name == "A" { 0 } else { 512 };
         if slot.position > end.valid_end {
             // Data the checkpoint says was synced is not there (or not valid) any more.
-            let what = format!(
+            let mut what = format!(
                 "slot {name} says the data of {} was synced up to byte {} (offset {}), but its valid data ends at byte {}",
                 seg.path.display(),
                 slot.position,
                 slot.next_offset,
                 end.valid_end
             );
+            match &chosen {
+                Some((pos, next, Landing::Missing(_, from))) if (*pos, *next) == (slot.position, slot.next_offset) => {
+                    what += &format!(
+                        "; offsets {from}..{next} are gone, and the queue does not open while the checkpoint says so (`segq repair` deletes it)"
+                    );
+                }
+                Some((pos, next, Landing::Lands | Landing::Damaged(..)))
+                    if (*pos, *next) == (slot.position, slot.next_offset) =>
+                {
+                    what += "; the next open keeps the data up to the slot, and reads report the damage";
+                }
+                _ => {}
+            }
             report.findings.push(Finding::damage(ck, position, what));
         } else if !ok {
             // Recovery drops a slot that does not land (FORMAT.md, step 3) and scans the
