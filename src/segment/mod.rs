@@ -178,10 +178,17 @@ impl Segment {
         Ok(self.data.get_or_init(|| map))
     }
 
+    /// The segment's index, opened (and checked or rebuilt) on first use.
+    #[inline]
     fn index(&self, data: &[u8]) -> Result<&Arc<Mapping>> {
-        if let Some(map) = self.index.get() {
-            return Ok(map);
+        match self.index.get() {
+            Some(map) => Ok(map),
+            None => self.open_index(data),
         }
+    }
+
+    #[cold]
+    fn open_index(&self, data: &[u8]) -> Result<&Arc<Mapping>> {
         let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = self.index.get() {
             return Ok(map);
