@@ -782,6 +782,32 @@ fn damage_under_an_index_entry_of_the_active_segment_costs_only_its_interval() {
     }
 }
 
+/// A checksummed slot over damaged records that claims a next offset the records and the
+/// index contradict (fewer offsets than an index entry before it names, or more than could
+/// fit up to it) is not trusted: open scans from the segment's start and cuts at the
+/// damage, as for any slot not written for the data. Trusting it would give new records
+/// offsets that records before the slot already have.
+#[test]
+fn a_slot_over_damage_whose_next_offset_does_not_fit_is_dropped() {
+    for next in [30, 10_000, u64::MAX] {
+        let (dir, seg, spans) = synced_then_crashed();
+        break_length(&seg, spans[20].start);
+        let path = dir.path().join("checkpoint");
+        let mut checkpoint = std::fs::read(&path).unwrap();
+        put_checkpoint_slot(&mut checkpoint, CHECKPOINT_SLOT_B, 0, spans[49].end as u64, next, false);
+        std::fs::write(&path, &checkpoint).unwrap();
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(q.next_offset(), 20, "next {next}: {:?}", q.recovery());
+        assert_eq!(q.recovery().truncated_at, Some(spans[20].start as u64));
+        assert_eq!(q.recovery().synced_damage, None);
+        for o in 0..20u64 {
+            assert_eq!(q.read(o).unwrap().unwrap().payload(), [o as u8; 100]);
+        }
+        assert_eq!(q.append(b"new").unwrap(), 20);
+        assert_eq!(q.read(20).unwrap().unwrap().payload(), b"new");
+    }
+}
+
 /// Zeros where records were that the checkpoint says were synced (writes a disk lost, or a
 /// file wiped by hand): open fails with `Gap`, naming the file and the first missing
 /// record, and changes nothing. Going on from the records left would hand out the lost

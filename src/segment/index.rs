@@ -24,7 +24,7 @@ use crate::record;
 pub(crate) const ENTRY_LEN: usize = 8;
 
 /// Entry `i` of `entries` (the bytes after the header): `(relative offset, position)`.
-fn entry(entries: &[u8], i: usize) -> (u32, u32) {
+pub(crate) fn entry(entries: &[u8], i: usize) -> (u32, u32) {
     let at = i * ENTRY_LEN;
     (LittleEndian::read_u32(&entries[at..]), LittleEndian::read_u32(&entries[at + 4..]))
 }
@@ -185,6 +185,12 @@ pub(crate) fn names_damaged_record(data: &[u8], base: u64, prev: Option<(u32, u3
         }
     }
     p == pos as usize && names(base, rel, at)
+}
+
+/// Whether an entry's relative offset `rel` in a segment starting at `base` names an offset
+/// below `limit`.
+pub(crate) fn names_below(base: u64, rel: u32, limit: u64) -> bool {
+    base.checked_add(u64::from(rel)).is_some_and(|offset| offset < limit)
 }
 
 /// Whether an entry's relative offset `rel` in a segment starting at `base` names `offset`.

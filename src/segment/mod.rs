@@ -711,8 +711,9 @@ impl Active {
 pub(crate) enum Landing {
     /// The mark is the end of a batch there, with the next offset it names.
     Lands,
-    /// Whole records that do not end a batch at the mark with its offset: the mark was not
-    /// written for this data (by hand, or for another file), and is dropped.
+    /// Whole records that do not end a batch at the mark with its offset, or damage that
+    /// the mark's next offset does not fit: the mark was not written for this data (by
+    /// hand, or for another file), and is dropped.
     Elsewhere,
     /// A record that does not frame, at this position: damage in data that the mark says
     /// was synced. The mark was written only after that sync, so it still holds.
@@ -729,6 +730,16 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
     // over and its batch flag seen.
     let start = index::floor_by_position(entries, pos.saturating_sub(1))
         .map_or((FILE_HEADER_LEN, base), |(rel, entry_pos)| (entry_pos as usize, base + u64::from(rel)));
+    // Where the records stop framing, the mark's next offset must fit what is known: the
+    // records before are there, no more records fit up to the mark than headers do, and
+    // the index entries before the mark name records below it. A mark that does not fit
+    // was not written for this data (and trusting it could hand out offsets twice).
+    let fits = |p: usize, at: u64| {
+        let room = ((pos - p) / record::HEADER_LEN) as u64;
+        let below = index::count_below(entries, pos);
+        let entry_below = below.checked_sub(1).map(|i| index::entry(entries, i));
+        next >= at && next - at <= room && entry_below.is_none_or(|(rel, _)| index::names_below(base, rel, next))
+    };
     let (mut p, mut at) = start;
     let mut in_batch = false;
     while p < pos {
@@ -745,11 +756,13 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
             Err(e) => scan::corrupt_kind(e),
         };
         let gone = pos > bytes.len() || bytes[p..pos].iter().all(|&b| b == 0);
-        return match gone {
-            // Every offset the mark names is there; only its position is wrong.
-            true if at >= next => Landing::Elsewhere,
-            true => Landing::Missing(p, at),
-            false => Landing::Damaged(p, kind),
+        return match (gone, fits(p, at)) {
+            // Every offset the mark names is there (only its position is wrong), or it
+            // claims what cannot be.
+            (true, _) if at >= next => Landing::Elsewhere,
+            (_, false) => Landing::Elsewhere,
+            (true, true) => Landing::Missing(p, at),
+            (false, true) => Landing::Damaged(p, kind),
         };
     }
     if p == pos && at == next && !in_batch {
@@ -757,11 +770,12 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
     }
     // A damaged length or flag can step over the mark too: only whole records that pass
     // their checksums say that the mark was not written for them.
-    let mut p = start.0;
+    let (mut p, mut at) = start;
     while p < pos {
         match record::decode(bytes, p) {
-            Ok(f) => p = f.end(),
-            Err(e) => return Landing::Damaged(p, scan::corrupt_kind(e)),
+            Ok(f) => (p, at) = (f.end(), at.saturating_add(1)),
+            Err(e) if fits(p, at) => return Landing::Damaged(p, scan::corrupt_kind(e)),
+            Err(_) => return Landing::Elsewhere,
         }
     }
     Landing::Elsewhere
