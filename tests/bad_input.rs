@@ -796,6 +796,9 @@ fn a_slot_over_damage_whose_next_offset_does_not_fit_is_dropped() {
         let mut checkpoint = std::fs::read(&path).unwrap();
         put_checkpoint_slot(&mut checkpoint, CHECKPOINT_SLOT_B, 0, spans[49].end as u64, next, false);
         std::fs::write(&path, &checkpoint).unwrap();
+        // `segq info` judges the slot the same way.
+        let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(info.next_offset, 20, "next {next}");
         let q = Queue::open(dir.path(), Options::default()).unwrap();
         assert_eq!(q.next_offset(), 20, "next {next}: {:?}", q.recovery());
         assert_eq!(q.recovery().truncated_at, Some(spans[20].start as u64));

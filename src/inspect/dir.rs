@@ -504,10 +504,11 @@ impl QueueDir {
         // Zeroed on allocation without being touched: only the parts read below cost memory.
         let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
         let header = crate::record::HEADER_LEN as u64;
-        // The index entry recovery would step from, if it is on its record.
+        // The index entry recovery would step from (the last before the mark), if it is on
+        // its record.
         let mut entries = Vec::new();
-        if let Some((at, offset)) = next.checked_sub(1).and_then(|last| seg.index_floor(last)).filter(|&(p, _)| p < pos)
-        {
+        let floor = seg.index.as_deref().and_then(|path| super::index::floor_below(path, seg.base, pos));
+        if let Some((at, offset)) = floor {
             fill(&mut bytes, at..at + header)?;
             let entry = (u32::try_from(offset - seg.base).unwrap_or(u32::MAX), at as u32);
             if crate::segment::index::lands(&bytes, seg.base, entry) {

@@ -209,6 +209,22 @@ const MAX_LOOKUP_INDEX: u64 = 64 << 20;
 /// The last entry of the index at `path` whose relative offset is at most `rel`, as
 /// `(position, offset)`; `None` if the index is missing, damaged or too big to read whole.
 pub(crate) fn floor(path: &Path, base: u64, rel: u64) -> Option<(u64, u64)> {
+    let entries = used_entries(path, base)?;
+    let (r, pos) = crate::segment::index::floor(&entries, rel)?;
+    as_found(base, (r, pos))
+}
+
+/// The last entry of the index at `path` whose position is below `position`, as
+/// `(position, offset)`; `None` as for [`floor`].
+pub(crate) fn floor_below(path: &Path, base: u64, position: u64) -> Option<(u64, u64)> {
+    let entries = used_entries(path, base)?;
+    let below = usize::try_from(position.checked_sub(1)?).unwrap_or(usize::MAX);
+    as_found(base, crate::segment::index::floor_by_position(&entries, below)?)
+}
+
+/// The entries of the index at `path` before the first unused (zero) one: those that are
+/// sorted.
+fn used_entries(path: &Path, base: u64) -> Option<Vec<u8>> {
     use std::io::Read;
     let file = crate::fs::open_regular(path).ok()?;
     if file.metadata().ok()?.len() > MAX_LOOKUP_INDEX {
@@ -218,10 +234,12 @@ pub(crate) fn floor(path: &Path, base: u64, rel: u64) -> Option<(u64, u64)> {
     file.take(MAX_LOOKUP_INDEX).read_to_end(&mut bytes).ok()?;
     header::check(&bytes, INDEX_MAGIC, base).ok()?;
     let entries = &bytes[FILE_HEADER_LEN..];
-    // Only entries before the first unused (zero) one are sorted.
     let used =
         entries.chunks_exact(ENTRY_LEN).position(|e| e.iter().all(|&b| b == 0)).unwrap_or(entries.len() / ENTRY_LEN);
-    let (r, pos) = crate::segment::index::floor(&entries[..used * ENTRY_LEN], rel)?;
-    let offset = base.checked_add(u64::from(r))?;
+    Some(entries[..used * ENTRY_LEN].to_vec())
+}
+
+fn as_found(base: u64, (rel, pos): (u32, u32)) -> Option<(u64, u64)> {
+    let offset = base.checked_add(u64::from(rel))?;
     (pos as usize >= FILE_HEADER_LEN).then_some((u64::from(pos), offset))
 }
