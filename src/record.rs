@@ -125,6 +125,18 @@ pub(crate) fn peek(bytes: &[u8], pos: usize) -> Result<Frame, FrameError> {
     Ok(Frame { offset, timestamp_ms, payload: start..start + len, batch_continues: len_flags & BATCH_CONTINUES != 0 })
 }
 
+/// The offset a record header claims and the length of its whole frame, for a reader that
+/// holds only the header; `None` for a zeroed one. Whether the frame fits is the caller's.
+pub(crate) fn claims(header: &[u8; HEADER_LEN]) -> Option<(u64, usize)> {
+    let frame = peek(header, 0);
+    let len = match frame {
+        Ok(f) => f.payload.len(),
+        Err(FrameError::BadLength(len)) => usize::try_from(len).ok()?,
+        Err(_) => return None,
+    };
+    Some((LittleEndian::read_u64(&header[OFFSET_AT..]), HEADER_LEN + len))
+}
+
 /// Fewer bytes than a header are left at `pos`. Zeros are the end of the data: a record
 /// filled the segment to within a header of its end. Anything else is a header cut short.
 #[cold]

@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Mark};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::group::{self, GROUPS_DIR};
 use crate::segment::{self, header::FILE_HEADER_LEN};
 
@@ -489,47 +489,66 @@ impl QueueDir {
     /// from the index entry before the mark up to it is read (and the record that crosses the
     /// mark, if one does).
     pub(crate) fn mark_landing(&self, i: usize) -> Result<Option<(u64, u64, segment::Landing)>> {
+        use segment::Landing;
         let seg = &self.segments[i];
         let Some(slot) = self.chosen_in(i).filter(|s| s.position >= FILE_HEADER_LEN as u64) else { return Ok(None) };
         let (pos, next) = (slot.position, slot.next_offset);
         let source = super::source::Source::File(crate::fs::open_regular(&seg.path).at(&seg.path)?);
         let len = source.len().at(&seg.path)?;
-        if len > crate::MAX_SEGMENT_BYTES {
-            return Ok(None); // no segment is this long: nothing to compare the mark with
-        }
-        let fill = |bytes: &mut [u8], range: std::ops::Range<u64>| -> Result<()> {
-            let range = range.start.min(len) as usize..range.end.min(len) as usize;
-            source.read_full(&mut bytes[range.clone()], range.start as u64).at(&seg.path).map(|_| ())
-        };
-        // Zeroed on allocation without being touched: only the parts read below cost memory.
-        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
         let header = crate::record::HEADER_LEN as u64;
         // The index entry recovery would step from (the last before the mark), if it is on
         // its record.
-        let mut entries = Vec::new();
-        let floor = seg.index.as_deref().and_then(|path| super::index::floor_below(path, seg.base, pos));
-        if let Some((at, offset)) = floor {
-            fill(&mut bytes, at..at + header)?;
-            let entry = (u32::try_from(offset - seg.base).unwrap_or(u32::MAX), at as u32);
-            if crate::segment::index::lands(&bytes, seg.base, entry) {
-                entries.extend_from_slice(&entry.0.to_le_bytes());
-                entries.extend_from_slice(&entry.1.to_le_bytes());
+        let mut head = [0u8; crate::record::HEADER_LEN];
+        let entry = seg.index.as_deref().and_then(|path| super::index::floor_below(path, seg.base, pos)).filter(
+            |&(at, offset)| {
+                source.read_full(&mut head, at).is_ok_and(|n| n == head.len())
+                    && crate::record::claims(&head).is_some_and(|(o, frame)| o == offset && at + frame as u64 <= len)
+            },
+        );
+        // The walk reads from the entry (or the first record) to the mark, and the record
+        // that crosses it. Those bytes go into a window whose byte `FILE_HEADER_LEN` is the
+        // walk's start, so that the walk sees the entry where a segment's first record
+        // would be: memory follows the stretch, not the file.
+        let (origin, base) = match entry {
+            Some((at, offset)) => (at - FILE_HEADER_LEN as u64, offset),
+            None => (0, seg.base),
+        };
+        let read = |window: &mut Vec<u8>, end: u64| -> Result<()> {
+            let end = end.min(len).max(origin + FILE_HEADER_LEN as u64);
+            let from = origin + window.len().max(FILE_HEADER_LEN) as u64;
+            window.resize((end - origin) as usize, 0);
+            if end > from {
+                let at = (from - origin) as usize;
+                source.read_full(&mut window[at..], from).at(&seg.path)?;
+            }
+            Ok(())
+        };
+        let mut window = Vec::new();
+        read(&mut window, pos.saturating_add(header))?;
+        let mark = usize::try_from(pos - origin).unwrap_or(usize::MAX);
+        // The start as an entry, so that the mark's next offset is checked against it too.
+        let start = [0u32.to_le_bytes(), (FILE_HEADER_LEN as u32).to_le_bytes()].concat();
+        let entries = if entry.is_some() { &start[..] } else { &[][..] };
+        let mut verdict = segment::landing(&window, base, entries, mark, next);
+        // A record that crosses the mark runs past the window: read the rest of it (if the
+        // file holds it) and look again, as recovery sees the whole file.
+        if let Landing::Damaged(at, CorruptKind::BadLength { len: payload }) = verdict {
+            let end = (origin + at as u64).saturating_add(header).saturating_add(payload);
+            if end <= len && end > origin + window.len() as u64 {
+                read(&mut window, end)?;
+                verdict = segment::landing(&window, base, entries, mark, next);
             }
         }
-        let start = entries
-            .get(4..8)
-            .map_or(FILE_HEADER_LEN as u64, |p| u64::from(u32::from_le_bytes(p.try_into().unwrap_or_default())));
-        fill(&mut bytes, start..pos.saturating_add(header))?;
-        let mut verdict = segment::landing(&bytes, seg.base, &entries, pos as usize, next);
-        // A record that crosses the mark is checked whole: read the rest of it and look again.
-        if let segment::Landing::Damaged(at, _) = verdict
-            && let Ok(frame) = crate::record::peek(&bytes, at)
-            && frame.end() as u64 > pos + header
-        {
-            fill(&mut bytes, pos + header..frame.end() as u64)?;
-            verdict = segment::landing(&bytes, seg.base, &entries, pos as usize, next);
-        }
-        Ok(Some((pos, next, verdict)))
+        let shift = |p: usize| p + origin as usize;
+        Ok(Some((
+            pos,
+            next,
+            match verdict {
+                Landing::Damaged(p, kind) => Landing::Damaged(shift(p), kind),
+                Landing::Missing(p, offset) => Landing::Missing(shift(p), offset),
+                v => v,
+            },
+        )))
     }
 
     /// Whether segment `i` may still be written to or sealed, as recovery sees it: the
