@@ -20,8 +20,8 @@ const MAX_AHEAD: usize = 16;
 
 /// An iterator over records from an offset on; see [`crate::Queue::iter_from`].
 ///
-/// It yields `Result<Record>`: a damaged record is an [`crate::Error::Corrupt`]. If only its
-/// checksum fails and its frame still leads to the next record (a damaged payload), the
+/// It yields `Result<Record>`: a damaged record is an [`crate::Error::Corrupt`]. If its
+/// frame is whole and leads to the next record's header (a damaged payload, say), the
 /// iterator goes on with that record. Otherwise it goes on with the first record after it
 /// that the segment's index leads to (about one index interval on; in the active segment,
 /// once appends have added such an entry), skipping the records in between, which
@@ -272,12 +272,14 @@ impl Iter {
                 frame
             }
             Err(e) => {
-                // A record whose checksum fails but whose frame still leads to the next
-                // record (a damaged payload, typically) costs only itself.
+                // A record whose frame is whole (a damaged payload or timestamp, typically)
+                // costs only itself when it leads to the next record's header, or to the end
+                // of what is readable: reads step over it the same way. The next record is
+                // checked in its turn.
                 let resume = record::peek(bytes, cursor.pos).ok().filter(|f| {
                     f.offset == self.next
-                        && (Some(self.next + 1) == cursor.segment.end_offset() && f.end() == bytes.len()
-                            || record::decode(bytes, f.end()).is_ok_and(|n| n.offset == self.next + 1))
+                        && (f.end() == bytes.len()
+                            || record::peek(bytes, f.end()).is_ok_and(|n| n.offset == self.next + 1))
                 });
                 if let Some(damaged) = resume {
                     cursor.pos = damaged.end();

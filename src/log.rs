@@ -855,6 +855,9 @@ fn finish_seal(
     let capacity = opts.segment_bytes as usize;
     let (active, found) = match Active::recover(dir, base, capacity, opts.index_interval_bytes, trusted, false) {
         Ok(recovered) => recovered,
+        // Synced records gone: as for the newest segment, the queue does not open.
+        Err(e @ Error::Corrupt { kind: CorruptKind::Gap { .. }, .. }) => return Err(e),
+        // A damaged header: taken as sealed, and reads report it.
         Err(Error::Corrupt { .. }) => return Ok(Unsealed::Sealed(None)),
         Err(e) => return Err(e),
     };

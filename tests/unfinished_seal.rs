@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use common::{CHECKPOINT_SLOT_B, payload, put_checkpoint_slot, record_spans, segment_base, segment_files, tiny};
 use segq::fault::{self, Fault, Point};
-use segq::{Error, Queue, SyncPolicy};
+use segq::{CorruptKind, Error, Queue, SyncPolicy};
 
 const SEGMENT_BYTES: u64 = 16 << 10;
 
@@ -162,6 +162,33 @@ fn damage_before_the_mark_of_an_unfinished_seal_cuts_nothing() {
             }
             other => panic!("record {o}: {other:?}"),
         }
+    }
+}
+
+/// Zeros where records were, before the checkpoint's mark, in the segment whose seal a
+/// crash interrupted: records that were synced are gone, so open fails with `Gap` naming
+/// that segment, as it does for the newest, and changes nothing; `segq info` says the
+/// same. (Found by the session-11 review: the error was taken for a damaged header, the
+/// segment trusted as sealed with the zeros in it, and the open went on silently.)
+#[test]
+fn synced_records_gone_from_an_unfinished_seal_fail_open_with_a_gap() {
+    let (dir, _) = crashed_queue();
+    let files = segment_files(dir.path());
+    let prev_base = segment_base(&files[files.len() - 2]);
+    let (prev, spans) = unseal_prev(dir.path(), prev_base + 10);
+    let mut bytes = std::fs::read(&prev).unwrap();
+    bytes[spans[5].start..spans[10].start].fill(0);
+    std::fs::write(&prev, &bytes).unwrap();
+    let expected = (prev.clone(), spans[5].start as u64, CorruptKind::Gap { from: prev_base + 5, to: prev_base + 10 });
+    match Queue::open(dir.path(), tiny(SEGMENT_BYTES)) {
+        Err(Error::Corrupt { path, position, kind }) => assert_eq!((path, position, kind), expected),
+        other => panic!("{:?}", other.map(|q| q.next_offset())),
+    }
+    assert_eq!(std::fs::read(&prev).unwrap(), bytes, "nothing changed");
+    assert_eq!(segment_files(dir.path()), files);
+    match segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()) {
+        Err(Error::Corrupt { path, position, kind }) => assert_eq!((path, position, kind), expected),
+        other => panic!("{other:?}"),
     }
 }
 

@@ -100,6 +100,16 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     let unwritten = n >= 2
         && dir.is_unsealed(n - 2)
         && crate::segment::never_written(&dir.path, dir.segments[n - 1].base).unwrap_or(false);
+    // As the library's open: records a slot says were synced, gone from the segment whose
+    // seal a crash interrupted, stop the open as they do in the newest.
+    if n >= 2
+        && !unwritten
+        && dir.is_unsealed(n - 2)
+        && let Some((_, next, Landing::Missing(at, from))) = dir.mark_landing(n - 2)?
+    {
+        let path = &dir.segments[n - 2].path;
+        return Err(Error::corrupt(path, at as u64, CorruptKind::Gap { from, to: next.max(from) }));
+    }
     let mut landed = true;
     let (next_offset, tail) = match n.checked_sub(if unwritten { 2 } else { 1 }) {
         None => (0, SegmentEnd::Clean),

@@ -343,6 +343,18 @@ impl IndexWriter {
         Ok((map, writer))
     }
 
+    /// Indexes the records of `data` from `pos` (a record boundary with offset `offset`, in
+    /// a segment starting at `base`) on, starting with an entry there: for records past
+    /// damage that stepping from the entries before it cannot cross. If no record is there
+    /// yet, the entry names the next append, which lands there.
+    pub fn resume_at(&mut self, data: &[u8], base: u64, (pos, offset): (usize, u64)) {
+        if pos <= self.last_pos || self.len + ENTRY_LEN > self.writer.mapping().len() {
+            return;
+        }
+        self.push(offset - base, pos);
+        scan::hop(data, pos, offset, |pos, offset| self.note(offset - base, pos));
+    }
+
     /// Goes on writing the existing file after its `kept` entries, which are all it holds:
     /// rewriting it would cost a copy and, on a filesystem that discards freed blocks, an
     /// unlink that waits for the discard.
@@ -384,6 +396,11 @@ impl IndexWriter {
         if pos - self.last_pos < self.interval {
             return;
         }
+        self.push(rel, pos);
+    }
+
+    /// Adds the entry for the record `base + rel` at `pos`, past every entry so far.
+    fn push(&mut self, rel: u64, pos: usize) {
         let mut e = [0u8; ENTRY_LEN];
         LittleEndian::write_u32(&mut e, rel as u32);
         LittleEndian::write_u32(&mut e[4..], pos as u32);

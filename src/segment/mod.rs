@@ -226,20 +226,38 @@ impl Segment {
             let walk = (self.interval as usize).min(MAX_TOUCH_BEFORE) + 64;
             touch(bytes, guess.saturating_sub(walk)..guess.saturating_add(128));
         }
-        let entry = |e: (u32, u32)| (self.base + u64::from(e.0), e.1 as usize);
         match index::floor(entries, offset - self.base) {
-            Some(e) if index::lands(bytes, self.base, e) => Ok(entry(e)),
-            // The record is damaged, not the index: stepping from the entry reports it.
-            Some(e) if index::names_damaged_record(bytes, self.base, index::before(entries, e), e) => Ok(entry(e)),
-            Some(_) => {
-                self.index_distrusted.store(true, Ordering::Relaxed);
-                if self.end_offset().is_some() {
-                    let _ = std::fs::remove_file(&self.index_path);
-                }
-                Ok(from_start)
-            }
+            Some(e) if index::lands(bytes, self.base, e) => Ok((self.base + u64::from(e.0), e.1 as usize)),
+            Some(e) => Ok(self.start_before(bytes, entries, e)),
             None => Ok(from_start),
         }
+    }
+
+    /// Where to start stepping when the entry `e` does not land. If the records before it
+    /// frame up to it, the record there is damaged, not the index: stepping from the entry
+    /// reports that. Otherwise the entry is wrong, or damage spans more than its record:
+    /// an earlier entry that lands will do. Only an index that is wrong again and again is
+    /// distrusted as a whole: then every lookup steps from the segment's start, and a
+    /// sealed segment's index file is deleted, to be rebuilt in the next run.
+    #[cold]
+    fn start_before(&self, bytes: &[u8], entries: &[u8], e: (u32, u32)) -> (u64, usize) {
+        let entry = |e: (u32, u32)| (self.base + u64::from(e.0), e.1 as usize);
+        if index::names_damaged_record(bytes, self.base, index::before(entries, e), e) {
+            return entry(e);
+        }
+        let mut at = e;
+        for _ in 0..MAX_ENTRIES_BACK {
+            match index::before(entries, at) {
+                Some(prev) if index::lands(bytes, self.base, prev) => return entry(prev),
+                Some(prev) => at = prev,
+                None => return (self.base, FILE_HEADER_LEN),
+            }
+        }
+        self.index_distrusted.store(true, Ordering::Relaxed);
+        if self.end_offset().is_some() {
+            let _ = std::fs::remove_file(&self.index_path);
+        }
+        (self.base, FILE_HEADER_LEN)
     }
 
     /// Steps from the record at `pos` (offset `at`) to the position of `target`. Records on
@@ -281,9 +299,10 @@ impl Segment {
         Ok(frame)
     }
 
-    /// The first record past the damaged one at offset `damaged` that an index entry leads
-    /// to and that passes its CRC: where iteration can go on in this segment when the damage
-    /// hides where the next record starts. `None` if no entry does (yet, while active).
+    /// The first record past the damaged one at offset `damaged` that an index entry lands
+    /// on: where iteration can go on in this segment when the damage hides where the next
+    /// record starts (reads reach the records from there on too; the iterator checks each
+    /// as it goes). `None` if no entry does (yet, while active).
     #[cold]
     pub fn resume_after(&self, damaged: u64) -> Option<u64> {
         if self.index_distrusted.load(Ordering::Relaxed) {
@@ -292,9 +311,7 @@ impl Segment {
         let bytes = self.data().ok()?.readable();
         let entries = self.index(bytes).ok()?.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
         let mut after = index::after(entries, damaged.checked_sub(self.base)?);
-        let (rel, _) = after.find(|&(rel, pos)| {
-            record::decode(bytes, pos as usize).is_ok_and(|f| index::names(self.base, rel, f.offset))
-        })?;
+        let (rel, _) = after.find(|&e| index::lands(bytes, self.base, e))?;
         Some(self.base + u64::from(rel))
     }
 
@@ -552,8 +569,13 @@ impl Active {
         let data = &bytes[..end];
         // Entries landed on records of the whole file; the valid ones start below `end`.
         let kept = &entries[..index::count_below(entries, end) * index::ENTRY_LEN];
-        let (index_map, index) =
+        let (index_map, mut index) =
             IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, data, &old_index, kept)?;
+        // Past damage kept before the mark, stepping cannot find the records after it: the
+        // index starts again at the mark.
+        if let Some(mark) = trusted.filter(|_| recovered.kept_damage.is_some()) {
+            index.resume_at(data, base, mark);
+        }
         drop(old_index);
         drop(view);
         if !recovered.clean {
@@ -780,6 +802,10 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
     }
     Landing::Elsewhere
 }
+
+/// How many entries before one that does not land a lookup tries, looking for one that
+/// does, before it distrusts the whole index: more than damage to a few records explains.
+const MAX_ENTRIES_BACK: usize = 16;
 
 /// How far before a guessed record position [`touch`] loads lines: beyond this, the walk
 /// from an index entry is long enough for the hardware prefetcher to follow on its own.
