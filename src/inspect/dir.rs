@@ -9,6 +9,13 @@ use crate::error::{CorruptKind, Error, IoContext, Result};
 use crate::group::{self, GROUPS_DIR};
 use crate::segment::{self, header::FILE_HEADER_LEN};
 
+/// The longest stretch before a checkpoint mark that [`QueueDir::mark_landing`] reads into
+/// memory to judge the mark. Longer ones (no usable index entry in a large segment, or a
+/// mark claiming a far position) are not judged: the commands then scan the segment from
+/// its start, as recovery does for a mark it drops, and may disagree with recovery where
+/// it keeps such a mark over damage.
+pub(crate) const MAX_MARK_WINDOW: u64 = 256 << 20;
+
 /// Bytes of a checkpoint file that hold its two slots.
 const CHECKPOINT_LEN: usize = 576;
 /// Length of one checkpoint slot.
@@ -487,7 +494,7 @@ impl QueueDir {
     /// records, judged as recovery judges it: `(position, next offset, verdict)`, or `None`
     /// when no slot names the segment at a position recovery would look at. Only the stretch
     /// from the index entry before the mark up to it is read (and the record that crosses the
-    /// mark, if one does).
+    /// mark, if one does); `None` too if that stretch is longer than [`MAX_MARK_WINDOW`].
     pub(crate) fn mark_landing(&self, i: usize) -> Result<Option<(u64, u64, segment::Landing)>> {
         use segment::Landing;
         let seg = &self.segments[i];
@@ -523,6 +530,9 @@ impl QueueDir {
             }
             Ok(())
         };
+        if pos.min(len).saturating_sub(origin) > MAX_MARK_WINDOW {
+            return Ok(None); // not judged: see MAX_MARK_WINDOW
+        }
         let mut window = Vec::new();
         read(&mut window, pos.saturating_add(header))?;
         let mark = usize::try_from(pos - origin).unwrap_or(usize::MAX);
