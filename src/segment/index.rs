@@ -346,12 +346,14 @@ impl IndexWriter {
     /// Indexes the records of `data` from `pos` (a record boundary with offset `offset`, in
     /// a segment starting at `base`) on, starting with an entry there: for records past
     /// damage that stepping from the entries before it cannot cross. If no record is there
-    /// yet, the entry names the next append, which lands there.
+    /// yet, the next append, which lands there, gets that entry.
     pub fn resume_at(&mut self, data: &[u8], base: u64, (pos, offset): (usize, u64)) {
-        if pos <= self.last_pos || self.len + ENTRY_LEN > self.writer.mapping().len() {
+        if pos <= self.last_pos {
             return;
         }
-        self.push(offset - base, pos);
+        // As if the last entry were an interval before `pos` (wrapping below 0 if need be):
+        // the record there is indexed, whenever it comes.
+        self.last_pos = pos.wrapping_sub(self.interval);
         scan::hop(data, pos, offset, |pos, offset| self.note(offset - base, pos));
     }
 
@@ -393,14 +395,9 @@ impl IndexWriter {
     /// Records that the record `base + rel` starts at `pos`, adding an entry if it is an
     /// interval or more past the previous one.
     pub fn note(&mut self, rel: u64, pos: usize) {
-        if pos - self.last_pos < self.interval {
+        if pos.wrapping_sub(self.last_pos) < self.interval {
             return;
         }
-        self.push(rel, pos);
-    }
-
-    /// Adds the entry for the record `base + rel` at `pos`, past every entry so far.
-    fn push(&mut self, rel: u64, pos: usize) {
         let mut e = [0u8; ENTRY_LEN];
         LittleEndian::write_u32(&mut e, rel as u32);
         LittleEndian::write_u32(&mut e[4..], pos as u32);
