@@ -1653,3 +1653,201 @@ fn a_journal_of_gigabytes_is_refused_not_scanned() {
     assert_eq!((path, position), (journal, 0));
     assert!(kind.to_string().contains("too big"), "{kind}");
 }
+
+// ---- Length bit flips before the checkpoint's mark (found by the second session-11 review)
+//
+// A damaged length can still frame, and move where stepping to the mark breaks off. Open
+// judges at the first record that fails its checksum on the way, so each of these keeps
+// the mark. (Each was judged where framing broke off: the mark was dropped and synced
+// records cut, their offsets handed out again, or the open refused for a gap.)
+
+/// A synced record whose payload is zeros, with one bit of its length flipped down. (The
+/// record was cut and its offset handed out again.)
+#[test]
+fn a_length_bit_flip_in_a_synced_zero_payload_record_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().sync(SyncPolicy::Always);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    for _ in 0..3 {
+        q.append(&[0u8; 100]).unwrap(); // durable when it returns
+    }
+    assert_eq!(q.durable_offset(), 3);
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let last = record_spans(&std::fs::read(&seg).unwrap())[2].clone();
+    // len 100 (0x64) -> 36 (0x24): one bit.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[last.start + 4] ^= 0x40;
+    std::fs::write(&seg, bytes).unwrap();
+
+    let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(info.next_offset, 3);
+    let q = Queue::open(dir.path(), opts).unwrap();
+    assert!(q.recovery().synced_damage.is_some());
+    assert!(q.read(2).is_err(), "the damaged record reports itself");
+    assert_eq!(q.next_offset(), 3, "a synced record was cut; offset 2 would be handed out again");
+}
+
+/// One bit flipped up in the length of the next-to-last synced record, whose frame then
+/// ends inside the zero payload of the last. (Open refused with `Gap`, though nothing was
+/// missing.)
+#[test]
+fn a_length_bit_flip_before_a_zero_payload_record_does_not_refuse_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().sync(SyncPolicy::Always);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    q.append(&[7u8; 100]).unwrap();
+    q.append(&[7u8; 100]).unwrap();
+    q.append(&[0u8; 200]).unwrap();
+    assert_eq!(q.durable_offset(), 3);
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let second = record_spans(&std::fs::read(&seg).unwrap())[1].clone();
+    // len 100 (0x64) -> 164 (0xa4): its frame now ends 64 bytes into the last record.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[second.start + 4] ^= 0xc0;
+    std::fs::write(&seg, bytes).unwrap();
+
+    match Queue::open(dir.path(), opts) {
+        Ok(q) => {
+            assert_eq!(q.next_offset(), 3);
+            assert!(q.recovery().synced_damage.is_some());
+        }
+        Err(e) => panic!("open refused although every synced record is there (one damaged): {e}"),
+    }
+}
+
+/// One bit flipped up in a synced record's length, so that its frame swallows many small
+/// records, with the index missing (it is derived and not synced). The records after the
+/// damage cannot be stepped to, but they are kept and reported, not cut. (390 synced
+/// records were cut and their offsets handed out again.)
+#[test]
+fn a_length_bit_flip_that_swallows_small_synced_records_cuts_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().sync(SyncPolicy::Always);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..400u64 {
+        q.append(&i.to_le_bytes()).unwrap(); // 32-byte frames, each durable when acked
+    }
+    assert_eq!(q.durable_offset(), 400);
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let spans = record_spans(&std::fs::read(&seg).unwrap());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[spans[10].start + 5] ^= 0x10; // len 8 -> 4104
+    std::fs::write(&seg, bytes).unwrap();
+    for ix in common::files_ending(dir.path(), "index") {
+        std::fs::remove_file(ix).unwrap();
+    }
+    let info = segq::inspect::info(&segq::inspect::QueueDir::open(dir.path()).unwrap()).unwrap();
+    assert_eq!(info.next_offset, 400);
+    let q = Queue::open(dir.path(), opts).unwrap();
+    assert_eq!(q.next_offset(), 400, "synced records were cut");
+    assert!(q.recovery().synced_damage.as_ref().is_some_and(|d| d.contains(&format!("byte {}", spans[10].start))));
+    assert!(matches!(q.read(399), Err(segq::Error::Corrupt { position, .. }) if position == spans[10].start as u64));
+    assert_eq!(q.append(b"next").unwrap(), 400);
+    assert_eq!(q.read(400).unwrap().unwrap().payload(), b"next");
+}
+
+/// The same with the index intact, the flip in the last index interval before the mark
+/// (records 384..400 are stepped from the entry at 384). (10 records were cut.)
+#[test]
+fn a_length_bit_flip_in_the_last_interval_keeps_the_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().sync(SyncPolicy::Always);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..400u64 {
+        q.append(&i.to_le_bytes()).unwrap();
+    }
+    q.simulate_crash();
+    let seg = active_segment(dir.path());
+    let spans = record_spans(&std::fs::read(&seg).unwrap());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[spans[390].start + 4] ^= 0x80; // len 8 -> 136: the frame swallows records 391..394
+    std::fs::write(&seg, bytes).unwrap();
+    let q = Queue::open(dir.path(), opts).unwrap();
+    assert_eq!(q.next_offset(), 400, "synced records were cut");
+    assert_eq!(q.read(389).unwrap().unwrap().payload(), 389u64.to_le_bytes());
+    assert!(matches!(q.read(390), Err(Error::Corrupt { position, .. }) if position == spans[390].start as u64));
+}
+
+/// An iterator following the log past damage kept at open, with index intervals from
+/// the smallest to one larger than the segment: it yields what `read` reaches, and goes on
+/// with the records appended after the open.
+#[test]
+fn live_iteration_past_kept_damage_in_the_active_segment() {
+    for interval in [24u32, 512, 1 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options::default().sync(SyncPolicy::Always).index_interval_bytes(interval);
+        let q = Queue::open(dir.path(), opts.clone()).unwrap();
+        for i in 0..50u64 {
+            q.append(&[i as u8; 40]).unwrap();
+        }
+        q.simulate_crash();
+        let seg = active_segment(dir.path());
+        let spans = record_spans(&std::fs::read(&seg).unwrap());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[spans[45].start + 9] ^= 0x01; // offset field of record 45: BadOffset
+        std::fs::write(&seg, bytes).unwrap();
+        let q = Queue::open(dir.path(), opts).unwrap();
+        assert_eq!(q.next_offset(), 50);
+        let mut it = q.iter_from(40);
+        let mut got = vec![];
+        let mut errs = 0;
+        while let Some(r) = it.next_timeout(Duration::from_millis(20)) {
+            match r {
+                Ok(r) => got.push(r.offset()),
+                Err(_) => errs += 1,
+            }
+            assert!(errs < 100);
+        }
+        for i in 50..60u64 {
+            q.append(&[i as u8; 40]).unwrap();
+        }
+        while let Some(r) = it.next_timeout(Duration::from_millis(20)) {
+            match r {
+                Ok(r) => got.push(r.offset()),
+                Err(_) => errs += 1,
+            }
+            assert!(errs < 100);
+        }
+        let read_ok: Vec<u64> = (40..60).filter(|&o| q.read(o).is_ok_and(|r| r.is_some())).collect();
+        assert_eq!(got, read_ok, "interval {interval}");
+    }
+}
+
+/// The same flip in the segment whose seal a crash interrupted. (The mark was dropped,
+/// the segment cut at the damage, and the whole newest segment deleted with it.)
+#[test]
+fn a_length_bit_flip_in_an_unfinished_seal_deletes_nothing() {
+    const SEG: u64 = 16 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(SEG).index_interval_bytes(256).sync(SyncPolicy::Never);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    let mut n = 0u64;
+    while segment_files(dir.path()).len() < 3 {
+        q.append(&n.to_le_bytes()).unwrap();
+        n += 1;
+    }
+    q.simulate_crash();
+    let files = segment_files(dir.path());
+    let prev = files[files.len() - 2].clone();
+    let base = segment_base(&prev);
+    let mut bytes = std::fs::read(&prev).unwrap();
+    let spans = record_spans(&bytes);
+    let synced = base + 400;
+    let position = spans[400].start as u64;
+    bytes[spans[10].start + 5] ^= 0x10; // len 8 -> 4104
+    bytes.resize(SEG as usize, 0); // back at its preallocated length, as mid-seal
+    std::fs::write(&prev, &bytes).unwrap();
+    std::fs::remove_file(prev.with_extension("index")).unwrap();
+    let mut checkpoint = Vec::new();
+    put_checkpoint_slot(&mut checkpoint, 0, base, position, synced, false);
+    checkpoint.resize(CHECKPOINT_SLOT_B + 64, 0);
+    std::fs::write(dir.path().join("checkpoint"), &checkpoint).unwrap();
+
+    let q = Queue::open(dir.path(), opts).unwrap();
+    assert_eq!(segment_files(dir.path()), files, "no segment deleted");
+    assert!(q.next_offset() >= synced, "next {} < synced {synced}", q.next_offset());
+    assert_eq!(q.next_offset(), n);
+}

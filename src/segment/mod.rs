@@ -777,6 +777,11 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
             Ok(_) => scan::last_offset_damage(at),
             Err(e) => scan::corrupt_kind(e),
         };
+        // A damaged length can still frame, and move where framing breaks off: the first
+        // record that fails its checksum on the way is where the damage is.
+        if let Some((q, a, kind)) = crc_damage(bytes, start, p) {
+            return if fits(q, a) { Landing::Damaged(q, kind) } else { Landing::Elsewhere };
+        }
         let gone = pos > bytes.len() || bytes[p..pos].iter().all(|&b| b == 0);
         return match (gone, fits(p, at)) {
             // Every offset the mark names is there (only its position is wrong), or it
@@ -792,15 +797,24 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
     }
     // A damaged length or flag can step over the mark too: only whole records that pass
     // their checksums say that the mark was not written for them.
-    let (mut p, mut at) = start;
-    while p < pos {
+    match crc_damage(bytes, start, pos) {
+        Some((q, a, kind)) if fits(q, a) => Landing::Damaged(q, kind),
+        _ => Landing::Elsewhere,
+    }
+}
+
+/// The first record from `start` (position, offset) on, before `end`, that fails its
+/// checksum: its position, offset and what is wrong. Records are stepped by their lengths,
+/// which the caller found to frame up to `end`.
+#[cold]
+fn crc_damage(bytes: &[u8], (mut p, mut at): (usize, u64), end: usize) -> Option<(usize, u64, CorruptKind)> {
+    while p < end {
         match record::decode(bytes, p) {
             Ok(f) => (p, at) = (f.end(), at.saturating_add(1)),
-            Err(e) if fits(p, at) => return Landing::Damaged(p, scan::corrupt_kind(e)),
-            Err(_) => return Landing::Elsewhere,
+            Err(e) => return Some((p, at, scan::corrupt_kind(e))),
         }
     }
-    Landing::Elsewhere
+    None
 }
 
 /// How many entries before one that does not land a lookup tries, looking for one that
