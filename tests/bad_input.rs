@@ -310,14 +310,16 @@ fn frames_up_to_the_last_u64_offset_under_a_clean_checkpoint_are_damage() {
     }
     std::fs::write(&seg, &bytes).unwrap();
     // The forged frames end where the checkpoint says, but the last carries `u64::MAX`,
-    // which no record can: damage in data the clean close synced. The mark still holds
-    // (cutting there would drop acknowledged records), so nothing is cut, and every record
-    // reads as damage instead of as data. (Before, the mark was dropped and the segment
-    // cut at its first record.)
+    // which no record can, and none passes its checksum: damage in data the clean close
+    // synced, the first at the segment's first record. The mark still holds (cutting there
+    // would drop acknowledged records), so nothing is cut, and every record reads as damage
+    // instead of as data. (Until session 11, the mark was dropped and the segment cut at
+    // its first record.)
     let q = Queue::open(dir.path(), opts()).unwrap();
     assert_eq!(q.next_offset(), u64::MAX);
     assert_eq!(q.recovery().truncated_at, None);
-    assert!(q.recovery().synced_damage.as_ref().is_some_and(|d| d.contains("u64 holds")), "{:?}", q.recovery());
+    let noted = q.recovery().synced_damage.clone().unwrap_or_default();
+    assert!(noted.contains("checksum") && noted.contains(&format!("byte {FILE_HEADER_LEN}")), "{:?}", q.recovery());
     for o in base..u64::MAX {
         let (path, position, kind) = corrupt(q.read(o));
         assert_eq!(path, seg);
