@@ -121,13 +121,9 @@ fn check_sealed_damage_in(dir: &Path, payloads: &[Vec<u8>], seg: &Seg, k: usize,
     kind
 }
 
-/// A record in the middle of a sealed segment whose length no longer frames it (it runs
-/// past the file): the iterator yields the error, then goes on at the first record after it
-/// that the segment's index leads to, instead of at the next segment. The records in
-/// between (fewer than an index interval's worth) are the only ones skipped. (Until
-/// session 11 the rest of the segment was skipped: about 430 records here.)
-#[test]
-fn an_iterator_goes_on_past_framing_damage_at_the_next_indexed_record() {
+/// A cleanly closed queue of 1,200 records of 100 B in segments of 64 KiB, indexed every
+/// 256 bytes (every third record), its options and its first segment file.
+fn twelve_hundred_records() -> (tempfile::TempDir, Options, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
     let q = Queue::open(dir.path(), opts.clone()).unwrap();
@@ -136,6 +132,17 @@ fn an_iterator_goes_on_past_framing_damage_at_the_next_indexed_record() {
     }
     q.close().unwrap();
     let first = segment_files(dir.path())[0].clone();
+    (dir, opts, first)
+}
+
+/// A record in the middle of a sealed segment whose length no longer frames it (it runs
+/// past the file): the iterator yields the error, then goes on at the first record after it
+/// that the segment's index leads to, instead of at the next segment. The records in
+/// between (fewer than an index interval's worth) are the only ones skipped. (Until
+/// session 11 the rest of the segment was skipped: about 430 records here.)
+#[test]
+fn an_iterator_goes_on_past_framing_damage_at_the_next_indexed_record() {
+    let (dir, opts, first) = twelve_hundred_records();
     let spans = record_spans(&std::fs::read(&first).unwrap());
     let end = spans.len() as u64;
     assert!(end > 400 && end < 1200, "one sealed segment of {end} records, then more");
@@ -169,14 +176,7 @@ fn an_iterator_goes_on_past_framing_damage_at_the_next_indexed_record() {
 /// consumer group dead-lettered each of them.)
 #[test]
 fn a_damaged_record_under_an_index_entry_costs_only_its_interval() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
-    let q = Queue::open(dir.path(), opts.clone()).unwrap();
-    for i in 0..1200u64 {
-        q.append(&[i as u8; 100]).unwrap();
-    }
-    q.close().unwrap();
-    let first = segment_files(dir.path())[0].clone();
+    let (dir, opts, first) = twelve_hundred_records();
     let end = record_spans(&std::fs::read(&first).unwrap()).len() as u64;
     let index = first.with_extension("index");
     let entries = std::fs::read(&index).unwrap();
