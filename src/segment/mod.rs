@@ -737,8 +737,9 @@ pub(crate) enum Landing {
     /// the mark's next offset does not fit: the mark was not written for this data (by
     /// hand, or for another file), and is dropped.
     Elsewhere,
-    /// A record that does not frame, at this position: damage in data that the mark says
-    /// was synced. The mark was written only after that sync, so it still holds.
+    /// A damaged record at this position (one that does not frame, or the first on the way
+    /// whose checksum fails): damage in data that the mark says was synced. The mark was
+    /// written only after that sync, so it still holds.
     Damaged(usize, CorruptKind),
     /// Only zeros, or the end of the file, from this position (where this offset should
     /// start, below the mark's) up to the mark: records the mark says were synced are gone.
