@@ -277,7 +277,8 @@ pub enum CorruptKind {
     Truncated,
     /// Zeros where a record should be: the bytes were never written or were wiped.
     Zeroed,
-    /// Offsets that must be present are missing (a segment was removed or cut by hand).
+    /// Offsets that must be present are missing: a segment was removed or cut by hand, or
+    /// records known to be synced read as zeros (writes a disk lost).
     Gap {
         /// First missing offset.
         from: u64,
