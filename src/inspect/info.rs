@@ -108,7 +108,7 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
         && let Some((_, next, Landing::Missing(at, from))) = dir.mark_landing(n - 2)?
     {
         let path = &dir.segments[n - 2].path;
-        return Err(Error::corrupt(path, at as u64, CorruptKind::Gap { from, to: next.max(from) }));
+        return Err(crate::segment::records_gone(path, at, from, next));
     }
     let mut landed = true;
     let (next_offset, tail) = match n.checked_sub(if unwritten { 2 } else { 1 }) {
@@ -128,7 +128,7 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
                 }
                 Some((_, next, Landing::Missing(at, from))) => {
                     let path = &dir.segments[last].path;
-                    return Err(Error::corrupt(path, at as u64, CorruptKind::Gap { from, to: next.max(from) }));
+                    return Err(crate::segment::records_gone(path, at, from, next));
                 }
             };
             let report = scan_from(dir, last, from, false, &|_| {})?;

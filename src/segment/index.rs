@@ -177,7 +177,14 @@ pub(crate) fn lands(data: &[u8], base: u64, (rel, pos): (u32, u32)) -> bool {
 /// and stepping from the entry reports that damage.
 #[cold]
 pub(crate) fn names_damaged_record(data: &[u8], base: u64, prev: Option<(u32, u32)>, (rel, pos): (u32, u32)) -> bool {
-    let (mut at, mut p) = prev.map_or((base, FILE_HEADER_LEN), |(r, p)| (base + u64::from(r), p as usize));
+    let (mut at, mut p) = match prev {
+        // A damaged entry's offset may lie past what a u64 holds: it leads nowhere.
+        Some((r, p)) => match base.checked_add(u64::from(r)) {
+            Some(at) => (at, p as usize),
+            None => return false,
+        },
+        None => (base, FILE_HEADER_LEN),
+    };
     while p < pos as usize {
         match record::peek(data, p) {
             Ok(f) if f.offset == at && at < u64::MAX => (p, at) = (f.end(), at + 1),

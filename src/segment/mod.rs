@@ -543,7 +543,7 @@ impl Active {
                 }
                 // Going on from the records left would hand out their offsets again.
                 Landing::Missing(at, from) => {
-                    return Err(Error::corrupt(&path, at as u64, CorruptKind::Gap { from, to: next.max(from) }));
+                    return Err(records_gone(&path, at, from, next));
                 }
             },
         };
@@ -744,6 +744,12 @@ pub(crate) enum Landing {
     /// Only zeros, or the end of the file, from this position (where this offset should
     /// start, below the mark's) up to the mark: records the mark says were synced are gone.
     Missing(usize, u64),
+}
+
+/// The error for [`Landing::Missing`] at `at` (offset `from`) in the segment file `path`,
+/// under a mark that names `next`: the offsets in between are gone.
+pub(crate) fn records_gone(path: &Path, at: usize, from: u64, next: u64) -> Error {
+    Error::corrupt(path, at as u64, CorruptKind::Gap { from, to: next.max(from) })
 }
 
 /// Checks the mark `(pos, next)` against the records of `bytes` (see [`Landing`]), stepping
