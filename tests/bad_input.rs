@@ -747,6 +747,34 @@ fn damage_anywhere_before_the_mark_is_kept_when_the_index_is_gone() {
     }
 }
 
+/// With the index gone, damage near the start of synced data costs only the damaged record:
+/// open finds the records after it (the first from which every record passes its checksum
+/// up to the checkpoint's mark) and indexes them. (Before, the index started again only at
+/// the mark: records 6 to 49 read as `Corrupt`.)
+#[test]
+fn damage_before_the_mark_with_the_index_gone_costs_only_the_damaged_record() {
+    for field in ["length", "offset"] {
+        let (dir, seg, spans) = synced_then_crashed();
+        std::fs::remove_file(seg.with_extension("index")).unwrap();
+        match field {
+            "length" => break_length(&seg, spans[5].start),
+            _ => write_u64(&seg, spans[5].start + 8, 7),
+        }
+        for reopen in [false, true] {
+            let q = Queue::open(dir.path(), Options::default()).unwrap();
+            assert!(reopen || q.recovery().synced_damage.is_some());
+            for o in (0..5).chain(6..50) {
+                assert_eq!(q.read(o).unwrap().unwrap().payload(), [o as u8; 100], "{field}: record {o}");
+            }
+            let (_, position, _) = corrupt(q.read(5));
+            assert_eq!(position, spans[5].start as u64);
+            let read: Vec<u64> = q.iter_from(0).filter_map(|r| r.ok()).map(|r| r.offset()).collect();
+            assert_eq!(read, (0..5).chain(6..50).collect::<Vec<_>>(), "{field}");
+            q.close().unwrap();
+        }
+    }
+}
+
 /// A record under an index entry of the active segment, damaged (its offset field) after
 /// it was synced: the entries after it are kept at open, since the records before it show
 /// that the entry is right. Only the damaged record and those up to the next entry are
@@ -828,6 +856,10 @@ fn records_appended_after_an_open_that_kept_damage_are_readable() {
     q.simulate_crash();
     let seg = active_segment(dir.path());
     write_u32(&seg, 32 + 124 + 4, 0x00ff_ffff); // record 1 no longer frames
+    // Record 2 fails its checksum: no record after the damage leads to the mark, so the
+    // index can start again only there. (With record 2 whole, open finds and indexes it:
+    // `damage_before_the_mark_with_the_index_gone_costs_only_the_damaged_record`.)
+    flip_byte(&seg, 32 + 2 * 124 + 30);
     // Closed again before any append: the index names no record that is not there.
     Queue::open(dir.path(), Options::default()).unwrap().close().unwrap();
     let report = segq::inspect::verify(&segq::inspect::QueueDir::open(dir.path()).unwrap(), &|_| {}).unwrap();

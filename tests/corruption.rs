@@ -290,6 +290,108 @@ fn damage_around_an_index_entry_does_not_cost_the_rest_of_the_index() {
     assert!(index.exists());
 }
 
+/// The frame of a record as the engine writes it, for images of records inside payloads.
+fn frame_image(offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut rest = (payload.len() as u32).to_le_bytes().to_vec();
+    rest.extend_from_slice(&offset.to_le_bytes());
+    rest.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    rest.extend_from_slice(payload);
+    let mut frame = common::crc32(&rest).to_le_bytes().to_vec();
+    frame.extend_from_slice(&rest);
+    frame
+}
+
+/// A record as `(offset, payload)`, or the position where it is reported corrupt.
+type ReadOrDamage = Result<(u64, Vec<u8>), u64>;
+
+/// What reads and iteration return for the 1,200 records of [`twelve_hundred_records`]:
+/// each record's payload, or the position where it is reported corrupt.
+fn reads_and_iteration(q: &Queue) -> (Vec<Result<Vec<u8>, u64>>, Vec<ReadOrDamage>) {
+    let position = |e: Error| match e {
+        Error::Corrupt { position, .. } => position,
+        other => panic!("{other}"),
+    };
+    let reads =
+        (0..1200).map(|o| q.read(o).map(|r| r.expect("present").payload().to_vec()).map_err(position)).collect();
+    let iteration = q.iter_from(0).map(|r| r.map(|r| (r.offset(), r.payload().to_vec())).map_err(position)).collect();
+    (reads, iteration)
+}
+
+/// A sealed segment whose index is gone and one of whose records is damaged so that it no
+/// longer frames (its length, its offset, or zeros over the whole record): the index is
+/// rebuilt past the damage, from the first record after it that leads record by record to
+/// the segment's end. Only the damaged record is unreadable, and iteration yields its error
+/// and goes on with the next. (Before, the rebuild stopped at the damage: every later
+/// record of the segment, some 330 here, read as `Corrupt` and iterators skipped them.)
+#[test]
+fn a_rebuilt_index_crosses_damage_to_the_records_after_it() {
+    for damage in ["length", "offset", "zeros"] {
+        let (dir, opts, first) = twelve_hundred_records();
+        let spans = record_spans(&std::fs::read(&first).unwrap());
+        let at = spans[100].start;
+        let mut bytes = std::fs::read(&first).unwrap();
+        match damage {
+            "length" => bytes[at + 6] = 0x7f,
+            "offset" => bytes[at + 8] ^= 0x40,
+            _ => bytes[spans[100].clone()].fill(0),
+        }
+        std::fs::write(&first, &bytes).unwrap();
+        let index = first.with_extension("index");
+        std::fs::remove_file(&index).unwrap();
+
+        for reopen in [false, true] {
+            let q = Queue::open(dir.path(), opts.clone()).unwrap();
+            let (reads, iteration) = reads_and_iteration(&q);
+            for (o, read) in reads.into_iter().enumerate() {
+                match read {
+                    Ok(payload) => assert_eq!(payload, [o as u8; 100], "{damage}, reopen {reopen}: record {o}"),
+                    Err(position) => assert_eq!((o, position), (100, at as u64), "{damage}, reopen {reopen}"),
+                }
+            }
+            let expected: Vec<Result<(u64, Vec<u8>), u64>> =
+                (0..1200u64).map(|o| if o == 100 { Err(at as u64) } else { Ok((o, vec![o as u8; 100])) }).collect();
+            assert!(iteration == expected, "{damage}, reopen {reopen}: iteration differs");
+            assert!(index.exists(), "the rebuilt index is kept");
+            q.close().unwrap();
+        }
+    }
+}
+
+/// The same, with the images of two records inside the damaged record's payload: frames
+/// with good checksums and the next offsets, followed by bytes that are no record. The
+/// rebuild does not take them for the records they imitate, since they do not lead to the
+/// segment's end; it goes on at the real record after the damage.
+#[test]
+fn a_rebuilt_index_does_not_take_a_record_image_in_a_payload_for_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    let mut image = frame_image(101, b"forged 101");
+    image.extend_from_slice(&frame_image(102, b"forged 102"));
+    image.resize(100, 0xee);
+    for i in 0..1200u64 {
+        q.append(&if i == 100 { image.clone() } else { vec![i as u8; 100] }).unwrap();
+    }
+    q.close().unwrap();
+    let first = segment_files(dir.path())[0].clone();
+    let spans = record_spans(&std::fs::read(&first).unwrap());
+    let at = spans[100].start;
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[at + 6] = 0x7f;
+    std::fs::write(&first, &bytes).unwrap();
+    std::fs::remove_file(first.with_extension("index")).unwrap();
+
+    let q = Queue::open(dir.path(), opts).unwrap();
+    let (reads, iteration) = reads_and_iteration(&q);
+    assert_eq!(reads[100], Err(at as u64));
+    for o in [101, 102, 103, 300] {
+        assert_eq!(reads[o], Ok(vec![o as u8; 100]), "record {o}");
+    }
+    assert_eq!(iteration[100], Err(at as u64));
+    assert_eq!(iteration[101], Ok((101, vec![101; 100])));
+    assert_eq!(iteration.len(), 1200);
+}
+
 /// Random damage (a flipped bit, zeros, or random bytes over record headers) in a cleanly
 /// closed queue of small segments: every record that `read` returns, the iterator returns
 /// too, in order, with the right bytes, and it ends. Seeded (`SEGQ_DAMAGE_SEED`).

@@ -220,17 +220,31 @@ fn prefix_len(entries: &[u8], data_len: usize, max_rel: u64, mut lands: impl FnM
     entries.len() / ENTRY_LEN * ENTRY_LEN
 }
 
-/// Builds the entries of a segment whose records are `data` (the whole file's bytes).
-pub(crate) fn build(data: &[u8], base: u64, interval: u32) -> Vec<u8> {
+/// Builds the entries of a sealed segment whose records are `data` (the whole file's
+/// bytes) and end below `end_offset`. Where a record does not frame, the records after the
+/// damage are looked for ([`scan::resync`]) and the first found gets an entry, so that
+/// reads and iterators reach them as they would with the index that was lost.
+pub(crate) fn build(data: &[u8], base: u64, end_offset: u64, interval: u32) -> Vec<u8> {
     let mut entries = Vec::new();
     let mut last = FILE_HEADER_LEN;
-    scan::hop(data, FILE_HEADER_LEN, base, |pos, offset| {
-        if pos - last >= interval as usize {
-            push(&mut entries, (offset - base) as u32, pos as u32);
-            last = pos;
+    let mut from = (FILE_HEADER_LEN, base);
+    loop {
+        let (pos, offset) = scan::hop(data, from.0, from.1, |pos, offset| {
+            if pos - last >= interval as usize {
+                push(&mut entries, (offset - base) as u32, pos as u32);
+                last = pos;
+            }
+        });
+        if offset >= end_offset {
+            return entries;
         }
-    });
-    entries
+        let Some((at, offset)) = scan::resync(data, pos, offset, (data.len(), end_offset)) else {
+            return entries;
+        };
+        push(&mut entries, (offset - base) as u32, at as u32);
+        last = at;
+        from = (at, offset);
+    }
 }
 
 fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
@@ -271,7 +285,7 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
             }
         }
     }
-    let entries = build(data, base, interval);
+    let entries = build(data, base, base.saturating_add(max_rel), interval);
     let file = write_file(path, base, &entries, 0)?;
     Mapping::read_only(&file, FILE_HEADER_LEN + entries.len()).at(path)
 }
@@ -322,7 +336,8 @@ impl IndexWriter {
     /// Opens the index of the active segment after recovery: keeps `kept` (entries of `old`
     /// trusted for the valid data, `data`) and indexes what they miss. When every entry of
     /// the old file is kept, the file is reused in place; otherwise it is rewritten without
-    /// the rest.
+    /// the rest. Also returns where stepping over the records stopped, as
+    /// `(position, offset)`: the end of `data`, or damage.
     pub fn open_active(
         path: PathBuf,
         base: u64,
@@ -331,7 +346,7 @@ impl IndexWriter {
         data: &[u8],
         old: &OldIndex,
         kept: &[u8],
-    ) -> Result<(Arc<Mapping>, IndexWriter)> {
+    ) -> Result<(Arc<Mapping>, IndexWriter, (usize, u64))> {
         let nothing_dropped =
             old.slots().get(kept.len()..kept.len() + ENTRY_LEN).is_none_or(|e| e.iter().all(|&b| b == 0));
         let (map, mut writer) = if old.map.is_some() && nothing_dropped {
@@ -346,8 +361,8 @@ impl IndexWriter {
                 (pos as usize, base + u64::from(rel))
             }
         };
-        scan::hop(data, start, offset, |pos, offset| writer.note(offset - base, pos));
-        Ok((map, writer))
+        let stopped = scan::hop(data, start, offset, |pos, offset| writer.note(offset - base, pos));
+        Ok((map, writer, stopped))
     }
 
     /// Indexes the records of `data` from `pos` (a record boundary with offset `offset`, in
@@ -506,7 +521,7 @@ mod tests {
     #[test]
     fn build_indexes_one_record_per_interval() {
         let (data, pos) = segment(0, 20, 40);
-        let built = build(&data, 0, 128);
+        let built = build(&data, 0, 20, 128);
         assert_eq!(valid_len(&built, &data, 0, 20), built.len());
         assert_eq!(floor(&built, 0), None);
         let (rel, at) = floor(&built, 19).unwrap();

@@ -569,12 +569,13 @@ impl Active {
         let data = &bytes[..end];
         // Entries landed on records of the whole file; the valid ones start below `end`.
         let kept = &entries[..index::count_below(entries, end) * index::ENTRY_LEN];
-        let (index_map, mut index) =
+        let (index_map, mut index, stopped) =
             IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, data, &old_index, kept)?;
         // Past damage kept before the mark, stepping cannot find the records after it: the
-        // index starts again at the mark.
-        if let Some(mark) = trusted.filter(|_| recovered.kept_damage.is_some()) {
-            index.resume_at(data, base, mark);
+        // index starts again at the first of them that leads to the mark, else at the mark.
+        if let Some(mark) = trusted.filter(|&(pos, _)| recovered.kept_damage.is_some() && stopped.0 < pos) {
+            let (pos, offset) = stopped;
+            index.resume_at(data, base, scan::resync(data, pos, offset, mark).unwrap_or(mark));
         }
         drop(old_index);
         drop(view);

@@ -92,6 +92,53 @@ pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl
     (pos, offset)
 }
 
+/// Where whole records start again after damage that stepping cannot cross: the record at
+/// `pos` should have had offset `offset`, and `end` is a record boundary known from
+/// elsewhere, with the offset there (a sealed segment's end, or a synced mark). Returns the
+/// first later position holding a record with a higher offset from which every record
+/// passes its checksum and the offsets run on without a break up to `end`.
+///
+/// Demanding the whole way to `end` keeps the image of a record inside some payload (a
+/// queue of queue files, say) from being taken for the real one: such an image would have
+/// to lead, record by record, into the real records that follow it. So records between two
+/// damaged stretches are not found, only those after the last one.
+pub(crate) fn resync(bytes: &[u8], pos: usize, offset: u64, (end, end_offset): (usize, u64)) -> Option<(usize, u64)> {
+    let bytes = bytes.get(..end)?;
+    let mut verifications = MAX_RESYNC_VERIFICATIONS;
+    for at in pos + 1..end.checked_sub(record::HEADER_LEN)? + 1 {
+        let Ok(frame) = record::peek(bytes, at) else { continue };
+        let claimed = frame.offset;
+        // Records `offset..claimed` lie in `pos..at` and records `claimed..end_offset` in
+        // `at..end`, each at least a header long.
+        let fits = |records: u64, bytes: usize| records <= (bytes / record::HEADER_LEN) as u64;
+        if claimed <= offset || claimed >= end_offset || !fits(claimed - offset, at - pos) {
+            continue;
+        }
+        if !fits(end_offset - claimed, end - at) {
+            continue;
+        }
+        // The next header must follow on before anything costs a checksum.
+        let next = frame.end();
+        if next != end && record::peek(bytes, next).map_or(true, |f| f.offset != claimed + 1) {
+            continue;
+        }
+        let scan = valid_prefix(bytes, at, claimed);
+        if scan.damage.is_none() && scan.next_offset == end_offset {
+            return Some((at, claimed));
+        }
+        verifications -= 1;
+        if verifications == 0 {
+            return None;
+        }
+    }
+    None
+}
+
+/// How many candidates [`resync`] checks record by record before it gives up: each may cost
+/// a walk over the rest of the segment, and only record images in payloads, which the
+/// cheap checks before let through rarely, fail it.
+const MAX_RESYNC_VERIFICATIONS: u32 = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +185,24 @@ mod tests {
         assert!(matches!(scan.damage, Some((p, CorruptKind::BadCrc { .. })) if p == second));
         let scan = valid_prefix(&buf, 8, 11);
         assert!(matches!(scan.damage, Some((8, CorruptKind::BadOffset { expected: 11, found: 10 }))));
+    }
+
+    #[test]
+    fn resync_finds_the_record_after_damage_that_leads_to_the_end() {
+        let mut buf = log(&[(b"aaaa", false), (b"bbbbbbbbbb", false), (b"c", false), (b"dd", false)]);
+        let second = 8 + record::frame_len(4);
+        let third = second + record::frame_len(10);
+        buf[second + 6] = 0x7f; // the length runs past the end
+        let end = (buf.len(), 14);
+        assert_eq!(hop(&buf, 8, 10, |_, _| {}), (second, 11));
+        assert_eq!(resync(&buf, second, 11, end), Some((third, 12)));
+        // The end must be reached with the offset there.
+        assert_eq!(resync(&buf, second, 11, (buf.len(), 15)), None);
+        // A record after the one found is damaged too: nothing leads to the end from before it.
+        let last = third + record::frame_len(1);
+        buf[last + 24] ^= 1;
+        assert_eq!(resync(&buf, second, 11, end), None);
+        assert_eq!(resync(&buf, buf.len(), 14, end), None);
     }
 
     #[test]
