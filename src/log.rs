@@ -430,14 +430,12 @@ impl Log {
         let interval = self.opts.index_interval_bytes;
         match w.active.take() {
             Some(active) if active.is_empty() => {
-                // Nothing is in it: replace it by one big enough instead of sealing it empty.
-                let base = active.segment().base();
-                w.active = Some(active);
-                let mut bigger = Active::create(&self.dir, base, capacity, interval)?;
-                bigger.prefault_with(self.prefault.as_ref().map(Prefaulter::sender));
+                // Nothing is in it: make it big enough instead of sealing it empty.
+                let active = w.active.insert(active);
+                active.grow(capacity)?;
+                active.prefault_with(self.prefault.as_ref().map(Prefaulter::sender));
                 let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
-                *segments.last_mut().expect("the active segment is listed") = bigger.segment().clone();
-                w.active = Some(bigger);
+                *segments.last_mut().expect("the active segment is listed") = active.segment().clone();
             }
             active => {
                 let sealed_base = active.as_ref().map(|a| a.segment().base());

@@ -322,3 +322,50 @@ fn a_poisoned_group_does_not_keep_the_others_from_being_flushed() {
         assert_eq!(q.group(n).unwrap().ack_floor(), 2, "{n}");
     }
 }
+
+/// A record too big for the empty active segment makes it grow; every way that can fail
+/// (each fault point, at each of its first uses) leaves a queue that keeps the appends
+/// acknowledged after it, across a close and a reopen. (Found by the session-12 review:
+/// the bigger segment was built under a temporary name and renamed over the empty one;
+/// when a step after the rename failed, such as reserving its index on a full disk, the
+/// writer went on appending to the file that the rename had taken out of the directory.
+/// Appends acknowledged as durable were lost, and the next open failed with a `Gap`.)
+#[test]
+fn a_failure_while_growing_an_empty_segment_loses_no_later_append() {
+    for point in [Point::Allocate, Point::Rename, Point::Write, Point::Sync] {
+        for after in 0..5u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = opts(SyncPolicy::Always);
+            let q = Queue::open(dir.path(), opts.clone()).unwrap();
+            fault::inject(Fault::new(dir.path(), point).after(after).errno(ENOSPC));
+            let big = q.append(&[5u8; 10_000]);
+            fault::clear(dir.path());
+            let tag = format!("{point:?} after {after}: {:?}", big.as_ref().map_err(|e| e.to_string()));
+            let mut acked: Vec<Vec<u8>> = big.iter().map(|_| vec![5u8; 10_000]).collect();
+            let mut poisoned = false;
+            for i in 0..3 {
+                match q.append(&payload(i)) {
+                    Ok(offset) => {
+                        assert_eq!(offset, acked.len() as u64, "{tag}");
+                        acked.push(payload(i));
+                    }
+                    // A failed sync poisons the queue: nothing after it is acknowledged.
+                    Err(Error::Poisoned(_)) => {
+                        poisoned = true;
+                        break;
+                    }
+                    Err(e) => panic!("{tag}: {e}"),
+                }
+            }
+            let _ = q.close();
+            drop(q);
+            let q = Queue::open(dir.path(), opts).unwrap_or_else(|e| panic!("{tag}: reopen: {e}"));
+            // The record of an append whose sync failed may be there or not.
+            let unacknowledged = q.next_offset() - acked.len() as u64;
+            assert!(unacknowledged == 0 || (poisoned && unacknowledged == 1), "{tag}: {unacknowledged}");
+            for (o, p) in acked.iter().enumerate() {
+                assert_eq!(q.read(o as u64).unwrap().unwrap().payload(), &p[..], "{tag}: record {o}");
+            }
+        }
+    }
+}

@@ -70,6 +70,15 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
+    /// A new segment for the same file as `other`, as if it had just been created.
+    fn new_like(other: &Segment) -> Segment {
+        Segment {
+            path: other.path.clone(),
+            index_path: other.index_path.clone(),
+            ..Segment::new(Path::new(""), other.base, other.interval)
+        }
+    }
+
     fn new(dir: &Path, base: u64, interval: u32) -> Segment {
         Segment {
             base,
@@ -483,6 +492,22 @@ impl Active {
         Ok(Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data))
     }
 
+    /// Gives this segment, which holds no record yet, room for `capacity` bytes in place:
+    /// its file is reserved further and mapped again, with an index sized for it. Its name
+    /// and header stay as they are, so nothing that a roll or an open made durable is
+    /// replaced, and on failure the segment goes on as it was. (Replacing the file under
+    /// its name instead left the writer appending, on a failure after the rename, to a file
+    /// no longer in the directory.) The prefault thread is to be asked again.
+    pub fn grow(&mut self, capacity: usize) -> Result<()> {
+        debug_assert!(self.is_empty() && capacity >= self.capacity);
+        let seg = Segment::new_like(&self.seg);
+        reserve(&self.file, &seg.path, capacity as u64)?;
+        let (_, data) = Mapping::read_write(&self.file, capacity, FILE_HEADER_LEN).at(&seg.path)?;
+        let (index_map, index) = IndexWriter::create(seg.index_path.clone(), seg.base, capacity, seg.interval)?;
+        *self = Self::finish(seg, self.file.clone(), capacity, FILE_HEADER_LEN, index_map, index, data);
+        Ok(())
+    }
+
     /// [`Active::create_unsynced`] from a spare (see [`Spare`]): its header is written and
     /// it is renamed into place.
     pub fn from_spare(dir: &Path, base: u64, spare: Spare, interval: u32) -> Result<Active> {
@@ -594,7 +619,7 @@ impl Active {
     /// The writer of `seg`, whose data `data` maps, readable up to `end`.
     fn finish(
         seg: Segment,
-        file: File,
+        file: impl Into<Arc<File>>,
         capacity: usize,
         end: usize,
         index_map: Arc<Mapping>,
@@ -605,7 +630,7 @@ impl Active {
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(data.mapping().clone());
         let _ = seg.index.set(index_map);
-        let file = Arc::new(file);
+        let file = file.into();
         let index_prefaulted = index.len();
         Active {
             seg: Arc::new(seg),
