@@ -132,7 +132,24 @@ pub(crate) fn write_durably_at(path: &Path, bytes: &[u8], pos: u64) -> Result<()
 
 /// Makes the directory's entries (new, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fault::check(dir, Point::Sync).and_then(|()| File::open(dir)?.sync_all()).at(dir)
+    fault::check(dir, Point::Sync).and_then(|()| File::open(dir)?.sync_all()).at(dir)?;
+    fault::note_synced(dir, 0..u64::MAX);
+    Ok(())
+}
+
+/// Creates the directory `dir` and those missing above it, and makes each new entry
+/// durable: the directory of a queue that has acknowledged durable appends must not vanish
+/// in a power loss with an entry above it that was never synced.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
+    fs::create_dir_all(dir).at(dir)?;
+    for created in missing {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
 }
 
 /// Opens a file for reading and writing, creating it if missing.

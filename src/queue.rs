@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{open_rw, sync_dir};
+use crate::fs::{create_dir_durably, open_rw};
 use crate::group::{self, Group, GroupInner};
 use crate::iter::Iter;
 use crate::log::{Log, Recovery, RetentionReport, Stats};
@@ -69,9 +69,9 @@ impl Shared {
 }
 
 impl Queue {
-    /// Opens the queue in `dir`, creating the directory and an empty queue if missing, and
-    /// recovering it if it was not closed cleanly: the valid records are kept and a torn,
-    /// unsynced tail is cut.
+    /// Opens the queue in `dir`, creating the directory (and those missing above it, each
+    /// synced into its parent) and an empty queue if missing, and recovering it if it was
+    /// not closed cleanly: the valid records are kept and a torn, unsynced tail is cut.
     ///
     /// ```
     /// use segq::{Options, Queue};
@@ -92,21 +92,24 @@ impl Queue {
     /// file deleted or cut short, zeros where synced records were: kind
     /// [`crate::CorruptKind::Gap`], naming the file and position; going on would give their
     /// offsets to new records; `segq repair` makes the queue open with what is left),
-    /// [`Error::InvalidOptions`], or [`Error::Io`]. Damage that leaves synced records in
+    /// [`Error::InvalidOptions`], or [`Error::Io`] (of kind `InvalidInput` for an empty
+    /// path, which is not taken for the current directory). Damage that leaves synced records in
     /// place does not fail the open: they are kept, and reads of a damaged one report it
     /// (see [`crate::Recovery::synced_damage`]).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Queue> {
         let dir = dir.as_ref();
         options.validate()?;
+        if dir.as_os_str().is_empty() {
+            // Not the current directory: an empty path is more likely a missing setting.
+            let what = "an empty path names no directory (use \".\" for the current one)";
+            return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::InvalidInput, what)));
+        }
         if !dir.is_dir() {
             if let Ok(found) = std::fs::symlink_metadata(dir) {
                 let what = if found.is_symlink() { "a symbolic link to no directory" } else { "not a directory" };
                 return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotADirectory, what)));
             }
-            std::fs::create_dir_all(dir).at(dir)?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent)?;
-            }
+            create_dir_durably(dir)?;
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_rw(&lock_path, true)?;

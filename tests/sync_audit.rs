@@ -167,3 +167,27 @@ fn durable_offset_under_interval_claims_only_synced_records() {
         assert!(covered(&synced, &path, &span), "record {offset} not synced by the flusher");
     }
 }
+
+/// A queue opened in a directory that does not exist yet, several levels deep: every new
+/// directory's entry is synced in its parent before `open` returns, so that the queue
+/// cannot vanish in a power loss after appends were acknowledged as durable. (Found by the
+/// session-12 review: only the last level's parent was synced.) An empty path is refused
+/// instead of taken for the current directory, and nothing is created for it.
+#[test]
+fn every_directory_open_creates_is_synced_in_its_parent() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    fault::audit(&root);
+    let dir = root.join("a/b/c/queue");
+    let q = Queue::open(&dir, Options::default().sync(SyncPolicy::Always)).unwrap();
+    assert_eq!(q.append(b"durable").unwrap(), 0);
+    let synced: Vec<PathBuf> = fault::take_synced(&root).into_iter().map(|s| s.path).collect();
+    for parent in [root.clone(), root.join("a"), root.join("a/b"), root.join("a/b/c")] {
+        assert!(synced.contains(&parent), "{parent:?} not synced: {synced:?}");
+    }
+    q.close().unwrap();
+
+    let err = Queue::open("", Options::default()).unwrap_err();
+    assert!(matches!(&err, segq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err}");
+    assert!(!Path::new("lock").exists(), "a lock file was left in the current directory");
+}
