@@ -134,6 +134,9 @@ pub(crate) struct Log {
     retention: Mutex<()>,
     /// Mirrors `Writer::closed` for readers, who should not take the writer's lock.
     closed: AtomicBool,
+    /// Set when a close begins: consumer groups take no more changes, so that the close's
+    /// flush of their journals covers every change that returned.
+    closing: AtomicBool,
     /// Bases of the sealed segments mapped, in the order they were mapped (a base mapped
     /// again after being unmapped is listed again).
     mapped: Mutex<VecDeque<u64>>,
@@ -323,6 +326,7 @@ impl Log {
             spare: Arc::new(Mutex::new(None)),
             retention: Mutex::new(()),
             closed: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             mapped: Mutex::new(VecDeque::new()),
         })
     }
@@ -694,6 +698,16 @@ impl Log {
 
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops consumer groups from taking changes: the first step of a close.
+    pub fn begin_close(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether a close has begun (or is done).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire) || self.is_closed()
     }
 
     /// The segment holding `offset`, which must be at or above the first offset.

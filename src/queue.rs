@@ -372,7 +372,7 @@ impl Queue {
 
     fn open_group(&self, name: &str, options: Option<GroupOptions>) -> Result<Group> {
         group::validate_name(name)?;
-        if self.log.is_closed() {
+        if self.log.is_closing() {
             return Err(Error::Closed);
         }
         self.open_locked(&mut self.shared.groups(), name, options)
@@ -655,7 +655,14 @@ impl Queue {
     /// queue as after a crash.
     pub fn close(&self) -> Result<()> {
         self.stop_flusher();
-        let groups = if self.log.is_closed() { Ok(()) } else { self.shared.flush() };
+        let groups = if self.log.is_closed() {
+            Ok(())
+        } else {
+            // Groups first stop taking changes, so that this flush covers every one that
+            // returned: a change checks under its group's lock, which the flush takes.
+            self.log.begin_close();
+            self.shared.flush()
+        };
         let result = groups.and(self.log.close());
         self.unlock();
         result

@@ -889,3 +889,148 @@ fn a_group_folder_linked_to_a_missing_disk_holds_retention_back() {
     let slow = q.group("slow").unwrap();
     assert_eq!((slow.stats().lost, slow.poll(Duration::ZERO).unwrap().unwrap().offset()), (0, 0));
 }
+
+/// A record whose only attempt's lease ran out is a dead letter; a `seek` past it keeps it
+/// so, whether or not a call (`dead_letters`, `ack_floor`, `poll`) noticed the expiry first.
+/// Also when the attempt ended in a crash. (Found by the session-12 review: the seek took
+/// the record for one still leased and cleared it, so a poison record vanished instead of
+/// being dead-lettered.)
+#[test]
+fn a_seek_past_a_record_out_of_attempts_keeps_it_dead_lettered() {
+    let dead = |g: &segq::Group| -> Vec<(u64, u32)> {
+        g.dead_letters().unwrap().iter().map(|d| (d.offset(), d.attempts())).collect()
+    };
+    for look_first in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 5);
+        let g = q.group_with("g", GroupOptions::default().max_attempts(1).lease(Duration::from_millis(20))).unwrap();
+        assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+        std::thread::sleep(Duration::from_millis(50));
+        if look_first {
+            assert_eq!(g.dead_letters().unwrap().len(), 1);
+        }
+        g.seek(3).unwrap();
+        assert_eq!(dead(&g), [(0, 1)], "looked first: {look_first}");
+        assert_eq!(g.ack_floor(), 3);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    fill(&q, 5);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(1)).unwrap();
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+    q.simulate_crash(); // while processing its only attempt
+    let q = queue(dir.path(), SyncPolicy::Always);
+    let g = q.group("g").unwrap();
+    g.seek(3).unwrap();
+    assert_eq!(dead(&g), [(0, 1)]);
+}
+
+/// Whether the syncs in `synced` together cover `span` of `path`.
+fn covered(synced: &[segq::fault::Synced], path: &std::path::Path, span: std::ops::Range<u64>) -> bool {
+    let mut ranges: Vec<std::ops::Range<u64>> =
+        synced.iter().filter(|s| s.path == path).map(|s| s.range.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut done = span.start;
+    for r in ranges {
+        if r.start <= done {
+            done = done.max(r.end);
+        }
+    }
+    done >= span.end
+}
+
+/// Under `Always`, two workers ack the same record at once (as after a lease ran out):
+/// the second returns only once the ack is durable, as the first does; not at once because
+/// the record is acked already in memory. With every journal sync failing, neither returns
+/// `Ok`. (Found by the session-12 review: the second ack returned `Ok` at once, before the
+/// first one's entry was synced, or while its sync was failing.)
+#[test]
+fn a_second_ack_of_a_record_returns_only_once_the_ack_is_durable() {
+    use segq::fault::{self, Fault, Point};
+    use std::sync::Barrier;
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    q.append(b"job").unwrap();
+    fault::audit(dir.path());
+    let ack_twice = |g: &segq::Group, check: &(dyn Fn() -> bool + Sync)| -> Vec<Result<bool, String>> {
+        let barrier = Barrier::new(2);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (g, barrier) = (g.clone(), &barrier);
+                    s.spawn(move || {
+                        barrier.wait();
+                        g.ack(0).map(|()| check()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        })
+    };
+    let synced = Mutex::new(Vec::new());
+    for round in 0..100 {
+        let name = format!("g{round}");
+        let g = q.group(&name).unwrap();
+        assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+        let journal = dir.path().join("groups").join(&name).join("journal");
+        synced.lock().unwrap().clear();
+        fault::take_synced(dir.path());
+        // The journal's second entry (the ack) is bytes 56..80.
+        let ack_synced = || {
+            let mut synced = synced.lock().unwrap();
+            synced.extend(fault::take_synced(dir.path()));
+            covered(&synced, &journal, 56..80)
+        };
+        for result in ack_twice(&g, &ack_synced) {
+            assert_eq!(result, Ok(true), "round {round}: an ack returned before it was synced");
+        }
+
+        let name = format!("failing{round}");
+        let g = q.group(&name).unwrap();
+        assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 0);
+        let group_dir = dir.path().join("groups").join(&name);
+        fault::inject(Fault::new(&group_dir, Point::Sync).times(u64::MAX));
+        let results = ack_twice(&g, &|| true);
+        fault::clear(&group_dir);
+        assert!(results.iter().all(Result::is_err), "round {round}: {results:?}");
+    }
+}
+
+/// Under `Never`, `close` makes durable every change that returned before it, also those
+/// made by a worker still polling and acking while `close` runs; the worker's later calls
+/// fail with `Closed`. (Found by the session-12 review: the groups were flushed before the
+/// close stopped them, and changes that returned in between were never synced.)
+#[test]
+fn close_syncs_every_group_change_that_returned_before_it() {
+    use segq::fault;
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let q = queue(dir.path(), SyncPolicy::Never);
+        // 20,000 journal entries at most: the journal is not compacted meanwhile.
+        let payloads: Vec<[u8; 4]> = (0..10_000u32).map(u32::to_le_bytes).collect();
+        q.append_batch(&payloads.iter().map(|p| &p[..]).collect::<Vec<_>>()).unwrap();
+        let g = q.group("g").unwrap();
+        let journal = dir.path().join("groups").join("g").join("journal");
+        fault::audit(dir.path());
+        let entries = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let mut entries = 0u64;
+                while let Ok(Some(d)) = g.poll(NO_WAIT) {
+                    entries += 1;
+                    if g.ack(d.offset()).is_err() {
+                        break;
+                    }
+                    entries += 1;
+                }
+                entries
+            });
+            std::thread::sleep(Duration::from_millis(1 + round % 5));
+            q.close().unwrap();
+            worker.join().unwrap()
+        });
+        let synced = fault::take_synced(dir.path());
+        assert!(covered(&synced, &journal, 32..32 + 24 * entries), "round {round}: {entries} entries");
+    }
+}

@@ -316,7 +316,7 @@ impl Group {
     /// Marks a delivered record as done: it is never delivered to this group again. Acks
     /// may come in any order; acking a record twice is fine, and acking a dead letter
     /// removes it from the dead letters. Under [`SyncPolicy::Always`] the ack is durable
-    /// when this returns.
+    /// when this returns, also the second ack of a record, which waits for the first.
     ///
     /// Acks and nacks name an offset, not one delivery of it. A consumer whose lease ran out
     /// can still ack (or nack) the record after it went to another consumer: its ack ends
@@ -612,6 +612,9 @@ impl Group {
             let mut l = inner.lock();
             inner.check(&l)?;
             let offset = offset.clamp(inner.log.first_offset(), inner.log.next_offset());
+            // A record whose last attempt ran out is a dead letter, which the seek keeps,
+            // whether or not a call has noticed yet.
+            inner.reap(&mut l)?;
             inner.commit_op(&mut l, Op::Seek { offset }, &Clock::lazy())?
         };
         inner.log.notify.notify();
@@ -719,15 +722,18 @@ impl GroupInner {
                 return Err(Error::NotDelivered { offset });
             }
             let clock = Clock::lazy();
-            let mut seq = None;
+            // A change found made already (a second ack of a record, say, by a worker whose
+            // lease ran out) returns once the change is durable, as the first does: its
+            // entry is among those journaled so far.
+            let mut seq = l.journal.seq();
             for &offset in offsets {
                 if let Some(op) = decide(&l, &clock, offset) {
-                    seq = Some(self.commit_op(&mut l, op, &clock)?);
+                    seq = self.commit_op(&mut l, op, &clock)?;
                 }
             }
             seq
         };
-        seq.map_or(Ok(()), |seq| self.make_durable(seq))
+        self.make_durable(seq)
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
@@ -738,7 +744,7 @@ impl GroupInner {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::GroupDeleted { name: self.name.clone() });
         }
-        if self.log.is_closed() {
+        if self.log.is_closing() {
             return Err(Error::Closed);
         }
         match &l.failed {
