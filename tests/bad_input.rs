@@ -915,6 +915,24 @@ fn zeros_where_synced_records_were_fail_open_with_a_gap() {
     assert_eq!(q.next_offset(), 47);
 }
 
+/// The newest segment cut short of the checkpoint's mark, with a damaged record before the
+/// cut and no index: records known to be synced are gone, so open fails with `Gap` (from
+/// the damaged record on: where the records left end is not known past it) and changes
+/// nothing. (Found by the `recovery` fuzz target in session 12: the damage was taken for
+/// damage kept before the mark, and open panicked slicing the file up to the mark.)
+#[test]
+fn a_segment_cut_short_of_the_mark_with_damage_before_the_cut_fails_with_a_gap() {
+    let (dir, seg, spans) = synced_then_crashed();
+    std::fs::remove_file(seg.with_extension("index")).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[spans[5].start + 30] ^= 1;
+    bytes.truncate(spans[20].end);
+    std::fs::write(&seg, &bytes).unwrap();
+    let (path, position, kind) = corrupt(Queue::open(dir.path(), Options::default()));
+    assert_eq!((path, position, kind), (seg.clone(), spans[5].start as u64, CorruptKind::Gap { from: 5, to: 50 }));
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "a refused open changes nothing");
+}
+
 /// A clean slot (valid CRC) that claims more records than its position holds is not
 /// trusted: the offset it names does not match the records, so open scans instead and the
 /// queue holds exactly its records.

@@ -457,3 +457,35 @@ fn info_agrees_with_open_on_damage_and_loss_before_the_slot() {
         }
     }
 }
+
+/// The newest segment cut short of the checkpoint's mark, with a damaged record before the
+/// cut and no index: the library refuses to open with `Gap`, and `info` and `verify` say
+/// the same, without a panic.
+#[test]
+fn a_segment_cut_short_of_the_mark_after_damage_is_a_gap_for_all() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Always)).unwrap();
+    for i in 0..50 {
+        q.append(payload(i).as_bytes()).unwrap();
+    }
+    q.simulate_crash();
+    let seg = d.join("00000000000000000000.log");
+    std::fs::remove_file(seg.with_extension("index")).unwrap();
+    let frame = 24 + payload(0).len();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[32 + 5 * frame + 30] ^= 1;
+    bytes.truncate(32 + 20 * frame);
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = library_open(d).unwrap_err();
+    assert!(matches!(err, segq::Error::Corrupt { kind: segq::CorruptKind::Gap { .. }, .. }), "{err}");
+
+    let info = segq(["info", &arg(d)]);
+    assert_eq!(info.code, 1, "{}\n{}", info.stdout, info.stderr);
+    assert!(info.stderr.contains("missing"), "{}", info.stderr);
+    let verify = segq(["verify", "--json", &arg(d)]);
+    assert_eq!(verify.code, 1, "{}", verify.stdout);
+    let damage = findings(&verify, "damage");
+    assert!(damage.iter().any(|w| w.contains("does not open")), "{damage:?}");
+}

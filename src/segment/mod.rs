@@ -813,7 +813,12 @@ pub(crate) fn landing(bytes: &[u8], base: u64, entries: &[u8], pos: usize, next:
         // A damaged length can still frame, and move where framing breaks off: the first
         // record that fails its checksum on the way is where the damage is.
         if let Some((q, a, kind)) = crc_damage(bytes, start, p) {
-            return if fits(q, a) { Landing::Damaged(q, kind) } else { Landing::Elsewhere };
+            return match fits(q, a) {
+                false => Landing::Elsewhere,
+                // A file cut short of the mark lost synced records, wherever the damage.
+                true if pos > bytes.len() => Landing::Missing(q, a),
+                true => Landing::Damaged(q, kind),
+            };
         }
         let gone = pos > bytes.len() || bytes[p..pos].iter().all(|&b| b == 0);
         return match (gone, fits(p, at)) {
