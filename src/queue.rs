@@ -522,6 +522,11 @@ impl Queue {
     /// system clock was ever set back, timestamps are not in order everywhere, and the answer
     /// is then an offset where they cross `timestamp_ms`, not necessarily the first.
     ///
+    /// Timestamps come from the coarse clock, which lags the wall clock by up to a tick
+    /// (a few milliseconds): a record appended just after a wall-clock reading `t` may
+    /// carry a timestamp below `t`. To replay everything appended since a moment read
+    /// from the wall clock, use [`Queue::offset_since`].
+    ///
     /// # Errors
     /// [`Error::Corrupt`] if a record the search reads is damaged. [`Error::Closed`].
     pub fn offset_at_time(&self, timestamp_ms: u64) -> Result<u64> {
@@ -536,6 +541,32 @@ impl Queue {
             }
         }
         Ok(lo)
+    }
+
+    /// Where to start to replay every record appended at or after the wall-clock moment
+    /// `since`: at or before the first of them, and before it only by records appended in
+    /// the last two ticks of the coarse clock before `since` (9 ms with the usual 4 ms
+    /// tick), which is how far a timestamp can lag (see [`Queue::offset_at_time`]; a tick
+    /// that comes later still, which was not seen here, would make this start late).
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"long ago")?;
+    /// std::thread::sleep(std::time::Duration::from_millis(50));
+    /// let since = SystemTime::now();
+    /// let first = q.append(b"after since")?;
+    /// assert_eq!(q.offset_since(since)?, first);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Queue::offset_at_time`].
+    pub fn offset_since(&self, since: std::time::SystemTime) -> Result<u64> {
+        let ms =
+            since.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis().min(u128::from(u64::MAX)) as u64);
+        self.offset_at_time(ms.saturating_sub(crate::record::timestamp_lag_ms()))
     }
 
     /// Offset of the oldest record kept.

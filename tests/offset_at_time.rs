@@ -117,3 +117,22 @@ fn searches_during_appends_and_retention_give_a_true_boundary() {
         }
     });
 }
+
+/// A record appended right after a wall-clock reading `t` can carry a timestamp below `t`
+/// (the coarse clock lags a tick): `offset_since(t)` still starts at or before it, and
+/// after every record appended well before `t`. (Found by the session-12 review:
+/// `offset_at_time(t)` with a wall-clock `t` skipped such a record in 500 of 500 tries.)
+#[test]
+fn offset_since_never_skips_a_record_appended_after_the_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    for _ in 0..200 {
+        let old = q.append(b"well before").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        let since = std::time::SystemTime::now();
+        let first = q.append(b"after").unwrap();
+        let found = q.offset_since(since).unwrap();
+        assert!(found > old && found <= first, "{old} < {found} <= {first}");
+        std::thread::sleep(std::time::Duration::from_micros(700));
+    }
+}
