@@ -393,8 +393,8 @@ fn a_rebuilt_index_does_not_take_a_record_image_in_a_payload_for_the_record() {
 }
 
 /// Random damage (a flipped bit, zeros, or random bytes over record headers) in a cleanly
-/// closed queue of small segments: every record that `read` returns, the iterator returns
-/// too, in order, with the right bytes, and it ends. Seeded (`SEGQ_DAMAGE_SEED`).
+/// closed queue of small segments, with or without their indexes: every record that
+/// `read` returns, the iterator returns too, in order, with the right bytes, and it ends. Seeded (`SEGQ_DAMAGE_SEED`).
 #[test]
 fn iteration_reaches_every_record_that_read_reaches() {
     let mut rng = common::Rng::new(common::test_seed("SEGQ_DAMAGE_SEED"));
@@ -423,6 +423,12 @@ fn iteration_reaches_every_record_that_read_reaches() {
             };
             let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
             std::os::unix::fs::FileExt::write_at(&f, &data, at as u64).unwrap();
+        }
+        // Half the time the indexes are gone too, and are rebuilt across the damage.
+        if rng.below(2) == 0 {
+            for index in index_files(dir.path()) {
+                std::fs::remove_file(index).unwrap();
+            }
         }
         // Zeros over the newest segment's last records make open refuse (a gap).
         let Ok(q) = Queue::open(dir.path(), tiny(8 << 10)) else { continue };
