@@ -92,52 +92,77 @@ pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl
     (pos, offset)
 }
 
-/// Where whole records start again after damage that stepping cannot cross: the record at
-/// `pos` should have had offset `offset`, and `end` is a record boundary known from
-/// elsewhere, with the offset there (a sealed segment's end, or a synced mark). Returns the
-/// first later position holding a record with a higher offset from which every record
-/// passes its checksum and the offsets run on without a break up to `end`.
+/// Where records start again after damage that stepping cannot cross: the record at `pos`
+/// should have had offset `offset`, and `end` is a record boundary known from elsewhere,
+/// with the offset there (a sealed segment's end, or a synced mark). Returns the first
+/// later position holding a record with a higher offset from which records frame, with
+/// offsets that run on without a break, exactly up to `end` (or to zeros before it, with
+/// the offset there). Checksums are not looked at: reads check each record's.
 ///
-/// Demanding the whole way to `end` keeps the image of a record inside some payload (a
-/// queue of queue files, say) from being taken for the real one: such an image would have
-/// to lead, record by record, into the real records that follow it. So records between two
-/// damaged stretches are not found, only those after the last one.
+/// Demanding the whole way to `end` keeps the image of records inside some payload (a
+/// queue of queue files, say) from being taken for the real ones: such an image would have
+/// to lead, record by record, into the real records after it, or end where the segment
+/// ends, with their offsets. The one place where that cannot be told apart is the damage
+/// itself: where it destroyed a record's header, the frames of an image inside that
+/// record's payload, with offsets that lead on to the real records, look like the records
+/// the damage destroyed. Only a payload built to imitate this queue's records, with the
+/// offsets they would have, can do that.
+///
+/// A candidate whose records stop framing at a second damaged place is given up, and the
+/// search goes on past that place: records between two damaged places are not found, only
+/// those after the last one.
 pub(crate) fn resync(bytes: &[u8], pos: usize, offset: u64, (end, end_offset): (usize, u64)) -> Option<(usize, u64)> {
     let bytes = bytes.get(..end)?;
-    let mut verifications = MAX_RESYNC_VERIFICATIONS;
-    for at in pos + 1..end.checked_sub(record::HEADER_LEN)? + 1 {
-        let Ok(frame) = record::peek(bytes, at) else { continue };
+    let mut at = pos + 1;
+    let mut walks_to_the_end = MAX_RESYNC_WALKS_TO_THE_END;
+    while at + record::HEADER_LEN <= end {
+        let Ok(frame) = record::peek(bytes, at) else {
+            at += 1;
+            continue;
+        };
         let claimed = frame.offset;
         // Records `offset..claimed` lie in `pos..at` and records `claimed..end_offset` in
         // `at..end`, each at least a header long.
         let fits = |records: u64, bytes: usize| records <= (bytes / record::HEADER_LEN) as u64;
-        if claimed <= offset || claimed >= end_offset || !fits(claimed - offset, at - pos) {
+        if claimed <= offset
+            || claimed >= end_offset
+            || !fits(claimed - offset, at - pos)
+            || !fits(end_offset - claimed, end - at)
+        {
+            at += 1;
             continue;
         }
-        if !fits(end_offset - claimed, end - at) {
-            continue;
-        }
-        // The next header must follow on before anything costs a checksum.
-        let next = frame.end();
-        if next != end && record::peek(bytes, next).map_or(true, |f| f.offset != claimed + 1) {
-            continue;
-        }
-        let scan = valid_prefix(bytes, at, claimed);
-        if scan.damage.is_none() && scan.next_offset == end_offset {
+        let (stop, next) = hop(bytes, at, claimed, |_, _| {});
+        let clean_end = stop == end || record::peek(bytes, stop) == Err(FrameError::Zeroed);
+        if clean_end && next == end_offset {
             return Some((at, claimed));
         }
-        verifications -= 1;
-        if verifications == 0 {
+        if stop > frame.end() && stop < end {
+            // Records that follow on from one another, then a break (damage, or zeros where
+            // records are missing): every one of them leads to that break, so go on past
+            // it. (A single frame that leads nowhere may be bytes of a payload: its length
+            // says nothing, and skipping by it could pass over the records looked for.)
+            at = stop + 1;
+            continue;
+        }
+        if stop < end {
+            at += 1;
+            continue;
+        }
+        // Frames that end exactly where the data ends, with other offsets: rare, but each
+        // such walk may cross the rest of the segment.
+        walks_to_the_end -= 1;
+        if walks_to_the_end == 0 {
             return None;
         }
+        at += 1;
     }
     None
 }
 
-/// How many candidates [`resync`] checks record by record before it gives up: each may cost
-/// a walk over the rest of the segment, and only record images in payloads, which the
-/// cheap checks before let through rarely, fail it.
-const MAX_RESYNC_VERIFICATIONS: u32 = 64;
+/// How many candidates whose frames reach the end with the wrong offsets [`resync`] tries
+/// before it gives up: each walk may cross the rest of the segment.
+const MAX_RESYNC_WALKS_TO_THE_END: u32 = 64;
 
 #[cfg(test)]
 mod tests {
@@ -198,11 +223,28 @@ mod tests {
         assert_eq!(resync(&buf, second, 11, end), Some((third, 12)));
         // The end must be reached with the offset there.
         assert_eq!(resync(&buf, second, 11, (buf.len(), 15)), None);
-        // A record after the one found is damaged too: nothing leads to the end from before it.
+        // A record after it that fails its checksum still frames: reads report it.
         let last = third + record::frame_len(1);
         buf[last + 24] ^= 1;
+        assert_eq!(resync(&buf, second, 11, end), Some((third, 12)));
+        // One that no longer frames breaks the way to the end: nothing after it is left.
+        buf[last + 6] = 0x7f;
         assert_eq!(resync(&buf, second, 11, end), None);
         assert_eq!(resync(&buf, buf.len(), 14, end), None);
+    }
+
+    #[test]
+    fn resync_is_not_led_past_the_records_by_a_frame_in_a_payload() {
+        // Record 11's payload holds a header that claims offset 12 and a length that runs
+        // over records 12 and 13, and leads nowhere.
+        let fake = encode_header(12, 5, &[0; 60], false);
+        let mut payload = fake.to_vec();
+        payload.extend_from_slice(&[1; 8]);
+        let mut buf = log(&[(b"a", false), (&payload, false), (&[2; 20], false), (&[3; 20], false), (b"e", false)]);
+        let second = 8 + record::frame_len(1);
+        let third = second + record::frame_len(payload.len());
+        buf[second + 6] = 0x7f;
+        assert_eq!(resync(&buf, second, 11, (buf.len(), 15)), Some((third, 12)));
     }
 
     #[test]
