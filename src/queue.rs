@@ -433,7 +433,7 @@ impl Queue {
     /// [`Error::InvalidGroupName`], [`Error::Io`], [`Error::Closed`].
     pub fn delete_group(&self, name: &str) -> Result<()> {
         group::validate_name(name)?;
-        if self.log.is_closed() {
+        if self.log.is_closing() {
             return Err(Error::Closed);
         }
         // A group on a disk that is missing stays, rather than seeming deleted until it is back.
