@@ -725,32 +725,11 @@ fn damage_before_the_checkpoint_mark_is_kept_not_cut() {
 }
 
 /// The same with the index gone, so that open steps over the whole segment from its start:
-/// damage near the start no longer costs the rest. (Before: cut at record 5, losing 45
-/// acknowledged records.)
-#[test]
-fn damage_anywhere_before_the_mark_is_kept_when_the_index_is_gone() {
-    for field in ["length", "offset"] {
-        let (dir, seg, spans) = synced_then_crashed();
-        std::fs::remove_file(seg.with_extension("index")).unwrap();
-        match field {
-            "length" => break_length(&seg, spans[5].start),
-            _ => write_u64(&seg, spans[5].start + 8, 7),
-        }
-        let q = Queue::open(dir.path(), Options::default()).unwrap();
-        assert_eq!(q.next_offset(), 50, "{field}: {:?}", q.recovery());
-        assert_eq!(q.recovery().truncated_at, None);
-        assert!(q.recovery().synced_damage.is_some());
-        let (_, position, _) = corrupt(q.read(5));
-        assert_eq!(position, spans[5].start as u64);
-        assert_eq!(q.append(b"after").unwrap(), 50);
-        assert_eq!(q.read(50).unwrap().unwrap().payload(), b"after");
-    }
-}
-
-/// With the index gone, damage near the start of synced data costs only the damaged record:
-/// open finds the records after it (the first from which every record passes its checksum
-/// up to the checkpoint's mark) and indexes them. (Before, the index started again only at
-/// the mark: records 6 to 49 read as `Corrupt`.)
+/// damage near the start costs only the damaged record. Open keeps the rest (before: cut
+/// at record 5, losing 45 acknowledged records), finds the records after the damage (the
+/// first from which records frame up to the checkpoint's mark) and indexes them (before
+/// session 12, the index started again only at the mark: records 6 to 49 read as
+/// `Corrupt`), and appends go on after them.
 #[test]
 fn damage_before_the_mark_with_the_index_gone_costs_only_the_damaged_record() {
     for field in ["length", "offset"] {
@@ -760,18 +739,25 @@ fn damage_before_the_mark_with_the_index_gone_costs_only_the_damaged_record() {
             "length" => break_length(&seg, spans[5].start),
             _ => write_u64(&seg, spans[5].start + 8, 7),
         }
-        for reopen in [false, true] {
-            let q = Queue::open(dir.path(), Options::default()).unwrap();
-            assert!(reopen || q.recovery().synced_damage.is_some());
+        let check = |q: &Queue, next: u64| {
             for o in (0..5).chain(6..50) {
                 assert_eq!(q.read(o).unwrap().unwrap().payload(), [o as u8; 100], "{field}: record {o}");
             }
             let (_, position, _) = corrupt(q.read(5));
             assert_eq!(position, spans[5].start as u64);
             let read: Vec<u64> = q.iter_from(0).filter_map(|r| r.ok()).map(|r| r.offset()).collect();
-            assert_eq!(read, (0..5).chain(6..50).collect::<Vec<_>>(), "{field}");
-            q.close().unwrap();
-        }
+            assert_eq!(read, (0..5).chain(6..next).collect::<Vec<_>>(), "{field}");
+        };
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        assert_eq!(q.next_offset(), 50, "{field}: {:?}", q.recovery());
+        assert_eq!(q.recovery().truncated_at, None);
+        assert!(q.recovery().synced_damage.is_some());
+        check(&q, 50);
+        assert_eq!(q.append(b"after").unwrap(), 50);
+        assert_eq!(q.read(50).unwrap().unwrap().payload(), b"after");
+        q.close().unwrap();
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        check(&q, 51);
     }
 }
 

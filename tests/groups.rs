@@ -927,20 +927,6 @@ fn a_seek_past_a_record_out_of_attempts_keeps_it_dead_lettered() {
     assert_eq!(dead(&g), [(0, 1)]);
 }
 
-/// Whether the syncs in `synced` together cover `span` of `path`.
-fn covered(synced: &[segq::fault::Synced], path: &std::path::Path, span: std::ops::Range<u64>) -> bool {
-    let mut ranges: Vec<std::ops::Range<u64>> =
-        synced.iter().filter(|s| s.path == path).map(|s| s.range.clone()).collect();
-    ranges.sort_by_key(|r| r.start);
-    let mut done = span.start;
-    for r in ranges {
-        if r.start <= done {
-            done = done.max(r.end);
-        }
-    }
-    done >= span.end
-}
-
 /// Under `Always`, two workers ack the same record at once (as after a lease ran out):
 /// the second returns only once the ack is durable, as the first does; not at once because
 /// the record is acked already in memory. With every journal sync failing, neither returns
@@ -981,7 +967,7 @@ fn a_second_ack_of_a_record_returns_only_once_the_ack_is_durable() {
         let ack_synced = || {
             let mut synced = synced.lock().unwrap();
             synced.extend(fault::take_synced(dir.path()));
-            covered(&synced, &journal, 56..80)
+            common::covered(&synced, &journal, &(56..80))
         };
         for result in ack_twice(&g, &ack_synced) {
             assert_eq!(result, Ok(true), "round {round}: an ack returned before it was synced");
@@ -1031,6 +1017,6 @@ fn close_syncs_every_group_change_that_returned_before_it() {
             worker.join().unwrap()
         });
         let synced = fault::take_synced(dir.path());
-        assert!(covered(&synced, &journal, 32..32 + 24 * entries), "round {round}: {entries} entries");
+        assert!(common::covered(&synced, &journal, &(32..32 + 24 * entries)), "round {round}: {entries} entries");
     }
 }

@@ -20,22 +20,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{payload, record_spans, segment_base, segment_files, tiny};
-use segq::fault::{self, Synced};
+use common::{covered, payload, record_spans, segment_base, segment_files, tiny};
+use segq::fault;
 use segq::{Options, Queue, SyncPolicy};
-
-/// Whether the ranges synced of `path` together cover `span`.
-fn covered(synced: &[Synced], path: &Path, span: &Range<u64>) -> bool {
-    let mut ranges: Vec<Range<u64>> = synced.iter().filter(|s| s.path == path).map(|s| s.range.clone()).collect();
-    ranges.sort_by_key(|r| r.start);
-    let mut done = span.start;
-    for r in ranges {
-        if r.start <= done {
-            done = done.max(r.end);
-        }
-    }
-    done >= span.end
-}
 
 /// The segment file holding `offset` and the record's bytes in it.
 fn locate(dir: &Path, offset: u64) -> (PathBuf, Range<u64>) {

@@ -392,3 +392,18 @@ pub fn latest_snapshot_generation(group_dir: &Path) -> Option<u64> {
         .map(|b| snapshot_generation(&b))
         .max()
 }
+
+/// Whether the syncs in `synced` (from `segq::fault::take_synced`) together cover `span`
+/// of the file `path`.
+pub fn covered(synced: &[segq::fault::Synced], path: &Path, span: &std::ops::Range<u64>) -> bool {
+    let mut ranges: Vec<std::ops::Range<u64>> =
+        synced.iter().filter(|s| s.path == path).map(|s| s.range.clone()).collect();
+    ranges.sort_by_key(|r| r.start);
+    let mut done = span.start;
+    for r in ranges {
+        if r.start <= done {
+            done = done.max(r.end);
+        }
+    }
+    done >= span.end
+}
