@@ -761,6 +761,25 @@ fn damage_before_the_mark_with_the_index_gone_costs_only_the_damaged_record() {
     }
 }
 
+/// A synced record's length made smaller but still framing, in the active segment after a
+/// crash, with the index gone: open keeps the damage, and only that record is unreadable.
+/// (Found by the session-12 review: the record after it was lost too.)
+#[test]
+fn a_shortened_length_before_the_mark_costs_only_its_record() {
+    let (dir, seg, spans) = synced_then_crashed();
+    std::fs::remove_file(seg.with_extension("index")).unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[spans[20].start + 4] = 0; // length 100 -> 0
+    std::fs::write(&seg, &bytes).unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(q.recovery().synced_damage.is_some());
+    let (_, position, _) = corrupt(q.read(20));
+    assert_eq!(position, spans[20].start as u64);
+    for o in (0..20).chain(21..50) {
+        assert_eq!(q.read(o).unwrap().unwrap().payload(), [o as u8; 100], "record {o}");
+    }
+}
+
 /// A record under an index entry of the active segment, damaged (its offset field) after
 /// it was synced: the entries after it are kept at open, since the records before it show
 /// that the entry is right. Only the damaged record and those up to the next entry are
@@ -1757,8 +1776,12 @@ fn a_length_bit_flip_before_a_zero_payload_record_does_not_refuse_the_open() {
 
 /// One bit flipped up in a synced record's length, so that its frame swallows many small
 /// records, with the index missing (it is derived and not synced). The records after the
-/// damage cannot be stepped to, but they are kept and reported, not cut. (390 synced
-/// records were cut and their offsets handed out again.)
+/// damage are kept, not cut (390 synced records were cut and their offsets handed out
+/// again), and since session 12 they are found again and read: only the damaged record is
+/// `Corrupt`. (Stepping lands inside the records it swallowed; the search for the records
+/// after the damage starts just after the damaged record's start, whose length is what is
+/// wrong. Found by the session-12 review: it started where stepping stopped, and every
+/// record in between was lost.)
 #[test]
 fn a_length_bit_flip_that_swallows_small_synced_records_cuts_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -1782,7 +1805,10 @@ fn a_length_bit_flip_that_swallows_small_synced_records_cuts_none() {
     let q = Queue::open(dir.path(), opts).unwrap();
     assert_eq!(q.next_offset(), 400, "synced records were cut");
     assert!(q.recovery().synced_damage.as_ref().is_some_and(|d| d.contains(&format!("byte {}", spans[10].start))));
-    assert!(matches!(q.read(399), Err(segq::Error::Corrupt { position, .. }) if position == spans[10].start as u64));
+    assert!(matches!(q.read(10), Err(segq::Error::Corrupt { position, .. }) if position == spans[10].start as u64));
+    for i in (0..10).chain(11..400) {
+        assert_eq!(q.read(i).unwrap().unwrap().payload(), i.to_le_bytes(), "record {i}");
+    }
     assert_eq!(q.append(b"next").unwrap(), 400);
     assert_eq!(q.read(400).unwrap().unwrap().payload(), b"next");
 }

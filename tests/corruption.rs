@@ -478,6 +478,106 @@ fn a_rebuilt_index_finds_the_records_after_a_second_damaged_record() {
     assert_eq!(read, (0..100).chain(301..2500).collect::<Vec<_>>());
 }
 
+/// Payloads of varied lengths, each naming its offset.
+fn varied(i: u64) -> Vec<u8> {
+    let mut p = format!("record {i} ").into_bytes();
+    p.resize(60 + (i as usize * 7) % 80, i as u8);
+    p
+}
+
+/// Appends `payloads` to a new queue of 64 KiB segments and closes it; returns it, its
+/// options and its first segment's file.
+fn closed_with(payloads: &[Vec<u8>]) -> (tempfile::TempDir, Options, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    common::append_all(&q, 0, payloads);
+    q.close().unwrap();
+    let first = segment_files(dir.path())[0].clone();
+    (dir, opts, first)
+}
+
+/// The offsets of the first `n` that do not read back as appended: a read that returns
+/// other bytes fails the test; `Corrupt` is listed. Iteration must agree.
+fn unreadable(q: &Queue, payloads: &[Vec<u8>], n: u64) -> Vec<u64> {
+    let mut lost = Vec::new();
+    for o in 0..n {
+        match q.read(o) {
+            Ok(Some(r)) => assert_eq!(r.payload(), &payloads[o as usize][..], "record {o}: other bytes"),
+            Err(Error::Corrupt { .. }) => lost.push(o),
+            other => panic!("record {o}: {other:?}"),
+        }
+    }
+    let iterated: Vec<u64> = q.iter_from(0).filter_map(Result::ok).map(|r| r.offset()).filter(|&o| o < n).collect();
+    assert_eq!(iterated, (0..n).filter(|o| !lost.contains(o)).collect::<Vec<_>>(), "iteration differs from reads");
+    lost
+}
+
+/// A damaged length that still fits in the file (smaller, or larger by 512 bytes): the
+/// record still frames, and stepping goes astray inside it or past the records after it.
+/// With the index gone, only that record is unreadable: the search for the records after
+/// the damage starts just after its start. (Found by the session-12 review of the rebuild:
+/// it started where stepping stopped and wanted a higher offset than expected there, so
+/// the intact records in between were lost: one, or six for the larger length.)
+#[test]
+fn a_damaged_length_that_still_frames_costs_only_its_record() {
+    let payloads: Vec<Vec<u8>> = (0..1200).map(varied).collect();
+    for (at, value) in [(4, Some(0u8)), (5, None)] {
+        let (dir, opts, first) = closed_with(&payloads);
+        let mut bytes = std::fs::read(&first).unwrap();
+        let spans = record_spans(&bytes);
+        match value {
+            Some(v) => bytes[spans[100].start + at] = v,  // shorter: 0 bytes
+            None => bytes[spans[100].start + at] ^= 0x02, // 512 bytes longer
+        }
+        std::fs::write(&first, &bytes).unwrap();
+        std::fs::remove_file(first.with_extension("index")).unwrap();
+        let q = Queue::open(dir.path(), opts).unwrap();
+        assert_eq!(unreadable(&q, &payloads, spans.len() as u64), [100], "length byte {at}");
+    }
+}
+
+/// Two destroyed headers (records 200 and 300), record 300's payload a copy of the
+/// segment's own bytes: records 297 to 299 whole, or 296 and 297 whole and the first 200
+/// bytes of 298, whose length then claims 4,000 bytes and runs over the records after 300.
+/// The records after the second damaged place are found all the same; those between the
+/// two are not. (Found by the session-12 review: the search went on after the place where
+/// the copied frames stopped following on, past record 301, or past 31 records.)
+#[test]
+fn copies_of_the_queues_own_records_in_a_payload_do_not_hide_the_records_after_it() {
+    for cut in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+        let q = Queue::open(dir.path(), opts.clone()).unwrap();
+        let mut payloads: Vec<Vec<u8>> =
+            (0..300).map(|i| if cut && i == 298 { vec![7; 4000] } else { varied(i) }).collect();
+        common::append_all(&q, 0, &payloads);
+        q.flush().unwrap();
+        let first = segment_files(dir.path())[0].clone();
+        let bytes = std::fs::read(&first).unwrap();
+        let spans = record_spans(&bytes);
+        let image = match cut {
+            false => bytes[spans[297].start..spans[299].end].to_vec(),
+            true => bytes[spans[296].start..spans[298].start + 200].to_vec(),
+        };
+        payloads.push(image);
+        payloads.extend((301..1200).map(varied));
+        common::append_all(&q, 300, &payloads[300..]);
+        q.close().unwrap();
+
+        let mut bytes = std::fs::read(&first).unwrap();
+        let spans = record_spans(&bytes);
+        for d in [200, 300] {
+            bytes[spans[d].start..spans[d].start + 24].fill(0xa5);
+        }
+        std::fs::write(&first, &bytes).unwrap();
+        std::fs::remove_file(first.with_extension("index")).unwrap();
+        let q = Queue::open(dir.path(), opts).unwrap();
+        let lost = unreadable(&q, &payloads, spans.len() as u64);
+        assert_eq!(lost, (200..=300).collect::<Vec<_>>(), "cut {cut}");
+    }
+}
+
 /// Random damage (a flipped bit, zeros, or random bytes over record headers) in a cleanly
 /// closed queue of small segments, with or without their indexes: every record that
 /// `read` returns, the iterator returns too, in order, with the right bytes, and it ends. Seeded (`SEGQ_DAMAGE_SEED`).

@@ -229,15 +229,16 @@ pub(crate) fn build(data: &[u8], base: u64, end_offset: u64, interval: u32) -> V
     let mut last = FILE_HEADER_LEN;
     let mut from = (FILE_HEADER_LEN, base);
     loop {
-        let (pos, offset) = scan::hop(data, from.0, from.1, |pos, offset| {
+        let walk = scan::hop(data, from.0, from.1, |pos, offset| {
             if pos - last >= interval as usize {
                 push(&mut entries, (offset - base) as u32, pos as u32);
                 last = pos;
             }
         });
-        if offset >= end_offset {
+        if walk.next >= end_offset {
             return entries;
         }
+        let (pos, offset) = walk.damage();
         let Some((at, offset)) = scan::resync(data, pos, offset, (data.len(), end_offset)) else {
             return entries;
         };
@@ -336,8 +337,8 @@ impl IndexWriter {
     /// Opens the index of the active segment after recovery: keeps `kept` (entries of `old`
     /// trusted for the valid data, `data`) and indexes what they miss. When every entry of
     /// the old file is kept, the file is reused in place; otherwise it is rewritten without
-    /// the rest. Also returns where stepping over the records stopped, as
-    /// `(position, offset)`: the end of `data`, or damage.
+    /// the rest. Also returns where stepping over the records stopped: the end of `data`,
+    /// or damage.
     pub fn open_active(
         path: PathBuf,
         base: u64,
@@ -346,7 +347,7 @@ impl IndexWriter {
         data: &[u8],
         old: &OldIndex,
         kept: &[u8],
-    ) -> Result<(Arc<Mapping>, IndexWriter, (usize, u64))> {
+    ) -> Result<(Arc<Mapping>, IndexWriter, scan::Hop)> {
         let nothing_dropped =
             old.slots().get(kept.len()..kept.len() + ENTRY_LEN).is_none_or(|e| e.iter().all(|&b| b == 0));
         let (map, mut writer) = if old.map.is_some() && nothing_dropped {

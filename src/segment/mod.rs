@@ -598,8 +598,8 @@ impl Active {
             IndexWriter::open_active(seg.index_path.clone(), base, capacity, interval, data, &old_index, kept)?;
         // Past damage kept before the mark, stepping cannot find the records after it: the
         // index starts again at the first of them that leads to the mark, else at the mark.
-        if let Some(mark) = trusted.filter(|&(pos, _)| recovered.kept_damage.is_some() && stopped.0 < pos) {
-            let (pos, offset) = stopped;
+        if let Some(mark) = trusted.filter(|&(pos, _)| recovered.kept_damage.is_some() && stopped.end < pos) {
+            let (pos, offset) = stopped.damage();
             index.resume_at(data, base, scan::resync(data, pos, offset, mark).unwrap_or(mark));
         }
         drop(old_index);

@@ -77,19 +77,46 @@ pub(crate) fn last_offset_damage(offset: u64) -> CorruptKind {
     CorruptKind::BadHeader(format!("offset {offset} is the last a u64 holds; no record can follow it"))
 }
 
+/// Where [`hop`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hop {
+    /// The position it stopped at: the end of the bytes, zeros, or a header that does not
+    /// frame or does not carry the next offset.
+    pub end: usize,
+    /// The offset the record there should have.
+    pub next: u64,
+    /// Where the last record it stepped over starts, if any.
+    pub last: Option<usize>,
+}
+
+impl Hop {
+    /// Where to look for records again when the walk stopped at damage, as a position and
+    /// the offset of the record there ([`resync`]'s `pos` and `offset`): the last record
+    /// stepped over, whose length may be what is damaged (a length that still fits frames,
+    /// and sends the walk astray), else where the walk stopped.
+    pub fn damage(&self) -> (usize, u64) {
+        match self.last {
+            Some(last) => (last, self.next - 1),
+            None => (self.end, self.next),
+        }
+    }
+}
+
 /// Steps from record to record without checking CRCs, calling `visit(position, offset)` for
 /// each, until the end of `bytes`, a zeroed header or a record that does not frame. Used to
 /// rebuild an index; the CRCs are checked when records are read.
-pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl FnMut(usize, u64)) -> (usize, u64) {
+pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl FnMut(usize, u64)) -> Hop {
+    let mut last = None;
     while let Ok(frame) = record::peek(bytes, pos) {
         let Some(next) = offset.checked_add(1).filter(|_| frame.offset == offset) else {
             break;
         };
         visit(pos, offset);
+        last = Some(pos);
         pos = frame.end();
         offset = next;
     }
-    (pos, offset)
+    Hop { end: pos, next: offset, last }
 }
 
 /// Where records start again after damage that stepping cannot cross: the record at `pos`
@@ -103,14 +130,14 @@ pub(crate) fn hop(bytes: &[u8], mut pos: usize, mut offset: u64, mut visit: impl
 /// queue of queue files, say) from being taken for the real ones: such an image would have
 /// to lead, record by record, into the real records after it, or end where the segment
 /// ends, with their offsets. The one place where that cannot be told apart is the damage
-/// itself: where it destroyed a record's header, the frames of an image inside that
-/// record's payload, with offsets that lead on to the real records, look like the records
-/// the damage destroyed. Only a payload built to imitate this queue's records, with the
-/// offsets they would have, can do that.
+/// itself: frames in the payload of the damaged record (or of the one before it, whose
+/// length may be what is damaged) that carry the offsets of the records the damage
+/// destroyed and lead on to the real records look like those records. Only a payload built
+/// to imitate this queue's records, with the offsets they would have, can do that.
 ///
 /// A candidate whose records stop framing at a second damaged place is given up, and the
-/// search goes on past that place: records between two damaged places are not found, only
-/// those after the last one.
+/// search goes on from the last of its records: records between two damaged places are not
+/// found, only those after the last one.
 pub(crate) fn resync(bytes: &[u8], pos: usize, offset: u64, (end, end_offset): (usize, u64)) -> Option<(usize, u64)> {
     let bytes = bytes.get(..end)?;
     let mut at = pos + 1;
@@ -132,21 +159,17 @@ pub(crate) fn resync(bytes: &[u8], pos: usize, offset: u64, (end, end_offset): (
             at += 1;
             continue;
         }
-        let (stop, next) = hop(bytes, at, claimed, |_, _| {});
-        let clean_end = stop == end || record::peek(bytes, stop) == Err(FrameError::Zeroed);
-        if clean_end && next == end_offset {
+        let walk = hop(bytes, at, claimed, |_, _| {});
+        let clean_end = walk.end == end || record::peek(bytes, walk.end) == Err(FrameError::Zeroed);
+        if clean_end && walk.next == end_offset {
             return Some((at, claimed));
         }
-        if stop > frame.end() && stop < end {
-            // Records that follow on from one another, then a break (damage, or zeros where
-            // records are missing): every one of them leads to that break, so go on past
-            // it. (A single frame that leads nowhere may be bytes of a payload: its length
-            // says nothing, and skipping by it could pass over the records looked for.)
-            at = stop + 1;
-            continue;
-        }
-        if stop < end {
-            at += 1;
+        if walk.end < end {
+            // Records that follow on from one another lead to the same break: go on after
+            // the start of the last of them, whose length may be what is wrong. (Not after
+            // the break: frames copied into a payload, cut short, can claim a length that
+            // runs over the records looked for.)
+            at = walk.last.filter(|&last| last > at).unwrap_or(at) + 1;
             continue;
         }
         // Frames that end exactly where the data ends, with other offsets: rare, but each
@@ -161,8 +184,9 @@ pub(crate) fn resync(bytes: &[u8], pos: usize, offset: u64, (end, end_offset): (
 }
 
 /// How many candidates whose frames reach the end with the wrong offsets [`resync`] tries
-/// before it gives up: each walk may cross the rest of the segment.
-const MAX_RESYNC_WALKS_TO_THE_END: u32 = 64;
+/// before it gives up: each walk may cross the rest of the segment, and only a hostile
+/// layout makes more than one.
+const MAX_RESYNC_WALKS_TO_THE_END: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -219,7 +243,8 @@ mod tests {
         let third = second + record::frame_len(10);
         buf[second + 6] = 0x7f; // the length runs past the end
         let end = (buf.len(), 14);
-        assert_eq!(hop(&buf, 8, 10, |_, _| {}), (second, 11));
+        let walk = hop(&buf, 8, 10, |_, _| {});
+        assert_eq!((walk.end, walk.next, walk.last), (second, 11, Some(8)));
         assert_eq!(resync(&buf, second, 11, end), Some((third, 12)));
         // The end must be reached with the offset there.
         assert_eq!(resync(&buf, second, 11, (buf.len(), 15)), None);
@@ -251,7 +276,8 @@ mod tests {
     fn hop_visits_every_record() {
         let buf = log(&[(b"a", false), (b"bbb", false)]);
         let mut seen = vec![];
-        let end = hop(&buf, 8, 10, |pos, off| seen.push((pos, off)));
+        let walk = hop(&buf, 8, 10, |pos, off| seen.push((pos, off)));
+        let end = (walk.end, walk.next);
         assert_eq!(seen, vec![(8, 10), (8 + record::frame_len(1), 11)]);
         assert_eq!(end, (buf.len(), 12));
     }
