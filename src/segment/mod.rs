@@ -70,13 +70,9 @@ pub(crate) struct Segment {
 }
 
 impl Segment {
-    /// A new segment for the same file as `other`, as if it had just been created.
+    /// A new segment for the same files as `other`, as if it had just been created.
     fn new_like(other: &Segment) -> Segment {
-        Segment {
-            path: other.path.clone(),
-            index_path: other.index_path.clone(),
-            ..Segment::new(Path::new(""), other.base, other.interval)
-        }
+        Segment::new(other.path.parent().unwrap_or(Path::new("")), other.base, other.interval)
     }
 
     fn new(dir: &Path, base: u64, interval: u32) -> Segment {
