@@ -22,18 +22,6 @@ fn header(base: u64, version: u32) -> Vec<u8> {
     h
 }
 
-/// A record frame as FORMAT.md describes it.
-fn record(offset: u64, payload: &[u8]) -> Vec<u8> {
-    let mut body = Vec::new();
-    body.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    body.extend_from_slice(&offset.to_le_bytes());
-    body.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-    body.extend_from_slice(payload);
-    let mut frame = crc32fast::hash(&body).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
 fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
@@ -59,13 +47,13 @@ fn hostile_segment_files_give_one_clear_line_naming_file_and_position() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let mut huge = header(0, 1);
-    huge.extend(record(0, b"fine"));
+    huge.extend(frame(0, b"fine"));
     let at = huge.len();
-    let mut bad = record(1, b"");
+    let mut bad = frame(1, b"");
     bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     huge.extend(bad);
     let mut wrong_version = header(0, 2);
-    wrong_version.extend(record(0, b"x"));
+    wrong_version.extend(frame(0, b"x"));
     let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
         ("random.bin", random_bytes(100_000, 7), "at byte 0".into(), "bad magic number"),
         ("empty.log", Vec::new(), "at byte 0".into(), "file ends inside a structure"),
@@ -145,7 +133,7 @@ fn a_torn_tail_in_the_active_segment_is_the_end_not_damage() {
     let end = *record_positions(&bytes).last().unwrap() + 24 + 7;
     // Half a record: a header and the start of its payload, then the zeros of the
     // preallocated file, as a crash in the middle of an append leaves it.
-    let torn = record(RECORDS, &[b'z'; 200]);
+    let torn = frame(RECORDS, &[b'z'; 200]);
     bytes[end..end + 100].copy_from_slice(&torn[..100]);
     fs::write(&active, &bytes).unwrap();
     // As after a crash: the checkpoint no longer says the queue was closed cleanly.
@@ -337,7 +325,7 @@ fn a_record_at_the_last_u64_offset_is_never_counted() {
     let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let mut bytes = header(u64::MAX, 1);
-    bytes.extend(record(u64::MAX, b"z"));
+    bytes.extend(frame(u64::MAX, b"z"));
     fs::write(tmp.path().join(format!("{}.log", u64::MAX)), bytes).unwrap();
     for command in ["info", "segments", "verify", "dump"] {
         let run = segq([command, &arg(tmp.path())]);

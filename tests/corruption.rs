@@ -242,15 +242,7 @@ fn an_iterator_goes_on_at_an_entry_whose_record_is_damaged_but_frames() {
     flip_byte(&first, at1 + 124 + 6); // the record after the first entry's: no longer frames
     flip_byte(&first, at2 + 30); // the second entry's record: its payload
     let q = Queue::open(dir.path(), Options::default()).unwrap();
-    let seen: Vec<Result<u64, u64>> = q
-        .iter_from(0)
-        .map(|r| {
-            r.map(|r| r.offset()).map_err(|e| match e {
-                Error::Corrupt { position, .. } => position,
-                e => panic!("{e}"),
-            })
-        })
-        .collect();
+    let seen: Vec<Result<u64, u64>> = q.iter_from(0).map(|r| r.map(|r| r.offset()).map_err(corrupt_position)).collect();
     let expected: Vec<Result<u64, u64>> =
         (0..=e1).map(Ok).chain([Err(at1 as u64 + 124), Err(at2 as u64)]).chain((e2 + 1..40).map(Ok)).collect();
     assert_eq!(seen, expected);
@@ -290,31 +282,26 @@ fn damage_around_an_index_entry_does_not_cost_the_rest_of_the_index() {
     assert!(index.exists());
 }
 
-/// The frame of a record as the engine writes it, for images of records inside payloads.
-fn frame_image(offset: u64, payload: &[u8]) -> Vec<u8> {
-    let mut rest = (payload.len() as u32).to_le_bytes().to_vec();
-    rest.extend_from_slice(&offset.to_le_bytes());
-    rest.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
-    rest.extend_from_slice(payload);
-    let mut frame = common::crc32(&rest).to_le_bytes().to_vec();
-    frame.extend_from_slice(&rest);
-    frame
-}
-
 /// A record as `(offset, payload)`, or the position where it is reported corrupt.
 type ReadOrDamage = Result<(u64, Vec<u8>), u64>;
 
 /// What reads and iteration return for the 1,200 records of [`twelve_hundred_records`]:
 /// each record's payload, or the position where it is reported corrupt.
 fn reads_and_iteration(q: &Queue) -> (Vec<Result<Vec<u8>, u64>>, Vec<ReadOrDamage>) {
-    let position = |e: Error| match e {
+    let reads = (0..1200)
+        .map(|o| q.read(o).map(|r| r.expect("present").payload().to_vec()).map_err(corrupt_position))
+        .collect();
+    let iteration =
+        q.iter_from(0).map(|r| r.map(|r| (r.offset(), r.payload().to_vec())).map_err(corrupt_position)).collect();
+    (reads, iteration)
+}
+
+/// The byte position a `Corrupt` error names; any other error fails the test.
+fn corrupt_position(e: Error) -> u64 {
+    match e {
         Error::Corrupt { position, .. } => position,
         other => panic!("{other}"),
-    };
-    let reads =
-        (0..1200).map(|o| q.read(o).map(|r| r.expect("present").payload().to_vec()).map_err(position)).collect();
-    let iteration = q.iter_from(0).map(|r| r.map(|r| (r.offset(), r.payload().to_vec())).map_err(position)).collect();
-    (reads, iteration)
+    }
 }
 
 /// A sealed segment whose index is gone and one of whose records is damaged so that it no
@@ -366,8 +353,8 @@ fn a_rebuilt_index_does_not_take_a_record_image_in_a_payload_for_the_record() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
     let q = Queue::open(dir.path(), opts.clone()).unwrap();
-    let mut image = frame_image(101, b"forged 101");
-    image.extend_from_slice(&frame_image(102, b"forged 102"));
+    let mut image = common::frame(101, b"forged 101");
+    image.extend_from_slice(&common::frame(102, b"forged 102"));
     image.resize(100, 0xee);
     for i in 0..1200u64 {
         q.append(&if i == 100 { image.clone() } else { vec![i as u8; 100] }).unwrap();
@@ -404,7 +391,7 @@ fn a_rebuilt_index_does_not_take_an_image_in_a_damaged_last_record_for_it() {
     let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
     let q = Queue::open(dir.path(), opts.clone()).unwrap();
     let mut last = vec![0xab; 56];
-    last.extend_from_slice(&frame_image(527, b"FORGED!!!!FORGED!!!!"));
+    last.extend_from_slice(&common::frame(527, b"FORGED!!!!FORGED!!!!"));
     for i in 0..700u64 {
         q.append(&if i == 527 { last.clone() } else { vec![i as u8; 100] }).unwrap();
     }
@@ -423,16 +410,8 @@ fn a_rebuilt_index_does_not_take_an_image_in_a_damaged_last_record_for_it() {
     for o in 501..527 {
         assert_eq!(q.read(o).unwrap().unwrap().payload(), [o as u8; 100], "record {o}");
     }
-    let seen: Vec<Result<u64, u64>> = q
-        .iter_from(499)
-        .take(31)
-        .map(|r| {
-            r.map(|r| r.offset()).map_err(|e| match e {
-                Error::Corrupt { position, .. } => position,
-                e => panic!("{e}"),
-            })
-        })
-        .collect();
+    let seen: Vec<Result<u64, u64>> =
+        q.iter_from(499).take(31).map(|r| r.map(|r| r.offset()).map_err(corrupt_position)).collect();
     let expected: Vec<Result<u64, u64>> = [Ok(499), Err(spans[500].start as u64)]
         .into_iter()
         .chain((501..527).map(Ok))

@@ -133,6 +133,9 @@ pub fn put_slot(dir: &Path, slot: char, base: u64, position: u64, next: u64, cle
 }
 
 pub use common::copy_tree;
+// Not every test of the binary builds frames by hand.
+#[allow(unused_imports)]
+pub use common::frame;
 
 /// What the library's open makes of a copy of the queue in `dir`: `(next offset, whether
 /// recovery found a clean close)`, or the error.

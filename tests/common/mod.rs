@@ -407,3 +407,15 @@ pub fn covered(synced: &[segq::fault::Synced], path: &Path, span: &std::ops::Ran
     }
     done >= span.end
 }
+
+/// The frame of a record with this offset and payload, as segq writes it (batch flag clear,
+/// a fixed timestamp): for files built by hand and images of records inside payloads.
+pub fn frame(offset: u64, payload: &[u8]) -> Vec<u8> {
+    let mut body = (payload.len() as u32).to_le_bytes().to_vec();
+    body.extend_from_slice(&offset.to_le_bytes());
+    body.extend_from_slice(&1_700_000_000_000u64.to_le_bytes());
+    body.extend_from_slice(payload);
+    let mut frame = crc32(&body).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
