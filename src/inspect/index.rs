@@ -224,7 +224,7 @@ pub(crate) fn floor_below(path: &Path, base: u64, position: u64) -> Option<(u64,
 
 /// The entries of the index at `path` before the first unused (zero) one: those that are
 /// sorted.
-fn used_entries(path: &Path, base: u64) -> Option<Vec<u8>> {
+pub(crate) fn used_entries(path: &Path, base: u64) -> Option<Vec<u8>> {
     use std::io::Read;
     let file = crate::fs::open_regular(path).ok()?;
     if file.metadata().ok()?.len() > MAX_LOOKUP_INDEX {

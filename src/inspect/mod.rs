@@ -33,6 +33,7 @@ mod index;
 mod info;
 mod lossy;
 mod repair;
+mod resume;
 mod segment;
 mod source;
 mod verify;
@@ -45,7 +46,8 @@ pub use dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
 pub use groups::{GroupReport, Lease, Retry, read_group, read_group_past};
 pub use info::{Info, info};
 pub use repair::{Cut, Move, RepairPlan, plan_repair};
-pub use segment::{SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};
+pub use resume::resume_after_damage;
+pub use segment::{Lost, SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};
 pub use verify::{VerifyReport, verify};
 pub use walk::{DEFAULT_CHUNK, EndReason, RecordView, ScanEnd, SegmentReader};
 

@@ -1,5 +1,6 @@
 //! One segment file, scanned from end to end: what it holds, how it ends, and what is wrong.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -113,10 +114,78 @@ pub struct SegmentReport {
     pub last_timestamp_ms: Option<u64>,
     /// Entries in its `.index` file (`None` without an index file).
     pub index_entries: Option<u64>,
-    /// How its data ends.
+    /// How its data ends: where its valid data (`data_end`) stops, and why.
     pub end: SegmentEnd,
+    /// Records that reads reach: `records`, and past damage, the records of a batch that the
+    /// damage cuts short and those found again after it (see
+    /// [`crate::inspect::resume_after_damage`]).
+    pub readable: u64,
+    /// Offset just past the last record that can be read: `next_offset` unless the segment is
+    /// damaged.
+    pub end_offset: u64,
+    /// Each stretch of records that damage makes unreadable, in the order of the file.
+    pub lost: Vec<Lost>,
     /// Problems found in the segment, its index, or the checkpoint positions naming it.
     pub findings: Vec<Finding>,
+}
+
+/// Records of a segment that reads cannot reach past a damaged place, and where they can
+/// read again.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// let opts = segq::Options::default().segment_bytes(4096).index_interval_bytes(256);
+/// let q = segq::Queue::open(dir.path(), opts)?;
+/// for _ in 0..10 {
+///     q.append(&[7; 100])?;
+/// }
+/// q.close()?;
+/// // Flip a payload byte of record 2 (124 bytes a frame, after a 32-byte file header).
+/// use std::os::unix::fs::FileExt;
+/// let segment = dir.path().join("00000000000000000000.log");
+/// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 32 + 2 * 124 + 30)?;
+/// use segq::inspect::{Lost, QueueDir, scan_segment};
+///
+/// let report = scan_segment(&QueueDir::open(dir.path())?, 0, true, &|_| {})?;
+/// // Its frame is whole and leads to record 3: the damage costs that one record.
+/// let lost = &report.lost[0];
+/// assert_eq!((lost.position, lost.from, lost.to, lost.resumes_at), (32 + 2 * 124, 2, Some(3), Some(32 + 3 * 124)));
+/// assert_eq!((report.records, report.readable, report.end_offset), (2, 9, 10));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Lost {
+    /// Position of the damaged record.
+    pub position: u64,
+    /// Offset of the first record that cannot be read.
+    pub from: u64,
+    /// Offset of the first record that can be read again (`from..to` are lost); `None` if
+    /// no later record of the segment can be.
+    pub to: Option<u64>,
+    /// Position of that record.
+    pub resumes_at: Option<u64>,
+}
+
+/// The lost records and where reads go on, in words.
+///
+/// ```
+/// use segq::inspect::Lost;
+///
+/// let lost = Lost { position: 280, from: 2, to: Some(5), resumes_at: Some(652) };
+/// assert_eq!(lost.to_string(), "offsets 2..5 cannot be read; records go on at byte 652 (offset 5)");
+/// ```
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.to, self.resumes_at) {
+            (Some(to), Some(at)) if Some(to) == self.from.checked_add(1) => {
+                write!(f, "record {} cannot be read; records go on at byte {at} (offset {to})", self.from)
+            }
+            (Some(to), Some(at)) => {
+                write!(f, "offsets {}..{to} cannot be read; records go on at byte {at} (offset {to})", self.from)
+            }
+            _ => write!(f, "no record of the segment from offset {} on can be read", self.from),
+        }
+    }
 }
 
 impl SegmentReport {
@@ -292,6 +361,9 @@ pub(crate) fn scan_from(
         last_timestamp_ms: None,
         index_entries: None,
         end: SegmentEnd::Clean,
+        readable: 0,
+        end_offset: seg.base,
+        lost: Vec::new(),
         findings: Vec::new(),
     };
     let mut reader = match SegmentReader::open(&seg.path) {
@@ -395,12 +467,19 @@ pub(crate) fn scan_from(
     report.next_offset = end.valid_next_offset;
     report.last_offset = end.valid_next_offset.checked_sub(1).filter(|&o| o >= seg.base);
     report.data_end = end.valid_end;
+    report.readable = report.records;
+    report.end_offset = end.valid_next_offset;
     if report.records > 0 {
         report.first_timestamp_ms = first_ts;
         report.last_timestamp_ms = last_committed_ts;
     }
     match &verdict {
-        SegmentEnd::Damaged { position, what } => report.findings.push(Finding::damage(&seg.path, *position, what)),
+        SegmentEnd::Damaged { position, what } => {
+            let at = report.findings.len();
+            follow_damage(&mut reader, dir, i, &mut report)?;
+            let lost = report.lost.first().map_or(String::new(), |l| format!("; {}", l));
+            report.findings.insert(at, Finding::damage(&seg.path, *position, format!("{what}{lost}")));
+        }
         SegmentEnd::Torn { .. } | SegmentEnd::Clean | SegmentEnd::Unreadable { .. } | SegmentEnd::Gone => {}
     }
     if let Some(stray) = stray {
@@ -472,6 +551,57 @@ pub(crate) fn scan_from(
         }
     }
     Ok(report)
+}
+
+/// Goes on past the damage that stopped `reader` in segment `i`, where reads do: the records
+/// found again are counted in `report`, each stretch they cannot reach is one of its `lost`,
+/// and each further damaged place a finding.
+fn follow_damage(reader: &mut SegmentReader, dir: &QueueDir, i: usize, report: &mut SegmentReport) -> Result<()> {
+    let seg = &dir.segments[i];
+    // Where the data is known to end: later damage before it is damage, not a tail.
+    let limit = if dir.is_unsealed(i) { dir.trusted_in(i).map(|(pos, _)| pos) } else { Some(reader.file_len()) };
+    loop {
+        let end = reader.end().expect("the walk stopped").clone();
+        // A batch that the damage cuts short: its records before the damage read.
+        report.readable += end.next_offset - end.valid_next_offset;
+        report.end_offset = end.next_offset;
+        let resume = super::resume_after_damage(reader, dir, i)?;
+        let lost = Lost {
+            position: end.position,
+            from: end.next_offset,
+            to: resume.map(|(_, offset)| offset),
+            resumes_at: resume.map(|(pos, _)| pos),
+        };
+        if !report.lost.is_empty() {
+            report.findings.push(Finding::damage(&seg.path, end.position, format!("{}; {}", damage_words(&end), lost)));
+        }
+        report.lost.push(lost);
+        let Some((position, offset)) = resume else { return Ok(()) };
+        reader.seek(position, offset);
+        while reader.next_record()?.is_some() {}
+        let end = reader.end().expect("the walk stopped").clone();
+        report.readable += end.valid_next_offset - offset;
+        report.end_offset = end.valid_next_offset;
+        let more = match end.reason {
+            EndReason::EndOfFile => end.valid_end < end.position,
+            EndReason::Zeros | EndReason::Damage(_) => limit.is_some_and(|limit| end.position < limit),
+        };
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// What stopped a walk at damage, in words.
+fn damage_words(end: &ScanEnd) -> String {
+    match &end.reason {
+        EndReason::Damage(kind) => kind.to_string(),
+        EndReason::Zeros => CorruptKind::Zeroed.to_string(),
+        EndReason::EndOfFile => format!(
+            "a batch starting with offset {} has no last record (it ends at byte {})",
+            end.valid_next_offset, end.position
+        ),
+    }
 }
 
 /// What the end of `reader`'s walk means, once [`SegmentReader::next_record`] returned

@@ -30,7 +30,7 @@ pub struct VerifyReport {
     pub dir: PathBuf,
     /// Segment files checked.
     pub segments: u64,
-    /// Records checked (CRC and offset).
+    /// Records checked (CRC and offset) that reads reach.
     pub records: u64,
     /// Bytes of segment files read.
     pub bytes: u64,
@@ -208,7 +208,7 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
             return Err(Error::Io(std::io::Error::other(format!("cannot list the consumer groups: {e}"))));
         }
     }
-    let next_offset = live.last().map_or(0, |r| r.next_offset);
+    let next_offset = live.last().map_or(0, |r| r.end_offset);
     // A newest segment that cannot be read hides where the log ends: at its base or later.
     let end_known = live.last().is_none_or(|r| !(matches!(r.end, SegmentEnd::Unreadable { .. }) && r.is_damaged()));
     for name in &dir.groups {
@@ -224,7 +224,7 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
     Ok(VerifyReport {
         dir: dir.path.clone(),
         segments: reports.len() as u64,
-        records: live.iter().map(|r| r.records).sum(),
+        records: live.iter().map(|r| r.readable).sum(),
         bytes: reports.iter().map(|r| r.bytes).sum(),
         first_offset: live.first().map_or(0, |r| r.base),
         next_offset,

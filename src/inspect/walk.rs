@@ -9,7 +9,7 @@ use crate::error::{CorruptKind, Error, Result};
 use crate::options::MAX_RECORD_LIMIT;
 use crate::record::{self, FrameError, HEADER_LEN};
 use crate::segment::header::{self, FILE_HEADER_LEN, LOG_MAGIC};
-use crate::segment::scan::{corrupt_kind, last_offset_damage};
+use crate::segment::scan::{self, corrupt_kind, last_offset_damage};
 
 /// Bytes read at a time unless a record needs more.
 ///
@@ -34,6 +34,10 @@ pub const DEFAULT_CHUNK: usize = 4 << 20;
 /// [`crate::Options::max_record_bytes`] allows, so a longer length field is damage and never
 /// sizes a read.
 const MAX_FRAME: u64 = MAX_RECORD_LIMIT as u64 + HEADER_LEN as u64;
+
+/// Longest stretch [`SegmentReader::resync`] reads into memory to search for records after
+/// damage: a whole segment of the default size, several times over.
+pub(crate) const MAX_RESYNC_SPAN: u64 = 256 << 20;
 
 /// One record found by [`SegmentReader::next_record`], its checksum and offset checked.
 ///
@@ -552,6 +556,40 @@ impl SegmentReader {
             Err(FrameError::BadLength(len)) => Some(position + HEADER_LEN as u64 + len),
             Err(_) => None,
         })
+    }
+
+    /// The record whose header is at `position`, framed by its length alone (no checksum),
+    /// as its offset and the position just past it; `None` if no record frames there.
+    pub(crate) fn frame_at(&mut self, position: u64) -> Result<Option<(u64, u64)>> {
+        self.fill(position, HEADER_LEN)?;
+        loop {
+            let (bytes, start) = self.window.bytes();
+            let Some(at) = position.checked_sub(start) else { return Ok(None) };
+            match record::peek(bytes, at as usize) {
+                Ok(frame) => return Ok(Some((frame.offset, start + frame.end() as u64))),
+                Err(FrameError::BadLength(len)) => {
+                    let frame_end = position.saturating_add(HEADER_LEN as u64).saturating_add(len);
+                    if len + (HEADER_LEN as u64) > MAX_FRAME || frame_end > self.len || self.window.end() >= frame_end {
+                        return Ok(None);
+                    }
+                    self.fill(position, HEADER_LEN + len as usize)?;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// [`scan::resync`] over the bytes from `position` (where the record with offset
+    /// `offset` should start, and does not frame) to `end`, a record boundary known from
+    /// elsewhere, with the offset there. `None` also when that stretch is longer than
+    /// [`MAX_RESYNC_SPAN`], which is not read.
+    pub(crate) fn resync(&mut self, position: u64, offset: u64, end: (u64, u64)) -> Result<Option<(u64, u64)>> {
+        let Some(span) = end.0.checked_sub(position).filter(|&span| span <= MAX_RESYNC_SPAN) else { return Ok(None) };
+        self.fill(position, span as usize)?;
+        let (bytes, start) = self.window.bytes();
+        let Some(from) = position.checked_sub(start).and_then(|at| bytes.get(at as usize..)) else { return Ok(None) };
+        let found = scan::resync(from, 0, offset, (span as usize, end.1));
+        Ok(found.map(|(at, offset)| (position + at as u64, offset)))
     }
 
     /// Position of the first byte that is not zero at or after `from`, reading to the end of

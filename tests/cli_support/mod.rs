@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

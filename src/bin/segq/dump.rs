@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use segq::inspect::{Finding, QueueDir, RecordView, SegmentEnd, SegmentReader, judge_end};
+use segq::inspect::{Finding, Lost, QueueDir, RecordView, SegmentEnd, SegmentReader, judge_end, resume_after_damage};
 
 use crate::output::{hex, timestamp, utf8_line};
 use crate::{Failure, Outcome};
@@ -217,67 +217,87 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             let mut held: Vec<Held> = Vec::new();
             let mut retries = 0;
             let mut started = reader.position() == 32;
-            let end = loop {
-                while let Some(rec) = reader.next_record()? {
-                    started = true;
-                    if rec.offset < from {
-                        continue;
+            // Past damage, the walk goes on where reads do (`resume_after_damage`).
+            loop {
+                let end = loop {
+                    while let Some(rec) = reader.next_record()? {
+                        started = true;
+                        if rec.offset < from {
+                            continue;
+                        }
+                        if rec.batch_continues {
+                            let keep = matches!(args.payload, Payload::Hex | Payload::Utf8);
+                            held.push(Held {
+                                offset: rec.offset,
+                                timestamp_ms: rec.timestamp_ms,
+                                position: rec.position,
+                                len: rec.payload.len(),
+                                payload: if keep { rec.payload.to_vec() } else { Vec::new() },
+                            });
+                            continue;
+                        }
+                        for h in held.drain(..) {
+                            printer.held(&h)?;
+                        }
+                        printer.view(&rec)?;
+                        if printer.done() {
+                            break;
+                        }
                     }
-                    if rec.batch_continues {
-                        let keep = matches!(args.payload, Payload::Hex | Payload::Utf8);
-                        held.push(Held {
-                            offset: rec.offset,
-                            timestamp_ms: rec.timestamp_ms,
-                            position: rec.position,
-                            len: rec.payload.len(),
-                            payload: if keep { rec.payload.to_vec() } else { Vec::new() },
-                        });
-                        continue;
-                    }
-                    for h in held.drain(..) {
-                        printer.held(&h)?;
-                    }
-                    printer.view(&rec)?;
                     if printer.done() {
-                        break;
+                        break SegmentEnd::Clean;
                     }
-                }
-                if printer.done() {
-                    break SegmentEnd::Clean;
-                }
-                if !started {
-                    // The index entry did not lead to a record: read from the segment start.
-                    started = true;
-                    reader.seek(32, base);
-                    continue;
-                }
-                let verdict = judge_end(&mut reader, target.active, target.trusted)?;
-                let scan_end = reader.end().cloned().expect("the walk ended");
-                if target.active && matches!(verdict, SegmentEnd::Damaged { .. }) && retries < 3 {
-                    // A writer may be writing the record right now: look again in a moment.
-                    retries += 1;
-                    std::thread::sleep(Duration::from_millis(30));
-                    held.clear();
-                    reader.seek(scan_end.valid_end, scan_end.valid_next_offset);
-                    continue;
-                }
-                expected = Some(scan_end.valid_next_offset);
-                break verdict;
-            };
-            match end {
-                SegmentEnd::Damaged { position, what } => {
-                    // The records of a batch cut short are readable in a sealed segment.
-                    for h in held.drain(..) {
-                        printer.held(&h)?;
+                    if !started {
+                        // The index entry did not lead to a record: read from the segment start.
+                        started = true;
+                        reader.seek(32, base);
+                        continue;
                     }
-                    findings.push(Finding::damage(&target.path, position, what));
-                    expected = None;
+                    let verdict = judge_end(&mut reader, target.active, target.trusted)?;
+                    let scan_end = reader.end().cloned().expect("the walk ended");
+                    if target.active && matches!(verdict, SegmentEnd::Damaged { .. }) && retries < 3 {
+                        // A writer may be writing the record right now: look again in a moment.
+                        retries += 1;
+                        std::thread::sleep(Duration::from_millis(30));
+                        held.clear();
+                        reader.seek(scan_end.valid_end, scan_end.valid_next_offset);
+                        continue;
+                    }
+                    expected = Some(scan_end.valid_next_offset);
+                    break verdict;
+                };
+                match end {
+                    SegmentEnd::Damaged { position, what } => {
+                        // The records of a batch cut short are readable in a sealed segment.
+                        for h in held.drain(..) {
+                            printer.held(&h)?;
+                        }
+                        let stop = reader.end().cloned().expect("the walk ended");
+                        let resume = match &target.dir {
+                            Some((dir, i)) => resume_after_damage(&mut reader, dir, *i)?,
+                            None => None,
+                        };
+                        let lost = Lost {
+                            position: stop.position,
+                            from: stop.next_offset,
+                            to: resume.map(|(_, offset)| offset),
+                            resumes_at: resume.map(|(pos, _)| pos),
+                        };
+                        findings.push(Finding::damage(&target.path, position, format!("{what}; {lost}")));
+                        expected = None;
+                        if let Some((position, offset)) = resume {
+                            reader.seek(position, offset);
+                            retries = 0;
+                            continue;
+                        }
+                    }
+                    SegmentEnd::Unreadable { position, what } => {
+                        findings.push(Finding::damage(&target.path, position, what));
+                        expected = None;
+                    }
+                    _ => {}
                 }
-                SegmentEnd::Unreadable { position, what } => {
-                    findings.push(Finding::damage(&target.path, position, what));
-                    expected = None;
-                }
-                _ => {}
+                break;
             }
         }
         Ok(())

@@ -54,8 +54,9 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         table.row(vec![
             file,
             r.base.to_string(),
-            r.last_offset.map_or_else(|| "-".to_string(), |o| o.to_string()),
-            r.records.to_string(),
+            // Past damage: the last record that reads reach, and how many they reach.
+            r.end_offset.checked_sub(1).filter(|&o| o >= r.base).map_or_else(|| "-".to_string(), |o| o.to_string()),
+            r.readable.to_string(),
             r.bytes.to_string(),
             opt_timestamp(r.first_timestamp_ms),
             opt_timestamp(r.last_timestamp_ms),

@@ -39,6 +39,8 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let elapsed = started.elapsed();
     bar.finish_and_clear();
     let damage = report.damage();
+    // Offsets of the log that no read reaches (damaged records, and those damage hides).
+    let unreadable = (report.next_offset - report.first_offset).saturating_sub(report.records);
     let mb_per_s = report.bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
     if args.json {
         let doc = serde_json::json!({
@@ -48,6 +50,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             "warnings": report.findings.len() - damage,
             "segments": report.segments,
             "records": report.records,
+            "unreadable": unreadable,
             "bytes": report.bytes,
             "first_offset": report.first_offset,
             "next_offset": report.next_offset,
@@ -70,6 +73,9 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             elapsed.as_secs_f64(),
             mb_per_s
         )?;
+        if unreadable > 0 {
+            writeln!(out, "{unreadable} of the offsets in that range cannot be read")?;
+        }
         if !report.findings.is_empty() {
             let mut table = Table::new(&[
                 ("SEVERITY", Align::Left),
