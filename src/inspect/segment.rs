@@ -118,7 +118,7 @@ pub struct SegmentReport {
     pub end: SegmentEnd,
     /// Records that reads reach: `records`, and past damage, the records of a batch that the
     /// damage cuts short and those found again after it (see
-    /// [`crate::inspect::resume_after_damage`]).
+    /// [`crate::inspect::PastDamage`]).
     pub readable: u64,
     /// Offset just past the last record that can be read: `next_offset` unless the segment is
     /// damaged.
@@ -560,12 +560,13 @@ fn follow_damage(reader: &mut SegmentReader, dir: &QueueDir, i: usize, report: &
     let seg = &dir.segments[i];
     // Where the data is known to end: later damage before it is damage, not a tail.
     let limit = if dir.is_unsealed(i) { dir.trusted_in(i).map(|(pos, _)| pos) } else { Some(reader.file_len()) };
+    let mut past_damage = super::PastDamage::new(dir, i);
     loop {
         let end = reader.end().expect("the walk stopped").clone();
         // A batch that the damage cuts short: its records before the damage read.
         report.readable += end.next_offset - end.valid_next_offset;
         report.end_offset = end.next_offset;
-        let resume = super::resume_after_damage(reader, dir, i)?;
+        let resume = past_damage.resume(reader)?;
         let lost = Lost {
             position: end.position,
             from: end.next_offset,
@@ -576,8 +577,7 @@ fn follow_damage(reader: &mut SegmentReader, dir: &QueueDir, i: usize, report: &
             report.findings.push(Finding::damage(&seg.path, end.position, format!("{}; {}", damage_words(&end), lost)));
         }
         report.lost.push(lost);
-        let Some((position, offset)) = resume else { return Ok(()) };
-        reader.seek(position, offset);
+        let Some((_, offset)) = resume else { return Ok(()) };
         while reader.next_record()?.is_some() {}
         let end = reader.end().expect("the walk stopped").clone();
         report.readable += end.valid_next_offset - offset;

@@ -374,6 +374,16 @@ impl SegmentReader {
         }
     }
 
+    /// [`SegmentReader::seek`] that keeps the bytes already read: to go on past damage
+    /// within the bytes just looked at.
+    pub(crate) fn go_on_at(&mut self, position: u64, offset: u64) {
+        self.pos = position.max(FILE_HEADER_LEN as u64);
+        self.next_offset = offset;
+        self.valid_end = self.pos;
+        self.valid_next_offset = offset;
+        self.end = None;
+    }
+
     /// Where and why the walk stopped, once [`SegmentReader::next_record`] returned `None`.
     ///
     /// ```

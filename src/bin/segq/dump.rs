@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use segq::inspect::{Finding, Lost, QueueDir, RecordView, SegmentEnd, SegmentReader, judge_end, resume_after_damage};
+use segq::inspect::{Finding, Lost, PastDamage, QueueDir, RecordView, SegmentEnd, SegmentReader, judge_end};
 
 use crate::output::{hex, timestamp, utf8_line};
 use crate::{Failure, Outcome};
@@ -215,9 +215,10 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                 reader.seek(position, offset);
             }
             let mut held: Vec<Held> = Vec::new();
+            let mut past_damage = target.dir.as_ref().map(|(dir, i)| PastDamage::new(dir, *i));
             let mut retries = 0;
             let mut started = reader.position() == 32;
-            // Past damage, the walk goes on where reads do (`resume_after_damage`).
+            // Past damage, the walk goes on where reads do (`PastDamage`).
             loop {
                 let end = loop {
                     while let Some(rec) = reader.next_record()? {
@@ -273,8 +274,8 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                             printer.held(&h)?;
                         }
                         let stop = reader.end().cloned().expect("the walk ended");
-                        let resume = match &target.dir {
-                            Some((dir, i)) => resume_after_damage(&mut reader, dir, *i)?,
+                        let resume = match past_damage.as_mut() {
+                            Some(past_damage) => past_damage.resume(&mut reader)?,
                             None => None,
                         };
                         let lost = Lost {
@@ -285,8 +286,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                         };
                         findings.push(Finding::damage(&target.path, position, format!("{what}; {lost}")));
                         expected = None;
-                        if let Some((position, offset)) = resume {
-                            reader.seek(position, offset);
+                        if resume.is_some() {
                             retries = 0;
                             continue;
                         }
