@@ -120,8 +120,9 @@ pub struct SegmentReport {
     /// damage cuts short and those found again after it (see
     /// [`crate::inspect::PastDamage`]).
     pub readable: u64,
-    /// Offset just past the last record that can be read: `next_offset` unless the segment is
-    /// damaged.
+    /// Where the segment's offsets end as far as reads can tell: just past the last record
+    /// read, or past a damaged last record whose frame is whole. `next_offset` unless the
+    /// segment is damaged.
     pub end_offset: u64,
     /// Each stretch of records that damage makes unreadable, in the order of the file.
     pub lost: Vec<Lost>,
