@@ -146,8 +146,9 @@ impl Options {
     /// not fit. Default 64 MiB; from 4 KiB up to 4 GiB − 1. Crash recovery scans at most one
     /// segment, so smaller segments bound recovery time. A record (or batch) too big for a
     /// segment of this size gets a segment of its own, sized to fit. A queue reopened with
-    /// another size keeps its existing segments, the active one included, as they are: the
-    /// new size applies from the next segment on.
+    /// another size keeps its sealed segments as they are; the active one keeps its length
+    /// or grows to the new size, whichever is larger (it never shrinks), and new segments
+    /// get the new size.
     ///
     /// ```
     /// use segq::{Options, Queue};
