@@ -130,7 +130,8 @@ pub(crate) struct Log {
     sealer: Sealer,
     /// The next segment, made ready by the sealer thread after each seal.
     spare: Arc<Mutex<Option<Spare>>>,
-    /// One retention pass at a time.
+    /// Held for a retention pass, and by the changes that would lower what a pass may
+    /// delete: see [`Log::retention_pass`].
     retention: Mutex<()>,
     /// Mirrors `Writer::closed` for readers, who should not take the writer's lock.
     closed: AtomicBool,
@@ -177,6 +178,9 @@ pub struct Stats {
     /// Records kept (`next_offset - first_offset`).
     pub records: u64,
 }
+
+/// A retention pass in progress: see [`Log::retention_pass`].
+pub(crate) struct RetentionPass<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
 
 /// What one retention pass did, from [`crate::Queue::enforce_retention`].
 ///
@@ -797,11 +801,22 @@ impl Log {
         }
     }
 
+    /// Starts a retention pass, waiting for one in progress. What a pass decides from (the
+    /// lowest offset a consumer group needs) holds while it is held: creating a group (at
+    /// the first offset) and seeking one back take it too, so they wait for the pass
+    /// instead of reaching back into segments it is deleting.
+    pub fn retention_pass(&self) -> RetentionPass<'_> {
+        RetentionPass(self.retention.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Deletes sealed segments, oldest first, for as long as `delete(segment, log_bytes)`
     /// says so; the newest segment is always kept. Each deletion is durable before the next
     /// starts, so a crash leaves a contiguous run of segments.
-    pub fn retain(&self, mut delete: impl FnMut(&Segment, u64) -> Result<bool>) -> Result<RetentionReport> {
-        let _pass = self.retention.lock().unwrap_or_else(|e| e.into_inner());
+    pub fn retain(
+        &self,
+        _pass: &RetentionPass<'_>,
+        mut delete: impl FnMut(&Segment, u64) -> Result<bool>,
+    ) -> Result<RetentionReport> {
         let mut report = RetentionReport::default();
         loop {
             let (oldest, total) = {

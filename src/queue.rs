@@ -244,6 +244,8 @@ impl Queue {
             return Err(Error::Closed);
         }
         let opts = self.log.options().clone();
+        // Groups created or sought back wait for the pass: what it finds they need stays so.
+        let pass = self.log.retention_pass();
         // With `retain_until_consumed`, the lowest offset any group still needs.
         let needed = if opts.retain_until_consumed {
             // Listed and opened under the lock of the open groups, which `delete_group`
@@ -261,7 +263,7 @@ impl Queue {
         };
         let now_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let report = self.log.retain(|segment, log_bytes| {
+        let report = self.log.retain(&pass, |segment, log_bytes| {
             let end = segment.end_offset().unwrap_or(u64::MAX);
             if let Some(needed) = needed {
                 // Consumed data goes; nothing else does. No group: nothing is consumed.
@@ -277,6 +279,7 @@ impl Queue {
             };
             Ok(over_size || too_old)
         })?;
+        drop(pass);
         if report.segments_deleted > 0 {
             let groups: Vec<_> = self.shared.groups().values().cloned().collect();
             for g in groups {
@@ -375,6 +378,15 @@ impl Queue {
         if self.log.is_closing() {
             return Err(Error::Closed);
         }
+        if let Some(inner) = self.shared.groups().get(name).cloned() {
+            let g = Group::from_inner(inner);
+            if let Some(o) = options {
+                g.configure(o)?;
+            }
+            return Ok(g);
+        }
+        // A new group starts at the first offset: not while a retention pass deletes it.
+        let _pass = self.log.retention_pass();
         self.open_locked(&mut self.shared.groups(), name, options)
     }
 

@@ -326,3 +326,80 @@ fn retention_never_follows_a_link_back_into_the_queue_through_a_bind_mount() {
     drop(q);
     drop(_unmount);
 }
+
+/// Runs `work` next to a thread that appends 500-byte records, has group `a` ack each at
+/// once (so retention may delete every sealed segment), and a thread that loops
+/// `enforce_retention`, on 4 KiB segments with `retain_until_consumed`.
+fn with_retention_racing(work: impl FnOnce(&Queue)) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let q = Arc::new(Queue::open(dir.path(), opts().retain_until_consumed(true)).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let a = q.group("a").unwrap();
+    let appender = {
+        let (q, done) = (q.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                q.append(&[7; 500]).unwrap();
+                while let Some(d) = a.poll(Duration::ZERO).unwrap() {
+                    a.ack(d.offset()).unwrap();
+                }
+            }
+        })
+    };
+    let retention = {
+        let (q, done) = (q.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                q.enforce_retention().unwrap();
+            }
+        })
+    };
+    work(&q);
+    done.store(true, Ordering::Relaxed);
+    appender.join().unwrap();
+    retention.join().unwrap();
+}
+
+/// A group created while a pass runs starts at the first offset left after it, never at
+/// one the pass then deletes. (The pass decided from the groups it had listed: a group
+/// created after that lost the records of the segments deleted next, in 156 to 168 of 400
+/// groups in the review that found it.)
+#[test]
+fn a_group_created_during_retention_loses_no_record() {
+    with_retention_racing(|q| {
+        for i in 0..150 {
+            let g = q.group(&format!("late{i}")).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+            assert_eq!(g.stats().lost, 0, "group late{i} lost records it was created to read");
+            q.delete_group(&format!("late{i}")).unwrap();
+        }
+    });
+}
+
+/// A seek back to the first offset while a pass runs: the group never needs records the
+/// pass deletes. (It lost 14 to 98 records in 300 seeks.)
+#[test]
+fn a_group_sought_back_during_retention_loses_no_record() {
+    with_retention_racing(|q| {
+        let g = q.group("g").unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while let Some(d) = g.poll(Duration::ZERO).unwrap() {
+                        // A seek may have taken the lease back in between.
+                        let _ = g.ack(d.offset());
+                    }
+                }
+            });
+            for _ in 0..300 {
+                g.seek(0).unwrap();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        assert_eq!(g.stats().lost, 0);
+    });
+}

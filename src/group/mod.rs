@@ -608,6 +608,8 @@ impl Group {
     /// as for [`Group::poll`].
     pub fn seek(&self, offset: u64) -> Result<()> {
         let inner = &*self.inner;
+        // Back to the first offset: not while a retention pass deletes it.
+        let pass = inner.log.retention_pass();
         let seq = {
             let mut l = inner.lock();
             inner.check(&l)?;
@@ -617,6 +619,7 @@ impl Group {
             inner.reap(&mut l)?;
             inner.commit_op(&mut l, Op::Seek { offset }, &Clock::lazy())?
         };
+        drop(pass);
         inner.log.notify.notify();
         inner.make_durable(seq)
     }
