@@ -697,6 +697,9 @@ impl Queue {
     /// log's sync that failed, no clean shutdown is recorded, so the next open recovers the
     /// queue as after a crash.
     pub fn close(&self) -> Result<()> {
+        // One close at a time: another waits for it, then finds the queue closed. (Running
+        // side by side, one's flush failed with `Closed` once the other had closed the log.)
+        let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.stop_flusher();
         let groups = if self.log.is_closed() {
             Ok(())
@@ -707,7 +710,8 @@ impl Queue {
             self.shared.flush()
         };
         let result = groups.and(self.log.close());
-        self.unlock();
+        // Closing the file releases the lock.
+        lock.take();
         result
     }
 

@@ -168,3 +168,50 @@ fn another_process_cannot_open_a_queue_held_here_until_it_is_closed() {
     let q = Queue::open(dir.path(), Options::default()).unwrap();
     assert_eq!(q.read(0).unwrap().unwrap().payload(), b"still mine");
 }
+
+/// `close` from several threads at once: every call returns `Ok`, as a second close does
+/// after the first. (A close whose group flush ran after another thread's close had closed
+/// the log failed with `Closed`: 2 in 1,000 rounds under a concurrency review, with threads
+/// waking every 20 µs to preempt the closers. Rare here too: this test failed in 1 of 4 runs
+/// of the code before.)
+#[test]
+fn closing_from_several_threads_at_once_succeeds_every_time() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Barrier};
+    let stop = Arc::new(AtomicBool::new(false));
+    let wakers: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            })
+        })
+        .collect();
+    for round in 0..300 {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = if round % 2 == 0 { segq::SyncPolicy::Never } else { segq::SyncPolicy::Always };
+        let q = Arc::new(Queue::open(dir.path(), Options::default().segment_bytes(1 << 20).sync(policy)).unwrap());
+        let g = q.group("g").unwrap();
+        q.append(b"leased").unwrap();
+        g.poll(std::time::Duration::ZERO).unwrap();
+        let start = Arc::new(Barrier::new(3));
+        let closers: Vec<_> = (0..3)
+            .map(|_| {
+                let (q, start) = (q.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    q.close()
+                })
+            })
+            .collect();
+        for c in closers {
+            c.join().unwrap().unwrap_or_else(|e| panic!("round {round}: a concurrent close failed: {e}"));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in wakers {
+        w.join().unwrap();
+    }
+}
