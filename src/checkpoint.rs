@@ -93,7 +93,8 @@ pub(crate) fn parse(bytes: &[u8]) -> (Option<Mark>, Option<Mark>) {
 #[derive(Debug)]
 pub(crate) struct Checkpoint {
     path: PathBuf,
-    file: File,
+    /// `None` once closed.
+    file: Option<File>,
     /// Newest position written to slot B, so an older one never overwrites it.
     progress: Option<(u64, u64)>,
     /// When slot B was last synced.
@@ -117,7 +118,7 @@ impl Checkpoint {
         let read = read_up_to(&file, &mut bytes).at(&path)?;
         bytes.truncate(read);
         let (a, b) = if bytes.len() >= SLOT_LEN { parse(&bytes) } else { (None, None) };
-        Ok((Checkpoint { path, file, progress: None, synced_at: Instant::now() }, a, b))
+        Ok((Checkpoint { path, file: Some(file), progress: None, synced_at: Instant::now() }, a, b))
     }
 
     /// Writes `mark` to both slots and waits until it is durable: where a freshly opened log
@@ -126,7 +127,7 @@ impl Checkpoint {
     /// appended from here on), or where the successor of a just sealed segment starts.
     pub fn write_both(&mut self, mark: Mark) -> Result<()> {
         let mark = Mark { clean: false, ..mark };
-        crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_B)?;
+        crate::fs::write_at(self.file()?, &self.path, &encode(mark), SLOT_B)?;
         self.progress = Some((mark.segment_base, mark.position));
         self.synced_at = Instant::now();
         self.write_durable(mark)
@@ -134,8 +135,18 @@ impl Checkpoint {
 
     /// Writes slot A and waits until it is durable.
     pub fn write_durable(&mut self, mark: Mark) -> Result<()> {
-        crate::fs::write_at(&self.file, &self.path, &encode(mark), SLOT_A)?;
-        crate::fs::sync_file_data(&self.file, &self.path)
+        let file = self.file()?;
+        crate::fs::write_at(file, &self.path, &encode(mark), SLOT_A)?;
+        crate::fs::sync_file_data(file, &self.path)
+    }
+
+    /// Closes the file: the log wrote its last mark.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    fn file(&self) -> Result<&File> {
+        self.file.as_ref().ok_or(crate::Error::Closed)
     }
 
     /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when a
@@ -145,10 +156,11 @@ impl Checkpoint {
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
-        crate::fs::write_at(&self.file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
+        let file = self.file.as_ref().ok_or(crate::Error::Closed)?;
+        crate::fs::write_at(file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
         self.progress = Some(key);
         if self.synced_at.elapsed() >= SYNC_EVERY {
-            crate::fs::sync_file_data(&self.file, &self.path)?;
+            crate::fs::sync_file_data(file, &self.path)?;
             self.synced_at = Instant::now();
         }
         Ok(())

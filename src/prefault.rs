@@ -5,8 +5,8 @@
 //! than the rest of an append. This thread takes that work off the appender's path.
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::mmap::Mapping;
@@ -35,12 +35,12 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// The thread, stopped and joined when this is dropped: it must not outlive its log, even
-/// if a segment writer holding a sender does.
+/// The thread, stopped and joined when the log closes or this is dropped: it must not
+/// outlive its log, even if a segment writer holding a sender does.
 #[derive(Debug)]
 pub(crate) struct Prefaulter {
     tx: Sender<Job>,
-    thread: Option<JoinHandle<()>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Prefaulter {
@@ -56,21 +56,27 @@ impl Prefaulter {
                 }
             }
         });
-        spawned.ok().map(|thread| Prefaulter { tx, thread: Some(thread) })
+        spawned.ok().map(|thread| Prefaulter { tx, thread: Mutex::new(Some(thread)) })
     }
 
     /// Where a segment writer sends its requests.
     pub fn sender(&self) -> Sender<Job> {
         self.tx.clone()
     }
+
+    /// Ends the thread; later requests are dropped (pages are then faulted in by whoever
+    /// writes them).
+    pub fn stop(&self) {
+        let _ = self.tx.send(Job::Stop);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Drop for Prefaulter {
     fn drop(&mut self) {
-        let _ = self.tx.send(Job::Stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 

@@ -710,6 +710,10 @@ impl Queue {
             self.shared.flush()
         };
         let result = groups.and(self.log.close());
+        let open: Vec<_> = self.shared.groups().values().cloned().collect();
+        for group in open {
+            group.release();
+        }
         // Closing the file releases the lock.
         lock.take();
         result

@@ -41,9 +41,10 @@ impl Task {
 /// Runs seals one at a time and lets callers wait for the one in progress.
 #[derive(Debug)]
 pub(crate) struct Sealer {
-    /// `None` if no thread could be started: seals then run on the caller's thread.
-    tx: Option<Sender<Task>>,
-    thread: Option<JoinHandle<()>>,
+    /// `None` if no thread could be started, or once stopped: seals then run on the
+    /// caller's thread.
+    tx: Mutex<Option<Sender<Task>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
     busy: Arc<Busy>,
 }
 
@@ -74,8 +75,8 @@ impl Sealer {
             }
         });
         match spawned {
-            Ok(thread) => Sealer { tx: Some(tx), thread: Some(thread), busy },
-            Err(_) => Sealer { tx: None, thread: None, busy },
+            Ok(thread) => Sealer { tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), busy },
+            Err(_) => Sealer { tx: Mutex::new(None), thread: Mutex::new(None), busy },
         }
     }
 
@@ -94,7 +95,9 @@ impl Sealer {
     }
 
     fn hand_over(&self, task: Task) {
-        match &self.tx {
+        // Not sent under the lock: a task run here may hand over another.
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
             Some(tx) => {
                 if let Err(unsent) = tx.send(task) {
                     unsent.0.run(&self.busy);
@@ -125,16 +128,22 @@ impl Sealer {
             sealing = self.busy.idle.wait(sealing).unwrap_or_else(|e| e.into_inner());
         }
     }
+
+    /// Ends the thread once the work handed over is done; later work runs on the caller's
+    /// thread.
+    pub fn stop(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Drop for Sealer {
     /// Finishes the seal in progress: its thread must not touch the files once the log is
     /// gone and the directory may be opened again.
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.stop();
     }
 }
 

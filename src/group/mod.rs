@@ -77,7 +77,8 @@ pub(crate) struct GroupInner {
 #[derive(Debug)]
 struct Locked {
     state: GroupState,
-    journal: Journal,
+    /// `None` once the queue is closed or the group deleted: see [`GroupInner::release`].
+    journal: Option<Journal>,
     opts: GroupOptions,
     generation: u64,
     /// Set by a failed write of the group's files: the group refuses changes from then on.
@@ -125,8 +126,14 @@ impl Group {
         }
         state.expire_leases(&clock);
         let stored = GroupOptions { lease: snap.lease, max_attempts: snap.max_attempts };
-        let mut locked =
-            Locked { state, journal, opts: stored, generation: snap.generation, failed: None, cursor: None };
+        let mut locked = Locked {
+            state,
+            journal: Some(journal),
+            opts: stored,
+            generation: snap.generation,
+            failed: None,
+            cursor: None,
+        };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
         let mut rewrite = stale || beyond_log || locked.state.next() > log.next_offset();
@@ -145,7 +152,7 @@ impl Group {
         if rewrite || changed.is_some() {
             locked.compact(&dir, &clock)?;
         }
-        let commit = GroupCommit::new(locked.journal.seq()).busy_wait(log.options().busy_wait_for_sync);
+        let commit = GroupCommit::new(locked.journal()?.seq()).busy_wait(log.options().busy_wait_for_sync);
         let inner = GroupInner {
             name: name.to_string(),
             dir,
@@ -728,7 +735,7 @@ impl GroupInner {
             // A change found made already (a second ack of a record, say, by a worker whose
             // lease ran out) returns once the change is durable, as the first does: its
             // entry is among those journaled so far.
-            let mut seq = l.journal.seq();
+            let mut seq = l.journal()?.seq();
             for &offset in offsets {
                 if let Some(op) = decide(&l, &clock, offset) {
                     seq = self.commit_op(&mut l, op, &clock)?;
@@ -743,12 +750,18 @@ impl GroupInner {
         self.locked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn check(&self, l: &Locked) -> Result<()> {
+    /// Why the group takes no more changes: deleted, or its queue closed.
+    fn stopped(&self) -> Error {
         if self.deleted.load(Ordering::Acquire) {
-            return Err(Error::GroupDeleted { name: self.name.clone() });
+            Error::GroupDeleted { name: self.name.clone() }
+        } else {
+            Error::Closed
         }
-        if self.log.is_closing() {
-            return Err(Error::Closed);
+    }
+
+    fn check(&self, l: &Locked) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) || self.log.is_closing() {
+            return Err(self.stopped());
         }
         match &l.failed {
             Some(why) => Err(Error::Poisoned(why.clone())),
@@ -758,10 +771,10 @@ impl GroupInner {
 
     /// Journals `op` and applies it.
     fn commit_op(&self, l: &mut Locked, op: Op, clock: &Clock) -> Result<u64> {
-        if !l.journal.has_room() {
+        if !l.journal()?.has_room() {
             self.compact_full_journal(l, clock)?;
         }
-        let seq = l.journal.append(op);
+        let seq = l.journal()?.append(op);
         l.state.apply(op, clock);
         Ok(seq)
     }
@@ -785,27 +798,40 @@ impl GroupInner {
 
     fn sync_to(&self, seq: u64) -> Result<()> {
         let sync = || {
-            let job = self.lock().journal.sync_job();
+            // Released meanwhile: the group was deleted, or the queue closed (whose flush
+            // synced every change made before it).
+            let job = self.lock().journal().map_err(|_| self.stopped())?.sync_job();
             if let Err(err) = job.run() {
                 self.lock().failed = Some(err.to_string());
                 return Err(err);
             }
-            self.lock().journal.synced(&job);
+            if let Some(journal) = &mut self.lock().journal {
+                journal.synced(&job);
+            }
             Ok(job.seq)
         };
         self.commit.wait_for(seq, sync, || self.lock().failed.clone().map(Error::Poisoned))
     }
 
     pub(crate) fn flush(&self) -> Result<()> {
-        let seq = self.lock().journal.seq();
+        // Released: everything was flushed before.
+        let Some(seq) = self.lock().journal.as_ref().map(Journal::seq) else { return Ok(()) };
         self.sync_to(seq)
+    }
+
+    /// Lets go of the journal's file and mapping and of the read cursor, once the group
+    /// takes no more changes (the queue is closed, or the group deleted): a handle kept
+    /// past that holds only the state in memory, which [`Group::stats`] reads.
+    pub(crate) fn release(&self) {
+        self.lock().release();
     }
 
     /// Stops every use of this group. Taken under the group's lock, so no change (and no
     /// snapshot that could recreate its files) is under way once this returns.
     pub(crate) fn mark_deleted(&self) {
-        let _locked = self.lock();
+        let mut l = self.lock();
         self.deleted.store(true, Ordering::Release);
+        l.release();
         self.log.notify.notify();
     }
 
@@ -957,11 +983,20 @@ fn ack_of(l: &Locked, offset: u64) -> Option<Op> {
 }
 
 impl Locked {
+    fn journal(&mut self) -> Result<&mut Journal> {
+        self.journal.as_mut().ok_or(Error::Closed)
+    }
+
+    fn release(&mut self) {
+        self.journal = None;
+        self.cursor = None;
+    }
+
     /// Writes a snapshot of the whole state and starts the journal over.
     fn compact(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
         let generation = self.generation + 1;
         Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
-        self.journal.restart(generation)?;
+        self.journal()?.restart(generation)?;
         self.generation = generation;
         Ok(())
     }
