@@ -64,6 +64,9 @@ pub(crate) struct Segment {
     bytes: AtomicU64,
     /// An index entry was found not to point at its record: lookups ignore the index.
     index_distrusted: AtomicBool,
+    /// Entries rebuilt from the data of a sealed segment whose index is distrusted: what
+    /// lookups use then, as the next open would.
+    rebuilt: OnceLock<Vec<u8>>,
     /// Sealed, index included: its files keep their size from now on, so a copy may map
     /// them afresh (see [`Segment::unmapped`]).
     settled: AtomicBool,
@@ -89,6 +92,7 @@ impl Segment {
             written_back: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
             index_distrusted: AtomicBool::new(false),
+            rebuilt: OnceLock::new(),
             settled: AtomicBool::new(false),
         }
     }
@@ -160,6 +164,7 @@ impl Segment {
             written_back: AtomicUsize::new(self.written_back.load(Ordering::Acquire)),
             bytes: AtomicU64::new(self.bytes.load(Ordering::Acquire)),
             index_distrusted: AtomicBool::new(self.index_distrusted.load(Ordering::Relaxed)),
+            rebuilt: OnceLock::new(),
             settled: AtomicBool::new(self.is_settled()),
         })
     }
@@ -214,13 +219,12 @@ impl Segment {
     }
 
     /// Where to start stepping to `offset`: the index entry at or before it, as
-    /// `(offset, position)`. An entry that does not point at the record it names makes the
-    /// whole index untrusted: reads of this segment then scan from its start, and the index
-    /// file is removed so that the next open rebuilds it.
+    /// `(offset, position)`. Entries that do not point at the records they name, again and
+    /// again, make the whole index untrusted (see [`Segment::start_before`]).
     fn scan_start(&self, bytes: &[u8], offset: u64) -> Result<(u64, usize)> {
         let from_start = (self.base, FILE_HEADER_LEN);
         if self.index_distrusted.load(Ordering::Relaxed) {
-            return Ok(from_start);
+            return Ok(self.start_without_index(bytes, offset));
         }
         let index = self.index(bytes)?;
         let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
@@ -233,17 +237,45 @@ impl Segment {
         }
         match index::floor(entries, offset - self.base) {
             Some(e) if index::lands(bytes, self.base, e) => Ok((self.base + u64::from(e.0), e.1 as usize)),
-            Some(e) => Ok(self.start_before(bytes, entries, e)),
+            Some(e) => {
+                let start = self.start_before(bytes, entries, e);
+                if self.index_distrusted.load(Ordering::Relaxed) {
+                    return Ok(self.start_without_index(bytes, offset));
+                }
+                Ok(start)
+            }
             None => Ok(from_start),
         }
+    }
+
+    /// [`Segment::scan_start`] once the index is distrusted: a sealed segment's lookups use
+    /// entries rebuilt from its data, as the next open would (which crosses damage, see
+    /// [`index::build`]); the active segment's step from its start.
+    #[cold]
+    fn start_without_index(&self, bytes: &[u8], offset: u64) -> (u64, usize) {
+        let from_start = (self.base, FILE_HEADER_LEN);
+        let Some(entries) = self.rebuilt_entries(bytes) else { return from_start };
+        match index::floor(entries, offset - self.base) {
+            Some(e) if index::lands(bytes, self.base, e) => (self.base + u64::from(e.0), e.1 as usize),
+            _ => from_start,
+        }
+    }
+
+    /// The entries rebuilt from the data of a sealed segment whose index is distrusted;
+    /// `None` for the active segment.
+    #[cold]
+    fn rebuilt_entries(&self, bytes: &[u8]) -> Option<&[u8]> {
+        let end = self.end_offset()?;
+        Some(self.rebuilt.get_or_init(|| index::build(bytes, self.base, end, self.interval)))
     }
 
     /// Where to start stepping when the entry `e` does not land. If the records before it
     /// frame up to it, the record there is damaged, not the index: stepping from the entry
     /// reports that. Otherwise the entry is wrong, or damage spans more than its record:
-    /// an earlier entry that lands will do. Only an index that is wrong again and again is
-    /// distrusted as a whole: then every lookup steps from the segment's start, and a
-    /// sealed segment's index file is deleted, to be rebuilt in the next run.
+    /// an earlier entry that lands will do. Only an index that is wrong again and again (or
+    /// damage over many records) makes the whole index distrusted: a sealed segment's
+    /// lookups then use entries rebuilt from its data, and its index file is deleted, to be
+    /// rebuilt in the next run; the active segment's lookups step from its start.
     #[cold]
     fn start_before(&self, bytes: &[u8], entries: &[u8], e: (u32, u32)) -> (u64, usize) {
         let entry = |e: (u32, u32)| (self.base + u64::from(e.0), e.1 as usize);
@@ -310,11 +342,12 @@ impl Segment {
     /// as it goes). `None` if no entry does (yet, while active).
     #[cold]
     pub fn resume_after(&self, damaged: u64) -> Option<u64> {
-        if self.index_distrusted.load(Ordering::Relaxed) {
-            return None;
-        }
         let bytes = self.data().ok()?.readable();
-        let entries = self.index(bytes).ok()?.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        let entries = if self.index_distrusted.load(Ordering::Relaxed) {
+            self.rebuilt_entries(bytes)?
+        } else {
+            self.index(bytes).ok()?.readable().get(FILE_HEADER_LEN..).unwrap_or_default()
+        };
         let mut after = index::after(entries, damaged.checked_sub(self.base)?);
         let (rel, _) = after.find(|&e| index::lands(bytes, self.base, e))?;
         Some(self.base + u64::from(rel))
