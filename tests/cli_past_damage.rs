@@ -121,10 +121,13 @@ fn dump_and_verify_go_on_after_a_damaged_record_of_a_sealed_segment() {
     }
 }
 
-/// Damage before the synced mark of the newest segment, which the next open keeps: the
-/// records after it that the library reads are printed and counted.
+/// Damage before the synced mark of the newest segment, which the next open keeps: what the
+/// library reads after it depends on that open's recovery, so `dump` and `verify` stop there
+/// and say so, printing nothing the library does not read, and `verify` counts the offsets
+/// up to the mark. (Searching there printed records the library does not read, and missed
+/// some it does: the review of this feature found both.)
 #[test]
-fn dump_goes_on_after_damage_kept_in_the_newest_segment() {
+fn past_damage_in_the_newest_segment_dump_and_verify_stop_and_say_so() {
     let _s = serial();
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
@@ -134,20 +137,22 @@ fn dump_goes_on_after_damage_kept_in_the_newest_segment() {
     let base = common::segment_base(&newest);
     let spans = common::record_spans(&std::fs::read(&newest).unwrap());
     assert!(spans.len() > 20, "{} records in the newest segment", spans.len());
-    let broken = base + 5;
     write_at(&newest, spans[5].start + 4, &[0x33, 0x01, 0, 0]);
-    std::fs::remove_file(newest.with_extension("index")).unwrap();
     let (seen, findings) = dumped(d, &payloads, "newest");
-    assert!(!seen.contains_key(&broken));
-    assert!(seen.contains_key(&(payloads.len() as u64 - 1)), "the last record is printed: {findings:?}");
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), (0..base + 5).collect::<Vec<_>>());
+    assert!(findings.iter().any(|f| f.contains("not looked for")), "{findings:?}");
+    let verify = segq(["verify", "--json", &arg(d)]).json();
+    assert_eq!(verify["next_offset"], payloads.len() as u64);
+    assert_eq!(verify["unreadable"], payloads.len() as u64 - (base + 5));
     let library = readable(d, &payloads, "newest").unwrap();
-    assert_eq!(library, seen.keys().copied().collect::<Vec<_>>());
+    assert!(seen.keys().all(|o| library.contains(o)));
 }
 
 /// Random damage (a flipped byte, zeros, random bytes, a broken length) in one or two places
-/// of a segment of a closed queue, with or without its index: `dump` prints exactly the
-/// records the library reads, each with the bytes appended, and `verify` counts them.
-/// Seeded (`SEGQ_DAMAGE_SEED`).
+/// of a segment of a closed queue, its index kept, deleted, cut short or with an entry
+/// replaced: in a sealed segment `dump` prints exactly the records the library reads, each
+/// with the bytes appended, and `verify` counts them; in the newest, `dump` prints only
+/// records the library reads. Seeded (`SEGQ_DAMAGE_SEED`).
 #[test]
 fn dump_prints_and_verify_counts_exactly_the_records_the_library_reads() {
     let _s = serial();
@@ -184,16 +189,38 @@ fn dump_prints_and_verify_counts_exactly_the_records_the_library_reads() {
             how.push(format!("{} bytes at {at}", bytes.len()));
             write_at(file, at, &bytes);
         }
-        if rng.chance(50) {
-            std::fs::remove_file(file.with_extension("index")).unwrap();
-            how.push("index deleted".into());
+        let index = file.with_extension("index");
+        let index_len = std::fs::metadata(&index).unwrap().len();
+        match rng.below(6) {
+            0..=2 => {}
+            3 => {
+                std::fs::remove_file(&index).unwrap();
+                how.push("index deleted".into());
+            }
+            // An index the library does not use as it is (it rebuilds it).
+            4 if index_len > 32 => {
+                let at = 32 + 8 * rng.below((index_len - 32) / 8);
+                write_at(&index, at as usize, &rng.bytes(8));
+                how.push(format!("index entry at {at} replaced"));
+            }
+            _ => {
+                common::truncate_file(&index, index_len.saturating_sub(3) as usize);
+                how.push("index cut short".into());
+            }
         }
+        let sealed = file != &common::active_segment(d);
         let case = format!("case {case} ({} in {}): {how:?}", payloads.len(), file.display());
         let (seen, _) = dumped(d, &payloads, &case);
         let verify = segq(["verify", "--json", &arg(d)]).json();
         // Zeros over the end of the newest segment's synced data make the open refuse (a gap).
         let Some(library) = readable(d, &payloads, &case) else { continue };
-        assert_eq!(seen.keys().copied().collect::<Vec<_>>(), library, "{case}");
-        assert_eq!(verify["records"], library.len() as u64, "{case}");
+        let printed: Vec<u64> = seen.keys().copied().collect();
+        if sealed {
+            assert_eq!(printed, library, "{case}");
+            assert_eq!(verify["records"], library.len() as u64, "{case}");
+        } else {
+            // Past damage in the newest segment, the next open's recovery decides.
+            assert!(printed.iter().all(|o| library.contains(o)), "{case}: {printed:?} against {library:?}");
+        }
     }
 }

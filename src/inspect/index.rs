@@ -222,9 +222,28 @@ pub(crate) fn floor_below(path: &Path, base: u64, position: u64) -> Option<(u64,
     as_found(base, crate::segment::index::floor_by_position(&entries, below)?)
 }
 
+/// The entries of the sealed index at `path`, if the library would use it (its header
+/// passes, it holds whole entries, and they are in order and inside the segment's
+/// `data_len` bytes and `max_rel` offsets); `None` if it would rebuild it, and for an index
+/// too big to read whole.
+pub(crate) fn sealed_entries(path: &Path, base: u64, data_len: u64, max_rel: u64) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let file = crate::fs::open_regular(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len > MAX_LOOKUP_INDEX || len < FILE_HEADER_LEN as u64 || !(len - FILE_HEADER_LEN as u64).is_multiple_of(8) {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(len).read_to_end(&mut bytes).ok()?;
+    header::check(&bytes, INDEX_MAGIC, base).ok()?;
+    let entries = bytes.split_off(FILE_HEADER_LEN);
+    let data_len = usize::try_from(data_len).unwrap_or(usize::MAX);
+    (crate::segment::index::ordered_len(&entries, data_len, max_rel) == entries.len()).then_some(entries)
+}
+
 /// The entries of the index at `path` before the first unused (zero) one: those that are
 /// sorted.
-pub(crate) fn used_entries(path: &Path, base: u64) -> Option<Vec<u8>> {
+fn used_entries(path: &Path, base: u64) -> Option<Vec<u8>> {
     use std::io::Read;
     let file = crate::fs::open_regular(path).ok()?;
     if file.metadata().ok()?.len() > MAX_LOOKUP_INDEX {

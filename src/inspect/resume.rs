@@ -1,24 +1,46 @@
-//! Where records can be read again after damage: the records past a damaged one that
-//! `verify` counts and `dump` prints are those the library reads.
+//! Where records can be read again after damage: the records past a damaged one of a sealed
+//! segment that `verify` counts and `dump` prints are those the library reads.
 
 use super::dir::QueueDir;
-use super::walk::{EndReason, SegmentReader};
+use super::walk::{EndReason, MAX_RESYNC_SPAN, SegmentReader};
 use crate::error::Result;
 
-/// Finds where reads reach records again past damage in segment `i` of a queue directory,
-/// as the library does. One `PastDamage` serves every damaged place of a walk over the
-/// segment: its index is read once.
+/// Where a walk over a segment that stopped at damage goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Resume {
+    /// At the record at `position` with `offset`: the first one past the damage that
+    /// reads reach.
+    At {
+        /// Position of the record in the segment file.
+        position: u64,
+        /// Its offset.
+        offset: u64,
+    },
+    /// No later record of the segment can be read.
+    Nowhere,
+    /// Not looked for: the damage lies in a segment still being written (the next open's
+    /// recovery decides what it keeps there, and it may read records after the damage),
+    /// or the search would have read more than 256 MiB.
+    NotSearched,
+}
+
+/// Finds where reads reach records again past damage in sealed segment `i` of a queue
+/// directory, as the library does. One `PastDamage` serves every damaged place of a walk
+/// over the segment: its index is read once.
 ///
 /// The library reaches the same records:
 ///
 /// - a damaged record whose frame is whole and leads to the next record costs only itself;
 /// - else reads go on at the first entry of the segment's index past the damage that lands
-///   on the record it names;
-/// - without a readable index (the library then rebuilds it), or in a segment still being
-///   written, at the first later record from which records frame, offset after offset,
-///   exactly up to where the segment is known to end: the next segment's base for a sealed
-///   one, the checkpoint's synced mark for the newest. See `scan::resync` for what that
-///   search cannot tell apart.
+///   on the record it names, if the index is one the library uses (header, length and
+///   entries in order, inside the segment);
+/// - else (the library then rebuilds the index) at the first later record from which
+///   records frame, offset after offset, exactly up to the segment's end, where the next
+///   segment's base follows. See `scan::resync` for what that search cannot tell apart.
+///
+/// The newest segment (and one whose seal did not finish) is not searched: what the
+/// library reads there after damage depends on what the next open's recovery keeps.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -33,7 +55,7 @@ use crate::error::Result;
 /// let segment = dir.path().join("00000000000000000000.log");
 /// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(&[0xff], 32 + 3 * 124 + 6)?;
 ///
-/// use segq::inspect::{PastDamage, QueueDir, SegmentReader};
+/// use segq::inspect::{PastDamage, QueueDir, Resume, SegmentReader};
 ///
 /// let queue = QueueDir::open(dir.path())?;
 /// let mut reader = SegmentReader::open(&segment)?;
@@ -41,7 +63,7 @@ use crate::error::Result;
 /// while reader.next_record()?.is_some() {}
 /// assert_eq!(reader.end().expect("stopped").next_offset, 3);
 /// // The next index entry leads to the records after the damage.
-/// let (position, offset) = past_damage.resume(&mut reader)?.expect("records after it");
+/// let Resume::At { position, offset } = past_damage.resume(&mut reader)? else { panic!("records after it") };
 /// assert!(offset > 3);
 /// let record = reader.next_record()?.expect("a record");
 /// assert_eq!((record.position, record.offset), (position, offset));
@@ -51,8 +73,8 @@ use crate::error::Result;
 pub struct PastDamage<'a> {
     dir: &'a QueueDir,
     i: usize,
-    /// The used entries of the segment's index once read; `Some(None)` if it has no
-    /// readable index.
+    /// The entries of the segment's index once read; `Some(None)` if it has none that the
+    /// library would use.
     entries: Option<Option<Vec<u8>>>,
 }
 
@@ -64,13 +86,13 @@ impl<'a> PastDamage<'a> {
     /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
     /// # q.append(b"hello")?;
     /// # q.close()?;
-    /// use segq::inspect::{PastDamage, QueueDir, SegmentReader};
+    /// use segq::inspect::{PastDamage, QueueDir, Resume, SegmentReader};
     ///
     /// let queue = QueueDir::open(dir.path())?;
     /// let mut reader = SegmentReader::open(&queue.segments[0].path)?;
     /// while reader.next_record()?.is_some() {}
     /// // An intact segment: its walk ends at zeros, not at damage.
-    /// assert_eq!(PastDamage::new(&queue, 0).resume(&mut reader)?, None);
+    /// assert_eq!(PastDamage::new(&queue, 0).resume(&mut reader)?, Resume::Nowhere);
     /// # Ok::<(), segq::Error>(())
     /// ```
     pub fn new(dir: &'a QueueDir, i: usize) -> PastDamage<'a> {
@@ -78,64 +100,69 @@ impl<'a> PastDamage<'a> {
     }
 
     /// Moves the walk of `reader` (over this segment), stopped at damage, to the first
-    /// record that reads reach again, and returns its position and offset; `None` (and the
-    /// walk stays stopped) if no later record of the segment can be read, or if the walk
-    /// did not stop at damage.
+    /// record past it that reads reach, and says where that is. The walk stays stopped
+    /// unless [`Resume::At`] is returned; [`Resume::Nowhere`] too if it did not stop at
+    /// damage.
     ///
     /// # Errors
     /// [`crate::Error::Io`] when a read fails.
-    pub fn resume(&mut self, reader: &mut SegmentReader) -> Result<Option<(u64, u64)>> {
+    pub fn resume(&mut self, reader: &mut SegmentReader) -> Result<Resume> {
         let found = self.find(reader)?;
-        if let Some((position, offset)) = found {
+        if let Resume::At { position, offset } = found {
             reader.go_on_at(position, offset);
         }
         Ok(found)
     }
 
-    fn find(&mut self, reader: &mut SegmentReader) -> Result<Option<(u64, u64)>> {
+    fn find(&mut self, reader: &mut SegmentReader) -> Result<Resume> {
         let (dir, i) = (self.dir, self.i);
-        let Some(end) = reader.end().cloned() else { return Ok(None) };
-        let Some(seg) = dir.segments.get(i) else { return Ok(None) };
+        let Some(end) = reader.end().cloned() else { return Ok(Resume::Nowhere) };
+        let Some(seg) = dir.segments.get(i) else { return Ok(Resume::Nowhere) };
         let (position, offset) = (end.position, end.next_offset);
-        let unsealed = dir.is_unsealed(i);
-        // A boundary known from elsewhere, past the damage.
-        let known_end = if unsealed {
-            dir.trusted_in(i)
-        } else {
-            dir.segments.get(i + 1).map(|next| (reader.file_len(), next.base))
+        if dir.is_unsealed(i) {
+            // Damage, or zeros before what the checkpoint says was synced.
+            let synced_after = dir.trusted_in(i).is_some_and(|(mark, _)| mark > position);
+            let damaged =
+                matches!(end.reason, EndReason::Damage(_)) || (end.reason == EndReason::Zeros && synced_after);
+            return Ok(if damaged { Resume::NotSearched } else { Resume::Nowhere });
         }
-        .filter(|&(end, end_offset)| end > position && end_offset > offset);
+        // The segment's end, where the next segment's base follows.
+        let Some((data_end, end_offset)) = dir.segments.get(i + 1).map(|next| (reader.file_len(), next.base)) else {
+            return Ok(Resume::Nowhere);
+        };
         match end.reason {
-            EndReason::Damage(_) => {}
-            // Zeros before the known end: records may follow them.
-            EndReason::Zeros if known_end.is_some() => {}
-            _ => return Ok(None),
+            EndReason::Damage(_) | EndReason::Zeros if position < data_end && offset < end_offset => {}
+            _ => return Ok(Resume::Nowhere),
         }
         if let Some((offset_there, frame_end)) = reader.frame_at(position)?
             && offset_there == offset
             && let Some(next) = offset.checked_add(1)
         {
-            let leads_on = known_end.is_some_and(|(end, _)| end == frame_end)
-                || reader.frame_at(frame_end)?.is_some_and(|(o, _)| o == next);
+            let leads_on = frame_end == data_end || reader.frame_at(frame_end)?.is_some_and(|(o, _)| o == next);
             if leads_on {
-                return Ok(Some((frame_end, next)));
+                return Ok(Resume::At { position: frame_end, offset: next });
             }
         }
-        let entries = self
-            .entries
-            .get_or_insert_with(|| seg.index.as_deref().and_then(|path| super::index::used_entries(path, seg.base)));
+        let entries = self.entries.get_or_insert_with(|| {
+            let max_rel = end_offset.saturating_sub(seg.base);
+            seg.index.as_deref().and_then(|path| super::index::sealed_entries(path, seg.base, data_end, max_rel))
+        });
         if let Some(entries) = entries {
+            // The index is the library's: past the damage, it goes on where an entry lands.
             for (rel, pos) in crate::segment::index::after(entries, offset.saturating_sub(seg.base)) {
-                // A damaged entry may name an offset past what a u64 holds: it leads nowhere.
-                let Some(named) = seg.base.checked_add(u64::from(rel)) else { continue };
+                let named = seg.base + u64::from(rel);
                 if u64::from(pos) > position && reader.frame_at(u64::from(pos))?.is_some_and(|(o, _)| o == named) {
-                    return Ok(Some((u64::from(pos), named)));
+                    return Ok(Resume::At { position: u64::from(pos), offset: named });
                 }
             }
+            return Ok(Resume::Nowhere);
         }
-        match known_end {
-            Some(known_end) if entries.is_none() || unsealed => reader.resync(position, offset, known_end),
-            _ => Ok(None),
+        if data_end - position > MAX_RESYNC_SPAN {
+            return Ok(Resume::NotSearched);
         }
+        Ok(match reader.resync(position, offset, (data_end, end_offset))? {
+            Some((position, offset)) => Resume::At { position, offset },
+            None => Resume::Nowhere,
+        })
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
 use super::index::IndexCheck;
+use super::resume::Resume;
 use super::walk::{EndReason, ScanEnd, SegmentReader};
 use super::{Finding, Severity};
 use crate::error::{CorruptKind, Error, Result};
@@ -137,21 +138,23 @@ pub struct SegmentReport {
 /// # let dir = tempfile::tempdir()?;
 /// let opts = segq::Options::default().segment_bytes(4096).index_interval_bytes(256);
 /// let q = segq::Queue::open(dir.path(), opts)?;
-/// for _ in 0..10 {
+/// for _ in 0..40 {
 ///     q.append(&[7; 100])?;
 /// }
 /// q.close()?;
-/// // Flip a payload byte of record 2 (124 bytes a frame, after a 32-byte file header).
+/// // Records 0..32 fill the first segment, now sealed. Flip a payload byte of record 2
+/// // (124 bytes a frame, after a 32-byte file header).
 /// use std::os::unix::fs::FileExt;
 /// let segment = dir.path().join("00000000000000000000.log");
 /// std::fs::OpenOptions::new().write(true).open(&segment)?.write_at(b"J", 32 + 2 * 124 + 30)?;
-/// use segq::inspect::{Lost, QueueDir, scan_segment};
+/// use segq::inspect::{QueueDir, Resume, scan_segment};
 ///
 /// let report = scan_segment(&QueueDir::open(dir.path())?, 0, true, &|_| {})?;
 /// // Its frame is whole and leads to record 3: the damage costs that one record.
 /// let lost = &report.lost[0];
-/// assert_eq!((lost.position, lost.from, lost.to, lost.resumes_at), (32 + 2 * 124, 2, Some(3), Some(32 + 3 * 124)));
-/// assert_eq!((report.records, report.readable, report.end_offset), (2, 9, 10));
+/// assert_eq!((lost.position, lost.from), (32 + 2 * 124, 2));
+/// assert_eq!(lost.resume, Resume::At { position: 32 + 3 * 124, offset: 3 });
+/// assert_eq!((report.records, report.readable, report.end_offset), (2, 31, 32));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -160,31 +163,35 @@ pub struct Lost {
     pub position: u64,
     /// Offset of the first record that cannot be read.
     pub from: u64,
-    /// Offset of the first record that can be read again (`from..to` are lost); `None` if
-    /// no later record of the segment can be.
-    pub to: Option<u64>,
-    /// Position of that record.
-    pub resumes_at: Option<u64>,
+    /// Where reads reach records again: with [`Resume::At`], offsets `from..offset` cannot
+    /// be read.
+    pub resume: Resume,
 }
 
 /// The lost records and where reads go on, in words.
 ///
 /// ```
-/// use segq::inspect::Lost;
+/// use segq::inspect::{Lost, Resume};
 ///
-/// let lost = Lost { position: 280, from: 2, to: Some(5), resumes_at: Some(652) };
+/// let lost = Lost { position: 280, from: 2, resume: Resume::At { position: 652, offset: 5 } };
 /// assert_eq!(lost.to_string(), "offsets 2..5 cannot be read; records go on at byte 652 (offset 5)");
 /// ```
 impl fmt::Display for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.to, self.resumes_at) {
-            (Some(to), Some(at)) if Some(to) == self.from.checked_add(1) => {
-                write!(f, "record {} cannot be read; records go on at byte {at} (offset {to})", self.from)
+        let from = self.from;
+        match self.resume {
+            Resume::At { position, offset } if Some(offset) == from.checked_add(1) => {
+                write!(f, "record {from} cannot be read; records go on at byte {position} (offset {offset})")
             }
-            (Some(to), Some(at)) => {
-                write!(f, "offsets {}..{to} cannot be read; records go on at byte {at} (offset {to})", self.from)
+            Resume::At { position, offset } => {
+                write!(f, "offsets {from}..{offset} cannot be read; records go on at byte {position} (offset {offset})")
             }
-            _ => write!(f, "no record of the segment from offset {} on can be read", self.from),
+            Resume::Nowhere => write!(f, "no record of the segment from offset {from} on can be read"),
+            Resume::NotSearched => write!(
+                f,
+                "records from offset {from} on are not looked for (in a segment being written, or more than 256 MiB \
+                 on): reads may reach some of them"
+            ),
         }
     }
 }
@@ -559,8 +566,6 @@ pub(crate) fn scan_from(
 /// and each further damaged place a finding.
 fn follow_damage(reader: &mut SegmentReader, dir: &QueueDir, i: usize, report: &mut SegmentReport) -> Result<()> {
     let seg = &dir.segments[i];
-    // Where the data is known to end: later damage before it is damage, not a tail.
-    let limit = if dir.is_unsealed(i) { dir.trusted_in(i).map(|(pos, _)| pos) } else { Some(reader.file_len()) };
     let mut past_damage = super::PastDamage::new(dir, i);
     loop {
         let end = reader.end().expect("the walk stopped").clone();
@@ -568,24 +573,30 @@ fn follow_damage(reader: &mut SegmentReader, dir: &QueueDir, i: usize, report: &
         report.readable += end.next_offset - end.valid_next_offset;
         report.end_offset = end.next_offset;
         let resume = past_damage.resume(reader)?;
-        let lost = Lost {
-            position: end.position,
-            from: end.next_offset,
-            to: resume.map(|(_, offset)| offset),
-            resumes_at: resume.map(|(pos, _)| pos),
-        };
+        let lost = Lost { position: end.position, from: end.next_offset, resume };
         if !report.lost.is_empty() {
             report.findings.push(Finding::damage(&seg.path, end.position, format!("{}; {}", damage_words(&end), lost)));
         }
         report.lost.push(lost);
-        let Some((_, offset)) = resume else { return Ok(()) };
+        let offset = match resume {
+            Resume::At { offset, .. } => offset,
+            Resume::Nowhere => return Ok(()),
+            Resume::NotSearched => {
+                // The offsets up to the synced mark exist, readable or not.
+                if let Some((_, mark)) = dir.trusted_in(i).filter(|_| dir.is_unsealed(i)) {
+                    report.end_offset = report.end_offset.max(mark);
+                }
+                return Ok(());
+            }
+        };
         while reader.next_record()?.is_some() {}
         let end = reader.end().expect("the walk stopped").clone();
         report.readable += end.valid_next_offset - offset;
         report.end_offset = end.valid_next_offset;
+        // A sealed segment ends at the end of its file, after its last batch.
         let more = match end.reason {
             EndReason::EndOfFile => end.valid_end < end.position,
-            EndReason::Zeros | EndReason::Damage(_) => limit.is_some_and(|limit| end.position < limit),
+            EndReason::Zeros | EndReason::Damage(_) => true,
         };
         if !more {
             return Ok(());

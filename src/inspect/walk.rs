@@ -569,36 +569,32 @@ impl SegmentReader {
     }
 
     /// The record whose header is at `position`, framed by its length alone (no checksum),
-    /// as its offset and the position just past it; `None` if no record frames there.
+    /// as its offset and the position just past it; `None` if no record frames there (no
+    /// header, or a length that runs past the file). Reads the header only.
     pub(crate) fn frame_at(&mut self, position: u64) -> Result<Option<(u64, u64)>> {
-        self.fill(position, HEADER_LEN)?;
-        loop {
-            let (bytes, start) = self.window.bytes();
-            let Some(at) = position.checked_sub(start) else { return Ok(None) };
-            match record::peek(bytes, at as usize) {
-                Ok(frame) => return Ok(Some((frame.offset, start + frame.end() as u64))),
-                Err(FrameError::BadLength(len)) => {
-                    let frame_end = position.saturating_add(HEADER_LEN as u64).saturating_add(len);
-                    if len + (HEADER_LEN as u64) > MAX_FRAME || frame_end > self.len || self.window.end() >= frame_end {
-                        return Ok(None);
-                    }
-                    self.fill(position, HEADER_LEN + len as usize)?;
-                }
-                Err(_) => return Ok(None),
-            }
+        let mut header = [0u8; HEADER_LEN];
+        let read = self.src.read_full(&mut header, position).map_err(|e| Error::io(&self.path, e))?;
+        if read < HEADER_LEN {
+            return Ok(None);
         }
+        Ok(record::claims(&header)
+            .and_then(|(offset, len)| Some((offset, position.checked_add(len as u64)?)))
+            .filter(|&(_, end)| end <= self.len))
     }
 
     /// [`scan::resync`] over the bytes from `position` (where the record with offset
     /// `offset` should start, and does not frame) to `end`, a record boundary known from
     /// elsewhere, with the offset there. `None` also when that stretch is longer than
-    /// [`MAX_RESYNC_SPAN`], which is not read.
+    /// [`MAX_RESYNC_SPAN`], which is not read. The stretch is read into a buffer of its own,
+    /// one such search at a time in the process: its memory is given back at once.
     pub(crate) fn resync(&mut self, position: u64, offset: u64, end: (u64, u64)) -> Result<Option<(u64, u64)>> {
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let Some(span) = end.0.checked_sub(position).filter(|&span| span <= MAX_RESYNC_SPAN) else { return Ok(None) };
-        self.fill(position, span as usize)?;
-        let (bytes, start) = self.window.bytes();
-        let Some(from) = position.checked_sub(start).and_then(|at| bytes.get(at as usize..)) else { return Ok(None) };
-        let found = scan::resync(from, 0, offset, (span as usize, end.1));
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bytes = vec![0u8; span as usize];
+        let read = self.src.read_full(&mut bytes, position).map_err(|e| Error::io(&self.path, e))?;
+        bytes.truncate(read);
+        let found = scan::resync(&bytes, 0, offset, (span as usize, end.1));
         Ok(found.map(|(at, offset)| (position + at as u64, offset)))
     }
 

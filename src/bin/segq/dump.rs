@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use segq::inspect::{Finding, Lost, PastDamage, QueueDir, RecordView, SegmentEnd, SegmentReader, judge_end};
+use segq::inspect::{Finding, Lost, PastDamage, QueueDir, RecordView, Resume, SegmentEnd, SegmentReader, judge_end};
 
 use crate::output::{hex, timestamp, utf8_line};
 use crate::{Failure, Outcome};
@@ -276,17 +276,12 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                         let stop = reader.end().cloned().expect("the walk ended");
                         let resume = match past_damage.as_mut() {
                             Some(past_damage) => past_damage.resume(&mut reader)?,
-                            None => None,
+                            None => Resume::NotSearched,
                         };
-                        let lost = Lost {
-                            position: stop.position,
-                            from: stop.next_offset,
-                            to: resume.map(|(_, offset)| offset),
-                            resumes_at: resume.map(|(pos, _)| pos),
-                        };
+                        let lost = Lost { position: stop.position, from: stop.next_offset, resume };
                         findings.push(Finding::damage(&target.path, position, format!("{what}; {lost}")));
                         expected = None;
-                        if resume.is_some() {
+                        if matches!(resume, Resume::At { .. }) {
                             retries = 0;
                             continue;
                         }
