@@ -363,11 +363,7 @@ impl SegmentReader {
     /// # Ok::<(), segq::Error>(())
     /// ```
     pub fn seek(&mut self, position: u64, offset: u64) {
-        self.pos = position.max(FILE_HEADER_LEN as u64);
-        self.next_offset = offset;
-        self.valid_end = self.pos;
-        self.valid_next_offset = offset;
-        self.end = None;
+        self.go_on_at(position, offset);
         self.window.clear();
         if let Ok(len) = self.src.len() {
             self.len = len;
