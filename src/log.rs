@@ -853,6 +853,10 @@ impl Log {
                 }
                 (segments[0].clone(), segments.iter().map(|s| s.bytes()).sum())
             };
+            // A close waits for the pass: stop rather than delete under a queue opened next.
+            if self.is_closing() {
+                return Err(Error::Closed);
+            }
             if !delete(&oldest, total)? {
                 break;
             }

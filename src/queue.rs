@@ -246,6 +246,10 @@ impl Queue {
         let opts = self.log.options().clone();
         // Groups created or sought back wait for the pass: what it finds they need stays so.
         let pass = self.log.retention_pass();
+        // A close waits for the pass: one that began meanwhile has nothing left to do.
+        if self.log.is_closing() {
+            return Err(Error::Closed);
+        }
         // With `retain_until_consumed`, the lowest offset any group still needs.
         let needed = if opts.retain_until_consumed {
             // Listed and opened under the lock of the open groups, which `delete_group`
@@ -387,6 +391,10 @@ impl Queue {
         }
         // A new group starts at the first offset: not while a retention pass deletes it.
         let _pass = self.log.retention_pass();
+        // A close may have begun while this waited (it then waits for this in turn).
+        if self.log.is_closing() {
+            return Err(Error::Closed);
+        }
         self.open_locked(&mut self.shared.groups(), name, options)
     }
 
@@ -701,14 +709,13 @@ impl Queue {
         // side by side, one's flush failed with `Closed` once the other had closed the log.)
         let mut lock = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         self.stop_flusher();
-        let groups = if self.log.is_closed() {
-            Ok(())
-        } else {
-            // Groups first stop taking changes, so that this flush covers every one that
-            // returned: a change checks under its group's lock, which the flush takes.
-            self.log.begin_close();
-            self.shared.flush()
-        };
+        // Groups first stop taking changes, so that the flush below covers every one that
+        // returned: a change checks under its group's lock, which the flush takes. A
+        // retention pass stops at its next deletion, and this waits for it (and for a group
+        // being created): once `close` returns, nothing of this handle touches the files.
+        self.log.begin_close();
+        let _pass = self.log.retention_pass();
+        let groups = if self.log.is_closed() { Ok(()) } else { self.shared.flush() };
         let result = groups.and(self.log.close());
         let open: Vec<_> = self.shared.groups().values().cloned().collect();
         for group in open {
