@@ -1008,8 +1008,8 @@ fn info_drops_a_checkpoint_slot_that_does_not_land_as_recovery_does() {
 
 /// Garbage over many records of a sealed segment, more than 16 index entries' worth: a read
 /// inside it finds entry after entry that does not land and stops trusting the index. The
-/// records after the garbage still read, in any order of reads, from entries rebuilt from
-/// the data. (They read only if no read inside the garbage came first: the distrusted index
+/// records after the garbage still read, in any order of reads, from the entries that land
+/// and entries rebuilt from the data; the index file is kept. (They read only if no read inside the garbage came first: the distrusted index
 /// sent every later lookup to the segment's start, which the garbage cut off. Found by the
 /// review of `dump` past damage, whose reads in order disagreed with those in reverse.)
 #[test]
@@ -1027,4 +1027,41 @@ fn after_garbage_over_many_index_entries_later_records_read_in_any_order() {
     assert!(matches!(q.read(50), Err(Error::Corrupt { .. })));
     let lost = unreadable(&q, &payloads, n);
     assert_eq!(lost, (10..100).collect::<Vec<_>>());
+    assert!(first.with_extension("index").exists(), "the index file is kept");
+}
+
+/// Garbage over many records of a sealed segment and, further on, a length that no longer
+/// frames: the same records read whatever the order of the reads, and after a reopen. (A
+/// read inside the garbage made the segment distrust its index and look records up in
+/// entries rebuilt from the data alone, which find only what follows the last damaged
+/// place, and deleted the index file: the 200 intact records between the two places became
+/// unreadable, for good. Found by the review of this session's changes.)
+#[test]
+fn records_between_two_damaged_places_read_whatever_the_order_of_reads() {
+    let payloads: Vec<Vec<u8>> = (0..600).map(varied).collect();
+    let (dir, opts, first) = closed_with(&payloads);
+    let spans = record_spans(&std::fs::read(&first).unwrap());
+    let n = spans.len() as u64;
+    assert!(n > 350, "{n} records in the first segment");
+    let f = std::fs::OpenOptions::new().write(true).open(&first).unwrap();
+    let garbage = vec![0x5a; spans[100].start - spans[10].start];
+    std::os::unix::fs::FileExt::write_all_at(&f, &garbage, spans[10].start as u64).unwrap();
+    // Record 300's length now runs past the file: it does not frame.
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xff, 0xff, 0x00], spans[300].start as u64 + 4).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    common::copy_dir(dir.path(), copy.path());
+    // Newest first, through the intact index, before any read inside the garbage.
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    let mut newest_first: Vec<u64> =
+        (0..n).rev().filter(|&o| matches!(q.read(o), Err(Error::Corrupt { .. }))).collect();
+    newest_first.reverse();
+    assert_eq!(newest_first, (10..100).chain([300]).collect::<Vec<_>>());
+    drop(q);
+    // A read inside the garbage first, then every record in order, then after a reopen.
+    let q = Queue::open(copy.path(), opts.clone()).unwrap();
+    assert!(matches!(q.read(50), Err(Error::Corrupt { .. })));
+    assert_eq!(unreadable(&q, &payloads, n), newest_first);
+    drop(q);
+    let q = Queue::open(copy.path(), opts).unwrap();
+    assert_eq!(unreadable(&q, &payloads, n), newest_first);
 }

@@ -248,6 +248,38 @@ pub(crate) fn build(data: &[u8], base: u64, end_offset: u64, interval: u32) -> V
     }
 }
 
+/// The entries a sealed segment's lookups use once its index is distrusted: those of
+/// `index` that land on their records in `data`, and between them those rebuilt from the
+/// data (`built`, see [`build`]), by offset. Where both name an offset, the index's entry
+/// is kept; an entry that would not follow the one before it in offset and position is
+/// left out. So the records that the index reached still read (between two damaged
+/// places, say, where a rebuild finds nothing), and those the rebuild found after damage
+/// read too.
+pub(crate) fn merged(index: &[u8], built: &[u8], data: &[u8], base: u64) -> Vec<u8> {
+    let mut landing =
+        (0..index.len() / ENTRY_LEN).map(|i| entry(index, i)).filter(|&e| lands(data, base, e)).peekable();
+    let mut rebuilt = (0..built.len() / ENTRY_LEN).map(|i| entry(built, i)).peekable();
+    let mut out = Vec::new();
+    let mut last: Option<(u32, u32)> = None;
+    loop {
+        let next = match (landing.peek(), rebuilt.peek()) {
+            (Some(&a), Some(&b)) if b.0 < a.0 => rebuilt.next(),
+            (Some(&a), Some(&b)) if b.0 == a.0 => {
+                rebuilt.next();
+                landing.next()
+            }
+            (Some(_), _) => landing.next(),
+            (None, Some(_)) => rebuilt.next(),
+            (None, None) => return out,
+        };
+        let Some((rel, pos)) = next else { return out };
+        if last.is_none_or(|(r, p)| rel > r && pos > p) {
+            push(&mut out, rel, pos);
+            last = Some((rel, pos));
+        }
+    }
+}
+
 fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
     let mut e = [0u8; ENTRY_LEN];
     LittleEndian::write_u32(&mut e, rel);

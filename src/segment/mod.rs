@@ -261,12 +261,17 @@ impl Segment {
         }
     }
 
-    /// The entries rebuilt from the data of a sealed segment whose index is distrusted;
-    /// `None` for the active segment.
+    /// The entries a sealed segment whose index is distrusted looks records up in: those of
+    /// its index that land, with entries rebuilt from its data between them
+    /// ([`index::merged`]); `None` for the active segment.
     #[cold]
     fn rebuilt_entries(&self, bytes: &[u8]) -> Option<&[u8]> {
         let end = self.end_offset()?;
-        Some(self.rebuilt.get_or_init(|| index::build(bytes, self.base, end, self.interval)))
+        Some(self.rebuilt.get_or_init(|| {
+            let built = index::build(bytes, self.base, end, self.interval);
+            let index = self.index(bytes).map(|map| map.readable().get(FILE_HEADER_LEN..).unwrap_or_default());
+            index::merged(index.unwrap_or_default(), &built, bytes, self.base)
+        }))
     }
 
     /// Where to start stepping when the entry `e` does not land. If the records before it
@@ -274,8 +279,9 @@ impl Segment {
     /// reports that. Otherwise the entry is wrong, or damage spans more than its record:
     /// an earlier entry that lands will do. Only an index that is wrong again and again (or
     /// damage over many records) makes the whole index distrusted: a sealed segment's
-    /// lookups then use entries rebuilt from its data, and its index file is deleted, to be
-    /// rebuilt in the next run; the active segment's lookups step from its start.
+    /// lookups then use its entries that land, with entries rebuilt from its data between
+    /// them; the active segment's lookups step from its start. The index file is left as it
+    /// is: the fault is as likely in the data, and the entries that land are kept anyway.
     #[cold]
     fn start_before(&self, bytes: &[u8], entries: &[u8], e: (u32, u32)) -> (u64, usize) {
         let entry = |e: (u32, u32)| (self.base + u64::from(e.0), e.1 as usize);
@@ -291,9 +297,6 @@ impl Segment {
             }
         }
         self.index_distrusted.store(true, Ordering::Relaxed);
-        if self.end_offset().is_some() {
-            let _ = std::fs::remove_file(&self.index_path);
-        }
         (self.base, FILE_HEADER_LEN)
     }
 
