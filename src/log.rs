@@ -710,8 +710,8 @@ impl Log {
         }
         self.checkpoint.lock().unwrap_or_else(|e| e.into_inner()).close();
         let mut segments = self.segments.write().unwrap_or_else(|e| e.into_inner());
-        for segment in segments.iter_mut().filter(|s| s.holds_mappings()) {
-            *segment = segment.unmapped();
+        for segment in segments.iter_mut() {
+            *segment = segment.retired();
         }
     }
 

@@ -70,6 +70,8 @@ pub(crate) struct Segment {
     /// Sealed, index included: its files keep their size from now on, so a copy may map
     /// them afresh (see [`Segment::unmapped`]).
     settled: AtomicBool,
+    /// Put in the list of a closed log: maps nothing any more (see [`Segment::retired`]).
+    retired: AtomicBool,
 }
 
 impl Segment {
@@ -94,6 +96,7 @@ impl Segment {
             index_distrusted: AtomicBool::new(false),
             rebuilt: OnceLock::new(),
             settled: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         }
     }
 
@@ -166,7 +169,18 @@ impl Segment {
             index_distrusted: AtomicBool::new(self.index_distrusted.load(Ordering::Relaxed)),
             rebuilt: OnceLock::new(),
             settled: AtomicBool::new(self.is_settled()),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// A copy with nothing mapped that never maps its files: it takes this one's place in
+    /// the list of a closed log. A read that raced the close gets `Closed` from it, rather
+    /// than mapping the files again (and rebuilding the index of a segment that was still
+    /// being written, under a queue opened next).
+    pub fn retired(&self) -> Arc<Segment> {
+        let copy = self.unmapped();
+        copy.retired.store(true, Ordering::Release);
+        copy
     }
 
     /// The segment's readable bytes, mapping the file on first use.
@@ -177,6 +191,9 @@ impl Segment {
         let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = self.data.get() {
             return Ok(map);
+        }
+        if self.retired.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
         let file = File::open(&self.path).at(&self.path)?;
         let len = file.metadata().at(&self.path)?.len() as usize;
@@ -202,6 +219,9 @@ impl Segment {
         let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(map) = self.index.get() {
             return Ok(map);
+        }
+        if self.retired.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
         let max_rel = self.end_offset.load(Ordering::Acquire).saturating_sub(self.base);
         let map = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
