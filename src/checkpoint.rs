@@ -146,7 +146,7 @@ impl Checkpoint {
     }
 
     fn file(&self) -> Result<&File> {
-        self.file.as_ref().ok_or(crate::Error::Closed)
+        self.file.as_ref().ok_or_else(|| crate::Error::Closed)
     }
 
     /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when a
@@ -156,7 +156,7 @@ impl Checkpoint {
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
-        let file = self.file.as_ref().ok_or(crate::Error::Closed)?;
+        let file = self.file.as_ref().ok_or_else(|| crate::Error::Closed)?;
         crate::fs::write_at(file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
         self.progress = Some(key);
         if self.synced_at.elapsed() >= SYNC_EVERY {
