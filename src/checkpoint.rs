@@ -146,7 +146,10 @@ impl Checkpoint {
     }
 
     fn file(&self) -> Result<&File> {
-        self.file.as_ref().ok_or_else(|| crate::Error::Closed)
+        match &self.file {
+            Some(file) => Ok(file),
+            None => Err(crate::Error::Closed),
+        }
     }
 
     /// Notes in slot B that the log is synced up to `mark`. The slot itself is synced when a
@@ -156,7 +159,7 @@ impl Checkpoint {
         if self.progress.is_some_and(|p| p >= key) {
             return Ok(());
         }
-        let file = self.file.as_ref().ok_or_else(|| crate::Error::Closed)?;
+        let Some(file) = &self.file else { return Err(crate::Error::Closed) };
         crate::fs::write_at(file, &self.path, &encode(Mark { clean: false, ..mark }), SLOT_B)?;
         self.progress = Some(key);
         if self.synced_at.elapsed() >= SYNC_EVERY {
