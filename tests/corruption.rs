@@ -1065,3 +1065,55 @@ fn records_between_two_damaged_places_read_whatever_the_order_of_reads() {
     let q = Queue::open(copy.path(), opts).unwrap();
     assert_eq!(unreadable(&q, &payloads, n), newest_first);
 }
+
+/// An index whose entry for record X points at an exact copy of X inside record 200's
+/// payload (a queue of queue files; the entry lands there), followed by more than 16
+/// entries that point just past it and land nowhere. Once a read distrusts the index, the
+/// entries rebuilt from the data win over that entry: every intact record reads, in any
+/// order. (Merging kept the far entry and dropped every rebuilt entry below its position:
+/// records 40..=200 read as `Corrupt`. Found by the last review of the session.)
+#[test]
+fn an_index_entry_pointing_into_a_payload_does_not_hide_the_rebuilt_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+    let q = Queue::open(dir.path(), opts.clone()).unwrap();
+    let mut payloads: Vec<Vec<u8>> = (0..200).map(varied).collect();
+    common::append_all(&q, 0, &payloads);
+    q.flush().unwrap();
+    let first = segment_files(dir.path())[0].clone();
+    let bytes = std::fs::read(&first).unwrap();
+    let spans = record_spans(&bytes);
+    // Record 200 holds a copy of records 30..40, 5 bytes into its payload.
+    let mut copy = b"copy:".to_vec();
+    copy.extend_from_slice(&bytes[spans[30].start..spans[40].start]);
+    payloads.push(copy);
+    payloads.extend((201..600).map(varied));
+    common::append_all(&q, 200, &payloads[200..]);
+    q.close().unwrap();
+    drop(q);
+    let copy_at = spans[199].end + RECORD_HEADER_LEN + 5;
+    let index = first.with_extension("index");
+    let mut entries = index_entries(&index);
+    let i = entries.iter().position(|&(r, _)| (31..39).contains(&r)).unwrap();
+    let x = entries[i].0 as usize;
+    entries[i].1 = copy_at + spans[x].start - spans[30].start;
+    let mut k = 1;
+    while entries[i + k].1 <= entries[i].1 + k {
+        entries[i + k].1 = entries[i].1 + k;
+        k += 1;
+    }
+    assert!(k > 17, "{k} entries moved");
+    let mut file = std::fs::read(&index).unwrap();
+    for (j, &(r, p)) in entries.iter().enumerate() {
+        let at = FILE_HEADER_LEN + j * 8;
+        file[at..at + 4].copy_from_slice(&(r as u32).to_le_bytes());
+        file[at + 4..at + 8].copy_from_slice(&(p as u32).to_le_bytes());
+    }
+    std::fs::write(&index, file).unwrap();
+    let n = spans.len() as u64;
+    let q = Queue::open(dir.path(), opts).unwrap();
+    // A read past the moved entries walks back over them (none lands, the 17th back is
+    // more than the 16 a lookup tries): the index is distrusted.
+    let _ = q.read(entries[i + k].0 - 1);
+    assert_eq!(unreadable(&q, &payloads, n), Vec::<u64>::new());
+}

@@ -248,36 +248,33 @@ pub(crate) fn build(data: &[u8], base: u64, end_offset: u64, interval: u32) -> V
     }
 }
 
-/// The entries a sealed segment's lookups use once its index is distrusted: those of
-/// `index` that land on their records in `data`, and between them those rebuilt from the
-/// data (`built`, see [`build`]), by offset. Where both name an offset, the index's entry
-/// is kept; an entry that would not follow the one before it in offset and position is
-/// left out. So the records that the index reached still read (between two damaged
-/// places, say, where a rebuild finds nothing), and those the rebuild found after damage
-/// read too.
+/// The entries a sealed segment's lookups use once its index is distrusted: those rebuilt
+/// from its `data` (`built`, see [`build`]), and between two of them the entries of `index`
+/// that land on their records and fit there, in offset and in position. The rebuilt
+/// entries come from walking the data, so they win where the two disagree: an index entry
+/// that names an offset the rebuild has, or lies outside the gap its offset falls in, is
+/// left out. The index's entries fill the gaps the rebuild leaves (between two damaged
+/// places, where it finds nothing).
 pub(crate) fn merged(index: &[u8], built: &[u8], data: &[u8], base: u64) -> Vec<u8> {
-    let mut landing =
-        (0..index.len() / ENTRY_LEN).map(|i| entry(index, i)).filter(|&e| lands(data, base, e)).peekable();
-    let mut rebuilt = (0..built.len() / ENTRY_LEN).map(|i| entry(built, i)).peekable();
+    let rebuilt: Vec<(u32, u32)> = (0..built.len() / ENTRY_LEN).map(|i| entry(built, i)).collect();
+    let fits = |&(rel, pos): &(u32, u32)| {
+        let i = rebuilt.partition_point(|&(r, _)| r < rel);
+        let after_prev = i.checked_sub(1).is_none_or(|p| rebuilt[p].1 < pos);
+        let before_next = rebuilt.get(i).is_none_or(|&(r, p)| r != rel && pos < p);
+        after_prev && before_next
+    };
+    let from_index = (0..index.len() / ENTRY_LEN).map(|i| entry(index, i)).filter(|e| fits(e) && lands(data, base, *e));
+    let mut all: Vec<(u32, u32)> = from_index.chain(rebuilt.iter().copied()).collect();
+    all.sort_unstable();
     let mut out = Vec::new();
     let mut last: Option<(u32, u32)> = None;
-    loop {
-        let next = match (landing.peek(), rebuilt.peek()) {
-            (Some(&a), Some(&b)) if b.0 < a.0 => rebuilt.next(),
-            (Some(&a), Some(&b)) if b.0 == a.0 => {
-                rebuilt.next();
-                landing.next()
-            }
-            (Some(_), _) => landing.next(),
-            (None, Some(_)) => rebuilt.next(),
-            (None, None) => return out,
-        };
-        let Some((rel, pos)) = next else { return out };
+    for (rel, pos) in all {
         if last.is_none_or(|(r, p)| rel > r && pos > p) {
             push(&mut out, rel, pos);
             last = Some((rel, pos));
         }
     }
+    out
 }
 
 fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {

@@ -281,8 +281,8 @@ impl Segment {
         }
     }
 
-    /// The entries a sealed segment whose index is distrusted looks records up in: those of
-    /// its index that land, with entries rebuilt from its data between them
+    /// The entries a sealed segment whose index is distrusted looks records up in: entries
+    /// rebuilt from its data, with those of its index that land and fit between them
     /// ([`index::merged`]); `None` for the active segment.
     #[cold]
     fn rebuilt_entries(&self, bytes: &[u8]) -> Option<&[u8]> {
