@@ -460,6 +460,12 @@ impl Queue {
         let groups_dir = self.log.dir().join(group::GROUPS_DIR);
         group::check_link(&groups_dir)?;
         group::check_link(&groups_dir.join(name))?;
+        // A close holds the pass for its whole run: with it, a close that began meanwhile
+        // is seen, and the files are never removed after `close` returned.
+        let _pass = self.log.retention_pass();
+        if self.log.is_closing() {
+            return Err(Error::Closed);
+        }
         let mut groups = self.shared.groups();
         if let Some(inner) = groups.remove(name) {
             inner.mark_deleted();
