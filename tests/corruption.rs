@@ -121,18 +121,24 @@ fn check_sealed_damage_in(dir: &Path, payloads: &[Vec<u8>], seg: &Seg, k: usize,
     kind
 }
 
-/// A cleanly closed queue of 1,200 records of 100 B in segments of 64 KiB, indexed every
-/// 256 bytes (every third record), its options and its first segment file.
-fn twelve_hundred_records() -> (tempfile::TempDir, Options, PathBuf) {
+/// A cleanly closed queue of `n` records of 100 B (record `i` filled with byte `i`) in
+/// segments of `segment_bytes`, indexed every 256 bytes (every third record): it, its
+/// options and its first segment file.
+fn records_of_100_bytes(n: u64, segment_bytes: u64) -> (tempfile::TempDir, Options, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let opts = Options::default().segment_bytes(64 << 10).index_interval_bytes(256);
+    let opts = Options::default().segment_bytes(segment_bytes).index_interval_bytes(256);
     let q = Queue::open(dir.path(), opts.clone()).unwrap();
-    for i in 0..1200u64 {
+    for i in 0..n {
         q.append(&[i as u8; 100]).unwrap();
     }
     q.close().unwrap();
     let first = segment_files(dir.path())[0].clone();
     (dir, opts, first)
+}
+
+/// [`records_of_100_bytes`]: 1,200 records in segments of 64 KiB.
+fn twelve_hundred_records() -> (tempfile::TempDir, Options, PathBuf) {
+    records_of_100_bytes(1200, 64 << 10)
 }
 
 /// A record in the middle of a sealed segment whose length no longer frames it (it runs
@@ -428,14 +434,7 @@ fn a_rebuilt_index_does_not_take_an_image_in_a_damaged_last_record_for_it() {
 /// here, read as `Corrupt`.)
 #[test]
 fn a_rebuilt_index_finds_the_records_after_a_second_damaged_record() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = Options::default().segment_bytes(256 << 10).index_interval_bytes(256);
-    let q = Queue::open(dir.path(), opts.clone()).unwrap();
-    for i in 0..2500u64 {
-        q.append(&[i as u8; 100]).unwrap();
-    }
-    q.close().unwrap();
-    let first = segment_files(dir.path())[0].clone();
+    let (dir, opts, first) = records_of_100_bytes(2500, 256 << 10);
     let spans = record_spans(&std::fs::read(&first).unwrap());
     let end = spans.len() as u64;
     assert!(end > 1000, "{end} records in the first segment");

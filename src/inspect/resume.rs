@@ -122,9 +122,11 @@ impl<'a> PastDamage<'a> {
         if dir.is_unsealed(i) {
             // Damage, or zeros before what the checkpoint says was synced.
             let synced_after = dir.trusted_in(i).is_some_and(|(mark, _)| mark > position);
-            let damaged =
-                matches!(end.reason, EndReason::Damage(_)) || (end.reason == EndReason::Zeros && synced_after);
-            return Ok(if damaged { Resume::NotSearched } else { Resume::Nowhere });
+            return Ok(match end.reason {
+                EndReason::Damage(_) => Resume::NotSearched,
+                EndReason::Zeros if synced_after => Resume::NotSearched,
+                EndReason::Zeros | EndReason::EndOfFile => Resume::Nowhere,
+            });
         }
         // The segment's end, where the next segment's base follows.
         let Some((data_end, end_offset)) = dir.segments.get(i + 1).map(|next| (reader.file_len(), next.base)) else {
