@@ -164,6 +164,123 @@ fn a_record_is_dead_lettered_after_max_attempts_and_redrive_brings_it_back() {
     assert!(!g.redrive(2).unwrap(), "2 is not a dead letter");
 }
 
+/// A worker whose lease ran out cannot give the record back, or keep it, once another
+/// worker has it: `nack_delivery` and `extend_delivery` say `false` and change nothing,
+/// where the offset-named `nack` and `extend_lease` would act on the new holder's lease.
+#[test]
+fn a_stale_delivery_cannot_nack_or_extend_the_lease_of_the_next_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    fill(&q, 1);
+    let g = q.group_with("g", GroupOptions::default().lease(Duration::from_millis(50))).unwrap();
+    let stale = g.poll(NO_WAIT).unwrap().unwrap();
+    assert!(g.is_current(&stale).unwrap());
+    let current = g.poll(Duration::from_secs(10)).unwrap().expect("due again once the lease ran out");
+    assert_eq!(current.attempt(), 2);
+    assert!(g.extend_delivery(&current, Duration::from_secs(3600)).unwrap());
+    assert!(!g.is_current(&stale).unwrap());
+    assert!(g.is_current(&current).unwrap());
+
+    assert!(!g.nack_delivery(&stale, NO_WAIT).unwrap());
+    assert!(!g.extend_delivery(&stale, NO_WAIT).unwrap(), "would end the holder's lease at once");
+    assert!(g.poll(NO_WAIT).unwrap().is_none(), "still leased to the current holder");
+    assert_eq!((g.stats().leased, g.stats().waiting), (1, 0));
+
+    // The holder's own calls act: ending its lease now delivers the record again.
+    assert!(g.extend_delivery(&current, NO_WAIT).unwrap());
+    let third = g.poll(Duration::from_secs(10)).unwrap().unwrap();
+    assert_eq!(third.attempt(), 3);
+    assert!(!g.is_current(&current).unwrap());
+    assert!(g.nack_delivery(&third, Duration::from_secs(3600)).unwrap());
+    assert!(!g.is_current(&third).unwrap(), "a nack ends the lease");
+    assert!(!g.nack_delivery(&third, NO_WAIT).unwrap(), "a second nack would cut the delay short");
+    assert_eq!((g.stats().leased, g.stats().waiting), (0, 1));
+
+    // The nack was journaled and synced as `nack`'s is: the attempt count survives a reopen.
+    drop(g);
+    q.close().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    let g = q.group("g").unwrap();
+    assert!(!g.is_current(&third).unwrap(), "made by an earlier open");
+    g.seek(0).unwrap();
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    assert!(!g.is_current(&third).unwrap());
+    assert!(g.is_current(&d).unwrap());
+}
+
+/// A lease that ran out is still the delivery's until another poll takes the record (as
+/// for `extend_lease`), and a nack of the last allowed attempt dead-letters the record.
+#[test]
+fn a_delivery_holds_a_lease_that_ran_out_until_the_record_is_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 2);
+    let opts = GroupOptions::default().lease(Duration::from_millis(1)).max_attempts(2);
+    let g = q.group_with("g", opts).unwrap();
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(g.is_current(&d).unwrap());
+    assert!(g.extend_delivery(&d, Duration::from_secs(3600)).unwrap());
+    assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 1, "0 stays leased");
+    assert!(g.nack_delivery(&d, NO_WAIT).unwrap());
+    let last = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((last.offset(), last.attempt()), (0, 2));
+    assert!(g.nack_delivery(&last, NO_WAIT).unwrap());
+    assert_eq!(g.dead_letters().unwrap()[0].offset(), 0);
+    assert!(!g.nack_delivery(&last, NO_WAIT).unwrap(), "dead");
+}
+
+/// Acks, dead letters, redrives, seeks and other groups: each ends a delivery's lease, and
+/// none ends another's. A redriven record counts its attempts from 1 again; the delivery
+/// of it made before the redrive is told from the one after it all the same.
+#[test]
+fn a_delivery_stops_being_current_when_its_record_moves_on_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    fill(&q, 4);
+    let g = q.group_with("g", GroupOptions::default().max_attempts(1)).unwrap();
+    let d0 = g.poll(NO_WAIT).unwrap().unwrap();
+    g.ack(0).unwrap();
+    assert!(!g.is_current(&d0).unwrap());
+    assert!(!g.nack_delivery(&d0, NO_WAIT).unwrap());
+    assert_eq!(g.ack_floor(), 1, "still acked");
+
+    let d1 = g.poll(NO_WAIT).unwrap().unwrap();
+    g.nack(1, NO_WAIT).unwrap();
+    assert!(!g.is_current(&d1).unwrap(), "dead");
+    let d2 = g.poll(NO_WAIT).unwrap().unwrap();
+    assert!(g.redrive(1).unwrap());
+    let d1_again = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((d1_again.offset(), d1_again.attempt()), (d1.offset(), d1.attempt()));
+    assert!(!g.is_current(&d1).unwrap(), "made before the redrive");
+    assert!(!g.extend_delivery(&d1, NO_WAIT).unwrap());
+    assert!(g.is_current(&d1_again).unwrap());
+    assert!(g.is_current(&d2).unwrap(), "a redrive of another record leaves this lease alone");
+
+    // Another group's delivery of the same record, with the same attempt, is not this one's.
+    let h = q.group("h").unwrap();
+    let h1 = h.poll(NO_WAIT).unwrap().unwrap();
+    let h2 = h.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((h2.offset(), h2.attempt()), (d1_again.offset(), d1_again.attempt()));
+    assert!(!g.is_current(&h2).unwrap() && !h.is_current(&d1_again).unwrap());
+    assert!(!g.nack_delivery(&h2, NO_WAIT).unwrap());
+    assert!(h.is_current(&h1).unwrap() && h.is_current(&h2).unwrap());
+
+    // A seek back ends every lease; the records' first deliveries after it are new ones.
+    g.seek(1).unwrap();
+    let replay = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((replay.offset(), replay.attempt()), (1, 1));
+    assert!(!g.is_current(&d1_again).unwrap() && !g.is_current(&d2).unwrap());
+    assert!(g.is_current(&replay).unwrap());
+
+    q.delete_group("h").unwrap();
+    assert!(matches!(h.is_current(&h1), Err(Error::GroupDeleted { .. })));
+    assert!(matches!(h.nack_delivery(&h1, NO_WAIT), Err(Error::GroupDeleted { .. })));
+    q.close().unwrap();
+    assert!(matches!(g.is_current(&replay), Err(Error::Closed)));
+    assert!(matches!(g.extend_delivery(&replay, NO_WAIT), Err(Error::Closed)));
+}
+
 #[test]
 fn an_expired_last_lease_is_listed_as_dead_without_another_poll() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,9 @@ use crate::record::Record;
 pub struct Delivery {
     pub(super) record: Record,
     pub(super) attempt: u32,
+    /// With `attempt`, names this delivery among all of its record's: see
+    /// [`GroupState::holds`](super::state::GroupState::holds).
+    pub(super) name: (u64, u64),
 }
 
 impl Delivery {

@@ -328,8 +328,8 @@ impl Group {
     /// Acks and nacks name an offset, not one delivery of it. A consumer whose lease ran out
     /// can still ack (or nack) the record after it went to another consumer: its ack ends
     /// the record for both, since the work was done once; its nack makes the record due
-    /// again while the other consumer still holds it. Choose a lease longer than the work
-    /// takes, so that this stays the rare case at-least-once delivery allows.
+    /// again while the other consumer still holds it. [`Group::nack_delivery`] and
+    /// [`Group::extend_delivery`] act only while the delivery still holds the lease.
     ///
     /// ```
     /// use std::time::Duration;
@@ -450,7 +450,8 @@ impl Group {
     /// has run out but whose record has not been delivered again yet is still leased.
     ///
     /// Leases are not written to disk, so this costs no I/O; after a restart every lease
-    /// has ended anyway. Like [`Group::ack`], it names an offset, not one delivery.
+    /// has ended anyway. Like [`Group::ack`], it names an offset, not one delivery:
+    /// [`Group::extend_delivery`] extends a lease only while a given delivery holds it.
     ///
     /// ```
     /// use segq::GroupOptions;
@@ -485,6 +486,127 @@ impl Group {
         // A shorter lease may make the record due before the deadline pollers sleep to.
         inner.log.notify.notify();
         Ok(extended)
+    }
+
+    /// Whether `delivery` is still the lease on its record: nothing has acked, nacked,
+    /// dead-lettered or delivered the record again since this group handed it out. A lease
+    /// that ran out still holds until another poll takes the record. A worker whose job has
+    /// side effects can ask before it commits them, and use [`Group::extend_delivery`] to
+    /// keep the record while it works.
+    ///
+    /// A [`Group::seek`] ends every lease made before it, as does closing the queue: a
+    /// delivery made by an earlier open of the queue is never current, nor is one from
+    /// another group.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().lease(Duration::from_millis(1)))?;
+    /// let slow = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// assert!(g.is_current(&slow)?);
+    /// // The lease runs out and another worker polls the job.
+    /// let other = g.poll(Duration::from_secs(10))?.expect("due again");
+    /// assert!(!g.is_current(&slow)?);
+    /// assert!(g.is_current(&other)?);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
+    /// [`Group::poll`].
+    pub fn is_current(&self, delivery: &Delivery) -> Result<bool> {
+        let inner = &*self.inner;
+        let l = inner.lock();
+        inner.check(&l)?;
+        Ok(l.state.holds(delivery.offset(), delivery.attempt, delivery.name))
+    }
+
+    /// [`Group::nack`] for this one delivery: gives the record back (or dead-letters it)
+    /// only while `delivery` is still its lease ([`Group::is_current`]). Returns whether it
+    /// did; `false` changes nothing. A worker whose lease ran out and whose record went to
+    /// another worker thus cannot make it due again under the new holder.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().lease(Duration::from_millis(1)))?;
+    /// let slow = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// let other = g.poll(Duration::from_secs(10))?.expect("due again once the lease ran out");
+    /// assert!(g.extend_delivery(&other, Duration::from_secs(60))?);
+    /// assert!(!g.nack_delivery(&slow, Duration::ZERO)?); // too late: nothing changes
+    /// assert!(g.poll(Duration::ZERO)?.is_none(), "still leased to the other worker");
+    /// assert!(g.nack_delivery(&other, Duration::ZERO)?);
+    /// assert_eq!(g.poll(Duration::ZERO)?.expect("retried").attempt(), 3);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As for [`Group::nack`].
+    pub fn nack_delivery(&self, delivery: &Delivery, delay: Duration) -> Result<bool> {
+        let delay_ms = millis(delay);
+        let inner = &*self.inner;
+        let offset = delivery.offset();
+        let seq = {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            if !l.state.holds(offset, delivery.attempt, delivery.name) {
+                return Ok(false);
+            }
+            let clock = Clock::lazy();
+            match nack_of(&l, &clock, offset, delay_ms) {
+                Some(op) => inner.commit_op(&mut l, op, &clock)?,
+                None => return Ok(false),
+            }
+        };
+        inner.make_durable(seq)?;
+        inner.log.notify.notify();
+        Ok(true)
+    }
+
+    /// [`Group::extend_lease`] for this one delivery: moves the lease's end to `lease` from
+    /// now only while `delivery` is still the record's lease ([`Group::is_current`]), and
+    /// returns whether it did. A worker that extends its lease as it goes learns this way
+    /// that it lost the record, instead of extending the lease of the worker that has it.
+    ///
+    /// ```
+    /// use segq::GroupOptions;
+    /// use std::time::Duration;
+    /// # let dir = tempfile::tempdir()?;
+    /// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+    /// q.append(b"long job")?;
+    /// let g = q.group_with("workers", GroupOptions::default().lease(Duration::from_secs(30)))?;
+    /// let job = g.poll(Duration::ZERO)?.expect("a job is waiting");
+    /// // Every so often while the job runs:
+    /// if !g.extend_delivery(&job, Duration::from_secs(30))? {
+    ///     unreachable!("lost the job to another worker: stop working on it");
+    /// }
+    /// g.ack(job.offset())?;
+    /// assert!(!g.extend_delivery(&job, Duration::from_secs(30))?, "done: nothing to extend");
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
+    /// [`Group::poll`].
+    pub fn extend_delivery(&self, delivery: &Delivery, lease: Duration) -> Result<bool> {
+        let inner = &*self.inner;
+        let offset = delivery.offset();
+        {
+            let mut l = inner.lock();
+            inner.check(&l)?;
+            if !l.state.holds(offset, delivery.attempt, delivery.name) {
+                return Ok(false);
+            }
+            l.state.extend_lease(offset, later(Instant::now(), lease));
+        }
+        inner.log.notify.notify();
+        Ok(true)
     }
 
     /// The records that used up their attempts, by offset. They do not hold back the
@@ -882,7 +1004,7 @@ impl GroupInner {
                 Ok(Some(record)) => {
                     let attempt = due.attempts + 1;
                     seq = Some(self.commit_op(l, Op::Deliver { offset, attempt }, clock)?);
-                    return Ok((Some(Ok(Delivery { record, attempt })), seq));
+                    return Ok((Some(Ok(Delivery { record, attempt, name: l.state.newest_delivery() })), seq));
                 }
                 // Removed by retention: nothing is left to deliver.
                 Ok(None) => seq = Some(self.commit_op(l, Op::Ack { offset }, clock)?),
@@ -922,7 +1044,7 @@ impl GroupInner {
         match read {
             Ok(Some(record)) => {
                 seq = Some(self.commit_op(l, Op::Deliver { offset, attempt: 1 }, clock)?);
-                Ok((Some(Ok(Delivery { record, attempt: 1 })), seq))
+                Ok((Some(Ok(Delivery { record, attempt: 1, name: l.state.newest_delivery() })), seq))
             }
             Ok(None) => Ok((None, seq)),
             Err(Error::Corrupt { .. }) if on_damage == OnDamage::Leave => {

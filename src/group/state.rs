@@ -9,6 +9,7 @@
 use std::cell::OnceCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Where one delivered record stands.
@@ -164,6 +165,20 @@ pub(crate) struct GroupState {
     lease: Duration,
     /// Records deleted by retention before this group was done with them.
     pub lost: u64,
+    /// Tells the deliveries made since the last seek (or since this state was built) from
+    /// all others: see [`GroupState::holds`].
+    epoch: u64,
+    /// Deliveries made in this epoch: the newest one's serial number.
+    delivered: u64,
+    /// Redriven records still open, with the serial of the last delivery made before their
+    /// redrive: their attempt numbers started over then.
+    redriven: BTreeMap<u64, u64>,
+}
+
+/// An epoch no other group state in this process has had.
+fn fresh_epoch() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl GroupState {
@@ -180,7 +195,30 @@ impl GroupState {
             sweep_at: MIN_SWEEP,
             lease,
             lost: 0,
+            epoch: fresh_epoch(),
+            delivered: 0,
+            redriven: BTreeMap::new(),
         }
+    }
+
+    /// Names the newest delivery among all this process makes: its epoch and serial.
+    pub fn newest_delivery(&self) -> (u64, u64) {
+        (self.epoch, self.delivered)
+    }
+
+    /// Whether the delivery of `offset` numbered `attempt`, named `(epoch, serial)` by
+    /// [`GroupState::newest_delivery`] when it was made, still holds the record's lease:
+    /// nothing has acked, nacked, dead-lettered or delivered the record again since.
+    ///
+    /// A record's attempt numbers only grow, so the slot's count names the one delivery
+    /// holding it, but for two breaks: a seek starts every count over, and takes a new
+    /// epoch (as a new state, a reopened group, does), which no earlier delivery matches; a
+    /// redrive starts one record's count over, and the deliveries of it made before are
+    /// told by their serial.
+    pub fn holds(&self, offset: u64, attempt: u32, (epoch, serial): (u64, u64)) -> bool {
+        epoch == self.epoch
+            && self.redriven.get(&offset).is_none_or(|&before| serial > before)
+            && matches!(self.slot(offset), Some(Slot::Leased { attempts, .. }) if attempts == attempt)
     }
 
     /// First offset never delivered.
@@ -336,12 +374,16 @@ impl GroupState {
                 } else {
                     return;
                 }
+                self.delivered += 1;
                 self.leases.push_back((until, offset));
                 if self.leases.len() > self.sweep_at {
                     self.sweep_timers();
                 }
             }
             Op::Ack { offset } => {
+                if !self.redriven.is_empty() {
+                    self.redriven.remove(&offset);
+                }
                 if offset < self.floor {
                     self.below.remove(&offset);
                     self.dead.remove(&offset);
@@ -382,6 +424,8 @@ impl GroupState {
             }
             Op::Redrive { offset } => {
                 if self.dead.remove(&offset).is_some() {
+                    // Its attempts count from 0 again.
+                    self.redriven.insert(offset, self.delivered);
                     let waiting = Slot::Waiting { attempts: 0, at: clock.now() };
                     match self.slot_mut(offset) {
                         Some(slot) => *slot = waiting,
@@ -405,6 +449,7 @@ impl GroupState {
                 self.lost += lost;
                 self.below.retain(|&o, _| o >= offset);
                 self.dead.retain(|&o, _| o >= offset);
+                self.redriven.retain(|&o, _| o >= offset);
                 if offset >= self.next {
                     self.window.clear();
                     self.floor = offset;
@@ -424,6 +469,9 @@ impl GroupState {
                 self.retries.clear();
                 self.sweep_at = MIN_SWEEP;
                 self.dead.retain(|&o, _| o < offset);
+                self.redriven.clear();
+                self.epoch = fresh_epoch();
+                self.delivered = 0;
             }
         }
     }
@@ -468,6 +516,11 @@ impl GroupState {
         if next >= self.next {
             return;
         }
+        // Their attempts count from 1 again: a new epoch. It ends every lease, but only an
+        // open truncates, before any delivery.
+        self.epoch = fresh_epoch();
+        self.delivered = 0;
+        self.redriven.clear();
         if next <= self.floor {
             self.window.clear();
             self.floor = next;

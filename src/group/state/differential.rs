@@ -1,6 +1,7 @@
 //! `GroupState` against a plain model that keeps one entry per offset and no timers: random
 //! sequences of every op, lease extension, hand-out of due records, snapshot and restore
-//! (with the log cut short or not) and truncation, checked after each step. With the unit
+//! (with the log cut short or not) and truncation, checked after each step, and which of
+//! the deliveries made still holds its lease ([`GroupState::holds`]). With the unit
 //! tests' window of 8 slots and sweeps from 4 timers, spills, big skips and sweeps happen
 //! all the time. `GROUP_STATE_SEEDS` sets how many sequences run (default 300).
 
@@ -22,11 +23,27 @@ struct Model {
     dead: BTreeMap<u64, u32>,
     lost: u64,
     lease: Duration,
+    /// Deliveries made so far, and which of them holds each leased offset.
+    deliveries: u64,
+    holder: BTreeMap<u64, u64>,
 }
 
 impl Model {
     fn new(lease: Duration) -> Model {
-        Model { states: BTreeMap::new(), next: 0, dead: BTreeMap::new(), lost: 0, lease }
+        Model {
+            states: BTreeMap::new(),
+            next: 0,
+            dead: BTreeMap::new(),
+            lost: 0,
+            lease,
+            deliveries: 0,
+            holder: BTreeMap::new(),
+        }
+    }
+
+    /// Whether the `id`-th delivery, of `offset`, still holds its lease.
+    fn holds(&self, offset: u64, id: u64) -> bool {
+        matches!(self.states.get(&offset), Some(M::Leased(..))) && self.holder.get(&offset) == Some(&id)
     }
 
     fn open(&self, offset: u64) -> Option<u32> {
@@ -53,7 +70,11 @@ impl Model {
                     self.next = offset + 1;
                 } else if self.open(offset).is_some() {
                     self.states.insert(offset, leased);
+                } else {
+                    return;
                 }
+                self.deliveries += 1;
+                self.holder.insert(offset, self.deliveries);
             }
             Op::Ack { offset } if offset < self.next => {
                 self.states.insert(offset, M::Acked);
@@ -106,8 +127,10 @@ impl Model {
         }
     }
 
+    /// Cuts the log short; as only an open does this, it ends every lease too.
     fn truncate(&mut self, next: u64) {
         if next < self.next {
+            self.holder.clear();
             self.states.retain(|&o, _| o < next);
             self.dead.retain(|&o, _| o < next);
             self.next = next;
@@ -182,6 +205,25 @@ fn check(s: &mut GroupState, m: &Model, peak: u64, times: bool, context: &dyn Fn
     assert!(s.sweep_at <= MIN_SWEEP.max(2 * peak as usize), "sweep threshold, {}", context());
 }
 
+/// One delivery as a consumer holds it, and as the model counts it.
+#[derive(Clone, Copy, Debug)]
+struct Made {
+    offset: u64,
+    attempt: u32,
+    name: (u64, u64),
+    id: u64,
+}
+
+/// Keeps the delivery `op` made, if it made one.
+fn note_delivery(s: &GroupState, m: &Model, op: Op, made: &mut Vec<Made>) {
+    if let Op::Deliver { offset, attempt } = op
+        && m.holder.get(&offset) == Some(&m.deliveries)
+        && made.last().is_none_or(|d| d.id != m.deliveries)
+    {
+        made.push(Made { offset, attempt, name: s.newest_delivery(), id: m.deliveries });
+    }
+}
+
 /// A snapshot of `s` written and read back, for a log whose next offset is `limit`.
 fn restored(s: &GroupState, c: &Clock, limit: u64) -> GroupState {
     crate::group::snapshot::Snapshot::of(s, 1, u32::MAX, c).restore(c, limit)
@@ -209,6 +251,7 @@ fn group_state_matches_a_plain_model() {
         let (mut s, mut m) = (GroupState::new(0, lease), Model::new(lease));
         let mut steps: Vec<String> = Vec::new();
         let (mut elapsed, mut peak) = (0, 0);
+        let mut made: Vec<Made> = Vec::new();
         for _ in 0..300 {
             elapsed += rng.below(4) * rng.below(30);
             let c = clock(elapsed);
@@ -247,6 +290,7 @@ fn group_state_matches_a_plain_model() {
             } else if let Some(op) = op {
                 s.apply(op, &c);
                 m.apply(op, &c);
+                note_delivery(&s, &m, op, &mut made);
                 steps.push(format!("{op:?}"));
             } else if roll < 90 {
                 let offset = pick(&mut rng, &m);
@@ -268,6 +312,7 @@ fn group_state_matches_a_plain_model() {
                         let op = Op::Deliver { offset: due.offset, attempt: due.attempts + 1 };
                         s.apply(op, &c);
                         m.apply(op, &c);
+                        note_delivery(&s, &m, op, &mut made);
                         steps.push(format!("due {op:?}"));
                     }
                     None => assert!(m.deadline().is_none_or(|t| t > c.now()), "seed {seed}: {steps:?}"),
@@ -299,6 +344,14 @@ fn group_state_matches_a_plain_model() {
             }
             peak = peak.max(m.next);
             check(&mut s, &m, peak, true, &|| format!("seed {seed}: {steps:?}"));
+            // The newest deliveries and a few at random still hold their lease exactly
+            // when the model says so.
+            let picks = [made.len().checked_sub(1), made.len().checked_sub(2)].into_iter().flatten();
+            let random = (0..3).filter(|_| !made.is_empty()).map(|_| rng.below(made.len() as u64) as usize);
+            for d in picks.chain(random).map(|i| made[i]) {
+                let want = m.holds(d.offset, d.id);
+                assert_eq!(s.holds(d.offset, d.attempt, d.name), want, "seed {seed}: {d:?} after {steps:?}");
+            }
         }
     }
 }
