@@ -703,3 +703,44 @@ fn a_snapshot_file_too_big_to_check_is_passed_over_for_its_valid_sibling() {
     let q = segq::Queue::open(tmp.path(), small()).unwrap();
     assert_eq!(q.group("audit").unwrap().ack_floor(), 0);
 }
+
+/// With `--json`, every command prints one JSON document, also when it stops at damage or
+/// at an error before it printed anything: `{"error": {...}}` with the message, the exit
+/// code and, for damage, the file and the byte position. (`info` on a queue whose newest
+/// segment lost its magic number printed nothing on stdout.)
+#[test]
+fn with_json_every_command_prints_one_document_even_when_it_fails() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let newest = segment_files(tmp.path()).pop().unwrap();
+    let mut bytes = fs::read(&newest).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&newest, &bytes).unwrap();
+    let dir = arg(tmp.path());
+    for cmd in ["info", "segments", "dump", "verify", "groups", "repair"] {
+        let run = segq([cmd, dir.as_str(), "--json"]);
+        assert_ne!(run.code, 0, "{cmd}: {}", run.stdout);
+        let j = run.json();
+        if let Some(error) = j.get("error") {
+            assert_eq!(error["exit_code"].as_i64(), Some(i64::from(run.code)), "{cmd}");
+            assert!(run.stderr.contains(error["message"].as_str().unwrap()), "{cmd}: {}", run.stderr);
+        }
+    }
+    let info = segq(["info", dir.as_str(), "--json"]);
+    assert_eq!(info.code, 1, "damage");
+    let error = &info.json()["error"];
+    assert_eq!(error["file"].as_str(), Some(arg(&newest).as_str()));
+    assert_eq!(error["position"].as_u64(), Some(0));
+    assert!(error["message"].as_str().unwrap().contains("magic"), "{error}");
+
+    let missing = tmp.path().join("missing");
+    let run = segq(["info", &arg(&missing), "--json"]);
+    assert_eq!(run.code, 2);
+    assert_eq!(run.json()["error"]["exit_code"].as_i64(), Some(2));
+    assert!(run.json()["error"]["file"].is_null());
+    // Without --json, the error line alone.
+    let run = segq(["info", dir.as_str()]);
+    assert_eq!((run.code, run.stdout.as_str()), (1, ""));
+    assert!(run.stderr.contains(&arg(&newest)), "{}", run.stderr);
+}

@@ -37,7 +37,7 @@ pub struct Args {
     payload: Payload,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// One segment to read, and how to judge its end.

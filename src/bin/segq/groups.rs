@@ -16,7 +16,7 @@ pub struct Args {
     name: Option<String>,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Lines of a long list shown in text; `--json` shows all.
@@ -27,8 +27,11 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     if let Some(e) = &dir.groups_error {
         // Not a directory, or a link to nothing: the queue's groups are broken (damage);
         // anything else is an I/O error.
-        let code = if dir.groups_damage().is_some() { 1 } else { 2 };
-        return Err(Failure { code, message: format!("the consumer groups cannot be read: {e}") });
+        let message = format!("the consumer groups cannot be read: {e}");
+        return Err(match dir.groups_damage() {
+            Some(_) => Failure { code: 1, message, at: Some((dir.path.join("groups"), 0)) },
+            None => Failure { code: 2, message, at: None },
+        });
     }
     let names = match &args.name {
         Some(name) if dir.groups.contains(name) => vec![name.clone()],

@@ -14,7 +14,7 @@ pub struct Args {
     dir: PathBuf,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// How a segment's data ends, in words.

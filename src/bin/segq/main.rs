@@ -66,19 +66,24 @@ enum Command {
 pub struct Failure {
     pub code: u8,
     pub message: String,
+    /// The damaged file and the byte position in it, when damage stopped the command.
+    pub at: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Failure {
     /// A usage error or a refusal: exit code 2.
     pub fn usage(message: impl Into<String>) -> Failure {
-        Failure { code: 2, message: message.into() }
+        Failure { code: 2, message: message.into(), at: None }
     }
 }
 
 impl From<segq::Error> for Failure {
     fn from(e: segq::Error) -> Failure {
-        let code = if matches!(e, segq::Error::Corrupt { .. }) { 1 } else { 2 };
-        Failure { code, message: e.to_string() }
+        let (code, at) = match &e {
+            segq::Error::Corrupt { path, position, .. } => (1, Some((path.clone(), *position))),
+            _ => (2, None),
+        };
+        Failure { code, message: e.to_string(), at }
     }
 }
 
@@ -87,7 +92,40 @@ impl From<io::Error> for Failure {
     /// reader has all it wanted.
     fn from(e: io::Error) -> Failure {
         let code = if e.kind() == io::ErrorKind::BrokenPipe { 0 } else { 2 };
-        Failure { code, message: format!("writing the output: {e}") }
+        Failure { code, message: format!("writing the output: {e}"), at: None }
+    }
+}
+
+/// What `--json` prints when a command fails before printing anything, so that the output
+/// is still one JSON document: `{"error": {"message", "exit_code", "file", "position"}}`.
+#[derive(serde::Serialize)]
+struct ErrorDocument<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorFields<'a> {
+    message: &'a str,
+    exit_code: u8,
+    file: Option<String>,
+    position: Option<u64>,
+}
+
+/// Counts the bytes written through it: whether a command printed anything.
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -97,15 +135,29 @@ pub type Outcome = Result<u8, Failure>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stdout = io::stdout();
-    let mut out = io::BufWriter::new(stdout.lock());
-    let result = match cli.command {
-        Command::Info(args) => info::run(&args, &mut out),
-        Command::Segments(args) => segments::run(&args, &mut out),
-        Command::Dump(args) => dump::run(&args, &mut out),
-        Command::Verify(args) => verify::run(&args, &mut out),
-        Command::Groups(args) => groups::run(&args, &mut out),
-        Command::Repair(args) => repair::run(&args, &mut out),
+    let mut out = Counting { inner: io::BufWriter::new(stdout.lock()), written: 0 };
+    let (result, json) = match cli.command {
+        Command::Info(args) => (info::run(&args, &mut out), args.json),
+        Command::Segments(args) => (segments::run(&args, &mut out), args.json),
+        Command::Dump(args) => (dump::run(&args, &mut out), args.json),
+        Command::Verify(args) => (verify::run(&args, &mut out), args.json),
+        Command::Groups(args) => (groups::run(&args, &mut out), args.json),
+        Command::Repair(args) => (repair::run(&args, &mut out), args.json),
     };
+    if let Err(f) = &result
+        && json
+        && f.code != 0
+        && out.written == 0
+    {
+        let error = ErrorFields {
+            message: &f.message,
+            exit_code: f.code,
+            file: f.at.as_ref().map(|(file, _)| file.to_string_lossy().into_owned()),
+            position: f.at.as_ref().map(|&(_, position)| position),
+        };
+        // Failing to print it changes nothing: the error line below says the same.
+        let _ = output::json(&mut out, &ErrorDocument { error });
+    }
     let flushed = out.flush();
     let code = match (result, flushed) {
         (Ok(code), Ok(())) => code,

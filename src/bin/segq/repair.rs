@@ -36,7 +36,7 @@ pub struct Args {
     yes: bool,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Name of the lock file a writer holds while the queue is open.

@@ -14,7 +14,7 @@ pub struct Args {
     dir: PathBuf,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {

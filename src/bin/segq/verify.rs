@@ -16,7 +16,7 @@ pub struct Args {
     dir: PathBuf,
     /// Print one JSON document
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 /// Below this much data no progress bar is worth drawing.
