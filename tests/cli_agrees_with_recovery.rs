@@ -489,3 +489,65 @@ fn a_segment_cut_short_of_the_mark_after_damage_is_a_gap_for_all() {
     let damage = findings(&verify, "damage");
     assert!(damage.iter().any(|w| w.contains("does not open")), "{damage:?}");
 }
+
+/// A group whose newest snapshot was written under `Never` without waiting for its sync and
+/// lost (as by a power loss, here a flipped byte): the library rolls the group back to the older snapshot, and
+/// `segq groups` shows that state while `verify` warns about it on the journal (exit 0).
+/// Had an entry been written after the sync, the loss is damage for both.
+#[test]
+fn a_group_rolled_back_to_its_older_snapshot_is_shown_as_the_library_opens_it() {
+    let _s = serial();
+    for synced_since in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        {
+            let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Never)).unwrap();
+            q.append_batch(&vec![b"x".as_slice(); 6000]).unwrap();
+            let g = q.group("g").unwrap();
+            // 10,921 journal entries fill the journal; the last ack writes generation 1.
+            for _ in 0..5461 {
+                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+                g.ack(d.offset()).unwrap();
+            }
+            if synced_since {
+                // A flush waits for the snapshot's sync: the entry after it is plain.
+                g.flush().unwrap();
+                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+                g.ack(d.offset()).unwrap();
+            }
+            drop(g);
+            q.simulate_crash();
+        }
+        // Lost, or damaged: its checksum fails. (A missing `state` is a group that does not
+        // exist.)
+        let newer = if synced_since { "state" } else { "state.1" };
+        let mut bytes = std::fs::read(d.join("groups/g").join(newer)).unwrap();
+        bytes[40] ^= 1;
+        std::fs::write(d.join("groups/g").join(newer), &bytes).unwrap();
+        let case = format!("synced since: {synced_since}");
+        let verify = segq(["verify", &arg(d), "--json"]);
+        let groups = segq(["groups", &arg(d), "g", "--json"]);
+        match library_group(d, "g") {
+            Ok(()) => {
+                assert!(!synced_since, "{case}");
+                assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
+                let findings = verify.json()["findings"].as_array().unwrap().clone();
+                let journal = arg(&d.join("groups/g/journal"));
+                let warned = findings.iter().any(|f| {
+                    f["severity"] == "warning"
+                        && f["file"].as_str() == Some(journal.as_str())
+                        && f["what"].as_str().unwrap().contains("is lost")
+                });
+                assert!(warned, "{case}: {findings:?}");
+                assert_eq!(groups.code, 0, "{case}");
+                assert_eq!(groups.json()["ack_floor"].as_u64(), Some(0), "{case}: as the library rolls back");
+            }
+            Err(named) => {
+                assert!(synced_since, "{case}");
+                assert_eq!(named, d.join("groups/g").join(newer));
+                assert_eq!(verify.code, 1, "{case}: {}", verify.stdout);
+                assert_ne!(groups.code, 0, "{case}");
+            }
+        }
+    }
+}

@@ -2,9 +2,11 @@
 //! appended through a memory mapping so that a change costs no system call.
 //!
 //! File: `file header (32 bytes, JOURNAL_MAGIC) | entry*`, preallocated to
-//! [`JOURNAL_BYTES`]. Entry grammar (little-endian): `crc: u32 | kind: u8 | reserved: [u8; 3]
-//! | offset: u64 | arg: u64`, where `crc` is CRC-32 of the snapshot's generation (8 bytes,
-//! little-endian) followed by the entry's bytes 4..24. Tying the checksum to the generation
+//! [`JOURNAL_BYTES`]. Entry grammar (little-endian): `crc: u32 | kind: u8 | flags: u8 |
+//! reserved: [u8; 2] | offset: u64 | arg: u64`, where `crc` is CRC-32 of the snapshot's
+//! generation (8 bytes, little-endian) followed by the entry's bytes 4..24, and flag bit 0
+//! ([`UNSYNCED_SNAPSHOT`]) says that the generation's snapshot was written without waiting
+//! for its sync. Tying the checksum to the generation
 //! means that when the journal is restarted after a snapshot, entries of the old
 //! generation further on fail their check: replay stops at the first entry that does not
 //! verify, which is also how a torn entry is cut.
@@ -22,10 +24,11 @@ use crate::fs::{rename, reserve, temp_path};
 use crate::mmap::{MapWriter, Mapping};
 use crate::segment::header::{self, FILE_HEADER_LEN};
 
-/// Size of a journal file (43 689 entries); when full, the group writes a snapshot and
-/// starts it over. Each snapshot costs an fsync, so a larger journal makes changes cheaper;
-/// replaying a full one at open takes a few milliseconds.
-pub(crate) const JOURNAL_BYTES: usize = 1 << 20;
+/// Size of a journal file (10 921 entries); when full, the group writes a snapshot and
+/// starts it over. A group's files are this and two small snapshots: well under the 1 MiB
+/// that 100,000 acks may leave. Each snapshot costs an fsync, which under
+/// [`crate::SyncPolicy::Never`] runs on a thread of its own (see `Locked::compact_lazily`).
+pub(crate) const JOURNAL_BYTES: usize = 256 << 10;
 
 /// The largest journal file a group opens (and `segq verify` reads): far more than segq
 /// writes, and a bound on what a damaged or hostile file can cost.
@@ -36,6 +39,8 @@ pub(crate) const ENTRY_LEN: usize = 24;
 pub(crate) const JOURNAL_MAGIC: [u8; 8] = *b"SEGQJRN\0";
 
 const KIND_AT: usize = 4;
+/// Where an entry's flags are.
+pub(crate) const FLAGS_AT: usize = 5;
 const OFFSET_AT: usize = 8;
 const ARG_AT: usize = 16;
 
@@ -46,6 +51,10 @@ const DEAD: u8 = 4;
 const REDRIVE: u8 = 5;
 const SEEK: u8 = 6;
 const SKIP: u8 = 7;
+
+/// Entry flag: the snapshot of this entry's generation was written without waiting for its
+/// sync, so a power loss may have lost it with nothing damaged.
+pub(crate) const UNSYNCED_SNAPSHOT: u8 = 1;
 
 /// Bytes of an entry that its CRC covers after the generation.
 const COVERED: usize = ENTRY_LEN - KIND_AT;
@@ -93,8 +102,8 @@ impl EntryCrc {
     }
 }
 
-/// Encodes one change for the generation `crc` belongs to.
-pub(crate) fn encode(op: Op, crc: &EntryCrc) -> [u8; ENTRY_LEN] {
+/// Encodes one change for the generation `crc` belongs to, with `flags`.
+pub(crate) fn encode(op: Op, crc: &EntryCrc, flags: u8) -> [u8; ENTRY_LEN] {
     let (kind, offset, arg) = match op {
         Op::Deliver { offset, attempt } => (DELIVER, offset, u64::from(attempt)),
         Op::Ack { offset } => (ACK, offset, 0),
@@ -106,6 +115,7 @@ pub(crate) fn encode(op: Op, crc: &EntryCrc) -> [u8; ENTRY_LEN] {
     };
     let mut e = [0u8; ENTRY_LEN];
     e[KIND_AT] = kind;
+    e[FLAGS_AT] = flags;
     LittleEndian::write_u64(&mut e[OFFSET_AT..], offset);
     LittleEndian::write_u64(&mut e[ARG_AT..], arg);
     let crc = crc.of(&e);
@@ -159,8 +169,14 @@ pub(crate) struct Journal {
     /// Entries written since the group was opened, across restarts of the file: what group
     /// commit counts.
     seq: u64,
-    /// The first entry verifies for the next generation (see `written_by_next_generation`).
-    newer: bool,
+    /// The first entry verifies for the next generation: whether every entry of that
+    /// generation carries [`UNSYNCED_SNAPSHOT`] (see `written_by_next_generation`).
+    newer: Option<bool>,
+    /// Flags of the entries written from now on.
+    flags: u8,
+    /// Where the entries without [`UNSYNCED_SNAPSHOT`] start in this generation; `None`
+    /// while every entry carries it.
+    unflagged_from: Option<usize>,
 }
 
 /// What a sync of the journal has to write back.
@@ -220,19 +236,67 @@ impl Journal {
             header::check(bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
             let (ops, end) = replay(bytes, generation);
             let stale = bytes[end..].chunks_exact(ENTRY_LEN).any(|e| decode(e, &crc).is_some());
-            let newer = decode(&bytes[FILE_HEADER_LEN..], &EntryCrc::new(generation + 1)).is_some();
+            let next = EntryCrc::new(generation.wrapping_add(1));
+            let newer = decode(&bytes[FILE_HEADER_LEN..], &next).map(|_| {
+                let entries = bytes[FILE_HEADER_LEN..].chunks_exact(ENTRY_LEN);
+                let written = entries.take_while(|e| decode(e, &next).is_some());
+                written.into_iter().all(|e| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0)
+            });
             (ops, end, stale, newer)
         };
         let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
-        let journal =
-            Journal { path: path.to_path_buf(), file, writer, generation, crc, pos: end, synced: end, seq: 0, newer };
+        let journal = Journal {
+            path: path.to_path_buf(),
+            file,
+            writer,
+            generation,
+            crc,
+            pos: end,
+            synced: end,
+            seq: 0,
+            newer,
+            flags: 0,
+            unflagged_from: Some(FILE_HEADER_LEN),
+        };
         Ok((journal, ops, stale))
     }
 
-    /// Whether the first entry is of the generation after this one: the journal was
-    /// restarted for a newer snapshot than the one being opened.
-    pub fn written_by_next_generation(&self) -> bool {
+    /// Whether the first entry is of the generation after this one, the journal restarted
+    /// for a newer snapshot than the one being opened: `Some(true)` if every entry of that
+    /// generation was written before its snapshot was synced (a power loss may have lost
+    /// the snapshot, with nothing damaged), `Some(false)` if one was written after.
+    pub fn written_by_next_generation(&self) -> Option<bool> {
         self.newer
+    }
+
+    /// Stops marking entries [`UNSYNCED_SNAPSHOT`]: the snapshot is synced now.
+    pub fn snapshot_synced(&mut self) {
+        self.flags &= !UNSYNCED_SNAPSHOT;
+        self.unflagged_from.get_or_insert(self.pos);
+    }
+
+    /// Whether this generation has entries and all of them carry [`UNSYNCED_SNAPSHOT`]:
+    /// then a lost snapshot would roll the group back past them, even once they are synced.
+    pub fn only_unsynced_entries(&self) -> bool {
+        self.pos > FILE_HEADER_LEN && self.unflagged_from.is_none_or(|from| self.pos <= from)
+    }
+
+    /// Whether the file is longer than [`JOURNAL_BYTES`]: written by an older build, whose
+    /// journals were 1 MiB.
+    pub fn oversized(&self) -> bool {
+        self.writer.mapping().len() > JOURNAL_BYTES
+    }
+
+    /// Cuts an [oversized](Journal::oversized) file to [`JOURNAL_BYTES`], right after a
+    /// restart at open: its entries fit, and no sync holds the old mapping yet.
+    pub fn shrink(&mut self) -> Result<()> {
+        if !self.oversized() || self.pos > JOURNAL_BYTES {
+            return Ok(());
+        }
+        let (_, writer) = Mapping::read_write(&self.file, JOURNAL_BYTES, self.pos).at(&self.path)?;
+        self.writer = writer;
+        self.file.set_len(JOURNAL_BYTES as u64).at(&self.path)?;
+        crate::fs::sync_file(&self.file, &self.path)
     }
 
     /// Whether another entry fits.
@@ -243,7 +307,7 @@ impl Journal {
     /// Appends one change (the caller checked [`Journal::has_room`]); returns its sequence
     /// number for [`Journal::sync_job`].
     pub fn append(&mut self, op: Op) -> u64 {
-        self.writer.write(self.pos, &encode(op, &self.crc));
+        self.writer.write(self.pos, &encode(op, &self.crc, self.flags));
         self.pos += ENTRY_LEN;
         self.writer.publish(self.pos);
         self.seq += 1;
@@ -251,8 +315,8 @@ impl Journal {
     }
 
     /// Starts the file over for a new generation, after a snapshot of that generation made
-    /// every entry so far redundant.
-    pub fn restart(&mut self, generation: u64) -> Result<()> {
+    /// every entry so far redundant. `flags` go on every entry of the generation.
+    pub fn restart(&mut self, generation: u64, flags: u8) -> Result<()> {
         // The mapping is reused unless a sync still holds it: a new one costs an mmap, an
         // munmap and a page fault per page written, about as much as the snapshot's fsync.
         if !self.writer.rewind(FILE_HEADER_LEN) {
@@ -262,6 +326,8 @@ impl Journal {
         }
         self.generation = generation;
         self.crc = EntryCrc::new(generation);
+        self.flags = flags;
+        self.unflagged_from = (flags & UNSYNCED_SNAPSHOT == 0).then_some(FILE_HEADER_LEN);
         self.pos = FILE_HEADER_LEN;
         self.synced = FILE_HEADER_LEN;
         Ok(())
@@ -307,7 +373,7 @@ mod tests {
             Op::Skip { offset: 7 },
         ];
         for op in ops {
-            let e = encode(op, &EntryCrc::new(7));
+            let e = encode(op, &EntryCrc::new(7), 0);
             assert_eq!(decode(&e, &EntryCrc::new(7)), Some(op));
             assert_eq!(decode(&e, &EntryCrc::new(8)), None);
         }
@@ -342,7 +408,7 @@ mod tests {
         for o in 0..3 {
             j.append(Op::Ack { offset: o });
         }
-        j.restart(1).unwrap();
+        j.restart(1, 0).unwrap();
         j.append(Op::Seek { offset: 9 });
         drop(j);
         let (_, ops, stale) = Journal::open(&path, 1).unwrap();

@@ -19,6 +19,22 @@ use crate::error::{CorruptKind, IoContext, Result};
 use crate::fs::{rename, sync_dir, temp_path};
 use crate::segment::header::{self, FILE_HEADER_LEN};
 
+/// The sync that makes a snapshot written by [`Snapshot::write_unsynced`] durable.
+#[derive(Debug)]
+pub(crate) struct SnapshotSync {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+    /// The group's directory, if the file is new: its entry must be made durable too.
+    dir: Option<std::path::PathBuf>,
+}
+
+impl SnapshotSync {
+    pub fn run(self) -> Result<()> {
+        crate::fs::sync_file(&self.file, &self.path)?;
+        self.dir.as_deref().map_or(Ok(()), sync_dir)
+    }
+}
+
 /// Magic number of a snapshot file.
 pub(crate) const STATE_MAGIC: [u8; 8] = *b"SEGQGRP\0";
 
@@ -163,17 +179,20 @@ impl Snapshot {
     /// The newer file (the current generation) is untouched, so a write torn by a crash
     /// leaves it in charge: it fails its checksum, and the older generation wins.
     pub fn write_in_place(&self, dir: &Path) -> Result<()> {
+        self.write_unsynced(dir)?.run()
+    }
+
+    /// [`Snapshot::write_in_place`] without the sync, which the caller runs (on another
+    /// thread, say) before it writes the next snapshot: that one goes over the other file.
+    pub fn write_unsynced(&self, dir: &Path) -> Result<SnapshotSync> {
         let path = dir.join(file_for(self.generation));
         let existed = path.exists();
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).at(&path)?;
         let bytes = self.encode();
         crate::fs::write_at(&file, &path, &bytes, 0)?;
         file.set_len(bytes.len() as u64).at(&path)?;
-        crate::fs::sync_file(&file, &path)?;
-        if !existed {
-            sync_dir(dir)?;
-        }
-        Ok(())
+        let dir = (!existed).then(|| dir.to_path_buf());
+        Ok(SnapshotSync { file, path, dir })
     }
 
     /// Reads the newest valid snapshot of the group in `dir`.

@@ -252,7 +252,9 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         );
         findings.push(Finding::warning(&snaps.path, NEXT_AT, what));
     }
+    // Rolled back, the group has lost the newer snapshot: the warning below says so.
     if let Some(Damaged { error: Error::Corrupt { path, position, kind }, generation }) = &snaps.passed_over
+        && !replay.rolled_back
         && passed_over_stays(&state_path, path, *position, *generation)
     {
         // The queue passes over a snapshot file that fails its checks whenever the other
@@ -273,6 +275,17 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             None => format!("{kind}: passed over, as the other snapshot file is valid; {using}"),
         };
         findings.push(Finding::warning(path, *position, what));
+    }
+    if replay.rolled_back {
+        let what = format!(
+            "the journal holds the changes made after snapshot generation {} ({}), which was written without \
+             waiting for its sync (SyncPolicy::Never) and is lost, as by a power loss: the group opens from \
+             generation {} as it was then, and those changes are lost",
+            snap.generation.wrapping_add(1),
+            snapshot::file_for(snap.generation.wrapping_add(1)),
+            snap.generation
+        );
+        findings.push(Finding::warning(&journal_path, FILE_HEADER_LEN as u64, what));
     }
     if let Some((bad, at)) = replay.stale {
         let what = format!(
@@ -329,6 +342,9 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
 struct Replay {
     /// Entries applied.
     replayed: u64,
+    /// The journal holds the entries of the next generation, whose snapshot was written
+    /// without waiting for its sync (under `SyncPolicy::Never`) and is lost: none applies.
+    rolled_back: bool,
     /// `(the entry that ended the journal, a later one of the same generation)`: a write in
     /// the middle was torn or lost.
     stale: Option<(u64, u64)>,
@@ -357,10 +373,27 @@ fn replay_journal(
     let mut replay = Replay::default();
     // Where the entries end, once found.
     let mut end = None;
+    let next = journal::EntryCrc::new(generation.wrapping_add(1));
+    // Once the first entry is found to be of the next generation: whether all of its
+    // entries so far were written before its snapshot was synced.
+    let mut newer: Option<bool> = None;
     while let Some((start, chunk)) = reader.next_chunk()? {
-        if start == FILE_HEADER_LEN as u64 && journal::decode(chunk, &journal::EntryCrc::new(generation + 1)).is_some()
-        {
-            return Ok(None);
+        if start == FILE_HEADER_LEN as u64 && journal::decode(chunk, &next).is_some() {
+            newer = Some(true);
+        }
+        if let Some(unsynced) = &mut newer {
+            match chunk.chunks_exact(journal::ENTRY_LEN).position(|e| journal::decode(e, &next).is_none()) {
+                Some(end) => {
+                    let ours = chunk.chunks_exact(journal::ENTRY_LEN).take(end);
+                    *unsynced &= ours.into_iter().all(|e| e[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0);
+                    break;
+                }
+                None => {
+                    let ours = chunk.chunks_exact(journal::ENTRY_LEN);
+                    *unsynced &= ours.into_iter().all(|e| e[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0);
+                    continue;
+                }
+            }
         }
         if end.is_some() && chunk == &ZEROS[..chunk.len()] {
             continue;
@@ -396,6 +429,14 @@ fn replay_journal(
             // The file ends with part of an entry, which cannot verify.
             end = Some(start + (chunk.len() - chunk.len() % journal::ENTRY_LEN) as u64);
         }
+    }
+    match newer {
+        // As the queue: the journal moved on to a newer snapshot that is lost. Written
+        // without waiting for its sync (all of its entries say so), the group rolls back to
+        // this one, without the journal's entries; otherwise it does not open.
+        Some(true) => replay.rolled_back = true,
+        Some(false) => return Ok(None),
+        None => {}
     }
     Ok(Some(replay))
 }
