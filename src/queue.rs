@@ -105,11 +105,15 @@ impl Queue {
             return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::InvalidInput, what)));
         }
         if !dir.is_dir() {
-            if let Ok(found) = std::fs::symlink_metadata(dir) {
-                let what = if found.is_symlink() { "a symbolic link to no directory" } else { "not a directory" };
-                return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotADirectory, what)));
+            match std::fs::symlink_metadata(dir) {
+                // Made meanwhile by an open racing this one: the lock below decides.
+                Ok(found) if found.is_dir() => {}
+                Ok(found) => {
+                    let what = if found.is_symlink() { "a symbolic link to no directory" } else { "not a directory" };
+                    return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::NotADirectory, what)));
+                }
+                Err(_) => create_dir_durably(dir)?,
             }
-            create_dir_durably(dir)?;
         }
         let lock_path = dir.join(LOCK_FILE);
         let lock = open_rw(&lock_path, true)?;
@@ -727,8 +731,7 @@ impl Queue {
         for group in open {
             group.release();
         }
-        // Closing the file releases the lock.
-        lock.take();
+        release_lock(lock.take());
         result
     }
 
@@ -748,8 +751,17 @@ impl Queue {
     }
 
     fn unlock(&self) {
-        // Closing the file releases the lock.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        release_lock(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// Lets go of the directory's lock. Closing the file is not enough: a child process forked
+/// meanwhile (by any thread of this process) holds a copy of the descriptor until it execs,
+/// or for its whole life if it never does, and the lock lasts while one copy is open.
+fn release_lock(lock: Option<File>) {
+    if let Some(file) = lock {
+        // Failing, it changes nothing the close below does not do.
+        let _ = file.unlock();
     }
 }
 

@@ -215,3 +215,72 @@ fn closing_from_several_threads_at_once_succeeds_every_time() {
         w.join().unwrap();
     }
 }
+
+/// `close` (and a simulated crash) lets go of the lock even while a child process forked by
+/// another thread holds a copy of the lock file's descriptor, as it does until it execs.
+/// (Closing the file was all `close` did: the lock stayed with the child's copy, and the
+/// next open failed with `Locked`.)
+#[test]
+fn close_releases_the_lock_while_a_forked_child_holds_a_copy_of_it() {
+    use std::os::unix::process::CommandExt;
+    let _serial = process_lock();
+    for crash in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        q.append(b"x").unwrap();
+        let (mut forked, mut tell) = std::io::pipe().unwrap();
+        let spawner = std::thread::spawn(move || {
+            let mut child = std::process::Command::new("true");
+            // SAFETY: the closure runs in the forked child before exec, where only
+            // async-signal-safe calls are allowed: it makes two system calls (write and
+            // nanosleep) and allocates nothing.
+            unsafe {
+                child.pre_exec(move || {
+                    let _ = tell.write_all(b"f");
+                    std::thread::sleep(std::time::Duration::from_millis(1500));
+                    Ok(())
+                });
+            }
+            child.status().unwrap()
+        });
+        // Once the child says so, it holds a copy of every descriptor, the lock's too.
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut forked, &mut byte).unwrap();
+        if crash {
+            q.simulate_crash();
+        } else {
+            q.close().unwrap();
+        }
+        let reopened = Queue::open(dir.path(), Options::default());
+        assert!(spawner.join().unwrap().success());
+        assert_eq!(reopened.expect("the lock was let go").next_offset(), 1, "crash {crash}");
+    }
+}
+
+/// Several opens racing to create the same new directory: one opens it, the others get
+/// `Locked`. (A loser that found the directory made meanwhile said "not a directory".)
+#[test]
+fn racing_opens_of_a_new_directory_give_one_queue_and_locked_errors() {
+    let _serial = process_lock();
+    for round in 0..100 {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(format!("new-{round}/q"));
+        let start = std::sync::Barrier::new(4);
+        let results: Vec<segq::Result<Queue>> = std::thread::scope(|s| {
+            let opens: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        Queue::open(&dir, Options::default())
+                    })
+                })
+                .collect();
+            opens.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (opened, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+        assert_eq!(opened.len(), 1, "round {round}");
+        for e in failed {
+            assert_locked(e, &dir);
+        }
+    }
+}
