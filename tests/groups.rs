@@ -503,6 +503,47 @@ fn a_lost_snapshot_written_without_its_sync_rolls_the_group_back() {
     }
 }
 
+/// A flush under `Never` promises the group's changes durable, and a snapshot written
+/// later must not put them at risk: the journal restart that follows it overwrites them, so
+/// that snapshot is synced first, however full the journal. Here acks are flushed, then the
+/// journal fills and a snapshot is written, the process stops and that snapshot is lost:
+/// it is damage (`Corrupt`, naming it), never a silent roll-back past the flushed acks.
+#[test]
+fn a_snapshot_written_after_a_flush_is_synced_before_the_journal_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 12_000);
+        let g = q.group("g").unwrap();
+        let pair = || {
+            let d = g.poll(NO_WAIT).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+        };
+        // Generation 1, written without waiting for its sync; the flush writes generation
+        // 2, synced, and empties the journal.
+        (0..5461).for_each(|_| pair());
+        q.flush().unwrap();
+        // 200 entries of generation 2, flushed: promised durable.
+        (0..100).for_each(|_| pair());
+        q.flush().unwrap();
+        // The journal fills again: the last ack writes generation 3, in `state.1`.
+        (0..5361).for_each(|_| pair());
+        assert_eq!(g.ack_floor(), 10_922);
+        drop(g);
+        q.simulate_crash();
+    }
+    let newest = dir.path().join("groups/g/state.1");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&newest, &bytes).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    match q.group("g") {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, newest),
+        Ok(g) => panic!("opened at ack floor {}, behind the 5,561 acks flushed", g.ack_floor()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The 1 MiB journals of earlier builds are cut to 256 KiB when the group is opened, after
 /// a snapshot holds what they say.
 #[test]

@@ -177,6 +177,9 @@ pub(crate) struct Journal {
     /// Where the entries without [`UNSYNCED_SNAPSHOT`] start in this generation; `None`
     /// while every entry carries it.
     unflagged_from: Option<usize>,
+    /// Entries of this generation were promised durable: by a flush, or by an earlier run
+    /// (at open, every entry found is taken as promised).
+    promised: bool,
 }
 
 /// What a sync of the journal has to write back.
@@ -257,6 +260,7 @@ impl Journal {
             newer,
             flags: 0,
             unflagged_from: Some(FILE_HEADER_LEN),
+            promised: end > FILE_HEADER_LEN,
         };
         Ok((journal, ops, stale))
     }
@@ -273,6 +277,17 @@ impl Journal {
     pub fn snapshot_synced(&mut self) {
         self.flags &= !UNSYNCED_SNAPSHOT;
         self.unflagged_from.get_or_insert(self.pos);
+    }
+
+    /// Notes that the entries so far are promised durable (a flush is syncing them).
+    pub fn promise(&mut self) {
+        self.promised |= self.pos > FILE_HEADER_LEN;
+    }
+
+    /// Whether entries of this generation were promised durable: restarting over them
+    /// before the next snapshot is durable could lose them.
+    pub fn promised(&self) -> bool {
+        self.promised
     }
 
     /// Whether this generation has entries and all of them carry [`UNSYNCED_SNAPSHOT`]:
@@ -328,6 +343,7 @@ impl Journal {
         self.crc = EntryCrc::new(generation);
         self.flags = flags;
         self.unflagged_from = (flags & UNSYNCED_SNAPSHOT == 0).then_some(FILE_HEADER_LEN);
+        self.promised = false;
         self.pos = FILE_HEADER_LEN;
         self.synced = FILE_HEADER_LEN;
         Ok(())

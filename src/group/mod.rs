@@ -932,10 +932,10 @@ impl GroupInner {
     #[cold]
     #[inline(never)]
     fn compact_full_journal(&self, l: &mut Locked, clock: &Clock) -> Result<()> {
-        let result = match self.log.options().get_sync() {
-            SyncPolicy::Never => l.compact_lazily(&self.dir, clock),
-            _ => l.compact(&self.dir, clock),
-        };
+        // Restarting the journal overwrites its entries: if they were promised durable (by
+        // a flush), the snapshot that replaces them must be durable first.
+        let lazily = self.log.options().get_sync() == SyncPolicy::Never && !l.journal()?.promised();
+        let result = if lazily { l.compact_lazily(&self.dir, clock) } else { l.compact(&self.dir, clock) };
         if let Err(e) = &result {
             l.failed = Some(e.to_string());
         }
@@ -982,7 +982,9 @@ impl GroupInner {
                 l.failed = Some(e.to_string());
                 return Err(e);
             }
-            l.journal()?.seq()
+            let journal = l.journal()?;
+            journal.promise();
+            journal.seq()
         };
         self.sync_to(seq)
     }
@@ -1190,7 +1192,8 @@ impl Locked {
     }
 
     /// [`Locked::compact`] for [`SyncPolicy::Never`], where a change costs ~200 ns and the
-    /// snapshot's fsync ~0.2 ms: the sync runs on a thread of its own, and the next
+    /// snapshot's fsync ~0.2 ms, while no entry of the journal was promised durable (see
+    /// `compact_full_journal`): the sync runs on a thread of its own, and the next
     /// compaction, a flush or the release of the group waits for it first. Then one
     /// snapshot file is always durable: the next one is written only over the file of the
     /// generation before this one. The journal's entries carry [`UNSYNCED_SNAPSHOT`], so an
@@ -1212,7 +1215,11 @@ impl Locked {
                 self.snapshot_sync = Some(thread);
                 Ok(())
             }
-            Err(_) => sync.run(),
+            Err(_) => {
+                sync.run()?;
+                self.journal()?.snapshot_synced();
+                Ok(())
+            }
         }
     }
 
