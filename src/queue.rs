@@ -262,7 +262,11 @@ impl Queue {
             let mut groups = self.shared.groups();
             let mut needed = None;
             for name in group::list(self.log.dir())? {
-                let floor = self.open_locked(&mut groups, &name, None)?.inner().oldest_needed();
+                let group = self.open_locked(&mut groups, &name, None)?;
+                let floor = group.inner().oldest_needed();
+                // Deleted records never come back: the acks that allow it must not either,
+                // as unsynced ones would in a power loss (under `Never` and `Interval`).
+                group.inner().flush()?;
                 needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
             }
             Some(needed)

@@ -497,3 +497,27 @@ fn a_group_deleted_while_the_queue_closes_is_gone_before_close_returns_or_kept()
         assert_eq!(deleted.is_ok(), !there_at_close, "round {round}: {deleted:?}");
     }
 }
+
+/// `retain_until_consumed` deletes records only on acks that are durable: under `Never`,
+/// unsynced acks would come undone in a power loss, and the records they let go would be
+/// lost to the group. A pass syncs each group's journal first. (It trusted the acks in
+/// memory.)
+#[test]
+fn retain_until_consumed_makes_the_acks_it_relies_on_durable_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts().retain_until_consumed(true)).unwrap();
+    fill(&q, 300);
+    let g = q.group("g").unwrap();
+    let mut entries = 0;
+    for _ in 0..200 {
+        let d = g.poll(Duration::ZERO).unwrap().unwrap();
+        g.ack(d.offset()).unwrap();
+        entries += 2;
+    }
+    let journal = dir.path().join("groups/g/journal");
+    segq::fault::audit(dir.path());
+    assert!(q.enforce_retention().unwrap().segments_deleted > 0);
+    let synced = segq::fault::take_synced(dir.path());
+    assert!(common::covered(&synced, &journal, &(32..32 + 24 * entries)), "the acks were not synced: {synced:?}");
+    assert!(q.first_offset() > 0 && q.first_offset() <= 200);
+}
