@@ -233,19 +233,26 @@ impl Journal {
         }
         let len = len.max(JOURNAL_BYTES);
         let crc = EntryCrc::new(generation);
-        let (ops, end, stale, newer) = {
+        let (ops, end, stale, newer, unflagged_from) = {
             let view = Mapping::read_only(&file, len).at(path)?;
             let bytes = view.readable();
             header::check(bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
             let (ops, end) = replay(bytes, generation);
+            let flagged = |e: &[u8]| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0;
+            let replayed = bytes[FILE_HEADER_LEN..end].chunks_exact(ENTRY_LEN);
+            let unflagged_from = match replayed.clone().position(|e| !flagged(e)) {
+                Some(i) => Some(FILE_HEADER_LEN + i * ENTRY_LEN),
+                None if end > FILE_HEADER_LEN => None,
+                None => Some(FILE_HEADER_LEN),
+            };
             let stale = bytes[end..].chunks_exact(ENTRY_LEN).any(|e| decode(e, &crc).is_some());
             let next = EntryCrc::new(generation.wrapping_add(1));
             let newer = decode(&bytes[FILE_HEADER_LEN..], &next).map(|_| {
                 let entries = bytes[FILE_HEADER_LEN..].chunks_exact(ENTRY_LEN);
                 let written = entries.take_while(|e| decode(e, &next).is_some());
-                written.into_iter().all(|e| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0)
+                written.into_iter().all(flagged)
             });
-            (ops, end, stale, newer)
+            (ops, end, stale, newer, unflagged_from)
         };
         let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
         let journal = Journal {
@@ -259,10 +266,25 @@ impl Journal {
             seq: 0,
             newer,
             flags: 0,
-            unflagged_from: Some(FILE_HEADER_LEN),
+            unflagged_from,
             promised: end > FILE_HEADER_LEN,
         };
         Ok((journal, ops, stale))
+    }
+
+    /// Whether the entries replayed at open say their snapshot may not have been synced: a
+    /// run that wrote it without waiting for its sync stopped before it saw the sync done.
+    pub fn snapshot_maybe_unsynced(&self) -> bool {
+        self.unflagged_from != Some(FILE_HEADER_LEN)
+    }
+
+    /// Zeroes every entry and syncs the zeros, so that no entry written so far can verify
+    /// again, for any generation: before a group that rolled back reuses the generation
+    /// numbers of the entries left in the journal.
+    pub fn erase(&mut self) -> Result<()> {
+        let len = self.writer.mapping().len();
+        self.writer.write(FILE_HEADER_LEN, &vec![0; len - FILE_HEADER_LEN]);
+        crate::fs::sync_mapping(self.writer.mapping(), &self.path, FILE_HEADER_LEN..len)
     }
 
     /// Whether the first entry is of the generation after this one, the journal restarted

@@ -109,7 +109,6 @@ impl Group {
         remove_temp_files(&dir);
         let snap = Snapshot::read_latest(&dir)?;
         let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
-        let mut generation = snap.generation;
         let mut rolled_back = false;
         match journal.written_by_next_generation() {
             // The journal was restarted for a snapshot that is no longer readable: the
@@ -122,13 +121,11 @@ impl Group {
             // The same, but the snapshot was written under `SyncPolicy::Never` without
             // waiting for its sync: a power loss lost it and the changes after it, which
             // nothing promised durable. The group goes on from the older snapshot, the state
-            // of an earlier moment. The next snapshot skips the lost generation, whose
-            // entries are still in the journal, and goes over the lost one's file (three
-            // on), not over the older snapshot.
-            Some(true) => {
-                generation = snap.generation.wrapping_add(2);
-                rolled_back = true;
-            }
+            // of an earlier moment, without the journal's entries.
+            Some(true) => rolled_back = true,
+            // The snapshot in use may be one such: made durable before anything relies on
+            // it (a later snapshot goes over the other file).
+            None if journal.snapshot_maybe_unsynced() => Snapshot::sync_written(&dir, snap.generation)?,
             None => {}
         }
         let mut state = snap.restore(&clock, log.next_offset());
@@ -149,7 +146,7 @@ impl Group {
             state,
             journal: Some(journal),
             opts: stored,
-            generation,
+            generation: snap.generation,
             failed: None,
             cursor: None,
             snapshot_sync: None,
@@ -168,6 +165,11 @@ impl Group {
         if locked.state.oldest_needed() < log.first_offset() || locked.state.next() < log.first_offset() {
             locked.state.apply(Op::Skip { offset: log.first_offset() }, &clock);
             rewrite = true;
+        }
+        if rolled_back {
+            // The next snapshot takes the lost one's generation: none of that generation's
+            // entries left in the journal may verify for it.
+            locked.journal()?.erase()?;
         }
         if rewrite || changed.is_some() {
             locked.compact(&dir, &clock)?;
@@ -969,6 +971,10 @@ impl GroupInner {
             let mut l = self.lock();
             // Released: everything was flushed before.
             let Some(journal) = &l.journal else { return Ok(()) };
+            // Nothing more is written: a snapshot could go over the only durable one.
+            if let Some(why) = &l.failed {
+                return Err(Error::Poisoned(why.clone()));
+            }
             // Entries that all say their snapshot may be unsynced would let its later loss
             // (damage, by then) roll the group back past them: once flushed, they must not.
             // A synced snapshot replaces them. Otherwise they count on top of their
@@ -1184,6 +1190,7 @@ impl Locked {
     fn compact(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
         // It goes over the other snapshot file, which must be durable first.
         self.finish_snapshot_sync()?;
+        self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
         Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
         self.journal()?.restart(generation, 0)?;
@@ -1200,6 +1207,7 @@ impl Locked {
     /// open after a power loss that lost this snapshot goes on from that older one.
     fn compact_lazily(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
         self.finish_snapshot_sync()?;
+        self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
         let sync = Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_unsynced(dir)?;
         self.journal()?.restart(generation, UNSYNCED_SNAPSHOT)?;
@@ -1220,6 +1228,15 @@ impl Locked {
                 self.journal()?.snapshot_synced();
                 Ok(())
             }
+        }
+    }
+
+    /// A group whose write failed (the sync of its last snapshot, say) writes no snapshot:
+    /// the other file may be the only durable one.
+    fn check_not_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(Error::Poisoned(why.clone())),
+            None => Ok(()),
         }
     }
 

@@ -175,6 +175,14 @@ impl Snapshot {
         sync_dir(dir)
     }
 
+    /// Syncs the snapshot file of `generation` in the group's directory `dir`, and `dir`:
+    /// for a snapshot that an earlier run wrote without waiting for its sync.
+    pub fn sync_written(dir: &Path, generation: u64) -> Result<()> {
+        let path = dir.join(file_for(generation));
+        let file = std::fs::File::open(&path).at(&path)?;
+        SnapshotSync { file, path, dir: Some(dir.to_path_buf()) }.run()
+    }
+
     /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
     /// The newer file (the current generation) is untouched, so a write torn by a crash
     /// leaves it in charge: it fails its checksum, and the older generation wins.

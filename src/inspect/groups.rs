@@ -231,8 +231,8 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
                 continue;
             }
             // As the queue refuses to open the group: the newer snapshot is lost.
-            let lost = state_path.with_file_name(snapshot::file_for(snap.generation + 1));
-            let why = format!("snapshot generation {} is damaged or missing", snap.generation + 1);
+            let lost = state_path.with_file_name(snapshot::file_for(snap.generation.wrapping_add(1)));
+            let why = format!("snapshot generation {} is damaged or missing", snap.generation.wrapping_add(1));
             return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
         };
         let again = read_snapshots(&state_path).map(|s| s.snap.generation).ok();
