@@ -371,15 +371,19 @@ fn ack_floor_counts_out_of_order_acks() {
 
 #[test]
 fn invalid_group_names_are_refused_and_create_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = queue(dir.path(), SyncPolicy::Never);
+    // The queue sits one level down, so that `../x` would land in a directory this test owns:
+    // the shared temporary directory may hold an `x` of someone else's.
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("queue");
+    let q = queue(&root, SyncPolicy::Never);
     let long = "x".repeat(129);
     for name in ["../x", "a/b", "", ".", "..", long.as_str(), "a b", "é", "a\0b", "/abs"] {
         assert!(matches!(q.group(name), Err(Error::InvalidGroupName { .. })), "{name:?}");
         assert!(matches!(q.delete_group(name), Err(Error::InvalidGroupName { .. })), "{name:?}");
     }
-    assert!(!dir.path().join("groups").exists());
-    assert!(!dir.path().parent().unwrap().join("x").exists());
+    assert!(!root.join("groups").exists());
+    let outside: Vec<_> = std::fs::read_dir(outer.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(outside, ["queue"]);
     let ok = "A-z_0.9".to_string() + &"y".repeat(121);
     assert_eq!(ok.len(), 128);
     q.group(&ok).unwrap();
