@@ -551,3 +551,71 @@ fn a_group_rolled_back_to_its_older_snapshot_is_shown_as_the_library_opens_it() 
         }
     }
 }
+
+/// A roll-back zeroes the journal; a power loss during that can leave zeros at its front
+/// and the lost generation's entries further on. The library rolls back again at the next
+/// open, and `segq` says so as for any roll-back. If one of those entries was written after
+/// the lost snapshot's sync, the loss is damage for both.
+#[test]
+fn a_roll_back_whose_erase_was_cut_short_is_shown_as_the_library_finishes_it() {
+    let _s = serial();
+    for synced_since in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        {
+            let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Never)).unwrap();
+            q.append_batch(&vec![b"x".as_slice(); 9000]).unwrap();
+            let g = q.group("g").unwrap();
+            // 10,922 entries: the last one is the first of generation 1; then 6,000 more.
+            for _ in 0..5461 + 3000 {
+                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+                g.ack(d.offset()).unwrap();
+            }
+            drop(g);
+            q.simulate_crash();
+        }
+        std::fs::remove_file(d.join("groups/g/state.1")).unwrap();
+        // Generation 1's entries say whether its snapshot's sync was done when each was
+        // written: here, never (or not until the last one), whatever the thread managed.
+        let journal = d.join("groups/g/journal");
+        let mut bytes = std::fs::read(&journal).unwrap();
+        let crc = |e: &[u8]| crc32fast::hash(&[&1u64.to_le_bytes()[..], &e[4..]].concat());
+        let ours: Vec<usize> = (0..(bytes.len() - 32) / 24)
+            .filter(|i| {
+                let e = &bytes[32 + i * 24..][..24];
+                u32::from_le_bytes(e[..4].try_into().unwrap()) == crc(e)
+            })
+            .collect();
+        assert_eq!(ours.len(), 6001);
+        for (n, i) in ours.iter().enumerate() {
+            let e = &mut bytes[32 + i * 24..][..24];
+            let last = n == ours.len() - 1;
+            e[5] = if synced_since && last { 0 } else { 1 };
+            let crc = crc(e);
+            e[..4].copy_from_slice(&crc.to_le_bytes());
+        }
+        bytes[32..32 + 2000 * 24].fill(0);
+        std::fs::write(&journal, &bytes).unwrap();
+        let case = format!("synced since: {synced_since}");
+        let verify = segq(["verify", &arg(d), "--json"]);
+        let groups = segq(["groups", &arg(d), "g", "--json"]);
+        match library_group(d, "g") {
+            Ok(()) => {
+                assert!(!synced_since, "{case}");
+                assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
+                let warnings = findings(&verify, "warning");
+                assert!(warnings.iter().any(|w| w.contains("is lost")), "{case}: {warnings:?}");
+                assert!(findings(&verify, "damage").is_empty(), "{case}: {}", verify.stdout);
+                assert_eq!(groups.code, 0, "{case}");
+                assert_eq!(groups.json()["ack_floor"].as_u64(), Some(0), "{case}: as the library rolls back");
+                assert_eq!(groups.json()["journal_entries"].as_u64(), Some(0), "{case}");
+            }
+            Err(named) => {
+                assert!(synced_since, "{case}");
+                assert_eq!(named, d.join("groups/g/state.1"));
+                assert_eq!(verify.code, 1, "{case}: {}", verify.stdout);
+                assert_ne!(groups.code, 0, "{case}");
+            }
+        }
+    }
+}

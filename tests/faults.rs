@@ -160,6 +160,51 @@ fn a_failed_group_journal_sync_poisons_the_group_only() {
     assert_eq!(d.offset(), 1);
 }
 
+/// Under `retain_until_consumed`, a poisoned group stops retention until the queue is
+/// reopened: its acks can no longer be made durable, and deleting on acks a crash may undo
+/// would lose records it still needs. The pass says which group, deletes nothing, and the
+/// log and the other groups go on; after a reopen the group's durable acks count again.
+#[test]
+fn a_poisoned_group_holds_retention_until_the_queue_is_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || opts(SyncPolicy::Always).retain_until_consumed(true);
+    let q = Queue::open(dir.path(), options()).unwrap();
+    for i in 0..200 {
+        q.append(&payload(i)).unwrap();
+    }
+    let (good, bad) = (q.group("good").unwrap(), q.group("bad").unwrap());
+    for g in [&good, &bad] {
+        let batch = g.poll_batch(100, Duration::ZERO).unwrap();
+        g.ack_batch(&batch.iter().map(|d| d.offset()).collect::<Vec<_>>()).unwrap();
+    }
+    let d = bad.poll(Duration::ZERO).unwrap().unwrap();
+    fault::inject(Fault::new(&dir.path().join("groups/bad"), Point::Sync));
+    assert!(matches!(bad.ack(d.offset()), Err(Error::Io(_))));
+    fault::clear(dir.path());
+    let before = q.stats().segments;
+    match q.enforce_retention() {
+        Err(Error::Poisoned(why)) => assert!(why.contains("groups/bad"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(q.stats().segments, before, "nothing deleted");
+    assert_eq!(q.first_offset(), 0);
+    // The log and the other group go on.
+    q.append(b"more").unwrap();
+    let batch = good.poll_batch(100, Duration::ZERO).unwrap();
+    good.ack_batch(&batch.iter().map(|d| d.offset()).collect::<Vec<_>>()).unwrap();
+    drop((good, bad));
+    drop(q);
+    let q = Queue::open(dir.path(), options()).unwrap();
+    let bad = q.group("bad").unwrap();
+    // The ack whose sync failed was never acknowledged, and may be there or not.
+    let floor = bad.ack_floor();
+    assert!(floor == 100 || floor == 101, "{floor}");
+    let report = q.enforce_retention().unwrap();
+    assert!(report.segments_deleted > 0);
+    assert!(q.first_offset() <= floor, "{} past the bad group's floor {floor}", q.first_offset());
+    assert_eq!(bad.poll(Duration::ZERO).unwrap().unwrap().offset(), floor);
+}
+
 /// Under `Always`, `poll_batch`, `ack_batch` and `nack_batch` each sync the journal before
 /// they return: a failing sync reaches them, and what they had made durable before survives.
 #[test]

@@ -155,6 +155,20 @@ pub(crate) fn replay(bytes: &[u8], generation: u64) -> (Vec<Op>, usize) {
     (ops, pos)
 }
 
+/// Whether `bytes`, a journal opened for `generation`, holds entries of the next one:
+/// `Some(true)` if every one of them carries [`UNSYNCED_SNAPSHOT`], `Some(false)` if one
+/// does not. They lie at the front when the journal was restarted for a newer snapshot, and
+/// further on when a roll-back's [`Journal::erase`] was cut short with only the zeros of
+/// the front on disk: the whole file is searched.
+pub(crate) fn next_generation_written(bytes: &[u8], generation: u64) -> Option<bool> {
+    let next = EntryCrc::new(generation.wrapping_add(1));
+    let entries = bytes.get(FILE_HEADER_LEN..)?.chunks_exact(ENTRY_LEN);
+    // Most of a journal is zeros, which never decode (kind 0): skipped without a checksum.
+    let mut theirs = entries.filter(|e| *e != [0; ENTRY_LEN] && decode(e, &next).is_some()).peekable();
+    theirs.peek()?;
+    Some(theirs.all(|e| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0))
+}
+
 /// The open journal of one group.
 #[derive(Debug)]
 pub(crate) struct Journal {
@@ -169,8 +183,8 @@ pub(crate) struct Journal {
     /// Entries written since the group was opened, across restarts of the file: what group
     /// commit counts.
     seq: u64,
-    /// The first entry verifies for the next generation: whether every entry of that
-    /// generation carries [`UNSYNCED_SNAPSHOT`] (see `written_by_next_generation`).
+    /// Entries of the next generation were found at open: whether every one of them
+    /// carries [`UNSYNCED_SNAPSHOT`] (see `written_by_next_generation`).
     newer: Option<bool>,
     /// Flags of the entries written from now on.
     flags: u8,
@@ -246,12 +260,7 @@ impl Journal {
                 None => Some(FILE_HEADER_LEN),
             };
             let stale = bytes[end..].chunks_exact(ENTRY_LEN).any(|e| decode(e, &crc).is_some());
-            let next = EntryCrc::new(generation.wrapping_add(1));
-            let newer = decode(&bytes[FILE_HEADER_LEN..], &next).map(|_| {
-                let entries = bytes[FILE_HEADER_LEN..].chunks_exact(ENTRY_LEN);
-                let written = entries.take_while(|e| decode(e, &next).is_some());
-                written.into_iter().all(flagged)
-            });
+            let newer = next_generation_written(bytes, generation);
             (ops, end, stale, newer, unflagged_from)
         };
         let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
@@ -272,10 +281,12 @@ impl Journal {
         Ok((journal, ops, stale))
     }
 
-    /// Whether the entries replayed at open say their snapshot may not have been synced: a
-    /// run that wrote it without waiting for its sync stopped before it saw the sync done.
+    /// Whether the snapshot may not have been synced, as far as the entries replayed at open
+    /// can tell: a run that wrote it without waiting for its sync stopped before it saw the
+    /// sync done, and flagged its entries; or it stopped before any entry of the generation
+    /// was written. Only an unflagged first entry proves the snapshot synced.
     pub fn snapshot_maybe_unsynced(&self) -> bool {
-        self.unflagged_from != Some(FILE_HEADER_LEN)
+        self.pos == FILE_HEADER_LEN || self.unflagged_from != Some(FILE_HEADER_LEN)
     }
 
     /// Zeroes every entry and syncs the zeros, so that no entry written so far can verify
@@ -287,10 +298,11 @@ impl Journal {
         crate::fs::sync_mapping(self.writer.mapping(), &self.path, FILE_HEADER_LEN..len)
     }
 
-    /// Whether the first entry is of the generation after this one, the journal restarted
-    /// for a newer snapshot than the one being opened: `Some(true)` if every entry of that
-    /// generation was written before its snapshot was synced (a power loss may have lost
-    /// the snapshot, with nothing damaged), `Some(false)` if one was written after.
+    /// Whether entries of the generation after this one were found at open, the journal
+    /// restarted for a newer snapshot than the one being opened: `Some(true)` if every
+    /// entry of that generation was written before its snapshot was synced (a power loss
+    /// may have lost the snapshot, with nothing damaged), `Some(false)` if one was written
+    /// after.
     pub fn written_by_next_generation(&self) -> Option<bool> {
         self.newer
     }

@@ -107,7 +107,7 @@ impl Group {
             create(&log, &groups, &dir, opts.unwrap_or_default(), &clock)?;
         }
         remove_temp_files(&dir);
-        let snap = Snapshot::read_latest(&dir)?;
+        let (snap, snap_path) = Snapshot::read_latest(&dir)?;
         let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
         let mut rolled_back = false;
         match journal.written_by_next_generation() {
@@ -121,11 +121,12 @@ impl Group {
             // The same, but the snapshot was written under `SyncPolicy::Never` without
             // waiting for its sync: a power loss lost it and the changes after it, which
             // nothing promised durable. The group goes on from the older snapshot, the state
-            // of an earlier moment, without the journal's entries.
+            // of an earlier moment, without the lost generation's entries.
             Some(true) => rolled_back = true,
-            // The snapshot in use may be one such: made durable before anything relies on
-            // it (a later snapshot goes over the other file).
-            None if journal.snapshot_maybe_unsynced() => Snapshot::sync_written(&dir, snap.generation)?,
+            // The snapshot in use may be one such, or its run may have stopped before any
+            // entry of its generation: made durable before anything relies on it (a later
+            // snapshot goes over the other file).
+            None if journal.snapshot_maybe_unsynced() => Snapshot::sync_written(&dir, &snap_path)?,
             None => {}
         }
         let mut state = snap.restore(&clock, log.next_offset());

@@ -175,12 +175,11 @@ impl Snapshot {
         sync_dir(dir)
     }
 
-    /// Syncs the snapshot file of `generation` in the group's directory `dir`, and `dir`:
-    /// for a snapshot that an earlier run wrote without waiting for its sync.
-    pub fn sync_written(dir: &Path, generation: u64) -> Result<()> {
-        let path = dir.join(file_for(generation));
-        let file = std::fs::File::open(&path).at(&path)?;
-        SnapshotSync { file, path, dir: Some(dir.to_path_buf()) }.run()
+    /// Syncs the snapshot file at `path` in the group's directory `dir`, and `dir`: for a
+    /// snapshot that an earlier run may have written without waiting for its sync.
+    pub fn sync_written(dir: &Path, path: &Path) -> Result<()> {
+        let file = std::fs::File::open(path).at(path)?;
+        SnapshotSync { file, path: path.to_path_buf(), dir: Some(dir.to_path_buf()) }.run()
     }
 
     /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
@@ -203,10 +202,10 @@ impl Snapshot {
         Ok(SnapshotSync { file, path, dir })
     }
 
-    /// Reads the newest valid snapshot of the group in `dir`.
+    /// Reads the newest valid snapshot of the group in `dir`, and says which file held it.
     /// A file that cannot be read (other than missing) is an error: falling back to the
     /// other file could quietly undo the changes of a newer generation.
-    pub fn read_latest(dir: &Path) -> Result<Snapshot> {
+    pub fn read_latest(dir: &Path) -> Result<(Snapshot, std::path::PathBuf)> {
         let mut files = Vec::with_capacity(FILES.len());
         for name in FILES {
             let path = dir.join(name);
@@ -286,19 +285,19 @@ type Checked = Option<std::result::Result<Vec<u8>, (u64, CorruptKind)>>;
 
 /// The newest valid snapshot among a group's snapshot files, in [`FILES`] order. When none
 /// is valid, the error names the first damaged file: `state` before `state.1`.
-pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<Snapshot> {
-    let mut best: Option<Snapshot> = None;
+pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<(Snapshot, std::path::PathBuf)> {
+    let mut best: Option<(Snapshot, std::path::PathBuf)> = None;
     let mut damage = None;
     for (path, checked) in files {
         let Some(checked) = checked else { continue };
         match checked.as_ref().map_err(Clone::clone).and_then(|bytes| Snapshot::decode(bytes)) {
-            Ok(s) if best.as_ref().is_none_or(|b| s.generation > b.generation) => best = Some(s),
+            Ok(s) if best.as_ref().is_none_or(|(b, _)| s.generation > b.generation) => best = Some((s, path.clone())),
             Ok(_) => {}
             Err((position, kind)) => damage = damage.or(Some(crate::Error::corrupt(path, position, kind))),
         }
     }
     match (best, damage) {
-        (Some(s), _) => Ok(s),
+        (Some(best), _) => Ok(best),
         (None, Some(e)) => Err(e),
         (None, None) => {
             let path = files.first().map(|(p, _)| p.as_path()).unwrap_or(Path::new("state"));
@@ -357,10 +356,10 @@ mod alternation_tests {
         let (a, b) = ("a".into(), "b".into());
         let four = snap(4).encode();
         let mut five = snap(5).encode();
-        assert_eq!(latest(&[(a, Some(Ok(four.clone()))), (b, Some(Ok(five.clone())))]).unwrap().generation, 5);
+        assert_eq!(latest(&[(a, Some(Ok(four.clone()))), (b, Some(Ok(five.clone())))]).unwrap().0.generation, 5);
         five[40] ^= 1;
         let files = [("a".into(), Some(Ok(four))), ("b".into(), Some(Ok(five.clone())))];
-        assert_eq!(latest(&files).unwrap().generation, 4);
+        assert_eq!(latest(&files).unwrap().0.generation, 4);
         let only_torn = [("a".into(), None), ("b".into(), Some(Ok(five.clone())))];
         assert!(matches!(latest(&only_torn), Err(crate::Error::Corrupt { .. })));
         // Neither valid: the first file is named, whatever check each failed.
@@ -378,7 +377,7 @@ mod alternation_tests {
         snap(0).write_new(dir.path()).unwrap();
         for generation in 1..5 {
             snap(generation).write_in_place(dir.path()).unwrap();
-            assert_eq!(Snapshot::read_latest(dir.path()).unwrap().generation, generation);
+            assert_eq!(Snapshot::read_latest(dir.path()).unwrap().0.generation, generation);
         }
         assert!(dir.path().join("state").exists() && dir.path().join("state.1").exists());
     }

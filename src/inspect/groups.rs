@@ -354,12 +354,14 @@ struct Replay {
 }
 
 /// Replays the journal at `path` for snapshot generation `generation` onto `state`, a chunk
-/// at a time. `None` if its first entry is of the next generation: the journal was
-/// restarted for a newer snapshot than the one read.
+/// at a time. `None` if it holds an entry of the next generation written after that
+/// generation's snapshot was synced: the journal was restarted for a newer snapshot than
+/// the one read, and that one is needed.
 ///
 /// The entries end at the first one that does not verify; the rest of the file is then
-/// searched for an entry of this generation (see [`Replay::stale`]), skipping chunks of
-/// zeros, the unused room of a preallocated or sparse file.
+/// searched for an entry of this generation (see [`Replay::stale`]), and all of it for
+/// entries of the next (as [`journal::next_generation_written`]), skipping chunks of zeros,
+/// the unused room of a preallocated or sparse file.
 fn replay_journal(
     path: &Path,
     generation: u64,
@@ -374,32 +376,20 @@ fn replay_journal(
     // Where the entries end, once found.
     let mut end = None;
     let next = journal::EntryCrc::new(generation.wrapping_add(1));
-    // Once the first entry is found to be of the next generation: whether all of its
-    // entries so far were written before its snapshot was synced.
+    // Once an entry of the next generation is found: whether all of its entries so far were
+    // written before its snapshot was synced.
     let mut newer: Option<bool> = None;
     while let Some((start, chunk)) = reader.next_chunk()? {
-        if start == FILE_HEADER_LEN as u64 && journal::decode(chunk, &next).is_some() {
-            newer = Some(true);
-        }
-        if let Some(unsynced) = &mut newer {
-            match chunk.chunks_exact(journal::ENTRY_LEN).position(|e| journal::decode(e, &next).is_none()) {
-                Some(end) => {
-                    let ours = chunk.chunks_exact(journal::ENTRY_LEN).take(end);
-                    *unsynced &= ours.into_iter().all(|e| e[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0);
-                    break;
-                }
-                None => {
-                    let ours = chunk.chunks_exact(journal::ENTRY_LEN);
-                    *unsynced &= ours.into_iter().all(|e| e[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0);
-                    continue;
-                }
-            }
-        }
-        if end.is_some() && chunk == &ZEROS[..chunk.len()] {
+        if chunk == &ZEROS[..chunk.len()] {
+            end.get_or_insert(start);
             continue;
         }
         for (i, entry) in chunk.chunks_exact(journal::ENTRY_LEN).enumerate() {
             let position = start + (i * journal::ENTRY_LEN) as u64;
+            if journal::decode(entry, &next).is_some() {
+                let unsynced = entry[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0;
+                newer = Some(newer.unwrap_or(true) && unsynced);
+            }
             let op = journal::decode(entry, &crc);
             match (end, op) {
                 (None, None) => end = Some(position),
@@ -419,8 +409,7 @@ fn replay_journal(
                 }
                 (None, Some(_)) => {}
                 (Some(bad), Some(_)) => {
-                    replay.stale = Some((bad, position));
-                    return Ok(Some(replay));
+                    replay.stale.get_or_insert((bad, position));
                 }
                 (Some(_), None) => {}
             }
@@ -433,8 +422,13 @@ fn replay_journal(
     match newer {
         // As the queue: the journal moved on to a newer snapshot that is lost. Written
         // without waiting for its sync (all of its entries say so), the group rolls back to
-        // this one, without the journal's entries; otherwise it does not open.
-        Some(true) => replay.rolled_back = true,
+        // this one, without that generation's entries, and erases the journal (so its
+        // entries of this generation, further on, are not a lost write); otherwise it does
+        // not open.
+        Some(true) => {
+            replay.rolled_back = true;
+            replay.stale = None;
+        }
         Some(false) => return Ok(None),
         None => {}
     }
