@@ -490,6 +490,27 @@ fn a_segment_cut_short_of_the_mark_after_damage_is_a_gap_for_all() {
     assert!(damage.iter().any(|w| w.contains("does not open")), "{damage:?}");
 }
 
+/// Under `Never`, group `g` of a new queue at `d` takes `pairs` records and acks each, then,
+/// if `then_flushed` is given, flushes and takes and acks that many more; the process stops.
+fn crash_after_pairs(d: &Path, pairs: usize, then_flushed: Option<usize>) {
+    let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Never)).unwrap();
+    q.append_batch(&vec![b"x".as_slice(); pairs + then_flushed.unwrap_or(0)]).unwrap();
+    let g = q.group("g").unwrap();
+    let take = |n| {
+        for _ in 0..n {
+            let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+            g.ack(d.offset()).unwrap();
+        }
+    };
+    take(pairs);
+    if let Some(more) = then_flushed {
+        g.flush().unwrap();
+        take(more);
+    }
+    drop(g);
+    q.simulate_crash();
+}
+
 /// A group whose newest snapshot was written under `Never` without waiting for its sync and
 /// lost (as by a power loss, here a flipped byte): the library rolls the group back to the older snapshot, and
 /// `segq groups` shows that state while `verify` warns about it on the journal (exit 0).
@@ -500,24 +521,9 @@ fn a_group_rolled_back_to_its_older_snapshot_is_shown_as_the_library_opens_it() 
     for synced_since in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        {
-            let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Never)).unwrap();
-            q.append_batch(&vec![b"x".as_slice(); 6000]).unwrap();
-            let g = q.group("g").unwrap();
-            // 10,921 journal entries fill the journal; the last ack writes generation 1.
-            for _ in 0..5461 {
-                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
-                g.ack(d.offset()).unwrap();
-            }
-            if synced_since {
-                // A flush waits for the snapshot's sync: the entry after it is plain.
-                g.flush().unwrap();
-                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
-                g.ack(d.offset()).unwrap();
-            }
-            drop(g);
-            q.simulate_crash();
-        }
+        // 10,921 journal entries fill the journal; the last ack writes generation 1.
+        // A flush waits for the snapshot's sync: the entry after it is plain.
+        crash_after_pairs(d, 5461, synced_since.then_some(1));
         // Lost, or damaged: its checksum fails. (A missing `state` is a group that does not
         // exist.)
         let newer = if synced_since { "state" } else { "state.1" };
@@ -562,18 +568,8 @@ fn a_roll_back_whose_erase_was_cut_short_is_shown_as_the_library_finishes_it() {
     for synced_since in [false, true] {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
-        {
-            let q = Queue::open(d, Options::default().sync(segq::SyncPolicy::Never)).unwrap();
-            q.append_batch(&vec![b"x".as_slice(); 9000]).unwrap();
-            let g = q.group("g").unwrap();
-            // 10,922 entries: the last one is the first of generation 1; then 6,000 more.
-            for _ in 0..5461 + 3000 {
-                let d = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
-                g.ack(d.offset()).unwrap();
-            }
-            drop(g);
-            q.simulate_crash();
-        }
+        // 10,922 entries: the last one is the first of generation 1; then 6,000 more.
+        crash_after_pairs(d, 5461 + 3000, None);
         std::fs::remove_file(d.join("groups/g/state.1")).unwrap();
         // Generation 1's entries say whether its snapshot's sync was done when each was
         // written: here, never (or not until the last one), whatever the thread managed.
