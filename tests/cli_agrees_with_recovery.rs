@@ -511,6 +511,40 @@ fn crash_after_pairs(d: &Path, pairs: usize, then_flushed: Option<usize>) {
     q.simulate_crash();
 }
 
+/// Checks that the library, `segq verify` and `segq groups` agree on group `g` at `d`,
+/// whose newer snapshot, `lost`, is gone: rolled back to the older one, as all three say,
+/// unless an entry was written after the lost one's sync (`synced_since`), which makes the
+/// loss damage for all three.
+fn rolled_back_or_damage(d: &Path, synced_since: bool, lost: &Path) {
+    let case = format!("synced since: {synced_since}");
+    let verify = segq(["verify", &arg(d), "--json"]);
+    let groups = segq(["groups", &arg(d), "g", "--json"]);
+    match library_group(d, "g") {
+        Ok(()) => {
+            assert!(!synced_since, "{case}");
+            assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
+            let findings = verify.json()["findings"].as_array().unwrap().clone();
+            let journal = arg(&d.join("groups/g/journal"));
+            let warned = findings.iter().any(|f| {
+                f["severity"] == "warning"
+                    && f["file"].as_str() == Some(journal.as_str())
+                    && f["what"].as_str().unwrap().contains("is lost")
+            });
+            assert!(warned, "{case}: {findings:?}");
+            assert!(findings.iter().all(|f| f["severity"] != "damage"), "{case}: {findings:?}");
+            assert_eq!(groups.code, 0, "{case}");
+            assert_eq!(groups.json()["ack_floor"].as_u64(), Some(0), "{case}: as the library rolls back");
+            assert_eq!(groups.json()["journal_entries"].as_u64(), Some(0), "{case}");
+        }
+        Err(named) => {
+            assert!(synced_since, "{case}");
+            assert_eq!(named, lost);
+            assert_eq!(verify.code, 1, "{case}: {}", verify.stdout);
+            assert_ne!(groups.code, 0, "{case}");
+        }
+    }
+}
+
 /// A group whose newest snapshot was written under `Never` without waiting for its sync and
 /// lost (as by a power loss, here a flipped byte): the library rolls the group back to the older snapshot, and
 /// `segq groups` shows that state while `verify` warns about it on the journal (exit 0).
@@ -530,31 +564,7 @@ fn a_group_rolled_back_to_its_older_snapshot_is_shown_as_the_library_opens_it() 
         let mut bytes = std::fs::read(d.join("groups/g").join(newer)).unwrap();
         bytes[40] ^= 1;
         std::fs::write(d.join("groups/g").join(newer), &bytes).unwrap();
-        let case = format!("synced since: {synced_since}");
-        let verify = segq(["verify", &arg(d), "--json"]);
-        let groups = segq(["groups", &arg(d), "g", "--json"]);
-        match library_group(d, "g") {
-            Ok(()) => {
-                assert!(!synced_since, "{case}");
-                assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
-                let findings = verify.json()["findings"].as_array().unwrap().clone();
-                let journal = arg(&d.join("groups/g/journal"));
-                let warned = findings.iter().any(|f| {
-                    f["severity"] == "warning"
-                        && f["file"].as_str() == Some(journal.as_str())
-                        && f["what"].as_str().unwrap().contains("is lost")
-                });
-                assert!(warned, "{case}: {findings:?}");
-                assert_eq!(groups.code, 0, "{case}");
-                assert_eq!(groups.json()["ack_floor"].as_u64(), Some(0), "{case}: as the library rolls back");
-            }
-            Err(named) => {
-                assert!(synced_since, "{case}");
-                assert_eq!(named, d.join("groups/g").join(newer));
-                assert_eq!(verify.code, 1, "{case}: {}", verify.stdout);
-                assert_ne!(groups.code, 0, "{case}");
-            }
-        }
+        rolled_back_or_damage(d, synced_since, &d.join("groups/g").join(newer));
     }
 }
 
@@ -592,26 +602,6 @@ fn a_roll_back_whose_erase_was_cut_short_is_shown_as_the_library_finishes_it() {
         }
         bytes[32..32 + 2000 * 24].fill(0);
         std::fs::write(&journal, &bytes).unwrap();
-        let case = format!("synced since: {synced_since}");
-        let verify = segq(["verify", &arg(d), "--json"]);
-        let groups = segq(["groups", &arg(d), "g", "--json"]);
-        match library_group(d, "g") {
-            Ok(()) => {
-                assert!(!synced_since, "{case}");
-                assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
-                let warnings = findings(&verify, "warning");
-                assert!(warnings.iter().any(|w| w.contains("is lost")), "{case}: {warnings:?}");
-                assert!(findings(&verify, "damage").is_empty(), "{case}: {}", verify.stdout);
-                assert_eq!(groups.code, 0, "{case}");
-                assert_eq!(groups.json()["ack_floor"].as_u64(), Some(0), "{case}: as the library rolls back");
-                assert_eq!(groups.json()["journal_entries"].as_u64(), Some(0), "{case}");
-            }
-            Err(named) => {
-                assert!(synced_since, "{case}");
-                assert_eq!(named, d.join("groups/g/state.1"));
-                assert_eq!(verify.code, 1, "{case}: {}", verify.stdout);
-                assert_ne!(groups.code, 0, "{case}");
-            }
-        }
+        rolled_back_or_damage(d, synced_since, &d.join("groups/g/state.1"));
     }
 }
