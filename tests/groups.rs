@@ -691,7 +691,7 @@ fn a_roll_back_whose_erase_was_cut_short_is_finished_at_the_next_open() {
     // the first 20 pages, every other page from the first, every other page from the second.
     let page = |p: usize| (p * 4096).max(32)..(p + 1) * 4096;
     let cases: [(&str, Vec<std::ops::Range<usize>>); 4] = [
-        ("the first 2,000 entries", vec![32..32 + 2000 * 24]),
+        ("the first 2,000 entries", std::iter::once(32..32 + 2000 * 24).collect()),
         ("the first 20 pages", (0..20).map(page).collect()),
         ("even pages", (0..64).step_by(2).map(page).collect()),
         ("odd pages", (1..64).step_by(2).map(page).collect()),
