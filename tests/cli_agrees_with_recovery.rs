@@ -605,3 +605,57 @@ fn a_roll_back_whose_erase_was_cut_short_is_shown_as_the_library_finishes_it() {
         rolled_back_or_damage(d, synced_since, &d.join("groups/g/state.1"));
     }
 }
+
+/// A group whose snapshots wrapped from generation `u64::MAX` to 0, and one whose snapshot
+/// is in the other file than its generation's (`state` holding generation 1): the library,
+/// `segq verify` and `segq groups` each open them from that snapshot and its journal, with
+/// nothing to report. (`verify` and the library took generation 0 for older than
+/// `u64::MAX`, and its journal for that of a lost newer snapshot: damage.)
+#[test]
+fn a_wrapped_generation_and_a_snapshot_in_the_other_file_are_read_as_the_library_reads_them() {
+    let _s = serial();
+    for wrapped in [true, false] {
+        let case = format!("wrapped: {wrapped}");
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let group = d.join("groups/g");
+        let pairs = |g: &segq::Group| {
+            for _ in 0..5 {
+                let delivery = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+                g.ack(delivery.offset()).unwrap();
+            }
+        };
+        {
+            let q = Queue::open(d, small()).unwrap();
+            q.append_batch(&vec![b"x".as_slice(); 20]).unwrap();
+            let g = q.group("g").unwrap();
+            q.group_with("g", segq::GroupOptions::default().max_attempts(7)).unwrap(); // generation 1
+            pairs(&g);
+            drop(g);
+            q.close().unwrap();
+        }
+        if wrapped {
+            common::set_snapshot_generation(&group.join("state"), u64::MAX - 1);
+            common::set_snapshot_generation(&group.join("state.1"), u64::MAX);
+            let q = Queue::open(d, small()).unwrap();
+            let g = q.group("g").unwrap(); // its journal was of generation 1: dropped
+            assert_eq!(g.options().get_max_attempts(), 7, "{case}: opened from generation u64::MAX");
+            pairs(&g);
+            q.group_with("g", segq::GroupOptions::default().max_attempts(6)).unwrap(); // generation 0
+            pairs(&g);
+            drop(g);
+            q.close().unwrap();
+            assert_eq!(common::snapshot_generation(&std::fs::read(group.join("state")).unwrap()), 0, "{case}");
+        } else {
+            std::fs::rename(group.join("state.1"), group.join("state")).unwrap();
+        }
+        assert_eq!(library_group(d, "g"), Ok(()), "{case}");
+        let verify = segq(["verify", &arg(d), "--json"]);
+        assert_eq!(verify.code, 0, "{case}: {}", verify.stdout);
+        assert_eq!(findings(&verify, "damage"), Vec::<String>::new(), "{case}");
+        let groups = segq(["groups", &arg(d), "g", "--json"]);
+        assert_eq!(groups.code, 0, "{case}");
+        let ack_floor = if wrapped { 10 } else { 5 };
+        assert_eq!(groups.json()["ack_floor"].as_u64(), Some(ack_floor), "{case}: {}", groups.stdout);
+    }
+}

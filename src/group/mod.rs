@@ -123,11 +123,18 @@ impl Group {
             // nothing promised durable. The group goes on from the older snapshot, the state
             // of an earlier moment, without the lost generation's entries.
             Some(true) => rolled_back = true,
-            // The snapshot in use may be one such, or its run may have stopped before any
-            // entry of its generation: made durable before anything relies on it (a later
-            // snapshot goes over the other file).
-            None if journal.snapshot_maybe_unsynced() => Snapshot::sync_written(&dir, &snap_path)?,
             None => {}
+        }
+        if snap_path != dir.join(snapshot::file_for(snap.generation)) {
+            // In the file the next generation goes to (put there by hand, or by a build
+            // that kept one file): the next snapshot would be written over the only copy,
+            // so a synced copy goes to its own file first.
+            snap.write_in_place(&dir)?;
+        } else if !rolled_back && journal.snapshot_maybe_unsynced() {
+            // The snapshot in use may be one written without waiting for its sync, or its
+            // run may have stopped before any entry of its generation: made durable before
+            // anything relies on it (a later snapshot goes over the other file).
+            Snapshot::sync_written(&dir, &snap_path)?;
         }
         let mut state = snap.restore(&clock, log.next_offset());
         // Changes that reach past the log's end are dropped: the log lost those records (or

@@ -280,6 +280,19 @@ pub(crate) fn file_for(generation: u64) -> &'static str {
     FILES[(generation % 2) as usize]
 }
 
+/// Whether generation `a` comes after `b`. Generations compare as serial numbers, so that
+/// the step from `u64::MAX` to 0 goes forward.
+pub(crate) fn later(a: u64, b: u64) -> bool {
+    (a.wrapping_sub(b) as i64) > 0
+}
+
+/// Whether a valid snapshot of generation `a`, found in `path`, is used before one of
+/// generation `b`: a later one, or a copy of the same one in its own file (the other file
+/// is where the next generation will be written).
+pub(crate) fn preferred(a: u64, path: &Path, b: u64) -> bool {
+    later(a, b) || (a == b && path.file_name().is_some_and(|name| name == file_for(a)))
+}
+
 /// What [`read_checked`] made of one snapshot file (`None`: the file is missing).
 type Checked = Option<std::result::Result<Vec<u8>, (u64, CorruptKind)>>;
 
@@ -291,7 +304,9 @@ pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<(Snapsho
     for (path, checked) in files {
         let Some(checked) = checked else { continue };
         match checked.as_ref().map_err(Clone::clone).and_then(|bytes| Snapshot::decode(bytes)) {
-            Ok(s) if best.as_ref().is_none_or(|(b, _)| s.generation > b.generation) => best = Some((s, path.clone())),
+            Ok(s) if best.as_ref().is_none_or(|(b, _)| preferred(s.generation, path, b.generation)) => {
+                best = Some((s, path.clone()))
+            }
             Ok(_) => {}
             Err((position, kind)) => damage = damage.or(Some(crate::Error::corrupt(path, position, kind))),
         }

@@ -96,8 +96,8 @@ pub(super) struct Snapshots {
 }
 
 /// The newest valid snapshot of the group whose first snapshot file is `state_path`, as
-/// `snapshot::latest` picks it: of the files that pass their checks, the one of the higher
-/// generation; when none does, the error of the first damaged file (`state` before
+/// `snapshot::latest` picks it: of the files that pass their checks, the one of the later
+/// generation (`snapshot::preferred`); when none does, the error of the first damaged file (`state` before
 /// `state.1`).
 ///
 /// # Errors
@@ -113,7 +113,7 @@ pub(super) fn read_snapshots(state_path: &Path) -> Result<Snapshots> {
             Slot::Missing => {}
             Slot::Damaged(d) => damage = damage.or(Some(d)),
             Slot::Valid(snap) => {
-                if best.as_ref().is_none_or(|(b, _)| snap.generation > b.generation) {
+                if best.as_ref().is_none_or(|(b, _)| snapshot::preferred(snap.generation, &path, b.generation)) {
                     best = Some((snap, path));
                 }
             }

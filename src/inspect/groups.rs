@@ -266,7 +266,7 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             snaps.path.file_name().unwrap_or_default().to_string_lossy()
         );
         let what = match generation {
-            Some(newer) if *newer > snap.generation => format!(
+            Some(newer) if snapshot::later(*newer, snap.generation) => format!(
                 "{kind}: snapshot generation {newer}, cut short by a crash while it was written (or damaged since); \
                  {using} and the journal entries after it, which hold every change since (settings passed with the \
                  newer snapshot are lost)"

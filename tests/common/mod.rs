@@ -355,6 +355,18 @@ pub fn snapshot_generation(state: &[u8]) -> u64 {
     u64::from_le_bytes(state[16..24].try_into().unwrap())
 }
 
+/// Rewrites the generation of the group snapshot at `path`, with both its checksums.
+pub fn set_snapshot_generation(path: &Path, generation: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[16..24].copy_from_slice(&generation.to_le_bytes());
+    let header_crc = crc32(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&header_crc.to_le_bytes());
+    let end = bytes.len() - 4;
+    let file_crc = crc32(&bytes[..end]);
+    bytes[end..].copy_from_slice(&file_crc.to_le_bytes());
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// Whether the journal entry at `at` verifies for `generation`.
 pub fn journal_entry_valid(journal: &[u8], at: usize, generation: u64) -> bool {
     journal.get(at..at + JOURNAL_ENTRY_LEN).is_some_and(|e| {
