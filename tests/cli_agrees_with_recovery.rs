@@ -659,3 +659,32 @@ fn a_wrapped_generation_and_a_snapshot_in_the_other_file_are_read_as_the_library
         assert_eq!(groups.json()["ack_floor"].as_u64(), Some(ack_floor), "{case}: {}", groups.stdout);
     }
 }
+
+/// A copy of the snapshot in use, made at open because the snapshot was in the other file
+/// than its generation's, and cut short: `verify` warns about it as a copy (it called it
+/// "an older snapshot (generation 1)" next to "opens from snapshot generation 1").
+#[test]
+fn a_damaged_copy_of_the_snapshot_in_use_is_called_a_copy() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let group = d.join("groups/g");
+    {
+        let q = Queue::open(d, small()).unwrap();
+        q.append_batch(&vec![b"x".as_slice(); 20]).unwrap();
+        q.group("g").unwrap();
+        q.group_with("g", segq::GroupOptions::default().max_attempts(7)).unwrap(); // generation 1
+        q.close().unwrap();
+    }
+    std::fs::rename(group.join("state.1"), group.join("state")).unwrap();
+    let mut copy = std::fs::read(group.join("state")).unwrap();
+    let last = copy.len() - 1;
+    copy[last] ^= 1; // the trailer CRC fails
+    std::fs::write(group.join("state.1"), &copy).unwrap();
+    assert_eq!(library_group(d, "g"), Ok(()));
+    let verify = segq(["verify", &arg(d), "--json"]);
+    assert_eq!(verify.code, 0, "{}", verify.stdout);
+    let warnings = findings(&verify, "warning");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("a copy of snapshot generation 1"), "{warnings:?}");
+}

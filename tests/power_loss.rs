@@ -24,11 +24,15 @@
 //! its synced point is lost like the newest segment's, the checkpoint names only it, and
 //! the newest segment (made durable by that seal) may be empty or all zeros.
 //!
+//! One copy in four also loses power in the middle of its first open, before what that
+//! open wrote to the group's journal was synced (the zeros of a roll-back, say).
+//!
 //! Then: the copy opens; every durable record is intact; offsets are contiguous and every
 //! record is one that was appended at that offset; no batch is kept in part; a record whose
 //! ack was synced is never delivered again and attempt counts never go below their synced
-//! value; the group delivers records appended after the recovery (it does not stall). Each
-//! scenario then goes on from a recovered copy and loses power a second time.
+//! value; the group delivers records appended after the recovery (it does not stall), and
+//! a reopen finds what it did. Each scenario then goes on from a recovered copy and loses
+//! power a second time.
 //!
 //! `SEGQ_POWER_SEED=<seed>` replays a run; `SEGQ_POWER_CASES=<n>` runs more scenarios.
 
@@ -116,6 +120,7 @@ static REDELIVERIES: AtomicU64 = AtomicU64::new(0);
 static UNFINISHED_SEALS: AtomicU64 = AtomicU64::new(0);
 static SEGMENTS_DROPPED: AtomicU64 = AtomicU64::new(0);
 static SNAPSHOTS_LOST: AtomicU64 = AtomicU64::new(0);
+static OPENS_CUT_SHORT: AtomicU64 = AtomicU64::new(0);
 
 fn group_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("groups").join(GROUP)
@@ -317,9 +322,10 @@ fn lose(bytes: &mut Vec<u8>, from: usize, rng: &mut Rng, allow_cut: bool) -> Str
     }
 }
 
-/// Drops from a copy of a crashed directory what a power loss could drop. Returns a
-/// description of what it did.
-fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
+/// Drops from a copy of a crashed directory what a power loss could drop, losing a snapshot
+/// that was never synced with a chance of `snapshot_loss` percent. Returns a description of
+/// what it did.
+fn power_loss(dir: &Path, m: &Model, rng: &mut Rng, snapshot_loss: u64) -> String {
     let mut what = Vec::new();
     let files = segment_files(dir);
     if files.len() >= 2 && m.durable <= segment_base(&files[files.len() - 1]) && rng.chance(40) {
@@ -411,7 +417,7 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
     // A snapshot written without waiting for its sync, which never came: lost, or written
     // back only in part. (`state` existed before, so it cannot vanish; `state.1` may be new.)
     if let Some(name) = m.unsynced_snapshot
-        && rng.chance(60)
+        && rng.chance(snapshot_loss)
     {
         let path = group_dir(dir).join(name);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -430,6 +436,42 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng) -> String {
         what.push(format!("snapshot {name} (never synced) lost"));
     }
     what.join("; ")
+}
+
+/// A power loss in the middle of the first open of a damaged copy, before anything that
+/// open wrote to the group's journal was synced (the zeros of a roll-back, say): each page
+/// of the journal is left as it was before the open or as the open left it, and the file
+/// keeps either length. The copy must then open as if that open had never run. Returns
+/// what it did.
+fn open_cut_short(dir: &Path, rng: &mut Rng) -> String {
+    let journal = group_dir(dir).join("journal");
+    let before = std::fs::read(&journal).unwrap();
+    let Ok(q) = Queue::open(dir, options(SyncPolicy::Never)) else {
+        return "the queue does not open: left to the check".into();
+    };
+    fault::inject(fault::Fault::new(&journal, fault::Point::Sync).times(u64::MAX));
+    let group = q.group(GROUP).map(drop);
+    fault::clear(&journal);
+    q.simulate_crash();
+    let after = std::fs::read(&journal).unwrap();
+    if after == before {
+        return format!("an open that wrote nothing to the journal ({group:?})");
+    }
+    OPENS_CUT_SHORT.fetch_add(1, Ordering::Relaxed);
+    let len = if rng.chance(50) { before.len() } else { after.len() };
+    let mut pages = String::new();
+    let mut mixed = vec![0; len];
+    for (i, page) in mixed.chunks_mut(PAGE).enumerate() {
+        let (from, mark) = if rng.chance(50) { (&before, 'o') } else { (&after, 'n') };
+        let start = i * PAGE;
+        let n = page.len().min(from.len().saturating_sub(start));
+        page[..n].copy_from_slice(&from[start..start + n]);
+        if pages.len() < 64 {
+            pages.push(mark);
+        }
+    }
+    std::fs::write(&journal, &mixed).unwrap();
+    format!("an open cut short ({group:?}), journal pages old or new: {pages}")
 }
 
 /// Puts `prev`, the segment before the newest, back to a moment in its seal: preallocated
@@ -542,7 +584,22 @@ fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
             return Err(format!("after recovery the group delivers {}, not {}", d.offset(), next + i));
         }
     }
-    q.close().map_err(|e| format!("close: {e}"))
+    drop(g);
+    q.close().map_err(|e| format!("close: {e}"))?;
+    // What the recovered group did is what the next open finds: every ack, and the three
+    // records it leased, due again. (Entries left over from before the loss must not come
+    // back.)
+    let q = Queue::open(dir, options(SyncPolicy::Never)).map_err(|e| format!("reopen: {e}"))?;
+    let g = q.group(GROUP).map_err(|e| format!("reopen the group: {e}"))?;
+    let mut again = Vec::new();
+    while let Some(d) = g.poll(Duration::ZERO).map_err(|e| format!("poll after reopening: {e}"))? {
+        again.push((d.offset(), d.attempt()));
+    }
+    if g.ack_floor() != next || again != [(next, 2), (next + 1, 2), (next + 2, 2)] {
+        return Err(format!("reopened: ack floor {}, delivers {again:?}; expected {next} and 3 leased", g.ack_floor()));
+    }
+    drop(g);
+    q.close().map_err(|e| format!("close after reopening: {e}"))
 }
 
 /// Crashes a queue after a workload and returns the crashed directory's model.
@@ -636,7 +693,13 @@ fn scenario(case: u64, seed: u64) {
         for copy in 0..COPIES_PER_LOSS {
             let target = root.path().join(format!("loss{loss}-copy{copy}"));
             copy_tree(&dir, &target);
-            let what = power_loss(&target, &m, &mut rng);
+            // The last copy loses power again in its first open, which is most worth it
+            // when that open rolls the group back: the roll-back's zeros are cut short.
+            let cut_short = copy == COPIES_PER_LOSS - 1;
+            let mut what = power_loss(&target, &m, &mut rng, if cut_short { 100 } else { 60 });
+            if cut_short {
+                what = format!("{what}; then {}", open_cut_short(&target, &mut rng));
+            }
             if let Err(e) = check(&target, &m, policy) {
                 let kept = root.keep();
                 panic!(
@@ -650,7 +713,7 @@ fn scenario(case: u64, seed: u64) {
             // Go on from a damaged copy: recover it, run more, lose power again.
             let next = root.path().join("run1");
             copy_tree(&dir, &next);
-            power_loss(&next, &m, &mut rng);
+            power_loss(&next, &m, &mut rng, 60);
             dir = next;
             crashed_run(&dir, &mut m, &mut rng, policy);
         }
@@ -667,14 +730,16 @@ fn unsynced_data_lost_in_every_way_keeps_every_promise() {
     let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
     eprintln!(
         "power loss: {cases} scenarios, {} damaged copies checked, {} lost records ({} in all), {} redeliveries, \
-         {} unfinished seals ({} newest segments deleted), {} snapshots lost that were never synced",
+         {} unfinished seals ({} newest segments deleted), {} snapshots lost that were never synced, {} opens \
+         cut short after they wrote to the journal",
         count(&COPIES),
         count(&LOSSY_COPIES),
         count(&RECORDS_LOST),
         count(&REDELIVERIES),
         count(&UNFINISHED_SEALS),
         count(&SEGMENTS_DROPPED),
-        count(&SNAPSHOTS_LOST)
+        count(&SNAPSHOTS_LOST),
+        count(&OPENS_CUT_SHORT)
     );
     assert!(count(&UNFINISHED_SEALS) > 0, "no copy stopped a seal half done");
 }

@@ -107,7 +107,7 @@ impl Group {
             create(&log, &groups, &dir, opts.unwrap_or_default(), &clock)?;
         }
         remove_temp_files(&dir);
-        let (snap, snap_path) = Snapshot::read_latest(&dir)?;
+        let snapshot::Latest { snap, path: snap_path, copied } = Snapshot::read_latest(&dir)?;
         let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
         let mut rolled_back = false;
         match journal.written_by_next_generation() {
@@ -129,11 +129,12 @@ impl Group {
             // In the file the next generation goes to (put there by hand, or by a build
             // that kept one file): the next snapshot would be written over the only copy,
             // so a synced copy goes to its own file first.
-            snap.write_in_place(&dir)?;
-        } else if !rolled_back && journal.snapshot_maybe_unsynced() {
+            snap.write_copy(&dir)?;
+        } else if copied || (!rolled_back && journal.snapshot_maybe_unsynced()) {
             // The snapshot in use may be one written without waiting for its sync, or its
-            // run may have stopped before any entry of its generation: made durable before
-            // anything relies on it (a later snapshot goes over the other file).
+            // run may have stopped before any entry of its generation, or it may be a copy
+            // whose run stopped before its sync: made durable before anything relies on it
+            // (a later snapshot goes over the other file).
             Snapshot::sync_written(&dir, &snap_path)?;
         }
         let mut state = snap.restore(&clock, log.next_offset());

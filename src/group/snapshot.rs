@@ -182,6 +182,15 @@ impl Snapshot {
         SnapshotSync { file, path: path.to_path_buf(), dir: Some(dir.to_path_buf()) }.run()
     }
 
+    /// Writes a copy of this snapshot, read from the other file than its generation's, to
+    /// its own file, and syncs it and the directory: an earlier copy cut short may have
+    /// created the file without its name ever reaching the disk.
+    pub fn write_copy(&self, dir: &Path) -> Result<()> {
+        let mut sync = self.write_unsynced(dir)?;
+        sync.dir = Some(dir.to_path_buf());
+        sync.run()
+    }
+
     /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
     /// The newer file (the current generation) is untouched, so a write torn by a crash
     /// leaves it in charge: it fails its checksum, and the older generation wins.
@@ -205,7 +214,7 @@ impl Snapshot {
     /// Reads the newest valid snapshot of the group in `dir`, and says which file held it.
     /// A file that cannot be read (other than missing) is an error: falling back to the
     /// other file could quietly undo the changes of a newer generation.
-    pub fn read_latest(dir: &Path) -> Result<(Snapshot, std::path::PathBuf)> {
+    pub fn read_latest(dir: &Path) -> Result<Latest> {
         let mut files = Vec::with_capacity(FILES.len());
         for name in FILES {
             let path = dir.join(name);
@@ -281,9 +290,12 @@ pub(crate) fn file_for(generation: u64) -> &'static str {
 }
 
 /// Whether generation `a` comes after `b`. Generations compare as serial numbers, so that
-/// the step from `u64::MAX` to 0 goes forward.
+/// the step from `u64::MAX` to 0 goes forward; of two exactly 2^63 apart, which serial
+/// numbers leave unordered, the larger is later, so that no two differ without one of them
+/// being later.
 pub(crate) fn later(a: u64, b: u64) -> bool {
-    (a.wrapping_sub(b) as i64) > 0
+    let ahead = a.wrapping_sub(b);
+    ahead != 0 && (ahead < 1 << 63 || (ahead == 1 << 63 && a > b))
 }
 
 /// Whether a valid snapshot of generation `a`, found in `path`, is used before one of
@@ -296,18 +308,34 @@ pub(crate) fn preferred(a: u64, path: &Path, b: u64) -> bool {
 /// What [`read_checked`] made of one snapshot file (`None`: the file is missing).
 type Checked = Option<std::result::Result<Vec<u8>, (u64, CorruptKind)>>;
 
+/// The snapshot a group opens from.
+#[derive(Debug)]
+pub(crate) struct Latest {
+    pub snap: Snapshot,
+    /// The file it was read from.
+    pub path: std::path::PathBuf,
+    /// Whether the other file holds a valid snapshot of the same generation: a copy made
+    /// at open (see [`Snapshot::write_copy`]) may have been cut short before its sync.
+    pub copied: bool,
+}
+
 /// The newest valid snapshot among a group's snapshot files, in [`FILES`] order. When none
 /// is valid, the error names the first damaged file: `state` before `state.1`.
-pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<(Snapshot, std::path::PathBuf)> {
-    let mut best: Option<(Snapshot, std::path::PathBuf)> = None;
+pub(crate) fn latest(files: &[(std::path::PathBuf, Checked)]) -> Result<Latest> {
+    let mut best: Option<Latest> = None;
     let mut damage = None;
     for (path, checked) in files {
         let Some(checked) = checked else { continue };
         match checked.as_ref().map_err(Clone::clone).and_then(|bytes| Snapshot::decode(bytes)) {
-            Ok(s) if best.as_ref().is_none_or(|(b, _)| preferred(s.generation, path, b.generation)) => {
-                best = Some((s, path.clone()))
-            }
-            Ok(_) => {}
+            Ok(snap) => match &mut best {
+                Some(b) if !preferred(snap.generation, path, b.snap.generation) => {
+                    b.copied |= snap.generation == b.snap.generation;
+                }
+                _ => {
+                    let copied = best.as_ref().is_some_and(|b| b.snap.generation == snap.generation);
+                    best = Some(Latest { snap, path: path.clone(), copied });
+                }
+            },
             Err((position, kind)) => damage = damage.or(Some(crate::Error::corrupt(path, position, kind))),
         }
     }
@@ -371,10 +399,10 @@ mod alternation_tests {
         let (a, b) = ("a".into(), "b".into());
         let four = snap(4).encode();
         let mut five = snap(5).encode();
-        assert_eq!(latest(&[(a, Some(Ok(four.clone()))), (b, Some(Ok(five.clone())))]).unwrap().0.generation, 5);
+        assert_eq!(latest(&[(a, Some(Ok(four.clone()))), (b, Some(Ok(five.clone())))]).unwrap().snap.generation, 5);
         five[40] ^= 1;
         let files = [("a".into(), Some(Ok(four))), ("b".into(), Some(Ok(five.clone())))];
-        assert_eq!(latest(&files).unwrap().0.generation, 4);
+        assert_eq!(latest(&files).unwrap().snap.generation, 4);
         let only_torn = [("a".into(), None), ("b".into(), Some(Ok(five.clone())))];
         assert!(matches!(latest(&only_torn), Err(crate::Error::Corrupt { .. })));
         // Neither valid: the first file is named, whatever check each failed.
@@ -392,7 +420,7 @@ mod alternation_tests {
         snap(0).write_new(dir.path()).unwrap();
         for generation in 1..5 {
             snap(generation).write_in_place(dir.path()).unwrap();
-            assert_eq!(Snapshot::read_latest(dir.path()).unwrap().0.generation, generation);
+            assert_eq!(Snapshot::read_latest(dir.path()).unwrap().snap.generation, generation);
         }
         assert!(dir.path().join("state").exists() && dir.path().join("state.1").exists());
     }

@@ -271,6 +271,9 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
                  {using} and the journal entries after it, which hold every change since (settings passed with the \
                  newer snapshot are lost)"
             ),
+            Some(same) if *same == snap.generation => {
+                format!("{kind}: a copy of snapshot generation {same}, cut short or damaged, not needed; {using}")
+            }
             Some(older) => format!("{kind}: an older snapshot (generation {older}), not needed; {using}"),
             None => format!("{kind}: passed over, as the other snapshot file is valid; {using}"),
         };
