@@ -775,18 +775,24 @@ fn odd_generation_in_state(dir: &std::path::Path) -> Vec<u64> {
     acked
 }
 
-/// Writes the group's next snapshot, generation 2, in place over `state`, and loses power
-/// before its sync is done: only its first page reaches the disk, over `old`, what `state`
-/// held before.
-fn lose_power_writing_generation_2(q: Queue, g: segq::Group, old: &[u8]) {
+/// Opens the group, which writes its next snapshot, generation 2, in place over `state`
+/// (the original of generation 1), and loses power before that sync is done: only the
+/// first page reaches the disk, over `old`, what `state` held before. (A build whose open
+/// does not write generation 2 has it written by new settings.)
+fn open_losing_power_writing_generation_2(dir: &std::path::Path, old: &[u8]) {
     use segq::fault::{self, Fault, Point};
-    let state = q.dir().join("groups/g/state");
+    let state = dir.join("groups/g/state");
+    let q = queue(dir, SyncPolicy::Always);
     fault::inject(Fault::new(&state, Point::Sync).times(u64::MAX));
-    assert!(matches!(q.group_with("g", GroupOptions::default().max_attempts(6)), Err(Error::Io { .. })));
+    let failed = match q.group("g") {
+        Ok(g) => q.group_with("g", GroupOptions::default().max_attempts(6)).map(|_| drop(g)),
+        Err(e) => Err(e),
+    };
     fault::clear(&state);
-    drop(g);
+    assert!(matches!(failed, Err(Error::Io { .. })), "{failed:?}");
     q.simulate_crash();
     let mut torn = std::fs::read(&state).unwrap();
+    assert_eq!(common::snapshot_generation(&torn), 2);
     let end = old.len().min(torn.len());
     assert!(end > 4096);
     torn[4096..end].copy_from_slice(&old[4096..end]);
@@ -805,19 +811,23 @@ fn none_delivered_again(dir: &std::path::Path, acked: &[u64], case: &str) {
     assert!(acked.iter().all(|o| !delivered.contains(o)), "{case}: a synced ack was undone");
 }
 
-/// A snapshot in the other file than its generation's is copied to its own file at open.
-/// Else the next snapshot went over it in place, and a power loss in the middle of that
-/// write left no valid snapshot: the group failed to open, `Corrupt`, and its synced acks
-/// were gone. (Found by a review of session 15's change.)
+/// A snapshot in the other file than its generation's is copied to its own file at open,
+/// synced, before the open writes the next generation over the original. (Nothing copied
+/// it: the next snapshot went over it in place, and a power loss in the middle of that
+/// write left no valid snapshot: `Corrupt`, and the synced acks were gone. Found by a
+/// review of session 15's change.)
 #[test]
 fn a_snapshot_in_the_other_file_is_not_written_over_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let acked = odd_generation_in_state(dir.path());
     let old = std::fs::read(dir.path().join("groups/g/state")).unwrap();
-    let q = queue(dir.path(), SyncPolicy::Always);
-    let g = q.group("g").unwrap();
-    lose_power_writing_generation_2(q, g, &old);
+    open_losing_power_writing_generation_2(dir.path(), &old);
     none_delivered_again(dir.path(), &acked, "copied");
+    // Once open, the group has one snapshot a generation: no copy is made again.
+    let generations: Vec<u64> = ["state", "state.1"]
+        .map(|f| common::snapshot_generation(&std::fs::read(dir.path().join("groups/g").join(f)).unwrap()))
+        .to_vec();
+    assert_eq!(generations, [2, 1]);
 }
 
 /// The copy open makes of a snapshot in the other file is cut short: by a failed write, a
@@ -833,7 +843,7 @@ fn a_copy_cut_short_at_open_is_made_durable_by_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let group = dir.path().join("groups/g");
         let state1 = group.join("state.1");
-        let mut acked = odd_generation_in_state(dir.path());
+        let acked = odd_generation_in_state(dir.path());
         let old = std::fs::read(group.join("state")).unwrap();
         {
             let q = queue(dir.path(), SyncPolicy::Always);
@@ -842,24 +852,17 @@ fn a_copy_cut_short_at_open_is_made_durable_by_the_next_open() {
                 "file sync fails" => Fault::new(&state1, Point::Sync),
                 _ => Fault::new(&group, Point::Sync).after(1), // the copy's own sync passes
             });
-            let opened = q.group("g");
+            let opened = q.group("g").map(drop);
             fault::clear(&group);
             assert!(matches!(opened, Err(Error::Io { .. })), "{case}: {opened:?}");
             q.close().unwrap();
         }
         assert!(state1.exists(), "{case}");
         fault::audit(&group);
-        let q = queue(dir.path(), SyncPolicy::Always);
-        let g = q.group("g").unwrap();
-        for _ in 0..50 {
-            let d = g.poll(NO_WAIT).unwrap().unwrap();
-            g.ack(d.offset()).unwrap();
-            acked.push(d.offset());
-        }
+        open_losing_power_writing_generation_2(dir.path(), &old);
         let synced = fault::take_synced(&group);
         let synced = |path: &std::path::Path| synced.iter().any(|s| s.path == path);
         assert!(synced(&state1) && synced(&group), "{case}: the copy or its name was never synced");
-        lose_power_writing_generation_2(q, g, &old);
         none_delivered_again(dir.path(), &acked, case);
     }
 }
@@ -915,6 +918,69 @@ fn a_wrapped_generation_is_not_taken_for_a_lost_newer_snapshot() {
     let q = queue(dir.path(), SyncPolicy::Always);
     let g = q.group("g").unwrap();
     assert_eq!((g.ack_floor(), g.options().get_max_attempts()), (10, 6));
+}
+
+/// A power loss after a full journal's snapshot (written under `Never` without waiting for
+/// its sync) and some 400 entries after it: the snapshot is lost, and so is the journal's
+/// first page, which keeps the older generation's entries that the newer ones had been
+/// written over. The group rolls back: it replays those older entries (a prefix of what
+/// happened), then zeroes the journal. (Zeroing it from the front panicked, below the
+/// length the replay had published, at every open; `segq verify` said the group opened.
+/// Found by a review of session 16's changes.)
+#[test]
+fn a_roll_back_with_older_entries_at_the_journal_front_opens() {
+    use segq::fault::{self, Fault, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let group = dir.path().join("groups/g");
+    let (journal, state1) = (group.join("journal"), group.join("state.1"));
+    let before = {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 12_000);
+        let g = q.group("g").unwrap();
+        pairs(&g, 5460);
+        let before = std::fs::read(&journal).unwrap(); // 10,920 entries of generation 0
+        fault::inject(Fault::new(&state1, Point::Sync).times(u64::MAX)); // its sync never ran
+        assert_eq!(g.poll_batch(400, NO_WAIT).unwrap().len(), 400); // fills the journal: generation 1
+        drop(g);
+        q.simulate_crash();
+        fault::clear(&state1);
+        before
+    };
+    let mut lost = std::fs::read(&journal).unwrap();
+    assert!((0..399).all(|i| common::journal_entry_valid(&lost, 32 + i * 24, 1) && lost[32 + i * 24 + 5] & 1 == 1));
+    std::fs::remove_file(&state1).unwrap(); // a new file never synced: gone
+    lost[..4096].copy_from_slice(&before[..4096]); // page 0 never written back
+    std::fs::write(&journal, &lost).unwrap();
+    let report = segq::inspect::read_group(&segq::inspect::QueueDir::open(dir.path()).unwrap(), "g", 12_000).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Never);
+    let g = q.group("g").unwrap();
+    // The 169 acks of page 0 (offsets 0..=84, delivered and acked in turn), as verify says.
+    assert_eq!((g.ack_floor(), report.ack_floor, report.generation), (84, 84, 0));
+    pairs(&g, 10);
+    drop(g);
+    q.close().unwrap();
+    assert_eq!(queue(dir.path(), SyncPolicy::Never).group("g").unwrap().ack_floor(), 94);
+}
+
+/// A group that cannot open (here: its journal moved on to a newer snapshot that is gone,
+/// in a journal cut short) changes none of its files. (The journal was brought to its full
+/// size first. Found by the same review.)
+#[test]
+fn a_group_that_fails_to_open_leaves_its_journal_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("groups/g/journal");
+    {
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 10);
+        q.group("g").unwrap();
+        q.close().unwrap();
+    }
+    let mut bytes = std::fs::read(&journal).unwrap()[..32].to_vec();
+    bytes.extend_from_slice(&common::journal_entry(2, 0, 0, 1)); // generation 1's: its snapshot was synced
+    std::fs::write(&journal, &bytes).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    assert!(matches!(q.group("g"), Err(Error::Corrupt { .. })));
+    assert_eq!(std::fs::read(&journal).unwrap(), bytes);
 }
 
 /// The 1 MiB journals of earlier builds are cut to 256 KiB when the group is opened, after

@@ -13,10 +13,11 @@
 //! gets one of: all zeros (nothing written back), a cut file, pages each zeroed, kept or
 //! written back only in part (a torn write-back), or garbage. Checkpoint slot B and the
 //! active index, which are never synced on their own, are dropped or damaged too, and the
-//! group journal is treated like the log past its synced point, under every policy. Under
-//! `Never`, a burst may fill the journal and stop right after a snapshot written without
-//! waiting for its sync: if that sync had not finished by the workload's last call, the
-//! copy may lose the snapshot too.
+//! group journal is treated like the log past its synced point, under every policy, or
+//! keeps on each page no sync covered what it held before the run or shortly before its
+//! burst's last snapshot (it is written in place). Under `Never`, a burst may fill the
+//! journal and stop right after a snapshot written without waiting for its sync: if that
+//! sync had not finished by the workload's last call, the copy may lose the snapshot too.
 //!
 //! Seals run in the background, and a power loss can stop one: when nothing in the newest
 //! segment is durable yet (every sync waits for the seal before), some copies are put back
@@ -109,6 +110,17 @@ struct Model {
     /// without waiting for its sync (a full journal under `Never`) and the sync never came:
     /// a power loss may lose it.
     unsynced_snapshot: Option<&'static str>,
+    /// The group's files as the crashed run found them, by file name: what a page that run
+    /// wrote holds after a power loss if it was never written back, since the journal and
+    /// the snapshots are written in place.
+    group_before: HashMap<String, Vec<u8>>,
+    /// The same, as they were in the run's [`burst`] (if it had one) shortly before its last
+    /// snapshot, and the syncs the run made before that moment (`segq::fault`'s audit): a
+    /// page no later sync covered may have been written back then and not since.
+    group_mid: HashMap<String, Vec<u8>>,
+    synced_before_mid: Vec<fault::Synced>,
+    /// What the crashed run synced after that moment, by file name.
+    synced_since_mid: HashMap<String, Vec<std::ops::Range<u64>>>,
 }
 
 /// Copies checked, copies that lost records, records lost, redeliveries seen: printed at the
@@ -156,8 +168,8 @@ impl Model {
 /// Enough records appended, polled and acked to fill the group's journal (10,921 entries)
 /// once or twice. Under `Never` the second snapshot is written without waiting for its sync
 /// (the first too, unless a flush promised the entries it replaces). The burst stops at
-/// once after the last (or a pair or two later), so that its sync may still be running
-/// when the run crashes.
+/// once after the last (or a pair or two later, or a few hundred), so that its sync may
+/// still be running when the run crashes.
 fn burst(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng) {
     const RECORDS: u16 = 11_200;
     for _ in 0..RECORDS / 50 {
@@ -172,7 +184,17 @@ fn burst(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng) {
     let generation = latest_snapshot_generation(&group_dir(q.dir())).expect("a valid snapshot");
     let snapshots = rng.range(1..3);
     let mut left: Option<u64> = None;
-    while left != Some(0) {
+    for polls in 0.. {
+        if left == Some(0) {
+            break;
+        }
+        if left.is_none() && polls % 500 == 0 {
+            // The group's files now and then until the last snapshot: the journal full of
+            // the entries of the generation before it, which a power loss may keep on a
+            // page where the last generation's entries were written since.
+            m.synced_before_mid.extend(fault::take_synced(q.dir()));
+            m.group_mid = group_files(q.dir());
+        }
         let Some(d) = g.poll(Duration::ZERO).unwrap() else { break };
         m.attempts.insert(d.offset(), d.attempt());
         g.ack(d.offset()).unwrap();
@@ -181,7 +203,9 @@ fn burst(q: &Queue, g: &Group, m: &mut Model, rng: &mut Rng) {
             Some(n) => Some(n - 1),
             None => {
                 let now = latest_snapshot_generation(&group_dir(q.dir())).expect("a valid snapshot");
-                (now >= generation + snapshots).then(|| rng.below(3))
+                // A pair or two, or a page of entries and more: a power loss may then keep
+                // the journal's first page as it was and the next one as it is.
+                (now >= generation + snapshots).then(|| if rng.chance(30) { rng.range(100..400) } else { rng.below(3) })
             }
         };
     }
@@ -322,6 +346,50 @@ fn lose(bytes: &mut Vec<u8>, from: usize, rng: &mut Rng, allow_cut: bool) -> Str
     }
 }
 
+/// The group's files in `dir` that exist, by name.
+fn group_files(dir: &Path) -> HashMap<String, Vec<u8>> {
+    ["journal", "state", "state.1"]
+        .into_iter()
+        .filter_map(|name| Some((name.to_string(), std::fs::read(group_dir(dir).join(name)).ok()?)))
+        .collect()
+}
+
+/// Each page of the group file `name` (`bytes`, as the crashed run left it) from byte
+/// `from` on: kept (written back at the end), or as it was before the run if no sync of
+/// the run covered it, or as it was shortly before its [`burst`]'s last snapshot if no
+/// later sync did (written back then, not since). A file written in place holds what it held before where
+/// a page was not written back (zeros past its end then).
+fn written_back_or_not(bytes: &mut [u8], name: &str, from: usize, m: &Model, rng: &mut Rng) -> String {
+    let (no_ranges, no_bytes) = (Vec::new(), Vec::new());
+    let covered = |ranges: &HashMap<String, Vec<std::ops::Range<u64>>>, page: usize| {
+        ranges.get(name).unwrap_or(&no_ranges).iter().any(|r| r.start < (page + PAGE) as u64 && r.end > page as u64)
+    };
+    let mut what = String::new();
+    let mut page = from / PAGE * PAGE;
+    while page < bytes.len() {
+        let (start, end) = (page.max(from), (page + PAGE).min(bytes.len()));
+        let mut versions = vec![('k', None)];
+        if !covered(&m.synced_ranges, page) {
+            versions.push(('o', Some(m.group_before.get(name).unwrap_or(&no_bytes))));
+        }
+        if let Some(mid) = m.group_mid.get(name)
+            && !covered(&m.synced_since_mid, page)
+        {
+            versions.push(('m', Some(mid)));
+        }
+        let (mark, version) = versions[rng.below(versions.len() as u64) as usize];
+        if let Some(old) = version {
+            for (at, byte) in bytes[start..end].iter_mut().enumerate() {
+                *byte = old.get(start + at).copied().unwrap_or(0);
+            }
+        }
+        what.push(mark);
+        page += PAGE;
+    }
+    what.truncate(64);
+    format!("pages from {from}: kept (k), as before the run (o), as in its burst (m): {what}")
+}
+
 /// Drops from a copy of a crashed directory what a power loss could drop, losing a snapshot
 /// that was never synced with a chance of `snapshot_loss` percent. Returns a description of
 /// what it did.
@@ -411,7 +479,12 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng, snapshot_loss: u64) -> Strin
             m.journal_audited
         );
     }
-    what.push(format!("journal: {}", lose(&mut journal, m.journal_audited, rng, false)));
+    let lost = if rng.chance(40) {
+        written_back_or_not(&mut journal, "journal", m.journal_audited, m, rng)
+    } else {
+        lose(&mut journal, m.journal_audited, rng, false)
+    };
+    what.push(format!("journal: {lost}"));
     std::fs::write(&journal_path, &journal).unwrap();
 
     // A snapshot written without waiting for its sync, which never came: lost, or written
@@ -421,7 +494,12 @@ fn power_loss(dir: &Path, m: &Model, rng: &mut Rng, snapshot_loss: u64) -> Strin
     {
         let path = group_dir(dir).join(name);
         let mut bytes = std::fs::read(&path).unwrap();
-        match rng.below(3) {
+        match rng.below(4) {
+            3 => {
+                let reverted = written_back_or_not(&mut bytes, name, 0, m, rng);
+                std::fs::write(&path, &bytes).unwrap();
+                what.push(format!("snapshot {name}: {reverted}"));
+            }
             0 if name == "state.1" => std::fs::remove_file(&path).unwrap(),
             0 | 1 => {
                 bytes.fill(0);
@@ -606,6 +684,9 @@ fn check(dir: &Path, m: &Model, policy: Policy) -> Result<(), String> {
 fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     fault::audit(dir);
     fault::take_synced(dir);
+    m.group_before = group_files(dir);
+    m.group_mid.clear();
+    m.synced_before_mid.clear();
     let q = Queue::open(dir, options(policy.sync())).unwrap();
     m.recovered(q.next_offset());
     let g = open_group(&q);
@@ -619,7 +700,9 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     // The group's files as of the workload's last call: a snapshot's sync that a thread
     // finishes after it (while the crash below stops the queue) is taken as cut off by the
     // power loss. The group never learnt of it, so it must cope without it.
-    let group_synced = fault::take_synced(dir);
+    let mut group_synced = std::mem::take(&mut m.synced_before_mid);
+    let mid = group_synced.len();
+    group_synced.extend(fault::take_synced(dir));
     drop(g);
     q.simulate_crash();
     let mut synced = group_synced.clone();
@@ -629,8 +712,12 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     m.unsynced_snapshot =
         (now != opened.0 && newest_snapshot_sync(dir, &group_synced).is_none()).then(|| snapshot_file(now));
     m.synced_ranges.clear();
-    for synced in synced {
+    m.synced_since_mid.clear();
+    for (i, synced) in synced.into_iter().enumerate() {
         let name = synced.path.file_name().expect("a file").to_string_lossy().into_owned();
+        if i >= mid {
+            m.synced_since_mid.entry(name.clone()).or_default().push(synced.range.clone());
+        }
         m.synced_ranges.entry(name).or_default().push(synced.range);
     }
 }

@@ -228,7 +228,9 @@ impl Journal {
     /// after them. The flag says whether entries of this generation lie past the first one
     /// that failed its check (a torn or lost write in the middle): new entries would
     /// overwrite them one by one, and the rest would be replayed again at the next open, so
-    /// the caller must start a new generation first.
+    /// the caller must start a new generation first. A journal shorter than
+    /// [`JOURNAL_BYTES`] is read as if it were grown with zeros, and must be grown with
+    /// [`Journal::grow`] before it is written.
     pub fn open(path: &Path, generation: u64) -> Result<(Journal, Vec<Op>, bool)> {
         let file = crate::fs::open_rw(path, false)?;
         let len = file.metadata().at(path)?.len();
@@ -242,14 +244,19 @@ impl Journal {
         if len < FILE_HEADER_LEN {
             return Err(Error::corrupt(path, len as u64, crate::error::CorruptKind::Truncated));
         }
-        if len < JOURNAL_BYTES {
-            reserve(&file, path, JOURNAL_BYTES as u64)?;
-        }
-        let len = len.max(JOURNAL_BYTES);
         let crc = EntryCrc::new(generation);
         let (ops, end, stale, newer, unflagged_from) = {
             let view = Mapping::read_only(&file, len).at(path)?;
-            let bytes = view.readable();
+            // A journal cut short (by damage or by hand) is read as the zeros `grow` brings
+            // it to size with, once the group has decided to open: not before an error that
+            // should change nothing.
+            let padded;
+            let bytes = if len < JOURNAL_BYTES {
+                padded = [view.readable(), &vec![0; JOURNAL_BYTES - len]].concat();
+                &padded[..]
+            } else {
+                view.readable()
+            };
             header::check(bytes, JOURNAL_MAGIC, 0).map_err(|kind| Error::corrupt(path, 0, kind))?;
             let (ops, end) = replay(bytes, generation);
             let flagged = |e: &[u8]| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0;
@@ -263,7 +270,8 @@ impl Journal {
             let newer = next_generation_written(bytes, generation);
             (ops, end, stale, newer, unflagged_from)
         };
-        let (_, writer) = Mapping::read_write(&file, len, end).at(path)?;
+        // (`end` is past `len` when zeros made a cut entry whole: `grow` maps that far.)
+        let (_, writer) = Mapping::read_write(&file, len, end.min(len)).at(path)?;
         let journal = Journal {
             path: path.to_path_buf(),
             file,
@@ -289,13 +297,45 @@ impl Journal {
         self.pos == FILE_HEADER_LEN || self.unflagged_from != Some(FILE_HEADER_LEN)
     }
 
+    /// Brings a journal shorter than [`JOURNAL_BYTES`] to its size, its blocks reserved
+    /// and the rest zeros, once its group has decided to open. Needed before any write.
+    pub fn grow(&mut self) -> Result<()> {
+        if self.writer.mapping().len() >= JOURNAL_BYTES {
+            return Ok(());
+        }
+        reserve(&self.file, &self.path, JOURNAL_BYTES as u64)?;
+        let (_, writer) = Mapping::read_write(&self.file, JOURNAL_BYTES, self.pos).at(&self.path)?;
+        self.writer = writer;
+        Ok(())
+    }
+
     /// Zeroes every entry and syncs the zeros, so that no entry written so far can verify
     /// again, for any generation: before a group that rolled back reuses the generation
-    /// numbers of the entries left in the journal.
+    /// numbers of the entries left in the journal. New entries go from the front again.
     pub fn erase(&mut self) -> Result<()> {
+        // Entries of the older generation may have been replayed from the front (a power
+        // loss kept their page, not the newer entries written over it): below the
+        // writer's published length, which only a rewind lowers.
+        self.rewind()?;
         let len = self.writer.mapping().len();
         self.writer.write(FILE_HEADER_LEN, &vec![0; len - FILE_HEADER_LEN]);
-        crate::fs::sync_mapping(self.writer.mapping(), &self.path, FILE_HEADER_LEN..len)
+        crate::fs::sync_mapping(self.writer.mapping(), &self.path, FILE_HEADER_LEN..len)?;
+        self.rewind()
+    }
+
+    /// Makes the whole journal writable again from its front, on a new mapping if a sync
+    /// still holds this one.
+    fn rewind(&mut self) -> Result<()> {
+        // The mapping is reused unless a sync still holds it: a new one costs an mmap, an
+        // munmap and a page fault per page written, about as much as the snapshot's fsync.
+        if !self.writer.rewind(FILE_HEADER_LEN) {
+            let len = self.writer.mapping().len();
+            let (_, writer) = Mapping::read_write(&self.file, len, FILE_HEADER_LEN).at(&self.path)?;
+            self.writer = writer;
+        }
+        self.pos = FILE_HEADER_LEN;
+        self.synced = FILE_HEADER_LEN;
+        Ok(())
     }
 
     /// Whether entries of the generation after this one were found at open, the journal
@@ -366,20 +406,12 @@ impl Journal {
     /// Starts the file over for a new generation, after a snapshot of that generation made
     /// every entry so far redundant. `flags` go on every entry of the generation.
     pub fn restart(&mut self, generation: u64, flags: u8) -> Result<()> {
-        // The mapping is reused unless a sync still holds it: a new one costs an mmap, an
-        // munmap and a page fault per page written, about as much as the snapshot's fsync.
-        if !self.writer.rewind(FILE_HEADER_LEN) {
-            let len = self.writer.mapping().len();
-            let (_, writer) = Mapping::read_write(&self.file, len, FILE_HEADER_LEN).at(&self.path)?;
-            self.writer = writer;
-        }
+        self.rewind()?;
         self.generation = generation;
         self.crc = EntryCrc::new(generation);
         self.flags = flags;
         self.unflagged_from = (flags & UNSYNCED_SNAPSHOT == 0).then_some(FILE_HEADER_LEN);
         self.promised = false;
-        self.pos = FILE_HEADER_LEN;
-        self.synced = FILE_HEADER_LEN;
         Ok(())
     }
 

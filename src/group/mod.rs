@@ -108,7 +108,7 @@ impl Group {
         }
         remove_temp_files(&dir);
         let snapshot::Latest { snap, path: snap_path, copied } = Snapshot::read_latest(&dir)?;
-        let (journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
+        let (mut journal, ops, stale) = Journal::open(&dir.join(JOURNAL_FILE), snap.generation)?;
         let mut rolled_back = false;
         match journal.written_by_next_generation() {
             // The journal was restarted for a snapshot that is no longer readable: the
@@ -125,16 +125,20 @@ impl Group {
             Some(true) => rolled_back = true,
             None => {}
         }
-        if snap_path != dir.join(snapshot::file_for(snap.generation)) {
-            // In the file the next generation goes to (put there by hand, or by a build
-            // that kept one file): the next snapshot would be written over the only copy,
-            // so a synced copy goes to its own file first.
+        journal.grow()?;
+        // In the file the next generation goes to (put there by hand, or by a build that
+        // kept one file), the next snapshot would be written over the only copy: a synced
+        // copy goes to its own file first, and a new generation over the original ends the
+        // two copies at once. A copy already there (a tie) may be one whose run stopped
+        // before its sync, or whose sync failed: written again, as a retried fsync can
+        // report success for pages a failed one dropped.
+        let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
+        if copy {
             snap.write_copy(&dir)?;
-        } else if copied || (!rolled_back && journal.snapshot_maybe_unsynced()) {
+        } else if !rolled_back && journal.snapshot_maybe_unsynced() {
             // The snapshot in use may be one written without waiting for its sync, or its
-            // run may have stopped before any entry of its generation, or it may be a copy
-            // whose run stopped before its sync: made durable before anything relies on it
-            // (a later snapshot goes over the other file).
+            // run may have stopped before any entry of its generation: made durable before
+            // anything relies on it (a later snapshot goes over the other file).
             Snapshot::sync_written(&dir, &snap_path)?;
         }
         let mut state = snap.restore(&clock, log.next_offset());
@@ -162,7 +166,8 @@ impl Group {
         };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
-        let mut rewrite = stale || beyond_log || rolled_back || oversized || locked.state.next() > log.next_offset();
+        let mut rewrite =
+            copy || stale || beyond_log || rolled_back || oversized || locked.state.next() > log.next_offset();
         if rewrite {
             locked.state.truncate(log.next_offset());
         }
