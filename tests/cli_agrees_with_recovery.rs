@@ -688,3 +688,47 @@ fn a_damaged_copy_of_the_snapshot_in_use_is_called_a_copy() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("a copy of snapshot generation 1"), "{warnings:?}");
 }
+
+/// A journal cut short inside an entry: the library reads it as if grown with zeros (as it
+/// grows it), so an entry that lost only zeros is whole; `segq groups` and `verify` read it
+/// the same way, at every cut. (They took any cut entry as the end of the journal: one
+/// ack less than the library.)
+#[test]
+fn a_journal_cut_inside_an_entry_is_read_as_the_library_reads_it() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    {
+        let q = Queue::open(d, small()).unwrap();
+        q.append_batch(&vec![b"x".as_slice(); 20]).unwrap();
+        let g = q.group("g").unwrap();
+        for _ in 0..3 {
+            let delivery = g.poll(std::time::Duration::ZERO).unwrap().unwrap();
+            g.ack(delivery.offset()).unwrap();
+        }
+        q.close().unwrap();
+    }
+    let journal = d.join("groups/g/journal");
+    let bytes = std::fs::read(&journal).unwrap();
+    // Deliver 0, ack 0, deliver 1, ack 1, deliver 2, ack 2: cuts inside the last ack, whose
+    // last 8 bytes (an unused argument) are zeros.
+    let mut floors = Vec::new();
+    for cut in 32 + 5 * 24..=32 + 6 * 24 {
+        std::fs::write(&journal, &bytes[..cut]).unwrap();
+        let library = library_group_floor(d);
+        let groups = segq(["groups", &arg(d), "g", "--json"]);
+        assert_eq!(groups.json()["ack_floor"].as_u64(), Some(library), "cut at {cut}: {}", groups.stdout);
+        let verify = segq(["verify", &arg(d), "--json"]);
+        assert_eq!(findings(&verify, "damage"), Vec::<String>::new(), "cut at {cut}");
+        floors.push(library);
+    }
+    assert_eq!((floors[0], floors[16], floors[24]), (2, 3, 3), "{floors:?}");
+}
+
+/// The ack floor of group `g` as `Queue::group` opens it, in a copy of the queue in `dir`.
+fn library_group_floor(dir: &Path) -> u64 {
+    let copy = tempfile::tempdir().unwrap();
+    copy_tree(dir, copy.path());
+    let q = Queue::open(copy.path(), small()).unwrap();
+    q.group("g").unwrap().ack_floor()
+}

@@ -387,7 +387,16 @@ fn replay_journal(
             end.get_or_insert(start);
             continue;
         }
-        for (i, entry) in chunk.chunks_exact(journal::ENTRY_LEN).enumerate() {
+        // A file that ends with part of an entry is read as the queue reads it: as if grown
+        // with zeros (which make the entry whole if only zeros were cut off).
+        let whole = chunk.chunks_exact(journal::ENTRY_LEN);
+        let cut = whole.remainder();
+        let padded = (!cut.is_empty()).then(|| {
+            let mut entry = [0u8; journal::ENTRY_LEN];
+            entry[..cut.len()].copy_from_slice(cut);
+            entry
+        });
+        for (i, entry) in whole.chain(padded.as_ref().map(|e| &e[..])).enumerate() {
             let position = start + (i * journal::ENTRY_LEN) as u64;
             if journal::decode(entry, &next).is_some() {
                 let unsynced = entry[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0;
@@ -416,10 +425,6 @@ fn replay_journal(
                 }
                 (Some(_), None) => {}
             }
-        }
-        if end.is_none() && chunk.len() % journal::ENTRY_LEN != 0 {
-            // The file ends with part of an entry, which cannot verify.
-            end = Some(start + (chunk.len() - chunk.len() % journal::ENTRY_LEN) as u64);
         }
     }
     match newer {
