@@ -630,7 +630,9 @@ fn a_wrapped_generation_and_a_snapshot_in_the_other_file_are_read_as_the_library
             q.append_batch(&vec![b"x".as_slice(); 20]).unwrap();
             let g = q.group("g").unwrap();
             q.group_with("g", segq::GroupOptions::default().max_attempts(7)).unwrap(); // generation 1
-            pairs(&g);
+            if !wrapped {
+                pairs(&g); // (entries of generation 1 would be two ahead of u64::MAX)
+            }
             drop(g);
             q.close().unwrap();
         }
@@ -638,7 +640,7 @@ fn a_wrapped_generation_and_a_snapshot_in_the_other_file_are_read_as_the_library
             common::set_snapshot_generation(&group.join("state"), u64::MAX - 1);
             common::set_snapshot_generation(&group.join("state.1"), u64::MAX);
             let q = Queue::open(d, small()).unwrap();
-            let g = q.group("g").unwrap(); // its journal was of generation 1: dropped
+            let g = q.group("g").unwrap();
             assert_eq!(g.options().get_max_attempts(), 7, "{case}: opened from generation u64::MAX");
             pairs(&g);
             q.group_with("g", segq::GroupOptions::default().max_attempts(6)).unwrap(); // generation 0

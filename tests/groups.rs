@@ -983,6 +983,42 @@ fn a_group_that_fails_to_open_leaves_its_journal_as_it_was() {
     assert_eq!(std::fs::read(&journal).unwrap(), bytes);
 }
 
+/// An old copy of `state` put back (generation 0) while the journal holds entries of
+/// generation 2, and `state.1` (generation 1) gone: generation 1 was synced before any
+/// entry of 2 was written, so its loss is damage, `Corrupt` at once. (The group opened
+/// from generation 0 without its acks, and failed only at a later open, once the journal
+/// had restarted for generation 1. Found by a review of session 16's changes.)
+#[test]
+fn entries_two_generations_ahead_of_the_snapshot_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = dir.path().join("groups/g");
+    let generation_0 = {
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 20);
+        let g = q.group("g").unwrap();
+        let generation_0 = std::fs::read(group.join("state")).unwrap();
+        q.group_with("g", GroupOptions::default().max_attempts(7)).unwrap();
+        q.group_with("g", GroupOptions::default().max_attempts(6)).unwrap(); // generation 2
+        pairs(&g, 5);
+        drop(g);
+        q.close().unwrap();
+        generation_0
+    };
+    std::fs::write(group.join("state"), &generation_0).unwrap();
+    std::fs::remove_file(group.join("state.1")).unwrap();
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_segq"))
+        .args(["verify", &dir.path().display().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(verify.status.code(), Some(1), "{}", String::from_utf8_lossy(&verify.stdout));
+    let q = queue(dir.path(), SyncPolicy::Always);
+    match q.group("g") {
+        Err(Error::Corrupt { path, .. }) => assert_eq!(path, group.join("state.1")),
+        Ok(g) => panic!("opened at ack floor {}, behind 5 synced acks", g.ack_floor()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 /// The 1 MiB journals of earlier builds are cut to 256 KiB when the group is opened, after
 /// a snapshot holds what they say.
 #[test]

@@ -159,14 +159,22 @@ pub(crate) fn replay(bytes: &[u8], generation: u64) -> (Vec<Op>, usize) {
 /// `Some(true)` if every one of them carries [`UNSYNCED_SNAPSHOT`], `Some(false)` if one
 /// does not. They lie at the front when the journal was restarted for a newer snapshot, and
 /// further on when a roll-back's [`Journal::erase`] was cut short with only the zeros of
-/// the front on disk: the whole file is searched.
+/// the front on disk: the whole file is searched. An entry of the generation after the next
+/// is `Some(false)` too: that one's snapshot was written only once the next one's was
+/// synced, so the next one's loss is damage (an old copy of `state` put back, say).
 pub(crate) fn next_generation_written(bytes: &[u8], generation: u64) -> Option<bool> {
     let next = EntryCrc::new(generation.wrapping_add(1));
-    let entries = bytes.get(FILE_HEADER_LEN..)?.chunks_exact(ENTRY_LEN);
+    let after = EntryCrc::new(generation.wrapping_add(2));
+    let mut found = None;
     // Most of a journal is zeros, which never decode (kind 0): skipped without a checksum.
-    let mut theirs = entries.filter(|e| *e != [0; ENTRY_LEN] && decode(e, &next).is_some()).peekable();
-    theirs.peek()?;
-    Some(theirs.all(|e| e[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0))
+    for entry in bytes.get(FILE_HEADER_LEN..)?.chunks_exact(ENTRY_LEN).filter(|e| *e != [0; ENTRY_LEN]) {
+        if decode(entry, &next).is_some() {
+            found = Some(found.unwrap_or(true) && entry[FLAGS_AT] & UNSYNCED_SNAPSHOT != 0);
+        } else if decode(entry, &after).is_some() {
+            return Some(false);
+        }
+    }
+    found
 }
 
 /// The open journal of one group.

@@ -379,6 +379,7 @@ fn replay_journal(
     // Where the entries end, once found.
     let mut end = None;
     let next = journal::EntryCrc::new(generation.wrapping_add(1));
+    let after = journal::EntryCrc::new(generation.wrapping_add(2));
     // Once an entry of the next generation is found: whether all of its entries so far were
     // written before its snapshot was synced.
     let mut newer: Option<bool> = None;
@@ -401,6 +402,10 @@ fn replay_journal(
             if journal::decode(entry, &next).is_some() {
                 let unsynced = entry[journal::FLAGS_AT] & journal::UNSYNCED_SNAPSHOT != 0;
                 newer = Some(newer.unwrap_or(true) && unsynced);
+            } else if journal::decode(entry, &after).is_some() {
+                // As the queue: the next generation's snapshot was synced before any entry
+                // of the one after it was written.
+                newer = Some(false);
             }
             let op = journal::decode(entry, &crc);
             match (end, op) {
