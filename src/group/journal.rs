@@ -258,9 +258,10 @@ impl Journal {
             // A journal cut short (by damage or by hand) is read as the zeros `grow` brings
             // it to size with, once the group has decided to open: not before an error that
             // should change nothing.
-            let padded;
+            let mut padded = Vec::new();
             let bytes = if len < JOURNAL_BYTES {
-                padded = [view.readable(), &vec![0; JOURNAL_BYTES - len]].concat();
+                padded.extend_from_slice(view.readable());
+                padded.resize(JOURNAL_BYTES, 0);
                 &padded[..]
             } else {
                 view.readable()

@@ -97,8 +97,8 @@ pub(super) struct Snapshots {
 
 /// The newest valid snapshot of the group whose first snapshot file is `state_path`, as
 /// `snapshot::latest` picks it: of the files that pass their checks, the one of the later
-/// generation (`snapshot::preferred`); when none does, the error of the first damaged file (`state` before
-/// `state.1`).
+/// generation (`snapshot::preferred`); when none does, the error of the first damaged file
+/// (`state` before `state.1`).
 ///
 /// # Errors
 /// [`Error::Corrupt`] if no file holds a valid snapshot; [`Error::Io`] if a file cannot be
