@@ -1019,6 +1019,60 @@ fn entries_two_generations_ahead_of_the_snapshot_are_corrupt() {
     }
 }
 
+/// A snapshot written under `Never` without waiting for its sync, whose sync then failed:
+/// the next open writes it again, not only fsyncs it, since a retried fsync can report
+/// success for pages the failed one dropped. (It was only fsynced. Found by a review of
+/// session 16's changes.) Here the open's write fails, which shows it is made.
+#[test]
+fn a_snapshot_whose_sync_failed_in_an_earlier_run_is_written_again() {
+    use segq::fault::{self, Fault, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let newer = dir.path().join("groups/g/state.1");
+    {
+        let q = queue(dir.path(), SyncPolicy::Never);
+        fill(&q, 12_000);
+        let g = q.group("g").unwrap();
+        fault::inject(Fault::new(&newer, Point::Sync).times(u64::MAX));
+        pairs(&g, 5461); // the last ack writes generation 1, whose sync fails
+        drop(g);
+        q.simulate_crash();
+    }
+    fault::clear(&newer);
+    let q = queue(dir.path(), SyncPolicy::Always);
+    fault::inject(Fault::new(&newer, Point::Write));
+    let opened = q.group("g").map(drop);
+    fault::clear(&newer);
+    assert!(matches!(opened, Err(Error::Io { .. })), "{opened:?}: not written again");
+    assert_eq!(q.group("g").unwrap().ack_floor(), 5461);
+}
+
+/// A group whose open fails with an I/O error before its snapshot is durable (here the
+/// copy of a snapshot found in the other file) leaves a journal cut short as it was: it is
+/// grown only after. (Found by the same review.)
+#[test]
+fn a_failed_open_does_not_grow_a_short_journal() {
+    use segq::fault::{self, Fault, Point};
+    let dir = tempfile::tempdir().unwrap();
+    let group = dir.path().join("groups/g");
+    {
+        let q = queue(dir.path(), SyncPolicy::Always);
+        fill(&q, 10);
+        q.group("g").unwrap();
+        q.close().unwrap();
+    }
+    common::set_snapshot_generation(&group.join("state"), 1); // odd, in `state`: copied at open
+    let header = std::fs::read(group.join("journal")).unwrap()[..32].to_vec();
+    std::fs::write(group.join("journal"), &header).unwrap();
+    let q = queue(dir.path(), SyncPolicy::Always);
+    fault::inject(Fault::new(&group.join("state.1"), Point::Write));
+    let opened = q.group("g").map(drop);
+    fault::clear(&group.join("state.1"));
+    assert!(matches!(opened, Err(Error::Io { .. })), "{opened:?}");
+    assert_eq!(std::fs::read(group.join("journal")).unwrap(), header);
+    q.group("g").unwrap();
+    assert_eq!(std::fs::metadata(group.join("journal")).unwrap().len(), 256 << 10);
+}
+
 /// The 1 MiB journals of earlier builds are cut to 256 KiB when the group is opened, after
 /// a snapshot holds what they say.
 #[test]

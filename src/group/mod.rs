@@ -125,22 +125,20 @@ impl Group {
             Some(true) => rolled_back = true,
             None => {}
         }
-        journal.grow()?;
-        // In the file the next generation goes to (put there by hand, or by a build that
-        // kept one file), the next snapshot would be written over the only copy: a synced
-        // copy goes to its own file first, and a new generation over the original ends the
-        // two copies at once. A copy already there (a tie) may be one whose run stopped
-        // before its sync, or whose sync failed: written again, as a retried fsync can
-        // report success for pages a failed one dropped.
+        // Written again before anything relies on it:
+        // - a snapshot in the file the next generation goes to (put there by hand, or by a
+        //   build that kept one file), which the next snapshot would overwrite as the only
+        //   copy; the open then writes that next generation over the original at once;
+        // - a copy of one already there (a tie), perhaps cut short before its sync;
+        // - one written without waiting for its sync, or whose run stopped before any entry
+        //   of its generation (a later snapshot goes over the other file). Written, not
+        //   only synced: its sync may have failed, and a retried fsync can report success
+        //   for pages a failed one dropped.
         let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
-        if copy {
-            snap.write_copy(&dir)?;
-        } else if !rolled_back && journal.snapshot_maybe_unsynced() {
-            // The snapshot in use may be one written without waiting for its sync, or its
-            // run may have stopped before any entry of its generation: made durable before
-            // anything relies on it (a later snapshot goes over the other file).
-            Snapshot::sync_written(&dir, &snap_path)?;
+        if copy || (!rolled_back && journal.snapshot_maybe_unsynced()) {
+            snap.write_again(&dir)?;
         }
+        journal.grow()?;
         let mut state = snap.restore(&clock, log.next_offset());
         // Changes that reach past the log's end are dropped: the log lost those records (or
         // the entry is damaged in a way its checksum missed), and applying them could make

@@ -175,17 +175,12 @@ impl Snapshot {
         sync_dir(dir)
     }
 
-    /// Syncs the snapshot file at `path` in the group's directory `dir`, and `dir`: for a
-    /// snapshot that an earlier run may have written without waiting for its sync.
-    pub fn sync_written(dir: &Path, path: &Path) -> Result<()> {
-        let file = std::fs::File::open(path).at(path)?;
-        SnapshotSync { file, path: path.to_path_buf(), dir: Some(dir.to_path_buf()) }.run()
-    }
-
-    /// Writes a copy of this snapshot, read from the other file than its generation's, to
-    /// its own file, and syncs it and the directory: an earlier copy cut short may have
-    /// created the file without its name ever reaching the disk.
-    pub fn write_copy(&self, dir: &Path) -> Result<()> {
+    /// Writes this snapshot to its own file again, and syncs it and the directory: for a
+    /// snapshot that an earlier run may not have made durable. Its sync may not have run, or
+    /// may have failed, and a retried fsync can report success for pages a failed one
+    /// dropped; or it was read from the other file, or is a copy of one cut short, whose
+    /// run may have created the file without its name reaching the disk.
+    pub fn write_again(&self, dir: &Path) -> Result<()> {
         let mut sync = self.write_unsynced(dir)?;
         sync.dir = Some(dir.to_path_buf());
         sync.run()
@@ -315,7 +310,7 @@ pub(crate) struct Latest {
     /// The file it was read from.
     pub path: std::path::PathBuf,
     /// Whether the other file holds a valid snapshot of the same generation: a copy made
-    /// at open (see [`Snapshot::write_copy`]) may have been cut short before its sync.
+    /// at open (see [`Snapshot::write_again`]) may have been cut short before its sync.
     pub copied: bool,
 }
 

@@ -166,7 +166,7 @@ impl JournalReader {
 
     /// The next chunk of entries and the position of its first, or `None` at the end of
     /// the file. A chunk holds a whole number of entries, except the last one of the file,
-    /// which may end with part of one (not an entry: it cannot verify).
+    /// which may end with part of one (read as the queue reads it: see `replay_journal`).
     pub fn next_chunk(&mut self) -> Result<Option<(u64, &[u8])>> {
         let mut filled = 0;
         while filled < self.buf.len() {

@@ -389,10 +389,12 @@ fn replay_journal(
             continue;
         }
         // A file that ends with part of an entry is read as the queue reads it: as if grown
-        // with zeros (which make the entry whole if only zeros were cut off).
+        // with zeros to the journal's size (which make the entry whole if only zeros were
+        // cut off), if the entry fits in that size.
         let whole = chunk.chunks_exact(journal::ENTRY_LEN);
         let cut = whole.remainder();
-        let padded = (!cut.is_empty()).then(|| {
+        let cut_at = start as usize + chunk.len() - cut.len();
+        let padded = (!cut.is_empty() && cut_at + journal::ENTRY_LEN <= journal::JOURNAL_BYTES).then(|| {
             let mut entry = [0u8; journal::ENTRY_LEN];
             entry[..cut.len()].copy_from_slice(cut);
             entry
