@@ -556,6 +556,25 @@ fn pairs(g: &segq::Group, n: usize) {
     }
 }
 
+/// A run under `Never` whose 5,461st ack does not fit in the journal and writes snapshot
+/// generation 1 (`state.1`) without waiting for its sync, then crashes. With `sync_fails`
+/// every sync of `state.1` fails meanwhile (as if the crash came before it).
+fn crash_after_generation_1(dir: &std::path::Path, sync_fails: bool) {
+    use segq::fault::{self, Fault, Point};
+    let newer = dir.join("groups/g/state.1");
+    let q = queue(dir, SyncPolicy::Never);
+    fill(&q, 12_000);
+    let g = q.group("g").unwrap();
+    if sync_fails {
+        fault::inject(Fault::new(&newer, Point::Sync).times(u64::MAX));
+    }
+    pairs(&g, 5461);
+    assert!(newer.exists());
+    drop(g);
+    q.simulate_crash();
+    fault::clear(&newer);
+}
+
 /// A run under `Never` writes snapshot generation 1 without waiting for its sync, and dies
 /// before that sync is done (stood in for by making it fail). The next run opens from that
 /// snapshot, acks, and closes: its acks are promised durable, so that snapshot must be made
@@ -565,22 +584,11 @@ fn pairs(g: &segq::Group, n: usize) {
 /// nothing flagged to say the snapshot may be unsynced (found by a second review).
 #[test]
 fn a_snapshot_a_crashed_run_left_unsynced_is_synced_by_the_next_open() {
-    use segq::fault::{self, Fault, Point};
+    use segq::fault;
     for entry_lost in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let newer = dir.path().join("groups/g/state.1");
-        {
-            let q = queue(dir.path(), SyncPolicy::Never);
-            fill(&q, 12_000);
-            let g = q.group("g").unwrap();
-            fault::inject(Fault::new(&newer, Point::Sync).times(u64::MAX));
-            // The last ack does not fit in the journal: it writes generation 1 first.
-            pairs(&g, 5461);
-            assert!(newer.exists());
-            drop(g);
-            q.simulate_crash();
-        }
-        fault::clear(&newer);
+        crash_after_generation_1(dir.path(), true);
         if entry_lost {
             let journal = dir.path().join("groups/g/journal");
             let mut bytes = std::fs::read(&journal).unwrap();
@@ -647,14 +655,7 @@ fn a_group_whose_snapshot_sync_failed_writes_no_other_snapshot() {
 fn damage_to_the_snapshot_written_after_a_roll_back_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let newer = dir.path().join("groups/g/state.1");
-    {
-        let q = queue(dir.path(), SyncPolicy::Never);
-        fill(&q, 12_000);
-        let g = q.group("g").unwrap();
-        pairs(&g, 5461);
-        drop(g);
-        q.simulate_crash();
-    }
+    crash_after_generation_1(dir.path(), false);
     std::fs::remove_file(&newer).unwrap();
     {
         let q = queue(dir.path(), SyncPolicy::Always);
@@ -1007,16 +1008,7 @@ fn a_snapshot_whose_sync_failed_in_an_earlier_run_is_written_again() {
     use segq::fault::{self, Fault, Point};
     let dir = tempfile::tempdir().unwrap();
     let newer = dir.path().join("groups/g/state.1");
-    {
-        let q = queue(dir.path(), SyncPolicy::Never);
-        fill(&q, 12_000);
-        let g = q.group("g").unwrap();
-        fault::inject(Fault::new(&newer, Point::Sync).times(u64::MAX));
-        pairs(&g, 5461); // the last ack writes generation 1, whose sync fails
-        drop(g);
-        q.simulate_crash();
-    }
-    fault::clear(&newer);
+    crash_after_generation_1(dir.path(), true);
     let q = queue(dir.path(), SyncPolicy::Always);
     fault::inject(Fault::new(&newer, Point::Write));
     let opened = q.group("g").map(drop);
