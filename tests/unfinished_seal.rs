@@ -294,14 +294,15 @@ fn the_spare_segment_is_used_by_the_next_roll_and_never_left_behind() {
         q.append(&payload(n)).unwrap();
         n += 1;
     }
-    // Made on the sealer thread after the seal: give it a moment.
+    // Made on the sealer thread after the seal, which creates the file and then reserves
+    // its blocks: give it a moment to do both.
+    let spare_len = || std::fs::metadata(&spare).ok().map(|m| m.len());
     let made = std::time::Instant::now();
-    while !spare.exists() && made.elapsed() < std::time::Duration::from_secs(10) {
+    while spare_len() != Some(SEGMENT_BYTES) && made.elapsed() < std::time::Duration::from_secs(10) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     assert!(spare.exists(), "a spare was made");
-    let spare_len = std::fs::metadata(&spare).unwrap().len();
-    assert_eq!(spare_len, SEGMENT_BYTES, "preallocated to a segment's size");
+    assert_eq!(spare_len(), Some(SEGMENT_BYTES), "preallocated to a segment's size");
     while segment_files(dir.path()).len() < 4 {
         q.append(&payload(n)).unwrap();
         n += 1;
