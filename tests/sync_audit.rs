@@ -178,3 +178,107 @@ fn every_directory_open_creates_is_synced_in_its_parent() {
     assert!(matches!(&err, segq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err}");
     assert!(!Path::new("lock").exists(), "a lock file was left in the current directory");
 }
+
+/// A run under `Never` that polls and acks `pairs` records and crashes as a process does:
+/// its journal entries are in the page cache, and no sync covered them.
+fn crashed_group_run(dir: &Path, pairs: u64) -> PathBuf {
+    let q = Queue::open(dir, Options::default().sync(SyncPolicy::Never)).unwrap();
+    for i in 0..pairs + 20 {
+        q.append(&payload(i)).unwrap();
+    }
+    q.flush().unwrap();
+    let g = q.group("g").unwrap();
+    q.flush().unwrap();
+    for _ in 0..pairs {
+        g.ack(g.poll(Duration::ZERO).unwrap().unwrap().offset()).unwrap();
+    }
+    drop(g);
+    q.simulate_crash();
+    dir.join("groups").join("g").join("journal")
+}
+
+/// The journal entries a crashed run left unsynced are replayed at the next open. A change
+/// made durable after them must make them durable too, or a power loss that drops them ends
+/// the replay before the durable change: its ack undone, its attempt count lowered. Each
+/// way a later run makes a group change durable is tried: a call under `Always`, a `flush`
+/// and a `close`, also with no change of its own since the open.
+#[test]
+fn a_durable_group_change_after_a_crashed_run_syncs_the_entries_it_follows() {
+    type Call = fn(&Queue, &segq::Group);
+    let calls: [(&str, SyncPolicy, Call); 5] = [
+        ("ack under Always", SyncPolicy::Always, |_, g| {
+            g.ack(g.poll(Duration::ZERO).unwrap().unwrap().offset()).unwrap()
+        }),
+        ("poll under Always", SyncPolicy::Always, |_, g| drop(g.poll(Duration::ZERO).unwrap().unwrap())),
+        ("flush after an ack under Never", SyncPolicy::Never, |_, g| {
+            g.ack(g.poll(Duration::ZERO).unwrap().unwrap().offset()).unwrap();
+            g.flush().unwrap()
+        }),
+        ("flush with no change", SyncPolicy::Never, |_, g| g.flush().unwrap()),
+        ("close with no change", SyncPolicy::Interval(Duration::from_secs(3600)), |q, _| q.close().unwrap()),
+    ];
+    for (what, sync, call) in calls {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_group_run(dir.path(), 200);
+        let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
+        let g = q.group("g").unwrap();
+        assert_eq!(g.ack_floor(), 200, "{what}: the crashed run's acks are replayed");
+        fault::audit(dir.path());
+        call(&q, &g);
+        let synced = fault::take_synced(dir.path());
+        let bytes = std::fs::read(&journal).unwrap();
+        let end = common::FILE_HEADER_LEN + common::journal_entries(&bytes, 0) * common::JOURNAL_ENTRY_LEN;
+        assert!(end > 200 * 2 * common::JOURNAL_ENTRY_LEN, "{what}: {end}");
+        let span = common::FILE_HEADER_LEN as u64..end as u64;
+        assert!(covered(&synced, &journal, &span), "{what}: journal bytes {span:?} not all synced: {synced:?}");
+    }
+}
+
+/// The same, end to end: after the later run's durable acks (or delivery), the pages no
+/// sync covered go back to the zeros the journal was created with, as a power loss may
+/// leave them. The acks are not undone and the attempt count does not go down.
+#[test]
+fn a_power_loss_after_a_crashed_run_keeps_the_next_runs_durable_changes() {
+    for ack in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = crashed_group_run(dir.path(), 200);
+        fault::audit(dir.path());
+        let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+        let g = q.group("g").unwrap();
+        if ack {
+            for _ in 0..10 {
+                g.ack(g.poll(Duration::ZERO).unwrap().unwrap().offset()).unwrap();
+            }
+        } else {
+            let d = g.poll(Duration::ZERO).unwrap().unwrap();
+            assert_eq!((d.offset(), d.attempt()), (200, 1));
+        }
+        drop(g);
+        q.simulate_crash();
+        let synced = fault::take_synced(dir.path());
+        let mut bytes = std::fs::read(&journal).unwrap();
+        let mut lost = 0;
+        for (i, page) in bytes.chunks_mut(4096).enumerate() {
+            let span = (i * 4096) as u64..((i + 1) * 4096) as u64;
+            let from = if i == 0 { common::FILE_HEADER_LEN } else { 0 };
+            if !synced.iter().any(|s| s.path == journal && s.range.start < span.end && span.start < s.range.end)
+                && page[from..].iter().any(|&b| b != 0)
+            {
+                page[from..].fill(0);
+                lost += 1;
+            }
+        }
+        std::fs::write(&journal, &bytes).unwrap();
+        let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+        let g = q.group("g").unwrap();
+        let d = g.poll(Duration::ZERO).unwrap().unwrap();
+        if ack {
+            assert!(d.offset() >= 210, "{lost} pages lost: a durable ack undone, offset {} again", d.offset());
+        } else {
+            assert!(d.offset() >= 200, "{lost} pages lost: offset {} again", d.offset());
+            if d.offset() == 200 {
+                assert_eq!(d.attempt(), 2, "{lost} pages lost: the attempt count went down");
+            }
+        }
+    }
+}

@@ -186,10 +186,12 @@ pub(crate) struct Journal {
     generation: u64,
     crc: EntryCrc,
     pos: usize,
-    /// Entries before this position are on stable storage.
+    /// Entries before this position are on stable storage. Not those found at open: a run
+    /// that crashed may have left them in the page cache only, and a later sync of entries
+    /// after them would not make them durable.
     synced: usize,
-    /// Entries written since the group was opened, across restarts of the file: what group
-    /// commit counts.
+    /// Changes written since the group was opened, across restarts of the file: what group
+    /// commit counts, from 0. The entries found at open count as one, not yet durable.
     seq: u64,
     /// Entries of the next generation were found at open: whether every one of them
     /// carries [`UNSYNCED_SNAPSHOT`] (see `written_by_next_generation`).
@@ -288,8 +290,8 @@ impl Journal {
             generation,
             crc,
             pos: end,
-            synced: end,
-            seq: 0,
+            synced: FILE_HEADER_LEN,
+            seq: u64::from(end > FILE_HEADER_LEN),
             newer,
             flags: 0,
             unflagged_from,

@@ -187,7 +187,9 @@ impl Group {
             locked.compact(&dir, &clock)?;
             locked.journal()?.shrink()?;
         }
-        let commit = GroupCommit::new(locked.journal()?.seq()).busy_wait(log.options().busy_wait_for_sync);
+        // Nothing is known durable yet, not even the entries found at open (see `Journal::seq`):
+        // the first sync covers them with the changes after them.
+        let commit = GroupCommit::new(0).busy_wait(log.options().busy_wait_for_sync);
         let inner = GroupInner {
             name: name.to_string(),
             dir,
