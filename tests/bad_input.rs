@@ -1161,6 +1161,41 @@ fn a_checksummed_snapshot_entry_far_past_the_log_is_dropped() {
     assert!(g.dead_letters().unwrap().iter().all(|d| d.offset() < RECORDS), "a dead letter past the log");
 }
 
+/// A snapshot with valid checksums whose floor and next delivery are `u64::MAX`, and a
+/// checksummed journal entry that delivers (or dead-letters) offset `u64::MAX`. The queue
+/// opens the group within the log; `segq`'s readers, also the one that takes the snapshot's
+/// next delivery as in the log (used when the log's end is unknown), report it without a
+/// panic and without wrapping to 0. (`read_group_past` applied the entry: `offset + 1`
+/// overflowed. Found by a review in session 17.)
+#[test]
+fn a_group_at_the_last_offset_there_is_is_read_without_overflow() {
+    for kind in [1u8, 4] {
+        let fx = Fixture::new();
+        let copy = fx.copy();
+        let state = snapshot_bytes(5, u64::MAX, u64::MAX, &[]);
+        let generation = snapshot_generation(&state);
+        std::fs::write(copy.path().join("groups/g/state"), state).unwrap();
+        let _ = std::fs::remove_file(copy.path().join("groups/g/state.1"));
+        let path = copy.path().join("groups/g/journal");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(FILE_HEADER_LEN);
+        bytes.extend_from_slice(&journal_entry(kind, u64::MAX, 1, generation));
+        std::fs::write(&path, bytes).unwrap();
+        let dir = segq::inspect::QueueDir::open(copy.path()).unwrap();
+        for (what, report) in [
+            ("read_group", segq::inspect::read_group(&dir, "g", RECORDS)),
+            ("read_group_past", segq::inspect::read_group_past(&dir, "g", 0)),
+        ] {
+            let report = report.unwrap();
+            assert!(report.next_delivery >= report.ack_floor, "kind {kind}, {what}: {report:?}");
+            assert!(report.findings.iter().any(|f| f.what.contains("far past")), "kind {kind}, {what}: {report:?}");
+        }
+        let q = Queue::open(copy.path(), opts()).unwrap();
+        let st = q.group("g").unwrap().stats();
+        assert!(st.ack_floor <= RECORDS && st.next_delivery <= RECORDS, "kind {kind}: {st:?}");
+    }
+}
+
 /// Whether this is the child process that runs test `name`'s body. The parent (the test
 /// as run by the harness) starts that child with at most `kib` KiB of address space, waits
 /// and checks it passed: a failure to guard against is an abort on a huge allocation,

@@ -775,3 +775,35 @@ fn an_oversized_journal_cut_inside_an_entry_is_read_as_the_library_reads_it() {
         assert_eq!(library, if two_ahead { 0 } else { 5460 });
     }
 }
+
+/// A checksummed journal entry that dead-letters (or delivers) an offset far past the log,
+/// between ordinary entries: the queue drops that entry and replays the ones after it, and
+/// `segq groups` and `verify` count the same acks (they stopped replay at it: one ack less
+/// than the library). Found by a review in session 17.
+#[test]
+fn a_journal_entry_far_past_the_log_is_passed_over_as_the_library_passes_over_it() {
+    let _s = serial();
+    for kind in [4u8, 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        {
+            let q = Queue::open(d, small()).unwrap();
+            q.append_batch(&[b"x".as_slice(); 10]).unwrap();
+            q.group("g").unwrap();
+            q.close().unwrap();
+        }
+        let journal = d.join("groups/g/journal");
+        let mut bytes = std::fs::read(&journal).unwrap()[..32].to_vec();
+        for (k, offset, arg) in [(1, 0, 1), (2, 0, 0), (kind, 1 << 40, 1), (1, 1, 1), (2, 1, 0)] {
+            bytes.extend_from_slice(&common::journal_entry(k, offset, arg, 0));
+        }
+        std::fs::write(&journal, &bytes).unwrap();
+        let groups = segq(["groups", &arg(d), "g", "--json"]);
+        let library = library_group_floor(d);
+        assert_eq!(library, 2, "kind {kind}");
+        assert_eq!(groups.json()["ack_floor"].as_u64(), Some(library), "kind {kind}: {}", groups.stdout);
+        let verify = segq(["verify", &arg(d), "--json"]);
+        let damage = findings(&verify, "damage");
+        assert!(damage.len() == 1 && damage[0].contains("far past the log's end"), "kind {kind}: {damage:?}");
+    }
+}

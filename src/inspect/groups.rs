@@ -12,7 +12,7 @@ use crate::group::snapshot;
 use crate::group::state::{Clock, GroupState, Op, Slot};
 use crate::segment::header::FILE_HEADER_LEN;
 
-/// How far past the log's end a journal entry may reach before replay stops.
+/// How far past the log's end a journal entry may reach before replay passes over it.
 const MAX_SKIP: u64 = 1 << 20;
 
 /// A record leased to a consumer when the group's files were last written.
@@ -298,7 +298,9 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         findings.push(Finding::damage(&journal_path, bad, what));
     }
     if let Some((position, reach)) = replay.too_far {
-        let what = format!("entry names offset {reach}, far past the log's end ({log_next}); replay stops here");
+        let what = format!(
+            "entry names offset {reach}, far past the log's end ({log_next}); the queue drops it, and any other such"
+        );
         findings.push(Finding::damage(&journal_path, position, what));
     }
     let delivered = snap.next.max(state.next());
@@ -351,8 +353,8 @@ struct Replay {
     /// `(the entry that ended the journal, a later one of the same generation)`: a write in
     /// the middle was torn or lost.
     stale: Option<(u64, u64)>,
-    /// `(position, offset)` of an entry that reaches so far past the log's end that replay
-    /// stopped there.
+    /// `(position, offset)` of the first entry that reaches so far past the log's end that
+    /// replay passed over it.
     too_far: Option<(u64, u64)>,
 }
 
@@ -412,21 +414,22 @@ fn replay_journal(
             let op = journal::decode(entry, &crc);
             match (end, op) {
                 (None, None) => end = Some(position),
-                (None, Some(op)) if replay.too_far.is_none() => {
+                (None, Some(op)) => {
                     // Delivering far past the last delivery allocates a slot per skipped
                     // offset; no journal entry of a real group does that beyond the log's end.
+                    // The queue drops such an entry (as every one past the log's end) and
+                    // goes on with the next.
                     let reach = match op {
                         Op::Deliver { offset, .. } | Op::Dead { offset } => offset,
                         _ => 0,
                     };
-                    if reach > state.next().max(log_next).saturating_add(MAX_SKIP) {
-                        replay.too_far = Some((position, reach));
+                    if reach > state.next().max(log_next).saturating_add(MAX_SKIP) || reach == u64::MAX {
+                        replay.too_far.get_or_insert((position, reach));
                     } else {
                         state.apply(op, clock);
                         replay.replayed += 1;
                     }
                 }
-                (None, Some(_)) => {}
                 (Some(bad), Some(_)) => {
                     replay.stale.get_or_insert((bad, position));
                 }
