@@ -28,6 +28,10 @@
 //! One copy in four also loses power in the middle of its first open, before what that
 //! open wrote to the group's journal was synced (the zeros of a roll-back, say).
 //!
+//! A crashed run is now and then preceded by runs that crashed as a process (their unsynced
+//! pages stay in the page cache) and were opened again: the syncs of the run that goes on
+//! must cover what it builds on.
+//!
 //! Then: the copy opens; every durable record is intact; offsets are contiguous and every
 //! record is one that was appended at that offset; no batch is kept in part; a record whose
 //! ack was synced is never delivered again and attempt counts never go below their synced
@@ -58,6 +62,8 @@ const PAGE: usize = 4096;
 /// Scenarios in CI; each has two power losses and several damaged copies per loss.
 const CASES: u64 = 18;
 const COPIES_PER_LOSS: usize = 4;
+/// Percent of crashed runs that first crash as a process and go on from what they left.
+const PROCESS_CRASHES: u64 = 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Policy {
@@ -133,6 +139,7 @@ static UNFINISHED_SEALS: AtomicU64 = AtomicU64::new(0);
 static SEGMENTS_DROPPED: AtomicU64 = AtomicU64::new(0);
 static SNAPSHOTS_LOST: AtomicU64 = AtomicU64::new(0);
 static OPENS_CUT_SHORT: AtomicU64 = AtomicU64::new(0);
+static PROCESS_CRASHED: AtomicU64 = AtomicU64::new(0);
 
 fn group_dir(dir: &Path) -> std::path::PathBuf {
     dir.join("groups").join(GROUP)
@@ -687,16 +694,30 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     m.group_before = group_files(dir);
     m.group_mid.clear();
     m.synced_before_mid.clear();
-    let q = Queue::open(dir, options(policy.sync())).unwrap();
-    m.recovered(q.next_offset());
-    let g = open_group(&q);
-    // What the journal held when the group opened was on disk: the copy was opened as the
-    // power loss left it.
-    let opened = journal_mark(dir);
-    if policy != Policy::Interval {
-        m.journal_synced = Some(opened);
-    }
-    workload(&q, &g, m, rng, policy);
+    // Now and then the run is two (or more): the first crashes as a process does, leaving
+    // what it did not sync in the page cache, and the second opens what it left and goes
+    // on. Nothing of the first is durable but what its syncs, or the second's, covered.
+    let mut opened = None;
+    let (q, g) = loop {
+        let q = Queue::open(dir, options(policy.sync())).unwrap();
+        m.recovered(q.next_offset());
+        let g = open_group(&q);
+        if opened.is_none() {
+            // What the journal held when the group first opened was on disk: the copy was
+            // opened as the power loss left it.
+            opened = Some(journal_mark(dir));
+            if policy != Policy::Interval {
+                m.journal_synced = opened;
+            }
+        }
+        workload(&q, &g, m, rng, policy);
+        if !rng.chance(PROCESS_CRASHES) {
+            break (q, g);
+        }
+        drop(g);
+        q.simulate_crash();
+        PROCESS_CRASHED.fetch_add(1, Ordering::Relaxed);
+    };
     // The group's files as of the workload's last call: a snapshot's sync that a thread
     // finishes after it (while the crash below stops the queue) is taken as cut off by the
     // power loss. The group never learnt of it, so it must cope without it.
@@ -707,6 +728,7 @@ fn crashed_run(dir: &Path, m: &mut Model, rng: &mut Rng, policy: Policy) {
     q.simulate_crash();
     let mut synced = group_synced.clone();
     synced.extend(fault::take_synced(dir));
+    let opened = opened.expect("the group opened");
     m.journal_audited = audited_journal(dir, &group_synced, opened, policy);
     let now = latest_snapshot_generation(&group_dir(dir)).expect("a valid snapshot");
     m.unsynced_snapshot =
@@ -818,7 +840,7 @@ fn unsynced_data_lost_in_every_way_keeps_every_promise() {
     eprintln!(
         "power loss: {cases} scenarios, {} damaged copies checked, {} lost records ({} in all), {} redeliveries, \
          {} unfinished seals ({} newest segments deleted), {} snapshots lost that were never synced, {} opens \
-         cut short after they wrote to the journal",
+         cut short after they wrote to the journal, {} process crashes a run went on from",
         count(&COPIES),
         count(&LOSSY_COPIES),
         count(&RECORDS_LOST),
@@ -826,7 +848,8 @@ fn unsynced_data_lost_in_every_way_keeps_every_promise() {
         count(&UNFINISHED_SEALS),
         count(&SEGMENTS_DROPPED),
         count(&SNAPSHOTS_LOST),
-        count(&OPENS_CUT_SHORT)
+        count(&OPENS_CUT_SHORT),
+        count(&PROCESS_CRASHED)
     );
     assert!(count(&UNFINISHED_SEALS) > 0, "no copy stopped a seal half done");
 }
