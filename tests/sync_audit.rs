@@ -179,6 +179,29 @@ fn every_directory_open_creates_is_synced_in_its_parent() {
     assert!(!Path::new("lock").exists(), "a lock file was left in the current directory");
 }
 
+/// A new group's journal is named durably before its snapshot file is written: the
+/// snapshot's name is what says the group exists, and a power loss that kept it without the
+/// journal's (two renames in a directory synced once) would leave a group that cannot open.
+/// (Found by a review in session 17.)
+#[test]
+fn a_new_groups_journal_is_named_durably_before_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
+    fault::audit(dir.path());
+    q.group("g").unwrap();
+    let group = dir.path().join("groups").join("g");
+    let synced: Vec<PathBuf> = fault::take_synced(dir.path()).into_iter().map(|s| s.path).collect();
+    let position = |path: &Path| synced.iter().position(|p| p == path);
+    let journal = position(&group.join("journal.tmp")).expect("the journal synced");
+    let snapshot = position(&group.join("state.tmp")).expect("the snapshot synced");
+    assert!(
+        synced[journal..snapshot].contains(&group),
+        "the group's directory not synced between the journal and the snapshot: {synced:?}"
+    );
+    // Nor is the snapshot written again by the open that created it, which synced it.
+    assert!(!synced.contains(&group.join("state")), "{synced:?}");
+}
+
 /// A run under `Never` that polls and acks `pairs` records and crashes as a process does:
 /// its journal entries are in the page cache, and no sync covered them.
 fn crashed_group_run(dir: &Path, pairs: u64) -> PathBuf {

@@ -102,6 +102,8 @@ pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, c
     fs::create_dir_all(dir).at(dir)?;
     let state = GroupState::new(log.first_offset(), opts.lease);
     Journal::create(&dir.join(JOURNAL_FILE))?;
+    // The snapshot's name says the group exists: the journal's must be durable before it.
+    sync_dir(dir)?;
     Snapshot::of(&state, 0, opts.max_attempts, clock).write_new(dir)?;
     sync_dir(groups)?;
     if new_groups_dir {

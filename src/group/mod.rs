@@ -103,7 +103,8 @@ impl Group {
         let dir = groups.join(name);
         let state_path = dir.join(STATE_FILE);
         let clock = Clock::lazy();
-        if !state_path.exists() {
+        let created = !state_path.exists();
+        if created {
             create(&log, &groups, &dir, opts.unwrap_or_default(), &clock)?;
         }
         remove_temp_files(&dir);
@@ -133,9 +134,9 @@ impl Group {
         // - one written without waiting for its sync, or whose run stopped before any entry
         //   of its generation (a later snapshot goes over the other file). Written, not
         //   only synced: its sync may have failed, and a retried fsync can report success
-        //   for pages a failed one dropped.
+        //   for pages a failed one dropped. (Not one this open created: it synced it.)
         let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
-        if copy || (!rolled_back && journal.snapshot_maybe_unsynced()) {
+        if copy || (!created && !rolled_back && journal.snapshot_maybe_unsynced()) {
             snap.write_again(&dir)?;
         }
         journal.grow()?;
