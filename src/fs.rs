@@ -144,12 +144,17 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<()> {
     let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.as_os_str().is_empty() && !d.exists()).collect();
     fs::create_dir_all(dir).at(dir)?;
     for created in missing {
-        match created.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => sync_dir(Path::new("."))?,
-        }
+        sync_dir(parent_or_current(created))?;
     }
     Ok(())
+}
+
+/// The directory that holds `path`'s name: its parent, or `.` for a name without one.
+pub(crate) fn parent_or_current(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
 }
 
 /// Opens a file for reading and writing, creating it if missing.

@@ -299,6 +299,21 @@ impl Log {
             }
         };
         let first_offset = segments.first().map_or(active.segment().base(), |s| s.base());
+        // Names that a run which stopped early may not have synced (a roll's new segment
+        // before its creation's sync, this directory before its parent's) are made durable
+        // before anything is appended under them. A clean close proves the segments' names
+        // durable; a checkpoint, that the first open got that far.
+        if !recovery.clean && !recovery.created {
+            sync_dir(dir)?;
+        }
+        if slot_a.is_none() && slot_b.is_none() {
+            match sync_dir(crate::fs::parent_or_current(dir)) {
+                // A parent that cannot be read was not synced when a first open made this
+                // directory either: someone else made it, and made its name durable or not.
+                Err(Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {}
+                other => other?,
+            }
+        }
         // Until the next clean close, a crash must not be mistaken for one.
         checkpoint.write_both(Mark {
             segment_base: active.segment().base(),

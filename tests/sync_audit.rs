@@ -305,3 +305,123 @@ fn a_power_loss_after_a_crashed_run_keeps_the_next_runs_durable_changes() {
         }
     }
 }
+
+/// Names made by a run that stopped before it synced their directory (a failed call leaves
+/// the files a crash at that moment would) are made durable by the run that goes on, before
+/// it acknowledges anything built on them. Each case stops a run there, reopens, makes
+/// changes durable under `Always`, and asks the audit whether `dir` was synced meanwhile.
+/// (Found by a review in session 17: none was, and a power loss that dropped the name lost
+/// the acknowledged records or acks.)
+fn synced_by_the_run_that_goes_on(what: &str, audited: &Path, dirs: &[&Path], go_on: impl FnOnce()) {
+    fault::take_synced(audited);
+    go_on();
+    let synced = fault::take_synced(audited);
+    for dir in dirs {
+        assert!(
+            synced.iter().any(|s| s.path == *dir),
+            "{what}: {dir:?} not synced by the run that went on: {synced:?}"
+        );
+    }
+}
+
+fn always() -> Options {
+    Options::default().sync(SyncPolicy::Always)
+}
+
+fn segment_path(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+
+#[test]
+fn a_segment_named_by_a_roll_or_first_open_cut_short_is_named_durably_by_the_next_open() {
+    // A roll whose new segment's creation sync fails (its header write).
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fault::audit(dir);
+    let q = Queue::open(dir, tiny(8 << 10).sync(SyncPolicy::Always)).unwrap();
+    for i in 0.. {
+        let next = segment_path(dir, q.next_offset());
+        fault::inject(fault::Fault::new(&next, fault::Point::Write));
+        let appended = q.append(&payload(i));
+        fault::clear(dir);
+        if appended.is_err() {
+            assert!(next.exists(), "the roll named the new segment");
+            break;
+        }
+        assert!(i < 10_000, "no roll");
+    }
+    q.simulate_crash();
+    synced_by_the_run_that_goes_on("a roll cut short", dir, &[dir], || {
+        let q = Queue::open(dir, tiny(8 << 10).sync(SyncPolicy::Always)).unwrap();
+        q.append(b"acknowledged").unwrap();
+        q.simulate_crash();
+    });
+
+    // The first open's segment, the same way.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fault::audit(dir);
+    fault::inject(fault::Fault::new(&segment_path(dir, 0), fault::Point::Write));
+    assert!(Queue::open(dir, always()).is_err(), "the first open stops in the segment's creation sync");
+    fault::clear(dir);
+    assert!(segment_path(dir, 0).exists());
+    synced_by_the_run_that_goes_on("a first open cut short", dir, &[dir], || {
+        always_appends(dir);
+    });
+}
+
+fn always_appends(dir: &Path) {
+    let q = Queue::open(dir, always()).unwrap();
+    q.append(b"acknowledged").unwrap();
+    q.simulate_crash();
+}
+
+#[test]
+fn a_queue_directory_made_by_an_open_cut_short_is_named_durably_by_the_next_open() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    let dir = root.join("q");
+    fault::audit(&root);
+    fault::inject(fault::Fault::new(&root, fault::Point::Sync));
+    assert!(Queue::open(&dir, Options::default()).is_err(), "the open stops at its parent's sync");
+    fault::clear(&root);
+    assert!(dir.is_dir());
+    synced_by_the_run_that_goes_on("a queue directory", &root, &[&root], || always_appends(&dir));
+}
+
+#[test]
+fn group_directories_made_by_a_creation_cut_short_are_named_durably_by_the_next_run() {
+    let ack_ten = |dir: &Path, name: &str| {
+        let q = Queue::open(dir, always()).unwrap();
+        let g = q.group(name).unwrap();
+        for _ in 0..10 {
+            g.ack(g.poll(Duration::ZERO).unwrap().unwrap().offset()).unwrap();
+        }
+        drop(g);
+        q.simulate_crash();
+    };
+    for stop in ["before groups/ is synced", "at the journal's fallocate"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let groups = dir.join("groups");
+        let q = Queue::open(dir, always()).unwrap();
+        for i in 0..30 {
+            q.append(&payload(i)).unwrap();
+        }
+        let fault = if stop == "at the journal's fallocate" {
+            fault::Fault::new(&groups, fault::Point::Allocate).errno(fault::ENOSPC)
+        } else {
+            // Syncs under groups/: journal.tmp, groups/g twice, state.tmp, then groups/.
+            fault::Fault::new(&groups, fault::Point::Sync).after(4)
+        };
+        fault::inject(fault);
+        assert!(q.group("g").is_err(), "{stop}: the creation stops");
+        fault::clear(dir);
+        // Closed cleanly: the log's recovery, which syncs the queue directory, does not run.
+        q.close().unwrap();
+        fault::audit(dir);
+        // The same group (its state is there) goes on, or another is created next to it.
+        let name = if groups.join("g").join("state").exists() { "g" } else { "h" };
+        synced_by_the_run_that_goes_on(stop, dir, &[&groups, dir], || ack_ten(dir, name));
+    }
+}

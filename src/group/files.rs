@@ -94,7 +94,6 @@ pub(super) fn remove_temp_files(dir: &Path) {
 pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, clock: &Clock) -> Result<()> {
     check_link(groups)?;
     check_link(dir)?;
-    let new_groups_dir = !groups.exists();
     // Files left by a deletion that a crash interrupted must not mix with the new group's.
     if dir.exists() {
         fs::remove_dir_all(dir).at(dir)?;
@@ -106,8 +105,7 @@ pub(super) fn create(log: &Log, groups: &Path, dir: &Path, opts: GroupOptions, c
     sync_dir(dir)?;
     Snapshot::of(&state, 0, opts.max_attempts, clock).write_new(dir)?;
     sync_dir(groups)?;
-    if new_groups_dir {
-        sync_dir(log.dir())?;
-    }
+    // Also when `groups/` was there already: a creation cut short may have made it.
+    sync_dir(log.dir())?;
     Ok(())
 }

@@ -26,6 +26,7 @@ use snapshot::{Snapshot, SnapshotSync};
 use state::{Clock, GroupState, Op, Slot, later};
 
 use crate::error::{Error, Result};
+use crate::fs::sync_dir;
 use crate::iter::Iter;
 use crate::log::Log;
 use crate::options::{GroupOptions, SyncPolicy};
@@ -138,6 +139,11 @@ impl Group {
         let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
         if copy || (!created && !rolled_back && journal.snapshot_maybe_unsynced()) {
             snap.write_again(&dir)?;
+            // Its run may also have stopped before the names of the group's directory and of
+            // `groups/` were synced (a creation cut short): made durable before this run
+            // builds on them.
+            sync_dir(&groups)?;
+            sync_dir(log.dir())?;
         }
         journal.grow()?;
         let mut state = snap.restore(&clock, log.next_offset());
