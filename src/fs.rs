@@ -20,12 +20,27 @@ use crate::error::{IoContext, Result};
 /// for writing yet.
 pub(crate) fn reserve(file: &File, path: &Path, len: u64) -> Result<()> {
     let reserved = fault::check(path, Point::Allocate)
+        .and_then(|()| within_size_limit(len))
         .and_then(|()| fallocate(file, FallocateFlags::empty(), 0, len).map_err(io::Error::from));
     match reserved {
         // Some file systems cannot reserve blocks (NFS before 4.2, many FUSE ones, ZFS before
         // 2.2): writing zeros does it, at the cost of writing them.
         Err(e) if e.raw_os_error() == Some(Errno::OPNOTSUPP.raw_os_error()) => fill_holes(file, len).at(path),
         reserved => reserved.at(path),
+    }
+}
+
+/// Fails with `EFBIG` if a file may not reach `end` bytes under the process's file-size
+/// limit (`RLIMIT_FSIZE`), which the kernel otherwise enforces with SIGXFSZ: a signal that
+/// kills the process unless it is caught or ignored, where an error can be returned.
+fn within_size_limit(end: u64) -> io::Result<()> {
+    use rustix::process::{Resource, getrlimit};
+    match getrlimit(Resource::Fsize).current {
+        Some(limit) if end > limit => Err(io::Error::new(
+            io::ErrorKind::FileTooLarge,
+            format!("{end} bytes would pass the process's file size limit (RLIMIT_FSIZE) of {limit} bytes"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -82,7 +97,10 @@ pub(crate) fn open_regular(path: &Path) -> io::Result<File> {
 
 /// Writes all of `bytes` at `pos` of `file`.
 pub(crate) fn write_at(file: &File, path: &Path, bytes: &[u8], pos: u64) -> Result<()> {
-    fault::check(path, Point::Write).and_then(|()| file.write_all_at(bytes, pos)).at(path)
+    fault::check(path, Point::Write)
+        .and_then(|()| within_size_limit(pos.saturating_add(bytes.len() as u64)))
+        .and_then(|()| file.write_all_at(bytes, pos))
+        .at(path)
 }
 
 /// Makes a file's data and metadata durable (`fsync`).
@@ -121,6 +139,7 @@ pub(crate) fn write_durably_at(path: &Path, bytes: &[u8], pos: u64) -> Result<()
     use std::os::unix::fs::OpenOptionsExt;
     fault::check(path, Point::Write)
         .and_then(|()| fault::check(path, Point::Sync))
+        .and_then(|()| within_size_limit(pos.saturating_add(bytes.len() as u64)))
         .and_then(|()| {
             let sync = rustix::fs::OFlags::SYNC.bits() as i32;
             OpenOptions::new().write(true).custom_flags(sync).open(path)?.write_all_at(bytes, pos)

@@ -943,7 +943,8 @@ fn finish_seal(
     // Only a segment created by a roll is deleted: not a file that merely has a segment's name.
     let newest = dir.join(segment::log_name(next));
     let mut head = [0u8; FILE_HEADER_LEN];
-    let read = fs::File::open(&newest).and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0));
+    let read =
+        crate::fs::open_regular(&newest).and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0));
     match read {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             return Err(Error::corrupt(&newest, 0, CorruptKind::Truncated));

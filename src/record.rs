@@ -16,7 +16,8 @@ use crate::mmap::Mapping;
 
 const CRC_AT: usize = 0;
 const LEN_AT: usize = CRC_AT + 4;
-const OFFSET_AT: usize = LEN_AT + 4;
+/// Where a record's offset lies in its header.
+pub(crate) const OFFSET_AT: usize = LEN_AT + 4;
 const TIMESTAMP_AT: usize = OFFSET_AT + 8;
 /// Bytes before the payload.
 pub(crate) const HEADER_LEN: usize = TIMESTAMP_AT + 8;

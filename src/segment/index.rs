@@ -123,7 +123,7 @@ impl OldIndex {
     /// entries. `capacity` bounds how much is looked at.
     pub fn open(path: &Path, base: u64, capacity: usize) -> OldIndex {
         let limit = IndexWriter::file_len(capacity, 1);
-        let map = File::open(path).ok().and_then(|file| {
+        let map = crate::fs::open_regular(path).ok().and_then(|file| {
             let len = file.metadata().ok()?.len() as usize;
             let map = Mapping::read_only(&file, len.min(limit)).ok()?;
             header::check(map.readable(), INDEX_MAGIC, base).is_ok().then_some(map)
@@ -302,7 +302,7 @@ fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result
 
 /// Opens the index of a sealed segment, rebuilding it from `data` if it cannot be trusted.
 pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, interval: u32) -> Result<Arc<Mapping>> {
-    if let Ok(file) = File::open(path) {
+    if let Ok(file) = crate::fs::open_regular(path) {
         let len = file.metadata().at(path)?.len() as usize;
         if len >= FILE_HEADER_LEN && (len - FILE_HEADER_LEN).is_multiple_of(ENTRY_LEN) {
             let map = Mapping::read_only(&file, len).at(path)?;

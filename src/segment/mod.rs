@@ -195,7 +195,7 @@ impl Segment {
         if self.retired.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let file = File::open(&self.path).at(&self.path)?;
+        let file = crate::fs::open_regular(&self.path).at(&self.path)?;
         let len = file.metadata().at(&self.path)?.len() as usize;
         if len < FILE_HEADER_LEN {
             return Err(self.corrupt(len, CorruptKind::Truncated));
@@ -642,7 +642,14 @@ impl Active {
             }
             scan.end
         };
-        let capacity = len.max(min_capacity);
+        // segq never writes a segment past the format's limit (positions are `u32` in the
+        // index): records there are not its own, and a longer file's tail is not reserved.
+        let limit = crate::options::MAX_SEGMENT_BYTES as usize;
+        if end > limit {
+            let why = format!("records reach byte {end}, past the format's limit of {limit} bytes a segment");
+            return Err(Error::corrupt(&path, limit as u64, CorruptKind::BadHeader(why)));
+        }
+        let capacity = len.max(min_capacity).min(limit);
         let data = &bytes[..end];
         // Entries landed on records of the whole file; the valid ones start below `end`.
         let kept = &entries[..index::count_below(entries, end) * index::ENTRY_LEN];
@@ -656,7 +663,7 @@ impl Active {
         }
         drop(old_index);
         drop(view);
-        if !recovered.clean {
+        if !recovered.clean || len > capacity {
             // Bytes past the end may hold records of the crashed run beyond a torn or zeroed
             // stretch; they must never parse as records once new ones are appended before
             // them. Drop those blocks and reserve fresh, zeroed ones.
