@@ -213,6 +213,10 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
     // A live group may write a new snapshot and restart its journal between the two reads:
     // read again until both are of the same generation.
     let mut tries = 0;
+    // A lost write in the middle of the journal, as found by the read before: on a live
+    // group, an entry being written when its part of the file was read, followed by entries
+    // written before the next part was. Damage that is real is found again in the same place.
+    let mut stale_before = None;
     let (snaps, state, replay) = loop {
         tries += 1;
         let snaps = read_snapshots(&state_path)?;
@@ -236,11 +240,29 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
             return Err(Error::corrupt(&lost, 0, CorruptKind::BadHeader(why)));
         };
         let again = read_snapshots(&state_path).map(|s| s.snap.generation).ok();
-        if again == Some(snap.generation) || tries >= 5 {
+        let confirmed = replay.stale.is_none() || replay.stale == stale_before;
+        if (again == Some(snap.generation) && confirmed) || tries >= 5 {
+            let mut replay = replay;
+            if !confirmed {
+                // Not found twice in the same place: a group too busy to be caught still.
+                replay.stale = None;
+            }
             break (snaps, state, replay);
+        }
+        if !confirmed {
+            stale_before = replay.stale;
+            std::thread::sleep(std::time::Duration::from_millis(5 * tries));
         }
     };
     let snap = snaps.snap;
+    let mut state = state;
+    // Records retention deleted before the group was done with them: the queue moves the
+    // group up to the first offset when it next opens it, counting them lost.
+    if let Some(first) = dir.segments.first().map(|s| s.base)
+        && (state.oldest_needed() < first || state.next() < first)
+    {
+        state.apply(Op::Skip { offset: first }, &clock);
+    }
     let mut findings = Vec::new();
     if snap.floor > snap.next {
         // FORMAT.md: `floor <= next`. The queue copes: `GroupState::restore` raises `next`

@@ -48,7 +48,7 @@ pub use info::{Info, info};
 pub use repair::{Cut, Move, RepairPlan, plan_repair};
 pub use resume::{PastDamage, Resume};
 pub use segment::{Lost, SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};
-pub use verify::{VerifyReport, verify};
+pub use verify::{VerifyReport, continuity, verify};
 pub use walk::{DEFAULT_CHUNK, EndReason, RecordView, ScanEnd, SegmentReader};
 
 /// How serious a [`Finding`] is.

@@ -82,38 +82,34 @@ pub(crate) fn seal_left_a_gap(dir: &QueueDir, a: &SegmentReport, b: &SegmentRepo
     a.next_offset < b.base && ended && readable && unsealed()
 }
 
-/// Checks the queue in `dir`: every record's CRC and offset, the offsets' continuity within
-/// and across segments, every index entry against the records, the checkpoint's positions,
-/// and every group's snapshot and journal. Segments are checked by [`scan_segments`], which
-/// tells a seal in progress on a live queue from damage. `progress` is called with the
-/// bytes read since its last call.
+/// Where the offsets of one segment do not follow on from those of the segment before
+/// (`reports` as [`scan_segments`] made them for `dir`): a segment missing from the middle,
+/// or two that overlap, as damage; the unfinished seal that recovery deletes after, as a
+/// warning. A segment's own damage is left to its report.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
-/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
-/// # q.append(b"hello")?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default().segment_bytes(4096))?;
+/// # for _ in 0..100 { q.append(&[7; 100])?; }
 /// # q.close()?;
-/// use segq::inspect::{QueueDir, verify};
-/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use segq::inspect::{QueueDir, Severity, continuity, scan_segments};
 ///
-/// let read = AtomicU64::new(0);
-/// let report = verify(&QueueDir::open(dir.path())?, &|bytes| {
-///     read.fetch_add(bytes, Ordering::Relaxed);
-/// })?;
-/// assert_eq!(report.damage(), 0);
-/// assert!(read.load(Ordering::Relaxed) > 0);
-/// # Ok::<(), segq::Error>(())
+/// let second = std::fs::read_dir(dir.path())?
+///     .map(|e| e.map(|e| e.path()))
+///     .collect::<Result<std::collections::BTreeSet<_>, _>>()?
+///     .into_iter()
+///     .filter(|p| p.extension().is_some_and(|x| x == "log"))
+///     .nth(1)
+///     .expect("three segments or more");
+/// std::fs::remove_file(&second)?; // a segment deleted by hand from the middle of the log
+/// let queue = QueueDir::open(dir.path())?;
+/// let findings = continuity(&queue, &scan_segments(&queue, true, &|_| {})?);
+/// assert_eq!(findings.len(), 1);
+/// assert_eq!(findings[0].severity, Severity::Damage);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-///
-/// # Errors
-/// [`Error::Io`] when a file cannot be read. Damage is not an error: it is in the report.
-pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
-    let reports = scan_segments(dir, true, progress)?;
-    let mut findings: Vec<Finding> = Vec::new();
-    for r in &reports {
-        findings.extend(r.findings.iter().cloned());
-    }
-    // Offsets follow on from one segment to the next.
+pub fn continuity(dir: &QueueDir, reports: &[SegmentReport]) -> Vec<Finding> {
+    let mut findings = Vec::new();
     let live: Vec<&SegmentReport> = reports.iter().filter(|r| r.end != SegmentEnd::Gone).collect();
     for pair in live.windows(2) {
         let (a, b) = (pair[0], pair[1]);
@@ -156,6 +152,42 @@ pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyR
             ));
         }
     }
+    findings
+}
+
+/// Checks the queue in `dir`: every record's CRC and offset, the offsets' continuity within
+/// and across segments, every index entry against the records, the checkpoint's positions,
+/// and every group's snapshot and journal. Segments are checked by [`scan_segments`], which
+/// tells a seal in progress on a live queue from damage. `progress` is called with the
+/// bytes read since its last call.
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// # q.close()?;
+/// use segq::inspect::{QueueDir, verify};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// let read = AtomicU64::new(0);
+/// let report = verify(&QueueDir::open(dir.path())?, &|bytes| {
+///     read.fetch_add(bytes, Ordering::Relaxed);
+/// })?;
+/// assert_eq!(report.damage(), 0);
+/// assert!(read.load(Ordering::Relaxed) > 0);
+/// # Ok::<(), segq::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be read. Damage is not an error: it is in the report.
+pub fn verify(dir: &QueueDir, progress: &(dyn Fn(u64) + Sync)) -> Result<VerifyReport> {
+    let reports = scan_segments(dir, true, progress)?;
+    let mut findings: Vec<Finding> = Vec::new();
+    for r in &reports {
+        findings.extend(r.findings.iter().cloned());
+    }
+    findings.extend(continuity(dir, &reports));
+    let live: Vec<&SegmentReport> = reports.iter().filter(|r| r.end != SegmentEnd::Gone).collect();
     let ck = &dir.checkpoint;
     for (name, damaged, position) in [("A", ck.slot_a_damaged, 0), ("B", ck.slot_b_damaged, 512)] {
         if damaged {

@@ -86,6 +86,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
             ("LEASED", Align::Right),
             ("WAITING", Align::Right),
             ("DEAD", Align::Right),
+            ("LOST", Align::Right),
             ("LEASE MS", Align::Right),
             ("MAX ATTEMPTS", Align::Right),
         ]);
@@ -98,6 +99,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                 r.leased.len().to_string(),
                 r.waiting.len().to_string(),
                 r.dead_letters.len().to_string(),
+                r.lost.to_string(),
                 r.lease_ms.to_string(),
                 r.max_attempts.to_string(),
             ]);

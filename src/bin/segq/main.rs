@@ -53,7 +53,7 @@ enum Command {
     /// Check every CRC, the offset sequence, every index entry, the checkpoint and group state
     #[command(after_help = EXIT_CODES)]
     Verify(verify::Args),
-    /// Per consumer group: ack floor, lag, leased, waiting for retry (with attempts), dead letters
+    /// Per consumer group: ack floor, lag, leased, waiting for retry (with attempts), dead letters, lost to retention
     #[command(after_help = EXIT_CODES)]
     Groups(groups::Args),
     /// Cut the queue at its first damaged record, keeping the cut bytes in side files
@@ -133,7 +133,10 @@ impl<W: Write> Write for Counting<W> {
 pub type Outcome = Result<u8, Failure>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let stdout = io::stdout();
     let mut out = Counting { inner: io::BufWriter::new(stdout.lock()), written: 0 };
     let (result, json) = match cli.command {
@@ -173,5 +176,30 @@ fn main() -> ExitCode {
             2
         }
     };
+    ExitCode::from(code)
+}
+
+/// Arguments clap refused: its message on stderr as usual, and, when `--json` was asked
+/// for, the error document on stdout too, so that a script reading it gets one document
+/// whatever went wrong. `--help` and `--version` print as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let code = 2;
+    if std::env::args_os().skip(1).any(|a| a == "--json") {
+        let rendered = e.to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let error = ErrorFields { message, exit_code: code, file: None, position: None };
+        let mut out = io::stdout().lock();
+        // Failing to print it changes nothing: clap's message below says the same.
+        let _ = output::json(&mut out, &ErrorDocument { error }).and_then(|()| out.flush());
+    }
+    let _ = e.print();
     ExitCode::from(code)
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use segq::inspect::{QueueDir, SegmentEnd, scan_segments};
+use segq::inspect::{QueueDir, SegmentEnd, Severity, continuity, scan_segments};
 
 use crate::Outcome;
 use crate::output::{Align, Table, json, opt_timestamp};
@@ -23,9 +23,12 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         eprintln!("segq: note: the consumer groups cannot be listed ({e}); see `segq verify`");
     }
     let reports = scan_segments(&dir, true, &|_| {})?;
-    let damaged = reports.iter().any(|r| r.is_damaged());
+    // Between segments: one missing from the middle, or two that overlap.
+    let between = continuity(&dir, &reports);
+    let damaged = reports.iter().any(|r| r.is_damaged()) || between.iter().any(|f| f.severity == Severity::Damage);
     if args.json {
-        json(out, &serde_json::json!({ "dir": dir.path.to_string_lossy(), "segments": reports }))?;
+        let doc = serde_json::json!({ "dir": dir.path.to_string_lossy(), "segments": reports, "findings": between });
+        json(out, &doc)?;
         return Ok(u8::from(damaged));
     }
     let mut table = Table::new(&[
@@ -66,7 +69,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         ]);
     }
     table.print(out)?;
-    let findings: Vec<_> = reports.iter().flat_map(|r| &r.findings).collect();
+    let findings: Vec<_> = reports.iter().flat_map(|r| &r.findings).chain(&between).collect();
     if !findings.is_empty() {
         writeln!(out)?;
         for f in findings {
