@@ -192,7 +192,8 @@ pub(crate) fn decode_run(bytes: &[u8], mut pos: usize, offset: u64, frames: &mut
     let side_by_side = crc::side_by_side();
     let mut done = 0;
     while done < frames.len() {
-        let Some(frame) = peek(bytes, pos).ok().filter(|f| f.offset == offset + done as u64) else { break };
+        let expected = offset.checked_add(done as u64);
+        let Some(frame) = peek(bytes, pos).ok().filter(|f| Some(f.offset) == expected) else { break };
         let span = &bytes[pos + LEN_AT..frame.end()];
         if span.len() > SIDE_BY_SIDE_SPAN || !side_by_side {
             // Alone, as `decode` checks it.
@@ -221,7 +222,9 @@ fn decode_side_by_side(bytes: &[u8], pos: usize, offset: u64, frames: &mut [Fram
     let mut spans: [&[u8]; MAX_SIDE_BY_SIDE] = [&[]; MAX_SIDE_BY_SIDE];
     let mut stored = [0; MAX_SIDE_BY_SIDE];
     let (mut framed, mut at) = (0, pos);
-    for (slot, offset) in frames.iter_mut().take(MAX_SIDE_BY_SIDE).zip(offset..) {
+    // Not `offset..`: stepping past `u64::MAX` panics in a debug build; no record follows it.
+    let offsets = (0..MAX_SIDE_BY_SIDE as u64).map_while(|i| offset.checked_add(i));
+    for (slot, offset) in frames.iter_mut().take(MAX_SIDE_BY_SIDE).zip(offsets) {
         let Some(frame) = peek(bytes, at).ok().filter(|f| f.offset == offset) else { break };
         let span = &bytes[at + LEN_AT..frame.end()];
         if span.len() > SIDE_BY_SIDE_SPAN {
@@ -487,6 +490,20 @@ mod tests {
                 assert!(decode(&bad, 0).is_err(), "flip of bit {bit} in byte {i} went unnoticed");
             }
         }
+    }
+
+    /// Records up to offset `u64::MAX` (only a hand-made file has them) and one more, numbered
+    /// as if offsets wrapped: decoded up to `u64::MAX`, without stepping past it (a panic in
+    /// a debug build).
+    #[test]
+    fn a_run_ends_at_offset_u64_max() {
+        let mut buf = Vec::new();
+        for offset in [u64::MAX - 2, u64::MAX - 1, u64::MAX, 0] {
+            buf.extend(frame_bytes(offset, b"short", false));
+        }
+        let mut frames = vec![Frame { offset: 0, timestamp_ms: 0, payload: 0..0, batch_continues: false }; 8];
+        assert_eq!(decode_run(&buf, 0, u64::MAX - 2, &mut frames), 3);
+        assert_eq!(frames[2].offset, u64::MAX);
     }
 
     /// Records of these payload lengths one after another, offsets from 10 on.
