@@ -299,6 +299,9 @@ impl Queue {
             for g in groups {
                 Group::from_inner(g).stats();
             }
+            // A poll that found its next record deleted under it (between catching up and
+            // reading) went to sleep: it looks again, from the new first offset.
+            self.log.notify.notify();
         }
         Ok(report)
     }

@@ -149,7 +149,8 @@ impl DeadLetter {
     }
 
     /// How many deliveries were made before it was dead-lettered. A record whose bytes were
-    /// found damaged is dead-lettered without a delivery, with 0 attempts.
+    /// found damaged before its first delivery is dead-lettered with 0 attempts; one found
+    /// damaged when it was due again keeps the attempts it had.
     ///
     /// ```
     /// use segq::GroupOptions;

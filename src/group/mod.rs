@@ -797,9 +797,11 @@ impl Group {
         inner.make_durable(seq)
     }
 
-    /// Where the group stands: ack floor, lag, leased, waiting and dead records. It reads
-    /// memory only, so after [`crate::Queue::close`] it still answers, with the group as it
-    /// stood at the close.
+    /// Where the group stands: ack floor, lag, leased, waiting and dead records, as
+    /// [`Group::ack_floor`] and [`Group::dead_letters`] would say: a record whose last
+    /// allowed lease has run out counts as dead, not waiting. It answers from memory, so
+    /// after [`crate::Queue::close`] it still answers, with the group as it stood at the
+    /// close.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -813,7 +815,9 @@ impl Group {
         let inner = &*self.inner;
         let mut l = inner.lock();
         if inner.check(&l).is_ok() {
+            // Best effort, as in `ack_floor`.
             let _ = inner.catch_up(&mut l);
+            let _ = inner.reap(&mut l);
         }
         let (leased, waiting) = l.state.counts(Instant::now());
         let floor = l.state.ack_floor();
@@ -850,7 +854,8 @@ impl Group {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Io`] if the sync fails (which poisons the group), [`Error::Poisoned`].
+    /// [`Error::Closed`], [`Error::GroupDeleted`], [`Error::Io`] if the sync fails (which
+    /// poisons the group), [`Error::Poisoned`].
     pub fn flush(&self) -> Result<()> {
         self.inner.check(&self.inner.lock())?;
         self.inner.flush()

@@ -16,9 +16,9 @@ pub enum Payload {
     Hex,
     /// Text (invalid UTF-8 replaced; in text output, control characters escaped)
     Utf8,
-    /// Only its length
+    /// Only its length (the LEN column, which every other choice also prints)
     Len,
-    /// Nothing
+    /// Nothing of it, not even its length: offsets, timestamps and positions only
     None,
 }
 
@@ -87,12 +87,14 @@ impl<W: Write> Printer<'_, W> {
                 "offset": offset,
                 "timestamp_ms": timestamp_ms,
                 "position": position,
-                "len": len,
             });
             match self.args.payload {
                 Payload::Hex => rec["payload"] = hex(payload).into(),
                 Payload::Utf8 => rec["payload"] = String::from_utf8_lossy(payload).into(),
                 Payload::Len | Payload::None => {}
+            }
+            if self.args.payload != Payload::None {
+                rec["len"] = len.into();
             }
             if self.printed > 0 {
                 write!(self.out, ",")?;
@@ -106,7 +108,8 @@ impl<W: Write> Printer<'_, W> {
                 Payload::Len | Payload::None => String::new(),
             };
             let (ow, pw) = self.widths;
-            let line = format!("{offset:>ow$}  {}  {position:>pw$}  {len:>8}  {shown}", timestamp(timestamp_ms));
+            let len = if self.args.payload == Payload::None { String::new() } else { format!("{len:>8}") };
+            let line = format!("{offset:>ow$}  {}  {position:>pw$}  {len}  {shown}", timestamp(timestamp_ms));
             writeln!(self.out, "{}", line.trim_end())?;
         }
         self.printed += 1;
@@ -175,8 +178,11 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     } else {
         let (ow, pw) = printer.widths;
         let header = format!("{:>ow$}  {:<24}  {:>pw$}  {:>8}  PAYLOAD", "OFFSET", "TIMESTAMP", "POSITION", "LEN");
-        let header =
-            if matches!(args.payload, Payload::Len | Payload::None) { header.replace("  PAYLOAD", "") } else { header };
+        let header = match args.payload {
+            Payload::Len => header.replace("  PAYLOAD", ""),
+            Payload::None => header.replace("  PAYLOAD", "").replace("       LEN", ""),
+            Payload::Hex | Payload::Utf8 => header,
+        };
         writeln!(printer.out, "{header}")?;
     }
     let mut findings: Vec<Finding> = Vec::new();
