@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cli_support::common::{SmallFs, is_full};
 use cli_support::*;
 use segq::{Error, Options, Queue, SyncPolicy};
 
@@ -274,48 +275,6 @@ fn repair_checks_its_side_file_names_before_changing_anything() {
 // never a panic), everything appended before stays readable and durable, and once space is
 // freed appends continue without reopening."
 // ---------------------------------------------------------------------------------------
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    mount: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().ok()?;
-        let mount = dir.path().join("fs");
-        std::fs::create_dir(&mount).ok()?;
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&mount).status();
-        match status {
-            Ok(s) if s.success() => Some(SmallFs { _dir: dir, mount }),
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs ({other:?})");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.mount
-    }
-
-    fn free(&self) -> u64 {
-        let s = rustix::fs::statvfs(&self.mount).unwrap();
-        s.f_bavail * s.f_bsize
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn is_full(err: &Error) -> bool {
-    matches!(err, Error::Io(e) if e.kind() == std::io::ErrorKind::StorageFull)
-}
 
 fn big(i: u64) -> Vec<u8> {
     let mut v = vec![(i % 251) as u8; 1000];

@@ -3,49 +3,10 @@
 //! Runs on a real, small tmpfs mounted by the test; skipped with a message when the test
 //! cannot mount (not root).
 
-use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-use segq::{Error, Options, Queue, SyncPolicy};
-
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    mount: PathBuf,
-}
-
-impl SmallFs {
-    fn mount(size: &str) -> Option<SmallFs> {
-        let dir = tempfile::tempdir().ok()?;
-        let mount = dir.path().join("fs");
-        std::fs::create_dir(&mount).ok()?;
-        let status =
-            Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&mount).status();
-        match status {
-            Ok(s) if s.success() => Some(SmallFs { _dir: dir, mount }),
-            other => {
-                eprintln!("SKIPPED: cannot mount a tmpfs ({other:?}); run as root to test a really full disk");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> &Path {
-        &self.mount
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn is_full(err: &Error) -> bool {
-    let Error::Io(e) = err else { return false };
-    e.kind() == ErrorKind::StorageFull
-}
+use common::{SmallFs, is_full};
+use segq::{Options, Queue, SyncPolicy};
 
 #[test]
 fn a_full_disk_is_an_error_and_appends_resume_once_space_is_freed() {

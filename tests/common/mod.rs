@@ -431,3 +431,50 @@ pub fn frame(offset: u64, payload: &[u8]) -> Vec<u8> {
     frame.extend_from_slice(&body);
     frame
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+pub struct SmallFs {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallFs {
+    pub fn mount(size: &str) -> Option<SmallFs> {
+        let dir = tempfile::tempdir().ok()?;
+        let mount = dir.path().join("fs");
+        std::fs::create_dir(&mount).ok()?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mount)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(SmallFs { _dir: dir, mount }),
+            other => {
+                eprintln!("SKIPPED: cannot mount a tmpfs ({other:?}); run as root to test a really full disk");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.mount
+    }
+
+    /// Bytes still free for an unprivileged writer.
+    pub fn free(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.mount).unwrap();
+        s.f_bavail * s.f_bsize
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+/// Whether `err` is a full disk.
+pub fn is_full(err: &segq::Error) -> bool {
+    let segq::Error::Io(e) = err else { return false };
+    e.kind() == std::io::ErrorKind::StorageFull
+}
