@@ -59,6 +59,42 @@ pub struct Info {
     pub stats: crate::Stats,
 }
 
+/// [`QueueDir::open`] and [`info`], for a queue that may be live: a writer of small segments
+/// can roll several times, and its retention delete the segment the listing found newest,
+/// before that segment is read. The directory is then listed again (a few times at most).
+///
+/// ```
+/// # let dir = tempfile::tempdir()?;
+/// # let q = segq::Queue::open(dir.path(), segq::Options::default())?;
+/// # q.append(b"hello")?;
+/// use segq::inspect::open_info;
+///
+/// let (listed, info) = open_info(dir.path())?; // the queue is still open: that is fine
+/// assert_eq!((listed.segments.len(), info.stats.next_offset), (1, 1));
+/// # Ok::<(), segq::Error>(())
+/// ```
+///
+/// # Errors
+/// As [`QueueDir::open`] and [`info`].
+pub fn open_info(path: impl AsRef<std::path::Path>) -> Result<(QueueDir, Info)> {
+    let path = path.as_ref();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let dir = QueueDir::open(path)?;
+        match info(&dir) {
+            Err(Error::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && tries < 5
+                    && dir.segments.first().is_some_and(|s| !s.path.exists()) =>
+            {
+                continue;
+            }
+            result => return result.map(|info| (dir, info)),
+        }
+    }
+}
+
 /// Summarises the queue in `dir`, reading only the newest segment, and of it only what
 /// follows the last position the checkpoint records as synced.
 ///

@@ -44,7 +44,7 @@ use std::path::PathBuf;
 
 pub use dir::{CheckpointInfo, CheckpointSlot, QueueDir, SegmentFile};
 pub use groups::{GroupReport, Lease, Retry, read_group, read_group_past};
-pub use info::{Info, info};
+pub use info::{Info, info, open_info};
 pub use repair::{Cut, Move, RepairPlan, plan_repair};
 pub use resume::{PastDamage, Resume};
 pub use segment::{Lost, SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};

@@ -41,13 +41,14 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     // The lag counts up to the log's end; a log too damaged to say where it ends still
     // has groups worth showing.
     let mut failed = 0;
-    let log_next = match inspect::info(&dir) {
-        Ok(info) => Some(info.next_offset),
+    // Listed again if retention deleted what the first listing found (a live queue).
+    let (dir, log_next) = match inspect::open_info(&args.dir) {
+        Ok((listed, info)) => (listed, Some(info.next_offset)),
         Err(e) => {
             // The newest segment cannot be read: the log ends at its base or later.
             eprintln!("segq: {e} (the log's end is not known: lag counts up to the newest segment's base)");
             failed = if matches!(e, segq::Error::Corrupt { .. }) { 1 } else { 2 };
-            None
+            (dir, None)
         }
     };
     let at_least = dir.newest().map_or(0, |s| s.base);

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use segq::inspect::{self, QueueDir, SegmentEnd};
+use segq::inspect::{self, SegmentEnd};
 
 use crate::Outcome;
 use crate::output::{json, key_values, size};
@@ -30,8 +30,7 @@ pub fn describe_end(end: &SegmentEnd) -> String {
 }
 
 pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
-    let dir = QueueDir::open(&args.dir)?;
-    let info = inspect::info(&dir)?;
+    let (_, info) = inspect::open_info(&args.dir)?;
     let damaged = matches!(info.tail, SegmentEnd::Damaged { .. } | SegmentEnd::Unreadable { .. });
     if args.json {
         json(out, &info)?;
