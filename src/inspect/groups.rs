@@ -217,7 +217,7 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
     // group, an entry being written when its part of the file was read, followed by entries
     // written before the next part was. Damage that is real is found again in the same place.
     let mut stale_before = None;
-    let (snaps, state, replay) = loop {
+    let (snaps, mut state, replay) = loop {
         tries += 1;
         let snaps = read_snapshots(&state_path)?;
         let snap = &snaps.snap;
@@ -255,7 +255,6 @@ fn read(dir: &QueueDir, name: &str, log_next: u64, end_known: bool) -> Result<Gr
         }
     };
     let snap = snaps.snap;
-    let mut state = state;
     // Records retention deleted before the group was done with them: the queue moves the
     // group up to the first offset when it next opens it, counting them lost.
     if let Some(first) = dir.segments.first().map(|s| s.base)
