@@ -1335,17 +1335,23 @@ fn checksummed_journal_entries_of_nonsense_do_no_harm() {
     }
 }
 
-/// A group whose journal file is gone: the group cannot be opened (`Error::Io`, not found,
-/// naming the journal); the queue and other groups work.
+/// A group whose journal file is gone: the group cannot be opened (`Corrupt`, naming the
+/// journal, as `segq` reports it), nothing is made in its place, and the queue and other
+/// groups work.
 #[test]
-fn a_group_without_its_journal_is_an_io_error() {
+fn a_group_without_its_journal_is_corrupt() {
     let fx = Fixture::new();
     let copy = fx.copy();
-    std::fs::remove_file(copy.path().join("groups/g/journal")).unwrap();
+    let journal = copy.path().join("groups/g/journal");
+    std::fs::remove_file(&journal).unwrap();
     let q = Queue::open(copy.path(), opts()).unwrap();
     let err = q.group("g").unwrap_err();
-    assert!(matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{err:?}");
-    assert!(err.to_string().contains("journal"), "{err}");
+    match &err {
+        Error::Corrupt { path, position: 0, kind: CorruptKind::Truncated } => assert_eq!(path, &journal),
+        other => panic!("expected the journal to be reported damaged, got {other:?}"),
+    }
+    assert!(!journal.exists(), "a journal was made in the place of the lost one");
+    assert_eq!(q.groups().unwrap(), ["g"]);
     assert_holds(&q, &fx.payloads);
 }
 

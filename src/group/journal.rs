@@ -242,7 +242,14 @@ impl Journal {
     /// [`JOURNAL_BYTES`] is read as if it were grown with zeros, and must be grown with
     /// [`Journal::grow`] before it is written.
     pub fn open(path: &Path, generation: u64) -> Result<(Journal, Vec<Op>, bool)> {
-        let file = crate::fs::open_rw(path, false)?;
+        let file = match crate::fs::open_rw(path, false) {
+            // The journal is made durable before the snapshot that names the group: with the
+            // snapshot there, a journal that is gone is damage, as `segq` reports it.
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::corrupt(path, 0, crate::error::CorruptKind::Truncated));
+            }
+            other => other?,
+        };
         let len = file.metadata().at(path)?.len();
         if len > MAX_JOURNAL_FILE {
             // segq writes journals of JOURNAL_BYTES; a file this big is not one of them, and
