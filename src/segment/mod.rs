@@ -51,7 +51,7 @@ pub(crate) struct Segment {
     interval: u32,
     /// Mapped on first read for sealed segments; from the start for the active one.
     data: OnceLock<Arc<Mapping>>,
-    index: OnceLock<Arc<Mapping>>,
+    index: OnceLock<index::Entries>,
     /// Serialises the lazy opening of `data` and `index`.
     opening: Mutex<()>,
     /// First offset past this segment once sealed; `u64::MAX` while active.
@@ -128,7 +128,8 @@ impl Segment {
         self.data.get().is_some() && self.index.get().is_some()
     }
 
-    /// Whether it holds a mapping of its data or of its index.
+    /// Whether it holds a mapping of its data or of its index (or index entries it could
+    /// not store): what unmapping it would give back.
     pub fn holds_mappings(&self) -> bool {
         self.data.get().is_some() || self.index.get().is_some()
     }
@@ -205,27 +206,27 @@ impl Segment {
         Ok(self.data.get_or_init(|| map))
     }
 
-    /// The segment's index, opened (and checked or rebuilt) on first use.
+    /// The entries of the segment's index, opened (and checked or rebuilt) on first use.
     #[inline]
-    fn index(&self, data: &[u8]) -> Result<&Arc<Mapping>> {
+    fn index(&self, data: &[u8]) -> Result<&[u8]> {
         match self.index.get() {
-            Some(map) => Ok(map),
-            None => self.open_index(data),
+            Some(index) => Ok(index.bytes()),
+            None => self.open_index(data).map(index::Entries::bytes),
         }
     }
 
     #[cold]
-    fn open_index(&self, data: &[u8]) -> Result<&Arc<Mapping>> {
+    fn open_index(&self, data: &[u8]) -> Result<&index::Entries> {
         let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(map) = self.index.get() {
-            return Ok(map);
+        if let Some(index) = self.index.get() {
+            return Ok(index);
         }
         if self.retired.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let max_rel = self.end_offset.load(Ordering::Acquire).saturating_sub(self.base);
-        let map = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
-        Ok(self.index.get_or_init(|| map))
+        let index = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
+        Ok(self.index.get_or_init(|| index))
     }
 
     /// Reads the record with this offset, which the caller knows belongs to this segment.
@@ -246,8 +247,7 @@ impl Segment {
         if self.index_distrusted.load(Ordering::Relaxed) {
             return Ok(self.start_without_index(bytes, offset));
         }
-        let index = self.index(bytes)?;
-        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
+        let entries = self.index(bytes)?;
         // The record's line is a cache miss that does not depend on the index lookup:
         // start it now, with the lines the walk from the entry before it will cross, so the
         // index and data misses overlap instead of following each other.
@@ -289,7 +289,7 @@ impl Segment {
         let end = self.end_offset()?;
         Some(self.rebuilt.get_or_init(|| {
             let built = index::build(bytes, self.base, end, self.interval);
-            let index = self.index(bytes).map(|map| map.readable().get(FILE_HEADER_LEN..).unwrap_or_default());
+            let index = self.index(bytes);
             index::merged(index.unwrap_or_default(), &built, bytes, self.base)
         }))
     }
@@ -369,7 +369,7 @@ impl Segment {
         let entries = if self.index_distrusted.load(Ordering::Relaxed) {
             self.rebuilt_entries(bytes)?
         } else {
-            self.index(bytes).ok()?.readable().get(FILE_HEADER_LEN..).unwrap_or_default()
+            self.index(bytes).ok()?
         };
         let mut after = index::after(entries, damaged.checked_sub(self.base)?);
         let (rel, _) = after.find(|&e| index::lands(bytes, self.base, e))?;
@@ -688,7 +688,7 @@ impl Active {
         seg.synced.store(end, Ordering::Relaxed);
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(data.mapping().clone());
-        let _ = seg.index.set(index_map);
+        let _ = seg.index.set(index::Entries::Mapped(index_map));
         let file = file.into();
         let index_prefaulted = index.len();
         Active {
