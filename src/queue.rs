@@ -1,22 +1,19 @@
 //! [`Queue`], the public handle that ties the log, its lock and its flusher together.
 
+use crate::inspect::WriterLock;
 use std::collections::HashMap;
-use std::fs::{File, TryLockError};
 use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
-use crate::fs::{create_dir_durably, open_rw};
+use crate::fs::create_dir_durably;
 use crate::group::{self, Group, GroupInner};
 use crate::iter::Iter;
 use crate::log::{Log, Recovery, RetentionReport, Stats};
 use crate::options::{GroupOptions, Options, SyncPolicy};
 use crate::record::Record;
 use crate::sync::Flusher;
-
-/// Name of the lock file held while a queue is open.
-pub(crate) const LOCK_FILE: &str = "lock";
 
 /// A durable queue stored in one directory.
 ///
@@ -42,7 +39,7 @@ pub(crate) const LOCK_FILE: &str = "lock";
 pub struct Queue {
     shared: Arc<Shared>,
     log: Arc<Log>,
-    lock: Mutex<Option<File>>,
+    lock: Mutex<Option<WriterLock>>,
     flusher: Mutex<Option<Flusher>>,
 }
 
@@ -115,13 +112,7 @@ impl Queue {
                 Err(_) => create_dir_durably(dir)?,
             }
         }
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = open_rw(&lock_path, true)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-        }
+        let lock = WriterLock::acquire(dir, true)?;
         let sync = options.sync;
         let log = Arc::new(Log::open(dir, options)?);
         let shared = Arc::new(Shared { log: log.clone(), groups: Mutex::new(HashMap::new()) });
@@ -740,7 +731,7 @@ impl Queue {
         for group in open {
             group.release();
         }
-        release_lock(lock.take());
+        drop(lock.take());
         result
     }
 
@@ -760,17 +751,7 @@ impl Queue {
     }
 
     fn unlock(&self) {
-        release_lock(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
-    }
-}
-
-/// Lets go of the directory's lock. Closing the file is not enough: a child process forked
-/// meanwhile (by any thread of this process) holds a copy of the descriptor until it execs,
-/// or for its whole life if it never does, and the lock lasts while one copy is open.
-fn release_lock(lock: Option<File>) {
-    if let Some(file) = lock {
-        // Failing, it changes nothing the close below does not do.
-        let _ = file.unlock();
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }
 

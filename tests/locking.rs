@@ -284,3 +284,55 @@ fn racing_opens_of_a_new_directory_give_one_queue_and_locked_errors() {
         }
     }
 }
+
+/// The lock does not live in the `lock` file alone: with that file deleted or replaced under
+/// an open queue (a cleanup script, say), a second open is still `Locked`, and so is
+/// `segq repair`; the first handle's appends stay the only ones. Until session 19 the
+/// second open succeeded, both handles appended at the same offsets, and an append
+/// acknowledged as durable was lost.
+#[test]
+fn a_deleted_or_replaced_lock_file_keeps_the_directory_locked() {
+    let _serial = process_lock();
+    for replace in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock");
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        q.append(b"zero").unwrap();
+        std::fs::remove_file(&lock).unwrap();
+        if replace {
+            std::fs::write(&lock, b"").unwrap();
+        }
+        assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+        assert!(matches!(segq::inspect::WriterLock::acquire(dir.path(), false), Err(Error::Locked { .. })));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_segq"))
+            .args(["repair", "--truncate-at-first-damage", "--yes"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "repair ran next to a writer: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is locked"), "{out:?}");
+        assert_eq!(q.append(b"one").unwrap(), 1);
+        q.close().unwrap();
+        let q = Queue::open(dir.path(), Options::default()).unwrap();
+        let kept: Vec<Vec<u8>> = q.iter_from(0).map(|r| r.unwrap().payload().to_vec()).collect();
+        assert_eq!(kept, [b"zero".to_vec(), b"one".to_vec()], "replace: {replace}");
+    }
+}
+
+/// A handle that locks only the `lock` file, as builds before session 19 did, still keeps
+/// this build out (and this build's lock keeps it out).
+#[test]
+fn a_lock_on_the_lock_file_alone_is_still_honoured() {
+    let _serial = process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    Queue::open(dir.path(), Options::default()).unwrap().close().unwrap();
+    let old_build = std::fs::OpenOptions::new().read(true).write(true).open(dir.path().join("lock")).unwrap();
+    old_build.try_lock().unwrap();
+    assert_locked(Queue::open(dir.path(), Options::default()), dir.path());
+    old_build.unlock().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert!(old_build.try_lock().is_err(), "the old build's lock was not kept out");
+    // The failed open let go of the directory's lock too.
+    q.close().unwrap();
+    old_build.try_lock().unwrap();
+}

@@ -38,6 +38,7 @@ mod segment;
 mod source;
 mod verify;
 mod walk;
+mod writer_lock;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -50,6 +51,7 @@ pub use resume::{PastDamage, Resume};
 pub use segment::{Lost, SegmentEnd, SegmentReport, judge_end, scan_segment, scan_segments};
 pub use verify::{VerifyReport, continuity, verify};
 pub use walk::{DEFAULT_CHUNK, EndReason, RecordView, ScanEnd, SegmentReader};
+pub use writer_lock::WriterLock;
 
 /// How serious a [`Finding`] is.
 ///

@@ -1,12 +1,12 @@
 //! `segq repair --truncate-at-first-damage`: cuts the queue back to the records before its
 //! first damage, keeping every byte it removes in side files.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use segq::inspect::{QueueDir, RepairPlan, plan_repair};
+use segq::inspect::{QueueDir, RepairPlan, WriterLock, plan_repair};
 
 use crate::output::json;
 use crate::{Failure, Outcome};
@@ -39,26 +39,16 @@ pub struct Args {
     pub json: bool,
 }
 
-/// Name of the lock file a writer holds while the queue is open.
-const LOCK_FILE: &str = "lock";
-
 /// Takes the queue's lock, or says who has it. `create` makes the lock file if missing (a
 /// queue without one has never been opened by a writer).
-fn lock(dir: &Path, create: bool) -> Result<Option<File>, Failure> {
-    let path = dir.join(LOCK_FILE);
-    let file = match OpenOptions::new().read(true).write(true).create(create).truncate(false).open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Failure::usage(format!("{}: {e}", path.display()))),
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(TryLockError::WouldBlock) => Err(Failure::usage(format!(
+fn lock(dir: &Path, create: bool) -> Result<WriterLock, Failure> {
+    WriterLock::acquire(dir, create).map_err(|e| match e {
+        segq::Error::Locked { path } => Failure::usage(format!(
             "{} is locked: a writer has this queue open; close it before repairing",
             path.display()
-        ))),
-        Err(TryLockError::Error(e)) => Err(Failure::usage(format!("{}: {e}", path.display()))),
-    }
+        )),
+        e => Failure::usage(e.to_string()),
+    })
 }
 
 fn describe(out: &mut impl Write, plan: &RepairPlan, done: bool) -> io::Result<()> {
@@ -106,7 +96,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
     let dir = QueueDir::open(&args.dir)?;
     // With --yes the lock is held from here on, so no writer opens the queue half-repaired;
     // a dry run only checks that no writer has it and lets go at once.
-    let held = if args.yes { lock(&dir.path, true)? } else { lock(&dir.path, false)?.and(None) };
+    let held = if args.yes { Some(lock(&dir.path, true)?) } else { lock(&dir.path, false).map(|_| None)? };
     let dir = QueueDir::open(&args.dir)?;
     let plan = plan_repair(&dir)?;
     if args.yes && !plan.is_empty() {
