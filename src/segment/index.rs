@@ -300,30 +300,17 @@ fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result
     Ok(file)
 }
 
-/// A segment's index entries, where lookups find them.
-#[derive(Debug)]
-pub(crate) enum Entries {
-    /// In its mapped file (entries after the header, up to what is published).
-    Mapped(Arc<Mapping>),
-    /// Rebuilt from a sealed segment's data, but not stored (a full disk, a directory in the
-    /// file's place): the index is derived data, so lookups use them from memory, and the
-    /// next open tries to store them again.
+/// A sealed segment's index, as opened.
+pub(crate) enum Sealed {
+    /// Its file: the one found, if it could be trusted, or the one rebuilt in its place.
+    Stored(Arc<Mapping>),
+    /// Entries rebuilt from the data that could not be stored (a full disk, a folder in the
+    /// file's place): the next open tries again.
     Unstored(Vec<u8>),
 }
 
-impl Entries {
-    /// The entries, 8 bytes each.
-    #[inline]
-    pub fn bytes(&self) -> &[u8] {
-        match self {
-            Entries::Mapped(map) => map.readable().get(FILE_HEADER_LEN..).unwrap_or_default(),
-            Entries::Unstored(entries) => entries,
-        }
-    }
-}
-
 /// Opens the index of a sealed segment, rebuilding it from `data` if it cannot be trusted.
-pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, interval: u32) -> Result<Entries> {
+pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, interval: u32) -> Result<Sealed> {
     if let Ok(file) = crate::fs::open_regular(path) {
         let len = file.metadata().at(path)?.len() as usize;
         if len >= FILE_HEADER_LEN && (len - FILE_HEADER_LEN).is_multiple_of(ENTRY_LEN) {
@@ -333,7 +320,7 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
             if header::check(bytes, INDEX_MAGIC, base).is_ok()
                 && ordered_len(entries, data.len(), max_rel) == entries.len()
             {
-                return Ok(Entries::Mapped(map));
+                return Ok(Sealed::Stored(map));
             }
         }
     }
@@ -341,10 +328,10 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
     let stored = write_file(path, base, &entries, 0)
         .and_then(|file| Mapping::read_only(&file, FILE_HEADER_LEN + entries.len()).at(path));
     Ok(match stored {
-        Ok(map) => Entries::Mapped(map),
+        Ok(map) => Sealed::Stored(map),
         Err(_) => {
             let _ = fs::remove_file(temp_path(path));
-            Entries::Unstored(entries)
+            Sealed::Unstored(entries)
         }
     })
 }

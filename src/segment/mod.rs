@@ -51,7 +51,7 @@ pub(crate) struct Segment {
     interval: u32,
     /// Mapped on first read for sealed segments; from the start for the active one.
     data: OnceLock<Arc<Mapping>>,
-    index: OnceLock<index::Entries>,
+    index: OnceLock<Arc<Mapping>>,
     /// Serialises the lazy opening of `data` and `index`.
     opening: Mutex<()>,
     /// First offset past this segment once sealed; `u64::MAX` while active.
@@ -67,6 +67,9 @@ pub(crate) struct Segment {
     /// Entries rebuilt from the data of a sealed segment whose index is distrusted: what
     /// lookups use then, as the next open would.
     rebuilt: OnceLock<Vec<u8>>,
+    /// Index entries of a sealed segment rebuilt from its data but not stored (a full disk, a
+    /// folder in the index file's place): lookups use them, as a distrusted index's.
+    unstored: OnceLock<Vec<u8>>,
     /// Sealed, index included: its files keep their size from now on, so a copy may map
     /// them afresh (see [`Segment::unmapped`]).
     settled: AtomicBool,
@@ -95,6 +98,7 @@ impl Segment {
             bytes: AtomicU64::new(0),
             index_distrusted: AtomicBool::new(false),
             rebuilt: OnceLock::new(),
+            unstored: OnceLock::new(),
             settled: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         }
@@ -128,8 +132,7 @@ impl Segment {
         self.data.get().is_some() && self.index.get().is_some()
     }
 
-    /// Whether it holds a mapping of its data or of its index (or index entries it could
-    /// not store): what unmapping it would give back.
+    /// Whether it holds a mapping of its data or of its index.
     pub fn holds_mappings(&self) -> bool {
         self.data.get().is_some() || self.index.get().is_some()
     }
@@ -169,6 +172,7 @@ impl Segment {
             bytes: AtomicU64::new(self.bytes.load(Ordering::Acquire)),
             index_distrusted: AtomicBool::new(self.index_distrusted.load(Ordering::Relaxed)),
             rebuilt: OnceLock::new(),
+            unstored: OnceLock::new(),
             settled: AtomicBool::new(self.is_settled()),
             retired: AtomicBool::new(false),
         })
@@ -206,27 +210,38 @@ impl Segment {
         Ok(self.data.get_or_init(|| map))
     }
 
-    /// The entries of the segment's index, opened (and checked or rebuilt) on first use.
+    /// The segment's index, opened (and checked or rebuilt) on first use; `None` if the
+    /// rebuilt index could not be stored (its entries are then in `unstored`).
     #[inline]
-    fn index(&self, data: &[u8]) -> Result<&[u8]> {
+    fn index(&self, data: &[u8]) -> Result<Option<&Arc<Mapping>>> {
         match self.index.get() {
-            Some(index) => Ok(index.bytes()),
-            None => self.open_index(data).map(index::Entries::bytes),
+            Some(map) => Ok(Some(map)),
+            None => self.open_index(data),
         }
     }
 
     #[cold]
-    fn open_index(&self, data: &[u8]) -> Result<&index::Entries> {
+    fn open_index(&self, data: &[u8]) -> Result<Option<&Arc<Mapping>>> {
         let _guard = self.opening.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(index) = self.index.get() {
-            return Ok(index);
+        if let Some(map) = self.index.get() {
+            return Ok(Some(map));
+        }
+        if self.unstored.get().is_some() {
+            return Ok(None);
         }
         if self.retired.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         let max_rel = self.end_offset.load(Ordering::Acquire).saturating_sub(self.base);
-        let index = index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)?;
-        Ok(self.index.get_or_init(|| index))
+        match index::open_sealed(&self.index_path, self.base, data, max_rel, self.interval)? {
+            index::Sealed::Stored(map) => Ok(Some(self.index.get_or_init(|| map))),
+            index::Sealed::Unstored(entries) => {
+                // Derived data: the index costs no read for want of a place to keep it.
+                let _ = self.unstored.set(entries);
+                self.index_distrusted.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
     }
 
     /// Reads the record with this offset, which the caller knows belongs to this segment.
@@ -247,7 +262,8 @@ impl Segment {
         if self.index_distrusted.load(Ordering::Relaxed) {
             return Ok(self.start_without_index(bytes, offset));
         }
-        let entries = self.index(bytes)?;
+        let Some(index) = self.index(bytes)? else { return Ok(self.start_without_index(bytes, offset)) };
+        let entries = index.readable().get(FILE_HEADER_LEN..).unwrap_or_default();
         // The record's line is a cache miss that does not depend on the index lookup:
         // start it now, with the lines the walk from the entry before it will cross, so the
         // index and data misses overlap instead of following each other.
@@ -287,10 +303,18 @@ impl Segment {
     #[cold]
     fn rebuilt_entries(&self, bytes: &[u8]) -> Option<&[u8]> {
         let end = self.end_offset()?;
+        if let Some(entries) = self.unstored.get() {
+            return Some(entries);
+        }
         Some(self.rebuilt.get_or_init(|| {
             let built = index::build(bytes, self.base, end, self.interval);
-            let index = self.index(bytes);
-            index::merged(index.unwrap_or_default(), &built, bytes, self.base)
+            let index = self.index(bytes).ok().flatten();
+            index::merged(
+                index.map(|map| map.readable().get(FILE_HEADER_LEN..).unwrap_or_default()).unwrap_or_default(),
+                &built,
+                bytes,
+                self.base,
+            )
         }))
     }
 
@@ -369,7 +393,7 @@ impl Segment {
         let entries = if self.index_distrusted.load(Ordering::Relaxed) {
             self.rebuilt_entries(bytes)?
         } else {
-            self.index(bytes).ok()?
+            self.index(bytes).ok()??.readable().get(FILE_HEADER_LEN..).unwrap_or_default()
         };
         let mut after = index::after(entries, damaged.checked_sub(self.base)?);
         let (rel, _) = after.find(|&e| index::lands(bytes, self.base, e))?;
@@ -688,7 +712,7 @@ impl Active {
         seg.synced.store(end, Ordering::Relaxed);
         seg.bytes.store(capacity as u64, Ordering::Relaxed);
         let _ = seg.data.set(data.mapping().clone());
-        let _ = seg.index.set(index::Entries::Mapped(index_map));
+        let _ = seg.index.set(index_map);
         let file = file.into();
         let index_prefaulted = index.len();
         Active {
