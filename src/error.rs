@@ -348,6 +348,10 @@ struct PathError {
 
 impl fmt::Display for PathError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.as_os_str().is_empty() {
+            // Shown quoted: a bare empty name would make the message start with ": ".
+            return write!(f, "\"\": {}", self.source);
+        }
         write!(f, "{}: {}", self.path.display(), self.source)
     }
 }

@@ -176,6 +176,7 @@ fn every_directory_open_creates_is_synced_in_its_parent() {
 
     let err = Queue::open("", Options::default()).unwrap_err();
     assert!(matches!(&err, segq::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidInput), "{err}");
+    assert!(err.to_string().starts_with("\"\": an empty path names no directory"), "{err}");
     assert!(!Path::new("lock").exists(), "a lock file was left in the current directory");
 }
 

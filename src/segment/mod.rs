@@ -824,8 +824,9 @@ impl Active {
         self.data.mapping().release_pages(0..self.capacity);
         sync_data(&self.seg, self.pos, 0)?;
         self.file.set_len(self.pos as u64).at(&self.seg.path)?;
-        crate::fs::sync_file(&self.file, &self.seg.path)?;
+        // Counted as cut from the cut on, not after its sync: `Stats::bytes_on_disk` sums it.
         self.seg.bytes.store(self.pos as u64, Ordering::Release);
+        crate::fs::sync_file(&self.file, &self.seg.path)?;
         Ok(self.index)
     }
 
