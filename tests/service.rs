@@ -320,7 +320,7 @@ fn work_queue_with_four_workers_retries_dead_letters_and_redrive() {
     // And it all holds after a reopen.
     q.close().unwrap();
     drop(g);
-    let q = Arc::try_unwrap(q).ok().expect("all workers are gone");
+    let Ok(q) = Arc::try_unwrap(q) else { panic!("all workers are gone") };
     drop(q);
     let q = Queue::open(dir.path(), Options::default().segment_bytes(16 << 10)).unwrap();
     assert!(q.recovery().clean);
