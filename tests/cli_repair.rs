@@ -155,3 +155,30 @@ fn repair_sets_aside_a_dangling_link_in_place_of_the_oldest_segment_and_keeps_th
     q.close().unwrap();
     assert_eq!(segq(["verify", &arg(d)]).code, 0);
 }
+
+/// A folder in place of a sealed segment's index: the library reads past it (the index is
+/// rebuilt in memory), `verify` reports it, and `repair --yes` moves it aside, keeping what
+/// it holds, rather than fail at every run ("Is a directory") as it did until session 19.
+/// The queue then opens with its index stored again and nothing to report.
+#[test]
+fn repair_moves_aside_a_folder_in_place_of_an_index() {
+    let _s = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    make_queue(tmp.path());
+    let segment = segment_files(tmp.path())[0].clone();
+    let index = segment.with_extension("index");
+    fs::remove_file(&index).unwrap();
+    fs::create_dir(&index).unwrap();
+    fs::write(index.join("notes"), b"someone's").unwrap();
+    assert_eq!(segq(["verify", &arg(tmp.path())]).code, 1);
+    let run = segq(["repair", &arg(tmp.path()), "--truncate-at-first-damage", "--yes", "--json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let aside = std::path::PathBuf::from(format!("{}.cut-0", index.display()));
+    assert_eq!(fs::read(aside.join("notes")).unwrap(), b"someone's");
+    assert_eq!(segq(["verify", &arg(tmp.path())]).code, 0);
+    let q = Queue::open(tmp.path(), small()).unwrap();
+    let offsets: Vec<u64> = q.iter_from(0).map(|r| r.unwrap().offset()).collect();
+    assert_eq!(offsets, (0..q.next_offset()).collect::<Vec<_>>());
+    q.close().unwrap();
+    assert!(index.is_file(), "the index was not stored again");
+}

@@ -49,7 +49,7 @@ pub struct Cut {
     pub side_file: PathBuf,
 }
 
-/// Moving a whole segment file out of the queue.
+/// Moving a whole segment file (or a folder in an index file's place) out of the queue.
 ///
 /// ```
 /// use segq::inspect::{QueueDir, plan_repair};
@@ -73,7 +73,7 @@ pub struct Cut {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Move {
-    /// The segment file.
+    /// The segment file (or the folder).
     #[serde(serialize_with = "crate::inspect::lossy::path")]
     pub file: PathBuf,
     /// Its new name, which segq does not read.
@@ -112,7 +112,7 @@ pub struct RepairPlan {
     /// The segment cut short, if the damage lies inside one with a readable header.
     pub cut: Option<Cut>,
     /// Segment files moved aside whole: those after the damage (and the damaged one itself
-    /// when its header cannot be read).
+    /// when its header cannot be read); also a folder in an index file's place.
     pub moves: Vec<Move>,
     /// Files deleted: the indexes of the segments cut or moved (derived data, rebuilt by
     /// the next open), and the checkpoint, so that the next open
@@ -268,11 +268,17 @@ pub fn plan_repair(dir: &QueueDir) -> Result<RepairPlan> {
             }
         }
     }
-    // A damaged index is derived data: deleted, and rebuilt by the next open.
+    // A damaged index is derived data: deleted, and rebuilt by the next open. A folder in
+    // its place is not segq's to delete, and keeps the rebuilt index from being stored: it
+    // is moved aside.
     let indexes: Vec<&Path> = dir.segments.iter().filter_map(|s| s.index.as_deref()).collect();
     let damaged = verified.findings.iter().filter(|f| f.severity == Severity::Damage);
     for f in damaged.filter(|f| indexes.contains(&f.file.as_path())) {
-        deletes.push(f.file.clone());
+        if std::fs::symlink_metadata(&f.file).is_ok_and(|m| m.is_dir()) {
+            plan.moves.push(Move { file: f.file.clone(), side_file: side_name(&f.file, 0) });
+        } else {
+            deletes.push(f.file.clone());
+        }
         plan.damage.get_or_insert_with(|| f.clone());
     }
     deletes.sort();

@@ -20,7 +20,8 @@ open), then: deletes the checkpoint so that the next open scans the newest segme
 the bytes after the cut to <segment>.cut-<position> and cuts the segment there, at the end of
 the last complete batch before the damage; renames every later segment to
 <segment>.cut-0; deletes the index files of the segments it changed (they are rebuilt).
-A damaged index or checkpoint is deleted (the next open rebuilds or scans), and a link to a
+A damaged index or checkpoint is deleted (the next open rebuilds or scans), a folder in an
+index file's place is moved aside to <index>.cut-0, and a link to a
 file that is gone in place of the oldest segment is renamed aside, as if retention had
 deleted that segment. Nothing is removed that is not kept in a side file, apart from derived
 data. Damage that a cut of the log does not mend (in group files, say) is listed and left;
