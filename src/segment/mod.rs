@@ -69,7 +69,9 @@ pub(crate) struct Segment {
     rebuilt: OnceLock<Vec<u8>>,
     /// Index entries of a sealed segment rebuilt from its data but not stored (a full disk, a
     /// folder in the index file's place): lookups use them, as a distrusted index's.
-    unstored: OnceLock<Vec<u8>>,
+    /// Kept by [`Segment::unmapped`]'s copies, so that they do not rebuild them and try to
+    /// store them again at every remap: the next open does.
+    unstored: OnceLock<Arc<[u8]>>,
     /// Sealed, index included: its files keep their size from now on, so a copy may map
     /// them afresh (see [`Segment::unmapped`]).
     settled: AtomicBool,
@@ -129,7 +131,7 @@ impl Segment {
 
     /// Whether its data and index are mapped: a read then does no I/O.
     pub fn is_mapped(&self) -> bool {
-        self.data.get().is_some() && self.index.get().is_some()
+        self.data.get().is_some() && (self.index.get().is_some() || self.unstored.get().is_some())
     }
 
     /// Whether it holds a mapping of its data or of its index.
@@ -172,7 +174,7 @@ impl Segment {
             bytes: AtomicU64::new(self.bytes.load(Ordering::Acquire)),
             index_distrusted: AtomicBool::new(self.index_distrusted.load(Ordering::Relaxed)),
             rebuilt: OnceLock::new(),
-            unstored: OnceLock::new(),
+            unstored: self.unstored.clone(),
             settled: AtomicBool::new(self.is_settled()),
             retired: AtomicBool::new(false),
         })
@@ -237,7 +239,7 @@ impl Segment {
             index::Sealed::Stored(map) => Ok(Some(self.index.get_or_init(|| map))),
             index::Sealed::Unstored(entries) => {
                 // Derived data: the index costs no read for want of a place to keep it.
-                let _ = self.unstored.set(entries);
+                let _ = self.unstored.set(entries.into());
                 self.index_distrusted.store(true, Ordering::Relaxed);
                 Ok(None)
             }
