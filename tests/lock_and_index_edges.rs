@@ -18,6 +18,12 @@ fn opts() -> Options {
 }
 
 /// A closed queue of `n` records of payload `payload(i)` in a fresh directory.
+/// The `*.tmp` files in `dir`: a rebuilt index that could not be stored leaves none.
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path());
+    entries.filter(|p| p.extension().is_some_and(|x| x == "tmp")).collect()
+}
+
 fn filled(n: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path(), opts()).unwrap();
@@ -146,14 +152,14 @@ fn an_index_that_could_not_be_stored_is_not_rebuilt_at_every_read() {
     let idx = segs[0].with_extension("index");
     std::fs::remove_file(&idx).unwrap();
     let q = Queue::open(dir.path(), opts()).unwrap();
-    let tmp = PathBuf::from(format!("{}.tmp", idx.display()));
-    // Only this index's writes fail, 300 times.
-    fault::inject(Fault::new(&tmp, Point::Write).times(300).errno(fault::ENOSPC));
+    // Reads write nothing else: only the index's writes fail, 300 times.
+    fault::inject(Fault::new(dir.path(), Point::Write).times(300).errno(fault::ENOSPC));
     for _ in 0..1200 {
         assert_eq!(q.read(2).unwrap().unwrap().payload(), payload(2));
     }
     let stored = idx.exists();
-    fault::clear(&tmp);
+    fault::clear(dir.path());
+    assert_eq!(temp_files(dir.path()), Vec::<PathBuf>::new());
     assert!(
         !stored,
         "the index store was retried at least 301 times within one open (once per read): every read \
@@ -346,7 +352,7 @@ fn damage_in_a_segment_whose_index_is_unstored_reads_as_with_a_stored_index() {
     let again = reads(&b);
     assert!(same(&ra, &again), "reads differ once the unstored segment was unmapped and mapped again");
     assert_eq!(strip(&walk(&b)), strip(&wa), "iteration differs once unmapped and mapped again");
-    assert!(!unstored.path().join(format!("{}.index.tmp", segment_base(target))).exists());
+    assert_eq!(temp_files(unstored.path()), Vec::<PathBuf>::new());
     for o in 0..a.next_offset() {
         if let Ok(Some(p)) = &ra[o as usize] {
             assert_eq!(*p, big(o), "a read of {o} returned another record");
@@ -366,10 +372,10 @@ fn iteration_resumes_past_damage_with_an_index_store_failing_on_a_full_disk() {
     let idx = target.with_extension("index");
     std::fs::remove_file(&idx).unwrap();
     let q = Queue::open(dir.path(), opts()).unwrap();
-    let tmp = PathBuf::from(format!("{}.tmp", idx.display()));
-    fault::inject(Fault::new(&tmp, Point::Write).times(u64::MAX).errno(fault::ENOSPC));
+    fault::inject(Fault::new(dir.path(), Point::Write).times(u64::MAX).errno(fault::ENOSPC));
     let w = walk(&q);
-    fault::clear(&tmp);
+    fault::clear(dir.path());
+    assert_eq!(temp_files(dir.path()), Vec::<PathBuf>::new());
     assert!(!idx.exists());
     let damaged = segment_base(target) + 1;
     let offsets: Vec<u64> = w.iter().filter_map(|r| r.as_ref().ok().map(|(o, _)| *o)).collect();

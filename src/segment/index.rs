@@ -10,6 +10,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use byteorder::{ByteOrder, LittleEndian};
 
@@ -287,16 +288,15 @@ fn push(entries: &mut Vec<u8>, rel: u32, pos: u32) {
 /// Writes a complete index file under a temporary name and renames it into place, without
 /// syncing it: the index is derived data, and one that is lost or torn in a crash is
 /// rebuilt on the next open. (A sealed segment's index is synced when it is sealed.)
-fn write_file(path: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result<File> {
-    let tmp = temp_path(path);
-    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&tmp).at(&tmp)?;
+fn write_file(path: &Path, tmp: &Path, base: u64, entries: &[u8], reserve_to: u64) -> Result<File> {
+    let file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(tmp).at(tmp)?;
     let mut bytes = header::encode(INDEX_MAGIC, base).to_vec();
     bytes.extend_from_slice(entries);
-    crate::fs::write_at(&file, &tmp, &bytes, 0)?;
+    crate::fs::write_at(&file, tmp, &bytes, 0)?;
     if reserve_to > bytes.len() as u64 {
-        reserve(&file, &tmp, reserve_to)?;
+        reserve(&file, tmp, reserve_to)?;
     }
-    rename(&tmp, path)?;
+    rename(tmp, path)?;
     Ok(file)
 }
 
@@ -325,12 +325,19 @@ pub(crate) fn open_sealed(path: &Path, base: u64, data: &[u8], max_rel: u64, int
         }
     }
     let entries = build(data, base, base.saturating_add(max_rel), interval);
-    let stored = write_file(path, base, &entries, 0)
+    // A temporary name of its own: two copies of the segment (the log's, and one an
+    // iterator still holds) may rebuild at once, and one truncating the other's file after
+    // its rename would cut a file that is mapped.
+    static REBUILDS: AtomicU64 = AtomicU64::new(0);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", REBUILDS.fetch_add(1, Ordering::Relaxed)));
+    let tmp = PathBuf::from(tmp);
+    let stored = write_file(path, &tmp, base, &entries, 0)
         .and_then(|file| Mapping::read_only(&file, FILE_HEADER_LEN + entries.len()).at(path));
     Ok(match stored {
         Ok(map) => Sealed::Stored(map),
         Err(_) => {
-            let _ = fs::remove_file(temp_path(path));
+            let _ = fs::remove_file(&tmp);
             Sealed::Unstored(entries)
         }
     })
@@ -450,7 +457,7 @@ impl IndexWriter {
     ) -> Result<(Arc<Mapping>, IndexWriter)> {
         // Room for the kept entries and for every entry the segment's records could add.
         let file_len = entries.len() + Self::file_len(capacity, interval);
-        let file = write_file(&path, base, entries, file_len as u64)?;
+        let file = write_file(&path, &temp_path(&path), base, entries, file_len as u64)?;
         let len = FILE_HEADER_LEN + entries.len();
         let (map, writer) = Mapping::read_write(&file, file_len, len).at(&path)?;
         let last_pos = match entries.len() {
