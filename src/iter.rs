@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::group::state::later;
 use crate::log::Log;
 use crate::mmap::Mapping;
@@ -26,6 +26,10 @@ const MAX_AHEAD: usize = 16;
 /// that the segment's index leads to (about one index interval on; in the active segment,
 /// once appends have added such an entry), skipping the records in between, which
 /// [`crate::Queue::read`] cannot reach either; without one, with the next segment.
+///
+/// Any other error (an [`crate::Error::Io`]: too many open files, say) moves nothing: the
+/// call after it returns `None`, the end for now, so that a loop over the iterator stops
+/// there, and the call after that tries the same record again.
 ///
 /// ```
 /// # let dir = tempfile::tempdir()?;
@@ -54,6 +58,9 @@ pub struct Iter {
     done: bool,
     /// The last error skipped only the damaged record: go on in the same segment.
     resumed: bool,
+    /// The last call met an error that is not damage (too many open files, say) and did
+    /// not move: the next call ends the iteration for now, and the one after tries again.
+    failed: bool,
 }
 
 /// Where the iterator is in one segment.
@@ -80,7 +87,7 @@ struct Cursor {
 
 impl Iter {
     pub(crate) fn new(log: Arc<Log>, from: u64) -> Iter {
-        Iter { log, next: from, cursor: None, done: false, resumed: false }
+        Iter { log, next: from, cursor: None, done: false, resumed: false, failed: false }
     }
 
     /// The offset the next call to `next` looks for: where a consumer that keeps its own
@@ -159,7 +166,7 @@ impl Iter {
 
     /// Moves past the next record and returns it, with the mapping it lies in.
     fn advance(&mut self) -> Option<Result<(&Arc<Mapping>, Frame)>> {
-        if (self.done && !self.resume_past_damage()) || self.log.is_closed() {
+        if (self.done && !self.resume_past_damage()) || std::mem::take(&mut self.failed) || self.log.is_closed() {
             return None;
         }
         // Retention may have deleted the cursor's segment: then the slow path moves on.
@@ -235,6 +242,13 @@ impl Iter {
                 // Retention deleted the segment under us: go on from the new first offset.
                 Ok(None) => self.cursor = None,
                 Err(_) if self.next < self.log.first_offset() => self.cursor = None,
+                Err(e) if !matches!(e, Error::Corrupt { .. }) => {
+                    // Not the record's fault: nothing is skipped, and a loop over the
+                    // iterator ends here rather than meet the same error for ever.
+                    self.cursor = None;
+                    self.failed = true;
+                    return Some(Err(e));
+                }
                 Err(e) if std::mem::take(&mut self.resumed) => return Some(Err(e)),
                 Err(e) => {
                     self.done = !self.skip_damage();
@@ -253,11 +267,12 @@ impl Iter {
             _ => {
                 let Some(segment) = self.log.segment_for(self.next) else { return Ok(None) };
                 let newly_mapped = !segment.holds_mappings();
-                let pos = segment.position_of(self.next)?;
-                let map = segment.data()?.clone();
-                if newly_mapped {
+                let found = segment.position_of(self.next).and_then(|pos| Ok((pos, segment.data()?.clone())));
+                // Also when damage was found: the segment may be mapped all the same.
+                if newly_mapped && segment.holds_mappings() {
                     self.log.note_mapped(segment.base());
                 }
+                let (pos, map) = found?;
                 let checked = vec![Frame::default(); MAX_AHEAD].into_boxed_slice();
                 self.cursor.insert(Cursor { segment, map, checked, taken: 0, filled: 0, pos, ahead: 1, end: 0 })
             }

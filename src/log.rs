@@ -807,11 +807,14 @@ impl Log {
                 None => return Ok(None),
             }
         };
-        match unmapped.read(offset) {
-            Ok(record) => {
-                self.note_mapped(unmapped.base());
-                Ok(Some(record))
-            }
+        let newly_mapped = !unmapped.holds_mappings();
+        let read = unmapped.read(offset);
+        // Also when the read failed on damage: the segment may be mapped all the same.
+        if newly_mapped && unmapped.holds_mappings() {
+            self.note_mapped(unmapped.base());
+        }
+        match read {
+            Ok(record) => Ok(Some(record)),
             // Retention deleted the segment between the check above and the read.
             Err(_) if offset < self.first_offset() => Ok(None),
             Err(e) => Err(e),
@@ -872,7 +875,13 @@ impl Log {
             if self.is_closing() {
                 return Err(Error::Closed);
             }
-            if !delete(&oldest, total)? {
+            let newly_mapped = !oldest.holds_mappings();
+            let verdict = delete(&oldest, total);
+            // Kept, it stays mapped if the verdict read it (its newest timestamp, say).
+            if newly_mapped && oldest.holds_mappings() && !matches!(verdict, Ok(true)) {
+                self.note_mapped(oldest.base());
+            }
+            if !verdict? {
                 break;
             }
             {

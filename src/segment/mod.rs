@@ -9,6 +9,7 @@ pub(crate) mod index;
 pub(crate) mod scan;
 
 use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -202,7 +203,17 @@ impl Segment {
         if self.retired.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let file = crate::fs::open_regular(&self.path).at(&self.path)?;
+        let file = match crate::fs::open_regular(&self.path) {
+            Ok(file) => file,
+            // Deleted by hand, or something else in its place (retention retires a segment
+            // before deleting it): its records are missing, as when a segment is found
+            // missing at open. Other errors (too many open files, say) pass.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidInput) => {
+                let to = self.end_offset.load(Ordering::Acquire);
+                return Err(self.corrupt(0, CorruptKind::Gap { from: self.base, to }));
+            }
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
         let len = file.metadata().at(&self.path)?.len() as usize;
         if len < FILE_HEADER_LEN {
             return Err(self.corrupt(len, CorruptKind::Truncated));
