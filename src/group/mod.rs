@@ -1086,7 +1086,12 @@ impl GroupInner {
                     seq = Some(self.commit_op(l, Op::Deliver { offset, attempt }, clock)?);
                     return Ok((Some(Ok(Delivery { record, attempt, name: l.state.newest_delivery() })), seq));
                 }
-                // Removed by retention: nothing is left to deliver.
+                // Deleted by retention since the catch-up above: it and whatever else went
+                // are lost (not acked), as at any catch-up.
+                Ok(None) if offset < self.log.first_offset() => {
+                    let first = self.log.first_offset();
+                    seq = Some(self.commit_op(l, Op::Skip { offset: first }, clock)?);
+                }
                 Ok(None) => seq = Some(self.commit_op(l, Op::Ack { offset }, clock)?),
                 Err(Error::Corrupt { .. }) if on_damage == OnDamage::Leave => return Ok((None, seq)),
                 Err(e @ Error::Corrupt { .. }) => {
@@ -1100,7 +1105,13 @@ impl GroupInner {
             SyncPolicy::Always => self.log.durable_offset(),
             _ => self.log.next_offset(),
         };
-        let offset = l.state.next().max(self.log.first_offset());
+        // Retention may have moved the first offset since the catch-up above: records it
+        // deleted are skipped as lost, never passed over as if acked (a delivery past the
+        // next offset acks what it jumps).
+        if let Some(skipped) = self.catch_up(l)? {
+            seq = Some(skipped);
+        }
+        let offset = l.state.next();
         if offset >= limit {
             return Ok((None, seq));
         }
