@@ -1108,8 +1108,9 @@ impl GroupInner {
         // Retention may have moved the first offset since the catch-up above: records it
         // deleted are skipped as lost, never passed over as if acked (a delivery past the
         // next offset acks what it jumps).
-        if let Some(skipped) = self.catch_up(l)? {
-            seq = Some(skipped);
+        let first = self.log.first_offset();
+        if l.state.next() < first {
+            seq = Some(self.commit_op(l, Op::Skip { offset: first }, clock)?);
         }
         let offset = l.state.next();
         if offset >= limit {
