@@ -166,7 +166,7 @@ impl Iter {
 
     /// Moves past the next record and returns it, with the mapping it lies in.
     fn advance(&mut self) -> Option<Result<(&Arc<Mapping>, Frame)>> {
-        if (self.done && !self.resume_past_damage()) || std::mem::take(&mut self.failed) || self.log.is_closed() {
+        if (self.done && !self.resume_past_damage()) || self.log.is_closed() {
             return None;
         }
         // Retention may have deleted the cursor's segment: then the slow path moves on.
@@ -222,6 +222,10 @@ impl Iter {
     /// to the next segment or past retention as needed, and reports damage. `None` at the
     /// end; with a frame, the cursor has moved past it.
     fn step_slowly(&mut self) -> Option<Result<Frame>> {
+        // (An error left no cursor: the call after it always comes here.)
+        if std::mem::take(&mut self.failed) {
+            return None;
+        }
         loop {
             if self.done || self.log.is_closed() {
                 return None;

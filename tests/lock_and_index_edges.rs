@@ -17,13 +17,13 @@ fn opts() -> Options {
     Options::default().segment_bytes(4096).index_interval_bytes(256).sync(SyncPolicy::Never)
 }
 
-/// A closed queue of `n` records of payload `payload(i)` in a fresh directory.
 /// The `*.tmp` files in `dir`: a rebuilt index that could not be stored leaves none.
 fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let entries = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path());
     entries.filter(|p| p.extension().is_some_and(|x| x == "tmp")).collect()
 }
 
+/// A closed queue of `n` records of payload `payload(i)` in a fresh directory.
 fn filled(n: u64) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path(), opts()).unwrap();
