@@ -57,17 +57,11 @@ fn assert_no_panic(run: &Run, what: &str) {
 }
 
 fn opts() -> Options {
-    Options::default().segment_bytes(4096).index_interval_bytes(256).sync(SyncPolicy::Never)
+    tiny(4096)
 }
 
 fn filled(n: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(dir.path(), opts()).unwrap();
-    for i in 0..n {
-        q.append(&payload(i)).unwrap();
-    }
-    q.close().unwrap();
-    dir
+    closed_queue(opts(), n)
 }
 
 /// A folder where a sealed segment's index should be: the index is rebuilt and, as it

@@ -11,10 +11,10 @@ use cli_support::common::*;
 use cli_support::{arg, segq};
 use segq::fault::{self, Fault, Point};
 use segq::inspect::WriterLock;
-use segq::{Error, Options, Queue, SyncPolicy};
+use segq::{Error, Options, Queue};
 
 fn opts() -> Options {
-    Options::default().segment_bytes(4096).index_interval_bytes(256).sync(SyncPolicy::Never)
+    tiny(4096)
 }
 
 /// The `*.tmp` files in `dir`: a rebuilt index that could not be stored leaves none.
@@ -25,13 +25,7 @@ fn temp_files(dir: &Path) -> Vec<PathBuf> {
 
 /// A closed queue of `n` records of payload `payload(i)` in a fresh directory.
 fn filled(n: u64) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let q = Queue::open(dir.path(), opts()).unwrap();
-    for i in 0..n {
-        q.append(&payload(i)).unwrap();
-    }
-    q.close().unwrap();
-    dir
+    closed_queue(opts(), n)
 }
 
 /// A closed queue of `n` records of 1000 bytes each (about 4 to a 4 KiB segment).

@@ -16,6 +16,17 @@ pub fn payload(i: u64) -> Vec<u8> {
     (0..len).map(|j| (i as usize * 31 + j) as u8).collect()
 }
 
+/// A fresh directory holding a closed queue of `n` records, `payload(0)` to `payload(n - 1)`.
+pub fn closed_queue(opts: Options, n: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), opts).unwrap();
+    for i in 0..n {
+        q.append(&payload(i)).unwrap();
+    }
+    q.close().unwrap();
+    dir
+}
+
 /// All payloads from offset 0, panicking on any error.
 pub fn all_payloads(q: &Queue) -> Vec<Vec<u8>> {
     q.iter_from(0).map(|r| r.unwrap().payload().to_vec()).collect()
