@@ -123,8 +123,13 @@ impl IndexCheck {
         };
         let entry = (LittleEndian::read_u32(e), LittleEndian::read_u32(&e[4..]));
         if entry == (0, 0) {
+            // A cut index holds its entries and nothing else, and no entry is zero (every
+            // position lies past the header). Zeros in a sealed one are its preallocated room:
+            // the seal's cut of the index never ran, as when a process stops between a roll
+            // under `Interval` and the sealer thread's cut. segq wrote them; nothing is lost.
             if !self.active {
-                self.bad("an unused (zero) entry in a sealed index".into());
+                let what = format!("unused (zero) entries: the index was never cut to its entries; {REBUILT}");
+                self.findings.push(Finding::warning(&self.path, self.pos, what));
             }
             self.done = true;
             return None;
