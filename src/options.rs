@@ -465,6 +465,13 @@ impl GroupOptions {
 
     /// How many deliveries a record gets before it is dead-lettered. Default 5; at least 1.
     ///
+    /// A new limit (through [`Queue::group_with`](crate::Queue::group_with)) applies to the
+    /// records already in the group when they next fall due: one leased or waiting after a
+    /// nack keeps its delivery, and when its lease ends or its delay passes it is
+    /// dead-lettered if it has had as many deliveries as the new limit allows, with its
+    /// count. Records dead-lettered under a lower limit stay dead letters until
+    /// [`Group::redrive`](crate::Group::redrive), which starts their count again.
+    ///
     /// ```
     /// use segq::{GroupOptions, Options, Queue};
     /// use std::time::Duration;
