@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 /// Where bytes come from: an open file or bytes in memory (tests and fuzzing).
@@ -39,18 +40,40 @@ impl Source {
         }
     }
 
-    /// Where the next bytes that may not be zero start, at or after `pos` (`None`: only
-    /// zeros follow). Holes of a sparse file are skipped without reading them; where the
-    /// file system cannot tell, `pos` itself.
-    pub fn next_data(&self, pos: u64) -> Option<u64> {
-        match self {
-            Source::File(file) => match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(data) => Some(data.max(pos)),
-                Err(rustix::io::Errno::NXIO) => None,
-                Err(_) => Some(pos),
-            },
-            Source::Bytes(_) => Some(pos),
+    /// The stretches of `pos..end` that may hold bytes other than zeros: the holes of a
+    /// sparse file and the unwritten blocks of a preallocated one are left out, as the file
+    /// system tells them. Asked once, before any of them is read: reading has the kernel read
+    /// ahead, and ahead of a stretch lie unwritten blocks whose zeros, once in the page
+    /// cache, count as data for every later question. At most `max` stretches, the last
+    /// then running to `end`; one stretch where the file system cannot tell.
+    pub fn data_runs(&self, pos: u64, end: u64, max: usize) -> Vec<Range<u64>> {
+        let Source::File(file) = self else {
+            return std::iter::once(pos..end).filter(|r| !r.is_empty()).collect();
+        };
+        let mut runs = Vec::new();
+        let mut at = pos;
+        while at < end {
+            if runs.len() + 1 >= max {
+                runs.push(at..end);
+                break;
+            }
+            let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+                Ok(data) => data.max(at),
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(_) => at,
+            };
+            if data >= end {
+                break;
+            }
+            // The end of the file counts as a hole: there is always one after `data`.
+            let hole = match rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data)) {
+                Ok(hole) if hole > data => hole.min(end),
+                _ => end,
+            };
+            runs.push(data..hole);
+            at = hole;
         }
+        runs
     }
 
     /// The current length of the source.
