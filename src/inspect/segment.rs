@@ -220,8 +220,9 @@ impl SegmentReport {
 
     /// Whether what was found may be a seal in progress: damage, or any problem with the
     /// index (a seal cuts the index's unused entries after its data).
-    fn needs_another_look(&self, dir: &QueueDir) -> bool {
-        let index = dir.segments.iter().find(|s| s.base == self.base).and_then(|s| s.index.as_deref());
+    /// `segment` is the one this report is of.
+    fn needs_another_look(&self, segment: &SegmentFile) -> bool {
+        let index = segment.index.as_deref();
         self.is_damaged() || self.findings.iter().any(|f| Some(f.file.as_path()) == index)
     }
 }
@@ -301,7 +302,7 @@ fn scan_settled(
     for _ in 0..LIVE_RETRIES {
         // Segments judged unsealed are looked at again by `scan_from` itself.
         let damaged: Vec<usize> =
-            all.iter().copied().filter(|&i| reports[i].needs_another_look(dir) && !dir.is_unsealed(i)).collect();
+            all.iter().copied().filter(|&i| reports[i].needs_another_look(&dir.segments[i]) && !dir.is_unsealed(i)).collect();
         if damaged.is_empty() {
             break;
         }
