@@ -181,6 +181,7 @@ impl Group {
             locked.opts = o;
             locked.state.set_lease(o.lease);
         }
+        locked.state.set_max_attempts(locked.opts.max_attempts);
         if locked.state.oldest_needed() < log.first_offset() || locked.state.next() < log.first_offset() {
             locked.state.apply(Op::Skip { offset: log.first_offset() }, &clock);
             rewrite = true;
@@ -801,7 +802,9 @@ impl Group {
     /// [`Group::ack_floor`] and [`Group::dead_letters`] would say: a record whose last
     /// allowed lease has run out counts as dead, not waiting. It answers from memory, so
     /// after [`crate::Queue::close`] it still answers, with the group as it stood at the
-    /// close.
+    /// close. Counting leased and waiting records walks every open record: this is for
+    /// monitoring, not for every ack (a worker that wants its progress after each ack
+    /// calls [`Group::ack_floor`], which costs nothing per open record).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -873,6 +876,7 @@ impl Group {
         }
         l.opts = opts;
         l.state.set_lease(opts.lease);
+        l.state.set_max_attempts(opts.max_attempts);
         let result = l.compact(&inner.dir, &Clock::lazy());
         if let Err(e) = &result {
             l.failed = Some(e.to_string());
@@ -1057,7 +1061,7 @@ impl GroupInner {
         if l.state.next_deadline().is_none_or(|at| at > clock.now()) {
             return Ok(());
         }
-        for offset in l.state.expired_finals(clock.now(), l.opts.max_attempts) {
+        while let Some(offset) = l.state.next_expired_final(clock.now()) {
             self.commit_op(l, Op::Dead { offset }, &clock)?;
         }
         Ok(())

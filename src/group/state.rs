@@ -158,8 +158,15 @@ pub(crate) struct GroupState {
     /// Retry times of waiting records, and deadlines of extended leases; entries whose slot
     /// moved on are skipped.
     retries: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// `leases` or `retries` may hold this many entries before the stale ones are swept
-    /// out.
+    /// The timers of leased or waiting records that have had `max_attempts` deliveries,
+    /// also in `leases` or `retries`: when one passes, its record is to be dead-lettered.
+    /// Kept apart so that finding those ([`GroupState::next_expired_final`]) costs nothing
+    /// for the records merely due for another delivery, however many wait.
+    finals: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The deliveries after which a record is dead-lettered (`u32::MAX` until set).
+    max_attempts: u32,
+    /// `leases`, `retries` or `finals` may hold this many entries before the stale ones are
+    /// swept out.
     sweep_at: usize,
     /// How long a delivery is leased; see [`GroupState::set_lease`].
     lease: Duration,
@@ -192,6 +199,8 @@ impl GroupState {
             dead: BTreeMap::new(),
             leases: VecDeque::new(),
             retries: BinaryHeap::new(),
+            finals: BinaryHeap::new(),
+            max_attempts: u32::MAX,
             sweep_at: MIN_SWEEP,
             lease,
             lost: 0,
@@ -332,6 +341,7 @@ impl GroupState {
     pub fn expire_leases(&mut self, clock: &Clock) {
         self.leases.clear();
         self.retries.clear();
+        self.finals.clear();
         let floor = self.floor;
         let all = self
             .below
@@ -339,13 +349,17 @@ impl GroupState {
             .map(|(&o, s)| (o, s))
             .chain(self.window.iter_mut().enumerate().map(|(i, s)| (floor + i as u64, s)));
         for (offset, slot) in all {
-            match *slot {
+            let (attempts, at) = match *slot {
                 Slot::Leased { attempts, .. } => {
                     *slot = Slot::Waiting { attempts, at: clock.now() };
-                    self.retries.push(Reverse((clock.now(), offset)));
+                    (attempts, clock.now())
                 }
-                Slot::Waiting { at, .. } => self.retries.push(Reverse((at, offset))),
-                _ => {}
+                Slot::Waiting { attempts, at } => (attempts, at),
+                _ => continue,
+            };
+            self.retries.push(Reverse((at, offset)));
+            if attempts >= self.max_attempts {
+                self.finals.push(Reverse((at, offset)));
             }
         }
         self.sweep_at = MIN_SWEEP.max(2 * self.retries.len());
@@ -376,6 +390,7 @@ impl GroupState {
                 }
                 self.delivered += 1;
                 self.leases.push_back((until, offset));
+                self.note_final(until, offset, attempt);
                 if self.leases.len() > self.sweep_at {
                     self.sweep_timers();
                 }
@@ -400,6 +415,7 @@ impl GroupState {
                 {
                     *slot = Slot::Waiting { attempts, at };
                     self.retries.push(Reverse((at, offset)));
+                    self.note_final(at, offset, attempts);
                     if self.retries.len() > self.sweep_at {
                         self.sweep_timers();
                     }
@@ -467,6 +483,7 @@ impl GroupState {
                 self.below.clear();
                 self.leases.clear();
                 self.retries.clear();
+                self.finals.clear();
                 self.sweep_at = MIN_SWEEP;
                 self.dead.retain(|&o, _| o < offset);
                 self.redriven.clear();
@@ -494,16 +511,44 @@ impl GroupState {
         self.lease = lease;
     }
 
+    /// Dead-letters records after `max_attempts` deliveries from now on: see
+    /// [`GroupState::next_expired_final`]. A new limit looks at every open record once.
+    pub fn set_max_attempts(&mut self, max_attempts: u32) {
+        if max_attempts == self.max_attempts {
+            return;
+        }
+        self.max_attempts = max_attempts;
+        let finals = self.exceptions().filter_map(|(offset, slot)| match slot {
+            Slot::Leased { attempts, until: at } | Slot::Waiting { attempts, at } if attempts >= max_attempts => {
+                Some(Reverse((at, offset)))
+            }
+            _ => None,
+        });
+        self.finals = finals.collect();
+    }
+
+    /// Notes the timer of a record that has had `attempts` deliveries, if that is the limit.
+    fn note_final(&mut self, at: Instant, offset: u64, attempts: u32) {
+        if attempts >= self.max_attempts {
+            self.finals.push(Reverse((at, offset)));
+            if self.finals.len() > self.sweep_at {
+                self.sweep_timers();
+            }
+        }
+    }
+
     /// Moves the lease of a leased record to end at `until`; false if `offset` is not
     /// leased. Not an [`Op`]: leases are not journaled, since none survives a restart. The
     /// new deadline can be out of delivery order, so its timer goes in the heap, which
     /// takes any order; the FIFO's entry goes stale.
     pub fn extend_lease(&mut self, offset: u64, until: Instant) -> bool {
-        let Some(Slot::Leased { until: old, .. }) = self.slot_mut(offset) else {
+        let Some(Slot::Leased { until: old, attempts }) = self.slot_mut(offset) else {
             return false;
         };
         *old = until;
+        let attempts = *attempts;
         self.retries.push(Reverse((until, offset)));
+        self.note_final(until, offset, attempts);
         if self.retries.len() > self.sweep_at {
             self.sweep_timers();
         }
@@ -532,17 +577,26 @@ impl GroupState {
         self.dead.retain(|&o, _| o < next);
     }
 
-    /// Leased or waiting records that are due at `now` but have had `max_attempts`
-    /// deliveries: they are to be dead-lettered.
-    pub fn expired_finals(&self, now: Instant, max_attempts: u32) -> Vec<u64> {
-        self.exceptions()
-            .filter(|(_, slot)| match *slot {
-                Slot::Leased { attempts, until } => attempts >= max_attempts && until <= now,
-                Slot::Waiting { attempts, at } => attempts >= max_attempts && at <= now,
-                _ => false,
-            })
-            .map(|(offset, _)| offset)
-            .collect()
+    /// A leased or waiting record that is due at `now` but has had `max_attempts`
+    /// deliveries: it is to be dead-lettered. Its timer is taken out (it stays in `leases`
+    /// or `retries`, so a poll still finds the record due), and so are stale ones on the
+    /// way; records due for another delivery are never looked at.
+    pub fn next_expired_final(&mut self, now: Instant) -> Option<u64> {
+        while let Some(&Reverse((at, offset))) = self.finals.peek() {
+            if at > now {
+                return None;
+            }
+            self.finals.pop();
+            let attempts = match self.slot(offset) {
+                Some(Slot::Leased { attempts, until }) if until == at => attempts,
+                Some(Slot::Waiting { attempts, at: due }) if due == at => attempts,
+                _ => continue,
+            };
+            if attempts >= self.max_attempts {
+                return Some(offset);
+            }
+        }
+        None
     }
 
     /// Moves `next` up to `offset`, counting the skipped offsets as done.
@@ -619,10 +673,14 @@ impl GroupState {
         seen.clear();
         let mut retries = std::mem::take(&mut self.retries);
         retries.retain(|&Reverse((at, offset))| self.timer_is_live(at, offset) && seen.insert(offset));
-        self.sweep_at = MIN_SWEEP.max(2 * leases.len().max(retries.len()));
+        seen.clear();
+        let mut finals = std::mem::take(&mut self.finals);
+        finals.retain(|&Reverse((at, offset))| self.timer_is_live(at, offset) && seen.insert(offset));
+        self.sweep_at = MIN_SWEEP.max(2 * leases.len().max(retries.len()).max(finals.len()));
         leases.shrink_to(self.sweep_at);
         retries.shrink_to(self.sweep_at);
-        (self.leases, self.retries) = (leases, retries);
+        finals.shrink_to(self.sweep_at);
+        (self.leases, self.retries, self.finals) = (leases, retries, finals);
     }
 
     /// Whether a timer entry still belongs to its slot (else the slot moved on since).
@@ -911,6 +969,63 @@ mod tests {
         s.apply(Op::Ack { offset: 0 }, &c);
         assert_eq!(s.ack_floor(), 3);
         assert_eq!(s.next(), 4);
+    }
+
+    /// Finding the records to dead-letter looks only at timers of records that have had
+    /// their last delivery: a backlog of records merely due again costs nothing. (Every
+    /// `stats`, `ack_floor`, `dead_letters` and `redrive` walked all open records whenever
+    /// any deadline had passed: redriving N dead letters was quadratic, found by a scale
+    /// review.)
+    #[test]
+    fn records_to_dead_letter_are_found_without_looking_at_those_due_again() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_millis(100));
+        s.set_max_attempts(3);
+        for offset in 0..10_000 {
+            s.apply(Op::Deliver { offset, attempt: 1 }, &c);
+            s.apply(Op::Nack { offset, at_ms: c.now_ms() }, &c);
+        }
+        s.apply(Op::Deliver { offset: 10_000, attempt: 3 }, &c);
+        s.apply(Op::Deliver { offset: 10_001, attempt: 3 }, &c);
+        s.apply(Op::Nack { offset: 10_001, at_ms: c.now_ms() + 50 }, &c);
+        // Two leases and a nack: only the records at their last delivery have final timers.
+        assert_eq!(s.finals.len(), 3);
+        assert_eq!(s.next_expired_final(later(&c, 49).now()), None);
+        assert_eq!(s.next_expired_final(later(&c, 50).now()), Some(10_001));
+        s.apply(Op::Dead { offset: 10_001 }, &later(&c, 50));
+        assert_eq!(s.next_expired_final(later(&c, 99).now()), None);
+        assert_eq!(s.next_expired_final(later(&c, 100).now()), Some(10_000));
+        s.apply(Op::Dead { offset: 10_000 }, &later(&c, 100));
+        assert_eq!(s.next_expired_final(later(&c, 1000).now()), None);
+        assert_eq!(s.dead_letters().len(), 2);
+        // A lower limit makes records already delivered that often final at once.
+        s.apply(Op::Deliver { offset: 0, attempt: 2 }, &c);
+        assert_eq!(s.next_expired_final(later(&c, 1000).now()), None);
+        s.set_max_attempts(2);
+        assert_eq!(s.next_expired_final(later(&c, 99).now()), None);
+        assert_eq!(s.next_expired_final(later(&c, 100).now()), Some(0));
+        // An extended final lease ends later; acked records' timers are stale.
+        s.apply(Op::Deliver { offset: 1, attempt: 2 }, &c);
+        assert!(s.extend_lease(1, later(&c, 500).now()));
+        s.apply(Op::Deliver { offset: 2, attempt: 2 }, &c);
+        s.apply(Op::Ack { offset: 2 }, &c);
+        assert_eq!(s.next_expired_final(later(&c, 499).now()), None);
+        assert_eq!(s.next_expired_final(later(&c, 500).now()), Some(1));
+    }
+
+    /// Final timers of settled records are swept out like the others.
+    #[test]
+    fn final_timers_of_settled_records_do_not_pile_up() {
+        let c = clock();
+        let mut s = GroupState::new(0, Duration::from_secs(3600));
+        s.set_max_attempts(1);
+        s.apply(Op::Deliver { offset: 0, attempt: 1 }, &c);
+        for offset in 1..50_000 {
+            s.apply(Op::Deliver { offset, attempt: 1 }, &c);
+            s.apply(Op::Ack { offset }, &c);
+            assert!(s.finals.len() <= 2 * MIN_SWEEP + 2, "at {offset}");
+        }
+        assert_eq!(s.next_expired_final(later(&c, 3_600_000).now()), Some(0));
     }
 
     #[test]

@@ -301,8 +301,11 @@ fn scan_settled(
     let mut reports = scan_many(dir, &all, check_index, progress)?;
     for _ in 0..LIVE_RETRIES {
         // Segments judged unsealed are looked at again by `scan_from` itself.
-        let damaged: Vec<usize> =
-            all.iter().copied().filter(|&i| reports[i].needs_another_look(&dir.segments[i]) && !dir.is_unsealed(i)).collect();
+        let damaged: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&i| reports[i].needs_another_look(&dir.segments[i]) && !dir.is_unsealed(i))
+            .collect();
         if damaged.is_empty() {
             break;
         }
