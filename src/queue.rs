@@ -288,6 +288,7 @@ impl Queue {
         if report.segments_deleted > 0 {
             let groups: Vec<_> = self.shared.groups().values().cloned().collect();
             for g in groups {
+                g.forget_cursor();
                 Group::from_inner(g).stats();
             }
             // A poll that found its next record deleted under it (between catching up and

@@ -1032,6 +1032,13 @@ impl GroupInner {
         self.lock().release();
     }
 
+    /// Drops the read cursor, which holds the segment it reads from (and its mapping): after
+    /// retention deleted segments, an idle group's cursor would keep a deleted one's blocks
+    /// on disk until its next poll. The next poll finds its place again through the index.
+    pub(crate) fn forget_cursor(&self) {
+        self.lock().cursor = None;
+    }
+
     /// Stops every use of this group. Taken under the group's lock, so no change (and no
     /// snapshot that could recreate its files) is under way once this returns.
     pub(crate) fn mark_deleted(&self) {
