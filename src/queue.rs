@@ -49,11 +49,20 @@ struct Shared {
     log: Arc<Log>,
     /// Open groups by name: every handle to a name shares one state.
     groups: Mutex<HashMap<String, Arc<GroupInner>>>,
+    /// The oldest offset each group still needs, for groups that a retention pass opened
+    /// and let go again (see [`Queue::retain`]). No handle in this process has them open,
+    /// and no other process can: they cannot change until one is opened. Locked only with
+    /// `groups` held.
+    resting: Mutex<HashMap<String, u64>>,
 }
 
 impl Shared {
     fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<GroupInner>>> {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn resting(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.resting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Makes the log and every open group durable. A failure, or a group poisoned earlier,
@@ -115,7 +124,7 @@ impl Queue {
         let lock = WriterLock::acquire(dir, true)?;
         let sync = options.sync;
         let log = Arc::new(Log::open(dir, options)?);
-        let shared = Arc::new(Shared { log: log.clone(), groups: Mutex::new(HashMap::new()) });
+        let shared = Arc::new(Shared { log: log.clone(), groups: Mutex::default(), resting: Mutex::default() });
         let flusher = match sync {
             SyncPolicy::Interval(every) => {
                 let weak = Arc::downgrade(&shared);
@@ -252,14 +261,31 @@ impl Queue {
             // Listed and opened under the lock of the open groups, which `delete_group`
             // takes too: opening a group deleted after the listing would create it again,
             // at the first offset, and hold back retention for good.
-            let mut groups = self.shared.groups();
+            let groups = self.shared.groups();
+            let mut resting = self.shared.resting();
             let mut needed = None;
             for name in group::list(self.log.dir())? {
-                let group = self.open_locked(&mut groups, &name, None)?;
-                let floor = group.inner().oldest_needed();
-                // Deleted records never come back: the acks that allow it must not either,
-                // as unsynced ones would in a power loss (under `Never` and `Interval`).
-                group.inner().flush()?;
+                let floor = match (groups.get(&name), resting.get(&name)) {
+                    (Some(inner), _) => {
+                        let floor = inner.oldest_needed();
+                        // Deleted records never come back: the acks that allow it must not
+                        // either, as unsynced ones would in a power loss (under `Never` and
+                        // `Interval`).
+                        inner.flush()?;
+                        floor
+                    }
+                    (None, Some(&floor)) => floor,
+                    // Opened for its floor and let go again, so that a queue with more
+                    // groups than the process may open files still runs retention.
+                    (None, None) => {
+                        let group = Group::open(self.log.clone(), &name, None)?;
+                        let floor = group.inner().oldest_needed();
+                        group.inner().flush()?;
+                        group.inner().release();
+                        resting.insert(name, floor);
+                        floor
+                    }
+                };
                 needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
             }
             Some(needed)
@@ -337,6 +363,9 @@ impl Queue {
 
     /// The consumer group `name`, created (durably) on first use at the queue's first
     /// offset with [`GroupOptions::default`]; an existing group keeps the settings it has.
+    /// Once opened, a group stays open (one file descriptor and a 256 KiB mapping of its
+    /// journal) until the queue closes or the group is deleted, whether or not handles to
+    /// it are kept.
     ///
     /// ```
     /// use std::time::Duration;
@@ -419,6 +448,7 @@ impl Queue {
         }
         let g = Group::open(self.log.clone(), name, options)?;
         groups.insert(name.to_string(), g.inner().clone());
+        self.shared.resting().remove(name);
         Ok(g)
     }
 
@@ -475,6 +505,7 @@ impl Queue {
         if let Some(inner) = groups.remove(name) {
             inner.mark_deleted();
         }
+        self.shared.resting().remove(name);
         group::remove(self.log.dir(), name)
     }
 

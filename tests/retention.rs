@@ -620,3 +620,70 @@ fn idle_groups_do_not_keep_segments_that_retention_deleted() {
     }
     q.close().unwrap();
 }
+
+/// More groups than the process may open files, under `retain_until_consumed`: a pass
+/// opens each group that is not open for its floor and lets go of it again, so passes
+/// complete and rolls go on, and a group opened later by a user is the one retention
+/// waited for. (Every group a pass opened stayed open until `close`: with 1,100 groups
+/// under the usual limit of 1,024 descriptors the pass ran out part-way and kept them all,
+/// and from then on every roll failed with "Too many open files". Found by a scale
+/// review, session 20.)
+#[test]
+fn retention_runs_with_more_groups_than_the_process_may_open_files() {
+    let _lock = common::process_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path(), Options::default().segment_bytes(4096).sync(SyncPolicy::Never)).unwrap();
+    for _ in 0..4 {
+        q.append(&[1u8; 3000]).unwrap();
+    }
+    // 150 groups, all caught up but `slow`, which has acked only the first record.
+    for i in 0..150 {
+        let g = q.group(&format!("g-{i:03}")).unwrap();
+        while let Some(d) = g.poll(Duration::ZERO).unwrap() {
+            g.ack(d.offset()).unwrap();
+        }
+    }
+    let slow = q.group("slow").unwrap();
+    let first = slow.poll(Duration::ZERO).unwrap().unwrap();
+    slow.ack(first.offset()).unwrap();
+    q.close().unwrap();
+    drop((slow, q));
+    let out = common::child_test(
+        "child_runs_retention_with_few_file_descriptors",
+        &[("SEGQ_RETENTION_NOFILE_DIR", dir.path().display().to_string())],
+    )
+    .output()
+    .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("CHILD RAN"), "the child did not run: {text}");
+    assert!(out.status.success(), "child failed:\n{text}");
+}
+
+#[test]
+#[ignore = "run by retention_runs_with_more_groups_than_the_process_may_open_files"]
+fn child_runs_retention_with_few_file_descriptors() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let Ok(dir) = std::env::var("SEGQ_RETENTION_NOFILE_DIR") else { return };
+    println!("CHILD RAN");
+    let old = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, Rlimit { current: Some(128), maximum: old.maximum }).unwrap();
+    let opts = Options::default().segment_bytes(4096).sync(SyncPolicy::Never).retain_until_consumed(true);
+    let q = Queue::open(std::path::Path::new(&dir), opts).unwrap();
+    // Each of these rolls, and each roll runs a pass over the 151 groups.
+    for _ in 0..5 {
+        q.append(&[2u8; 3000]).unwrap();
+    }
+    let report = q.enforce_retention().unwrap();
+    // `slow` still needs offset 1 on: only the segment of offset 0 could go.
+    assert_eq!(q.first_offset(), 1, "{report:?}");
+    // Opened by a user now, it is where it was; once it has acked, the rest can go.
+    let slow = q.group("slow").unwrap();
+    while let Some(d) = slow.poll(Duration::ZERO).unwrap() {
+        assert!(d.offset() >= 1);
+        slow.ack(d.offset()).unwrap();
+    }
+    q.enforce_retention().unwrap();
+    // The 150 others, let go of by the passes, still need what was appended in this run.
+    assert_eq!(q.first_offset(), 4);
+    q.close().unwrap();
+}
