@@ -89,9 +89,6 @@ struct Locked {
     cursor: Option<Iter>,
     /// The sync of the last snapshot [`Locked::compact_lazily`] wrote, while it may run.
     snapshot_sync: Option<JoinHandle<Result<()>>>,
-    /// A snapshot write failed, perhaps after creating its file: the next snapshot's sync
-    /// covers the directory too, or the file's name might never be durable.
-    dir_unsynced: bool,
 }
 
 impl Group {
@@ -171,7 +168,6 @@ impl Group {
             failed: None,
             cursor: None,
             snapshot_sync: None,
-            dir_unsynced: false,
         };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
@@ -878,12 +874,12 @@ impl Group {
         if l.opts == opts {
             return Ok(());
         }
-        let old = l.opts;
-        l.set_opts(opts);
+        l.opts = opts;
+        l.state.set_lease(opts.lease);
+        l.state.set_max_attempts(opts.max_attempts);
         let result = l.compact(&inner.dir, &Clock::lazy());
-        if result.is_err() && l.failed.is_none() {
-            // The snapshot could not be written: nothing changed, not even the settings.
-            l.set_opts(old);
+        if let Err(e) = &result {
+            l.failed = Some(e.to_string());
         }
         result
     }
@@ -971,7 +967,11 @@ impl GroupInner {
         // Restarting the journal overwrites its entries: if they were promised durable (by
         // a flush), the snapshot that replaces them must be durable first.
         let lazily = self.log.options().get_sync() == SyncPolicy::Never && !l.journal()?.promised();
-        if lazily { l.compact_lazily(&self.dir, clock) } else { l.compact(&self.dir, clock) }
+        let result = if lazily { l.compact_lazily(&self.dir, clock) } else { l.compact(&self.dir, clock) };
+        if let Err(e) = &result {
+            l.failed = Some(e.to_string());
+        }
+        result
     }
 
     /// Under [`SyncPolicy::Always`], waits until the journal is durable up to `seq`.
@@ -1009,11 +1009,14 @@ impl GroupInner {
             // (damage, by then) roll the group back past them: once flushed, they must not.
             // A synced snapshot replaces them. Otherwise they count on top of their
             // snapshot, which must be durable first.
-            if journal.only_unsynced_entries() {
-                l.compact(&self.dir, &Clock::lazy())?;
+            let result = if journal.only_unsynced_entries() {
+                l.compact(&self.dir, &Clock::lazy())
             } else {
-                let synced = l.finish_snapshot_sync();
-                l.poisoned_by(synced)?;
+                l.finish_snapshot_sync()
+            };
+            if let Err(e) = result {
+                l.failed = Some(e.to_string());
+                return Err(e);
             }
             let journal = l.journal()?;
             journal.promise();
@@ -1232,40 +1235,14 @@ impl Locked {
         self.cursor = None;
     }
 
-    /// Replaces the settings in force (not yet durably).
-    fn set_opts(&mut self, opts: GroupOptions) {
-        self.opts = opts;
-        self.state.set_lease(opts.lease);
-        self.state.set_max_attempts(opts.max_attempts);
-    }
-
-    /// `result`, after which the group takes no more changes if it is an error: a sync
-    /// failed (a retried fsync can report success for pages a failed one dropped), or the
-    /// journal could not start over for a snapshot already written.
-    fn poisoned_by<T>(&mut self, result: Result<T>) -> Result<T> {
-        if let Err(e) = &result {
-            self.failed = Some(e.to_string());
-        }
-        result
-    }
-
     /// Writes a snapshot of the whole state, synced, and starts the journal over.
-    ///
-    /// A snapshot that cannot be written (no file descriptor left, a full disk) changes
-    /// nothing that counts: it goes over the older snapshot file, while the newer one,
-    /// synced, still holds with the journal's entries. The group stays usable then, and the
-    /// next change that needs room tries again; a failure after that poisons it.
     fn compact(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
         // It goes over the other snapshot file, which must be durable first.
-        let synced = self.finish_snapshot_sync();
-        self.poisoned_by(synced)?;
+        self.finish_snapshot_sync()?;
         self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
-        let sync = self.write_snapshot(dir, generation, clock)?;
-        let synced = sync.run();
-        self.poisoned_by(synced)?;
-        let restarted = self.journal().and_then(|journal| journal.restart(generation, 0));
-        self.poisoned_by(restarted)?;
+        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
+        self.journal()?.restart(generation, 0)?;
         self.generation = generation;
         Ok(())
     }
@@ -1277,27 +1254,12 @@ impl Locked {
     /// snapshot file is always durable: the next one is written only over the file of the
     /// generation before this one. The journal's entries carry [`UNSYNCED_SNAPSHOT`], so an
     /// open after a power loss that lost this snapshot goes on from that older one.
-    /// Writes the snapshot of `generation`, not yet synced.
-    fn write_snapshot(&mut self, dir: &Path, generation: u64, clock: &Clock) -> Result<SnapshotSync> {
-        match Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_unsynced(dir) {
-            Ok(sync) if std::mem::take(&mut self.dir_unsynced) => Ok(sync.and_dir(dir)),
-            Ok(sync) => Ok(sync),
-            Err(e) => {
-                self.dir_unsynced = true;
-                Err(e)
-            }
-        }
-    }
-
-    /// As there, a snapshot that cannot be written leaves the group usable.
     fn compact_lazily(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
-        let synced = self.finish_snapshot_sync();
-        self.poisoned_by(synced)?;
+        self.finish_snapshot_sync()?;
         self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
-        let sync = self.write_snapshot(dir, generation, clock)?;
-        let restarted = self.journal().and_then(|journal| journal.restart(generation, UNSYNCED_SNAPSHOT));
-        self.poisoned_by(restarted)?;
+        let sync = Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_unsynced(dir)?;
+        self.journal()?.restart(generation, UNSYNCED_SNAPSHOT)?;
         self.generation = generation;
         // Handed over once the thread runs: if none can be started, the sync runs here.
         let (tx, rx) = mpsc::channel::<SnapshotSync>();
@@ -1311,8 +1273,7 @@ impl Locked {
                 Ok(())
             }
             Err(_) => {
-                let synced = sync.run();
-                self.poisoned_by(synced)?;
+                sync.run()?;
                 self.journal()?.snapshot_synced();
                 Ok(())
             }

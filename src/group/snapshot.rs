@@ -29,13 +29,6 @@ pub(crate) struct SnapshotSync {
 }
 
 impl SnapshotSync {
-    /// Syncs the group's directory `dir` too: an earlier write may have created the file
-    /// and failed before its name was made durable.
-    pub fn and_dir(mut self, dir: &std::path::Path) -> SnapshotSync {
-        self.dir = Some(dir.to_path_buf());
-        self
-    }
-
     pub fn run(self) -> Result<()> {
         crate::fs::sync_file(&self.file, &self.path)?;
         self.dir.as_deref().map_or(Ok(()), sync_dir)
@@ -193,11 +186,15 @@ impl Snapshot {
         sync.run()
     }
 
-    /// Writes this snapshot over the older of the group's two snapshot files, without the
-    /// sync, which the caller runs (on another thread, say) before it writes the next
-    /// snapshot: that one goes over the other file. The newer file (the current generation)
-    /// is untouched, so a write torn by a crash leaves it in charge: it fails its checksum,
-    /// and the older generation wins.
+    /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
+    /// The newer file (the current generation) is untouched, so a write torn by a crash
+    /// leaves it in charge: it fails its checksum, and the older generation wins.
+    pub fn write_in_place(&self, dir: &Path) -> Result<()> {
+        self.write_unsynced(dir)?.run()
+    }
+
+    /// [`Snapshot::write_in_place`] without the sync, which the caller runs (on another
+    /// thread, say) before it writes the next snapshot: that one goes over the other file.
     pub fn write_unsynced(&self, dir: &Path) -> Result<SnapshotSync> {
         let path = dir.join(file_for(self.generation));
         let existed = path.exists();
@@ -417,7 +414,7 @@ mod alternation_tests {
         let dir = tempfile::tempdir().unwrap();
         snap(0).write_new(dir.path()).unwrap();
         for generation in 1..5 {
-            snap(generation).write_unsynced(dir.path()).unwrap().run().unwrap();
+            snap(generation).write_in_place(dir.path()).unwrap();
             assert_eq!(Snapshot::read_latest(dir.path()).unwrap().snap.generation, generation);
         }
         assert!(dir.path().join("state").exists() && dir.path().join("state.1").exists());
