@@ -1068,6 +1068,7 @@ impl GroupInner {
         if l.state.next_deadline().is_none_or(|at| at > clock.now()) {
             return Ok(());
         }
+        // Each one found is dead-lettered before the next is looked for: that takes it off.
         while let Some(offset) = l.state.next_expired_final(clock.now()) {
             self.commit_op(l, Op::Dead { offset }, &clock)?;
         }

@@ -578,23 +578,23 @@ impl GroupState {
     }
 
     /// A leased or waiting record that is due at `now` but has had `max_attempts`
-    /// deliveries: it is to be dead-lettered. Its timer is taken out (it stays in `leases`
-    /// or `retries`, so a poll still finds the record due), and so are stale ones on the
-    /// way; records due for another delivery are never looked at.
+    /// deliveries: it is to be dead-lettered. Its timer stays until then (dead-lettering
+    /// makes it stale): a change that fails leaves it to the next look. Stale timers are
+    /// dropped on the way; records due for another delivery are never looked at.
     pub fn next_expired_final(&mut self, now: Instant) -> Option<u64> {
         while let Some(&Reverse((at, offset))) = self.finals.peek() {
             if at > now {
                 return None;
             }
-            self.finals.pop();
             let attempts = match self.slot(offset) {
                 Some(Slot::Leased { attempts, until }) if until == at => attempts,
                 Some(Slot::Waiting { attempts, at: due }) if due == at => attempts,
-                _ => continue,
+                _ => 0,
             };
             if attempts >= self.max_attempts {
                 return Some(offset);
             }
+            self.finals.pop();
         }
         None
     }
@@ -1004,6 +1004,9 @@ mod tests {
         s.set_max_attempts(2);
         assert_eq!(s.next_expired_final(later(&c, 99).now()), None);
         assert_eq!(s.next_expired_final(later(&c, 100).now()), Some(0));
+        // Found again until it is dead-lettered (a change that failed is tried again).
+        assert_eq!(s.next_expired_final(later(&c, 100).now()), Some(0));
+        s.apply(Op::Dead { offset: 0 }, &later(&c, 100));
         // An extended final lease ends later; acked records' timers are stale.
         s.apply(Op::Deliver { offset: 1, attempt: 2 }, &c);
         assert!(s.extend_lease(1, later(&c, 500).now()));

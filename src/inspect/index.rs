@@ -123,18 +123,40 @@ impl IndexCheck {
         };
         let entry = (LittleEndian::read_u32(e), LittleEndian::read_u32(&e[4..]));
         if entry == (0, 0) {
-            // A cut index holds its entries and nothing else, and no entry is zero (every
-            // position lies past the header). Zeros in a sealed one are its preallocated room:
-            // the seal's cut of the index never ran, as when a process stops between a roll
-            // under `Interval` and the sealer thread's cut. segq wrote them; nothing is lost.
             if !self.active {
-                let what = format!("unused (zero) entries: the index was never cut to its entries; {REBUILT}");
-                self.findings.push(Finding::warning(&self.path, self.pos, what));
+                self.at_zeros();
             }
             self.done = true;
             return None;
         }
         Some(entry)
+    }
+
+    /// Judges a zero entry of a sealed index. A cut index holds its entries and nothing
+    /// else, and no entry is zero (every position lies past the header). Zeros from here to
+    /// the end of the file are its preallocated room: the seal's cut of the index never
+    /// ran, as when a process stops between a roll under `Interval` and the sealer thread's
+    /// cut; segq wrote them, and nothing is lost. Anything after them is damage.
+    fn at_zeros(&mut self) {
+        let mut pos = self.pos;
+        while pos < self.len {
+            if let Err(e) = self.window.ensure(&self.src, &mut self.len, pos, 1, CHUNK) {
+                self.findings.push(Finding::damage(&self.path, pos, format!("cannot read the index: {e}")));
+                return;
+            }
+            let (bytes, start) = self.window.bytes();
+            let rest = &bytes[(pos - start) as usize..];
+            if rest.is_empty() {
+                break;
+            }
+            if let Some(i) = rest.iter().position(|&b| b != 0) {
+                let what = format!("an unused (zero) entry before bytes at {} in a sealed index", pos + i as u64);
+                return self.bad(what);
+            }
+            pos += rest.len() as u64;
+        }
+        let what = format!("unused (zero) entries: the index was never cut to its entries; {REBUILT}");
+        self.findings.push(Finding::warning(&self.path, self.pos, what));
     }
 
     fn consume(&mut self, entry: (u32, u32)) {
