@@ -97,15 +97,10 @@ fn failed_reads_of_damaged_records_keep_the_mapped_segment_bound() {
 fn a_passing_io_error_entering_a_segment_does_not_make_the_iterator_skip_it() {
     let _lock = common::process_lock();
     let dir = fast_dir();
-    let out = common::child_test(
+    common::run_child_test(
         "child_iterates_while_out_of_file_descriptors",
         &[("SEGQ_ITER_NOFILE_DIR", dir.path().display().to_string())],
-    )
-    .output()
-    .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("CHILD RAN"), "the child did not run: {text}");
-    assert!(out.status.success(), "child failed:\n{text}");
+    );
 }
 
 #[test]

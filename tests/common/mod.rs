@@ -145,6 +145,15 @@ pub fn child_test(test_name: &str, env: &[(&str, String)]) -> std::process::Comm
     cmd
 }
 
+/// Runs [`child_test`] to its end and checks that the child ran and passed (it prints
+/// `CHILD RAN` first); panics with what it printed otherwise.
+pub fn run_child_test(test_name: &str, env: &[(&str, String)]) {
+    let out = child_test(test_name, env).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("CHILD RAN"), "the child did not run: {text}");
+    assert!(out.status.success(), "child failed:\n{text}");
+}
+
 /// Serialises the tests of one binary that spawn child processes: a child forked while
 /// another test holds a queue open briefly inherits its lock file until it execs, which
 /// could make that test's next open fail with `Error::Locked`.
