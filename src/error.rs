@@ -163,8 +163,12 @@ pub enum Error {
 
     /// An earlier sync failed, so the kernel may have dropped unsynced data: this handle
     /// refuses writes until the queue is reopened (which recovers the durable prefix). The
-    /// text names the file whose sync failed: a failed sync of a group's files poisons only
-    /// that group.
+    /// text names the file concerned and says how to recover.
+    ///
+    /// A failed write or sync of a group's files stops only that group, and only until it
+    /// has written its whole state again, which each of its later calls tries first: they
+    /// return this error while that fails (on a disk still full, say), and go on once it
+    /// succeeds, with nothing acknowledged lost and every lease still held.
     ///
     /// ```
     /// use segq::{Error, Options, Queue};
@@ -180,7 +184,7 @@ pub enum Error {
     /// q.append(b"c")?;
     /// # Ok::<(), segq::Error>(())
     /// ```
-    #[error("poisoned by an earlier failed sync ({0}); reopen the queue to recover")]
+    #[error("poisoned by an earlier failure: {0}")]
     Poisoned(String),
 
     /// The queue was closed; this handle can no longer be used.

@@ -383,7 +383,7 @@ impl Log {
     }
 
     fn poisoned_error(&self) -> Option<Error> {
-        self.poisoned.get().map(|why| Error::Poisoned(why.clone()))
+        self.poisoned.get().map(|why| Error::Poisoned(format!("{why}; reopen the queue to recover")))
     }
 
     fn check_writable(&self, writer: &Writer) -> Result<()> {

@@ -234,9 +234,10 @@ impl Queue {
     /// [`Error::Closed`], or the error that stopped the pass: [`Error::Io`], or
     /// [`Error::Corrupt`] for a damaged last record of the oldest segment (under
     /// [`Options::retain_age`]) or a consumer group that cannot be opened (under
-    /// [`Options::retain_until_consumed`]), or [`Error::Poisoned`] for a group whose sync
-    /// failed (under [`Options::retain_until_consumed`], until the queue is reopened: its
-    /// acks can no longer be made durable). Segments deleted before the error stay deleted.
+    /// [`Options::retain_until_consumed`]), or [`Error::Poisoned`] for a group whose write
+    /// or sync failed (under [`Options::retain_until_consumed`], until the group can write
+    /// its state again, which each pass tries: until then its acks cannot be made
+    /// durable). Segments deleted before the error stay deleted.
     /// The passes that run by themselves drop their errors, so retention stops until the
     /// cause is fixed: call this to see why.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {

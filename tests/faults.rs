@@ -1,6 +1,7 @@
 //! Injected I/O faults (EIO, ENOSPC) on writes, syncs, block reservation and renames: the
 //! error reaches the caller, nothing acknowledged is lost, and after a failed sync the
-//! handle refuses writes until the queue is reopened.
+//! queue refuses writes until it is reopened. A consumer group refuses changes only until
+//! it has written its whole state again, which its next call tries.
 
 mod common;
 
@@ -134,9 +135,13 @@ fn a_failed_open_changes_nothing() {
     assert_has(dir.path(), 100);
 }
 
+/// A failed sync of a group's journal fails that group's calls until it has written its
+/// whole state again (a snapshot, synced with its folder, that does not depend on the pages
+/// the failed sync may have dropped), which each call tries first. The log goes on.
 #[test]
-fn a_failed_group_journal_sync_poisons_the_group_only() {
+fn a_failed_group_journal_sync_stops_the_group_only_until_its_state_is_written_again() {
     let dir = tempfile::tempdir().unwrap();
+    let groups = dir.path().join("groups");
     let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
     for i in 0..5 {
         q.append(&payload(i)).unwrap();
@@ -144,28 +149,45 @@ fn a_failed_group_journal_sync_poisons_the_group_only() {
     let g = q.group("g").unwrap();
     let d = g.poll(Duration::ZERO).unwrap().unwrap();
     g.ack(d.offset()).unwrap();
-    fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync));
+    fault::inject(Fault::new(&groups, Point::Sync));
     let d = g.poll(Duration::ZERO);
     assert!(matches!(d, Err(Error::Io(_))), "{d:?}");
+    // While the state cannot be written again, every call says why.
+    fault::inject(Fault::new(&groups, Point::Sync).times(u64::MAX));
+    let Err(Error::Poisoned(why)) = g.ack(1) else { panic!("not refused") };
+    assert!(why.contains("groups/g"), "{why}");
     fault::clear(dir.path());
-    assert!(matches!(g.ack(1), Err(Error::Poisoned(_))));
     // The log itself is fine.
     assert_eq!(q.append(b"more").unwrap(), 5);
+    fault::audit(&groups);
+    // The delivery whose sync failed was journaled: it stays leased, and is acked now.
+    g.ack(1).unwrap();
+    let synced = fault::take_synced(&groups);
+    let gdir = groups.join("g");
+    assert!(synced.iter().any(|s| s.path == gdir), "the folder was synced: {synced:?}");
+    assert!(
+        synced.iter().any(|s| s.path.parent() == Some(&gdir)
+            && s.path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("state"))
+            && s.range.start == 0),
+        "a snapshot was synced: {synced:?}"
+    );
+    assert_eq!(g.poll(Duration::ZERO).unwrap().unwrap().offset(), 2);
     drop(g);
     drop(q);
     let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
     let g = q.group("g").unwrap();
-    assert_eq!(g.ack_floor(), 1, "the durable ack of 0 survived");
+    assert_eq!(g.ack_floor(), 2, "the acks of 0 and 1 survived");
     let d = g.poll(Duration::ZERO).unwrap().unwrap();
-    assert_eq!(d.offset(), 1);
+    assert_eq!((d.offset(), d.attempt()), (2, 2));
 }
 
-/// Under `retain_until_consumed`, a poisoned group stops retention until the queue is
-/// reopened: its acks can no longer be made durable, and deleting on acks a crash may undo
-/// would lose records it still needs. The pass says which group, deletes nothing, and the
-/// log and the other groups go on; after a reopen the group's durable acks count again.
+/// Under `retain_until_consumed`, a group whose state cannot be written stops retention:
+/// its acks can no longer be made durable, and deleting on acks a crash may undo would
+/// lose records it still needs. The pass says which group, deletes nothing, and the log
+/// and the other groups go on. Once the group can write its state again, the next pass
+/// does, and counts its acks.
 #[test]
-fn a_poisoned_group_holds_retention_until_the_queue_is_reopened() {
+fn a_poisoned_group_holds_retention_until_it_can_write_its_state() {
     let dir = tempfile::tempdir().unwrap();
     let options = || opts(SyncPolicy::Always).retain_until_consumed(true);
     let q = Queue::open(dir.path(), options()).unwrap();
@@ -178,9 +200,10 @@ fn a_poisoned_group_holds_retention_until_the_queue_is_reopened() {
         g.ack_batch(&batch.iter().map(|d| d.offset()).collect::<Vec<_>>()).unwrap();
     }
     let d = bad.poll(Duration::ZERO).unwrap().unwrap();
-    fault::inject(Fault::new(&dir.path().join("groups/bad"), Point::Sync));
+    let bad_dir = dir.path().join("groups/bad");
+    fault::inject(Fault::new(&bad_dir, Point::Sync));
     assert!(matches!(bad.ack(d.offset()), Err(Error::Io(_))));
-    fault::clear(dir.path());
+    fault::inject(Fault::new(&bad_dir, Point::Sync).times(u64::MAX));
     let before = q.stats().segments;
     match q.enforce_retention() {
         Err(Error::Poisoned(why)) => assert!(why.contains("groups/bad"), "{why}"),
@@ -192,21 +215,25 @@ fn a_poisoned_group_holds_retention_until_the_queue_is_reopened() {
     q.append(b"more").unwrap();
     let batch = good.poll_batch(100, Duration::ZERO).unwrap();
     good.ack_batch(&batch.iter().map(|d| d.offset()).collect::<Vec<_>>()).unwrap();
+    fault::clear(dir.path());
+    // The ack whose sync failed was journaled: written again with the whole state, it counts.
+    let report = q.enforce_retention().unwrap();
+    assert!(report.segments_deleted > 0);
+    let floor = bad.ack_floor();
+    assert_eq!(floor, 101);
+    assert!(q.first_offset() <= floor, "{} past the bad group's floor {floor}", q.first_offset());
     drop((good, bad));
     drop(q);
     let q = Queue::open(dir.path(), options()).unwrap();
     let bad = q.group("bad").unwrap();
-    // The ack whose sync failed was never acknowledged, and may be there or not.
-    let floor = bad.ack_floor();
-    assert!(floor == 100 || floor == 101, "{floor}");
-    let report = q.enforce_retention().unwrap();
-    assert!(report.segments_deleted > 0);
-    assert!(q.first_offset() <= floor, "{} past the bad group's floor {floor}", q.first_offset());
+    assert_eq!(bad.ack_floor(), floor, "the pass deleted on acks that survive");
     assert_eq!(bad.poll(Duration::ZERO).unwrap().unwrap().offset(), floor);
 }
 
 /// Under `Always`, `poll_batch`, `ack_batch` and `nack_batch` each sync the journal before
 /// they return: a failing sync reaches them, and what they had made durable before survives.
+/// What they journaled is written again with the group's state when the next call finds
+/// the disk working.
 #[test]
 fn batched_group_calls_sync_under_always() {
     for failing in ["poll_batch", "ack_batch", "nack_batch"] {
@@ -226,25 +253,43 @@ fn batched_group_calls_sync_under_always() {
             _ => g.nack_batch(&[2], Duration::from_secs(3600)).map(|()| 1),
         };
         assert!(matches!(result, Err(Error::Io(_))), "{failing}: {result:?}");
-        fault::clear(dir.path());
+        fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync).times(u64::MAX));
         assert!(matches!(g.ack_batch(&[2]), Err(Error::Poisoned(_))), "{failing}");
+        fault::clear(dir.path());
+        // A crash now: what was made durable before the failure survives. The failed
+        // call's own change may be there or not: its sync failed, its write did not.
+        let copy = tempfile::tempdir().unwrap();
+        common::copy_tree(dir.path(), copy.path());
+        {
+            let q = Queue::open(copy.path(), opts(SyncPolicy::Always)).unwrap();
+            let g = q.group("g").unwrap();
+            assert!(g.ack_floor() >= 2, "{failing}: the durable acks survived");
+            let again = g.poll_batch(10, Duration::ZERO).unwrap();
+            assert!(again.iter().all(|d| d.offset() >= 2), "{failing}: an acked record came back");
+            if let Some(two) = again.iter().find(|d| d.offset() == 2) {
+                assert_eq!(two.attempt(), 2, "{failing}: the durable delivery of 2 counted");
+            }
+        }
+        // Once syncs work, the group writes its state again and goes on.
+        g.ack_batch(&[2]).unwrap();
+        let rest = g.poll_batch(10, Duration::ZERO).unwrap();
         drop(g);
         drop(q);
         let q = Queue::open(dir.path(), opts(SyncPolicy::Always)).unwrap();
         let g = q.group("g").unwrap();
-        // The failed call's own change may be there or not: its sync failed, its write
-        // did not.
-        assert!(g.ack_floor() >= 2, "{failing}: the durable acks survived");
+        assert_eq!(g.ack_floor(), 3, "{failing}");
         let again = g.poll_batch(10, Duration::ZERO).unwrap();
-        assert!(again.iter().all(|d| d.offset() >= 2), "{failing}: an acked record came back");
-        if let Some(two) = again.iter().find(|d| d.offset() == 2) {
-            assert_eq!(two.attempt(), 2, "{failing}: the durable delivery of 2 counted");
-        }
+        let offsets: Vec<u64> = again.iter().map(|d| d.offset()).collect();
+        assert_eq!(offsets, [3, 4, 5], "{failing}");
+        // Delivered once before the reopen: by the failed poll_batch, which journaled
+        // them (the poll after the repair found them leased), or else by that poll.
+        assert!(again.iter().all(|d| d.attempt() == 2), "{failing}: {again:?}");
+        assert_eq!(rest.len(), if failing == "poll_batch" { 0 } else { 3 }, "{failing}");
     }
 }
 
 #[test]
-fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
+fn a_failed_group_snapshot_stops_the_group_until_it_is_written_and_the_old_state_survives() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
     let batch: Vec<&[u8]> = (0..30_000).map(|_| b"x".as_slice()).collect();
@@ -259,16 +304,32 @@ fn a_failed_group_snapshot_poisons_the_group_and_the_old_state_survives() {
             Err(e) => break e,
         }
     };
-    fault::clear(dir.path());
     assert!(matches!(err, Error::Io(_)), "{err}");
     assert!(acked > 1000);
+    fault::inject(Fault::new(&dir.path().join("groups"), Point::Write).times(u64::MAX));
     assert!(matches!(g.ack(0), Err(Error::Poisoned(_))));
+    fault::clear(dir.path());
+    // A crash now keeps every ack made before the failure.
+    let copy = tempfile::tempdir().unwrap();
+    common::copy_tree(dir.path(), copy.path());
+    let floor = Queue::open(copy.path(), Options::default()).unwrap().group("g").unwrap().ack_floor();
+    assert!(floor >= acked, "acks were lost: floor {floor} < {acked}");
+    // With the disk working again, the group goes on. The failed call was the poll
+    // (nothing delivered) or the ack (the record stays leased): acked now in either case.
+    match g.ack(acked) {
+        Ok(()) | Err(Error::NotDelivered { .. }) => {}
+        Err(e) => panic!("{e}"),
+    }
+    for _ in 0..100 {
+        let d = g.poll(Duration::ZERO).unwrap().unwrap();
+        g.ack(d.offset()).unwrap();
+    }
     drop(g);
-    q.close().unwrap_or(());
+    q.close().unwrap();
     drop(q);
     let q = Queue::open(dir.path(), Options::default()).unwrap();
     let floor = q.group("g").unwrap().ack_floor();
-    assert!(floor >= acked, "acks were lost: floor {floor} < {acked}");
+    assert!(floor >= acked + 100, "acks were lost: floor {floor} < {acked} + 100");
 }
 
 /// Bytes of `path` that have blocks behind them.
@@ -333,9 +394,9 @@ fn a_poisoned_group_does_not_keep_the_others_from_being_flushed() {
     }
     let bad = q.group("bad").unwrap();
     bad.poll(Duration::ZERO).unwrap().unwrap();
-    fault::inject(Fault::new(&dir.path().join("groups/bad"), Point::Sync));
+    // It fails for good: a flush or close cannot write its state again either.
+    fault::inject(Fault::new(&dir.path().join("groups/bad"), Point::Sync).times(u64::MAX));
     assert!(matches!(bad.flush(), Err(Error::Io(_))));
-    fault::clear(dir.path());
     let names: Vec<String> = (0..8).map(|i| format!("healthy-{i}")).collect();
     let healthy: Vec<_> = names.iter().map(|n| q.group(n).unwrap()).collect();
     let journals = |synced: Vec<fault::Synced>| -> Vec<String> {
@@ -361,6 +422,7 @@ fn a_poisoned_group_does_not_keep_the_others_from_being_flushed() {
         assert_eq!(q.durable_offset(), q.next_offset(), "{step}: the log was flushed");
         assert_eq!(journals(fault::take_synced(dir.path())), names, "{step}: every healthy group was synced");
     }
+    fault::clear(dir.path());
     let q = Queue::open(dir.path(), opts(SyncPolicy::Never)).unwrap();
     assert_eq!(q.next_offset(), 7);
     for n in &names {

@@ -1061,8 +1061,9 @@ fn group_with_then_crash_keeps_new_settings_and_acks() {
 }
 
 /// `group_with` whose snapshot cannot be synced (an `EIO` from fsync): the call fails and
-/// poisons the group; after a crash, the group opens with either the old or the new
-/// settings, and loses no ack.
+/// poisons the group while syncs fail; after a crash, the group opens with either the old
+/// or the new settings, and loses no ack. Without the crash, once syncs work, the group
+/// goes on with the old settings.
 #[test]
 fn group_with_whose_snapshot_sync_fails_then_crash() {
     use segq::fault::{self, Fault, Point};
@@ -1073,21 +1074,34 @@ fn group_with_whose_snapshot_sync_fails_then_crash() {
         g.ack(d.offset()).unwrap();
     }
     let gdir = dir.path().join("groups").join("g");
-    fault::inject(Fault::new(&gdir, Point::Sync));
+    fault::inject(Fault::new(&gdir, Point::Sync).times(u64::MAX));
     let new = GroupOptions::default().lease(Duration::from_secs(9)).max_attempts(2);
     let r = q.group_with("g", new);
-    fault::clear(&gdir);
     assert!(r.is_err(), "the failed sync is reported");
     assert!(matches!(g.poll(NO_WAIT), Err(Error::Poisoned(_))));
-    q.simulate_crash();
+    fault::clear(&gdir);
+    // A crash now, in a copy.
+    let crashed = tempfile::tempdir().unwrap();
+    common::copy_tree(dir.path(), crashed.path());
+    // This process goes on, with the old settings.
+    let d = g.poll(NO_WAIT).unwrap().unwrap();
+    assert_eq!((d.offset(), g.options()), (4, GroupOptions::default()));
+    g.ack(4).unwrap();
+    q.close().unwrap();
+    drop((g, q));
     let q = Queue::open(dir.path(), Options::default()).unwrap();
+    assert_eq!(q.group("g").unwrap().options(), GroupOptions::default());
+    assert_eq!(q.group("g").unwrap().ack_floor(), 5);
+    q.close().unwrap();
+    assert_verify_ok(dir.path(), "after the repair");
+    let q = Queue::open(crashed.path(), Options::default()).unwrap();
     let g = q.group("g").unwrap();
     let o = g.options();
     assert!(o == GroupOptions::default() || o == new, "{o:?}");
     assert_eq!(g.ack_floor(), 4);
     assert_eq!(g.poll(NO_WAIT).unwrap().unwrap().offset(), 4);
     q.close().unwrap();
-    assert_verify_ok(dir.path(), "after the failed group_with");
+    assert_verify_ok(crashed.path(), "after the failed group_with");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -190,6 +190,10 @@ pub(crate) struct Journal {
     /// that crashed may have left them in the page cache only, and a later sync of entries
     /// after them would not make them durable.
     synced: usize,
+    /// Times the file was started over from its front: a sync that began before does not
+    /// cover the entries written since. (Not the generation: the repair of a failed
+    /// snapshot sync starts the file over for the same one.)
+    rewinds: u64,
     /// Changes written since the group was opened, across restarts of the file: what group
     /// commit counts, from 0. The entries found at open count as one, not yet durable.
     seq: u64,
@@ -211,7 +215,7 @@ pub(crate) struct SyncJob {
     path: PathBuf,
     map: Arc<Mapping>,
     range: Range<usize>,
-    generation: u64,
+    rewinds: u64,
     pub seq: u64,
 }
 
@@ -298,6 +302,7 @@ impl Journal {
             crc,
             pos: end,
             synced: FILE_HEADER_LEN,
+            rewinds: 0,
             seq: u64::from(end > FILE_HEADER_LEN),
             newer,
             flags: 0,
@@ -353,6 +358,7 @@ impl Journal {
         }
         self.pos = FILE_HEADER_LEN;
         self.synced = FILE_HEADER_LEN;
+        self.rewinds += 1;
         Ok(())
     }
 
@@ -369,6 +375,12 @@ impl Journal {
     pub fn snapshot_synced(&mut self) {
         self.flags &= !UNSYNCED_SNAPSHOT;
         self.unflagged_from.get_or_insert(self.pos);
+    }
+
+    /// Whether the entries written now say their snapshot may be unsynced: its sync has
+    /// not been seen to succeed.
+    pub fn snapshot_unsynced(&self) -> bool {
+        self.flags & UNSYNCED_SNAPSHOT != 0
     }
 
     /// Notes that the entries so far are promised durable (a flush is syncing them).
@@ -439,14 +451,15 @@ impl Journal {
             path: self.path.clone(),
             map: self.writer.mapping().clone(),
             range: self.synced..self.pos,
-            generation: self.generation,
+            rewinds: self.rewinds,
             seq: self.seq,
         }
     }
 
     /// Records that a sync job finished.
     pub fn synced(&mut self, job: &SyncJob) {
-        if job.generation == self.generation {
+        // Not if the file was started over meanwhile: the range holds other entries now.
+        if job.rewinds == self.rewinds {
             self.synced = self.synced.max(job.range.end);
         }
     }

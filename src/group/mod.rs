@@ -83,12 +83,30 @@ struct Locked {
     journal: Option<Journal>,
     opts: GroupOptions,
     generation: u64,
-    /// Set by a failed write of the group's files: the group refuses changes from then on.
-    failed: Option<String>,
+    /// Set by a failed write or sync of the group's files: changes are refused until
+    /// [`GroupInner::heal`] has written the state again.
+    failed: Option<Failure>,
+    /// The names of both snapshot files are durable: a sync of the group's directory came
+    /// after any write that may have created one. Not known at open: a write that failed
+    /// in an earlier run may have created the file, and the snapshot then written to it
+    /// would sync only the file.
+    names_synced: bool,
     /// Where new records are read from.
     cursor: Option<Iter>,
     /// The sync of the last snapshot [`Locked::compact_lazily`] wrote, while it may run.
     snapshot_sync: Option<JoinHandle<Result<()>>>,
+    /// Whether that sync covers the group's directory.
+    snapshot_sync_covers_names: bool,
+}
+
+/// Why a group takes no changes for now.
+#[derive(Debug, Clone)]
+struct Failure {
+    why: String,
+    /// A sync of the journal failed. The kernel may have dropped the pages it could not
+    /// write, and a sync tried again can succeed without them: the journal is not synced
+    /// again until a snapshot has replaced its entries.
+    journal: bool,
 }
 
 impl Group {
@@ -166,8 +184,10 @@ impl Group {
             opts: stored,
             generation: snap.generation,
             failed: None,
+            names_synced: false,
             cursor: None,
             snapshot_sync: None,
+            snapshot_sync_covers_names: false,
         };
         // The state must never be ahead of the log (a log that lost its unsynced tail in a
         // machine crash): deliveries past the log's end are forgotten.
@@ -265,8 +285,10 @@ impl Group {
     /// # Errors
     /// [`Error::Corrupt`] if the record's bytes are damaged: the record is then
     /// dead-lettered, so the next poll moves on. [`Error::Closed`], [`Error::GroupDeleted`].
-    /// [`Error::Io`] if the group's files cannot be written or synced, which poisons the
-    /// group: [`Error::Poisoned`] from then on.
+    /// [`Error::Io`] if the group's files cannot be written or synced (a full disk, say).
+    /// That stops the group until it has written its whole state again, which each later
+    /// call tries first: [`Error::Poisoned`] while that fails. Nothing is lost, and
+    /// consumers keep their leases.
     pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
         self.poll_with(timeout, |inner, l, clock| inner.take_next(l, clock, OnDamage::DeadLetter))?.transpose()
     }
@@ -297,7 +319,8 @@ impl Group {
     /// # Errors
     /// As for [`Group::poll`]. A damaged record ends a batch before it: the records taken
     /// until then are returned, and the next call dead-letters it and returns
-    /// [`Error::Corrupt`].
+    /// [`Error::Corrupt`]. So does any other failure once the batch holds a delivery (its
+    /// journal full and its snapshot not written, say): the next call reports it.
     pub fn poll_batch(&self, max: usize, timeout: Duration) -> Result<Vec<Delivery>> {
         if max == 0 {
             return Ok(Vec::new());
@@ -308,7 +331,15 @@ impl Group {
             while batch.len() < max {
                 // Until the batch holds a delivery, a damaged record is reported at once.
                 let on_damage = if batch.is_empty() { OnDamage::DeadLetter } else { OnDamage::Leave };
-                let (found, seq) = inner.take_next(l, clock, on_damage)?;
+                let (found, seq) = match inner.take_next(l, clock, on_damage) {
+                    Ok(taken) => taken,
+                    // A failure part way (a full journal whose snapshot could not be
+                    // written, say) ends the batch with the deliveries journaled so far:
+                    // dropped, they would stay leased to no one until their leases ran
+                    // out, each at the cost of an attempt. The next call meets the failure.
+                    Err(_) if !batch.is_empty() => break,
+                    Err(e) => return Err(e),
+                };
                 last_seq = seq.or(last_seq);
                 match found {
                     Some(Ok(delivery)) => {
@@ -343,7 +374,7 @@ impl Group {
             let clock = Clock::lazy();
             let (found, seq, wake_at) = {
                 let mut l = inner.lock();
-                inner.check(&l)?;
+                inner.check(&mut l)?;
                 let (found, seq) = take(inner, &mut l, &clock)?;
                 let wake_at = if found.is_none() { l.state.next_deadline() } else { None };
                 (found, seq, wake_at)
@@ -522,7 +553,7 @@ impl Group {
         let inner = &*self.inner;
         let extended = {
             let mut l = inner.lock();
-            inner.check(&l)?;
+            inner.check(&mut l)?;
             if offset >= l.state.next() {
                 return Err(Error::NotDelivered { offset });
             }
@@ -564,8 +595,8 @@ impl Group {
     /// [`Group::poll`].
     pub fn is_current(&self, delivery: &Delivery) -> Result<bool> {
         let inner = &*self.inner;
-        let l = inner.lock();
-        inner.check(&l)?;
+        let mut l = inner.lock();
+        inner.check(&mut l)?;
         Ok(l.state.holds(delivery.offset(), delivery.attempt, delivery.name))
     }
 
@@ -599,7 +630,7 @@ impl Group {
         let offset = delivery.offset();
         let seq = {
             let mut l = inner.lock();
-            inner.check(&l)?;
+            inner.check(&mut l)?;
             if !l.state.holds(offset, delivery.attempt, delivery.name) {
                 return Ok(false);
             }
@@ -644,7 +675,7 @@ impl Group {
         let offset = delivery.offset();
         {
             let mut l = inner.lock();
-            inner.check(&l)?;
+            inner.check(&mut l)?;
             if !l.state.holds(offset, delivery.attempt, delivery.name) {
                 return Ok(false);
             }
@@ -677,7 +708,7 @@ impl Group {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
         let inner = &*self.inner;
         let mut l = inner.lock();
-        inner.check(&l)?;
+        inner.check(&mut l)?;
         inner.catch_up(&mut l)?;
         inner.reap(&mut l)?;
         Ok(l.state.dead_letters().iter().map(|(&offset, &attempts)| DeadLetter { offset, attempts }).collect())
@@ -711,7 +742,7 @@ impl Group {
         let inner = &*self.inner;
         let seq = {
             let mut l = inner.lock();
-            inner.check(&l)?;
+            inner.check(&mut l)?;
             inner.reap(&mut l)?;
             if !l.state.dead_letters().contains_key(&offset) {
                 return Ok(false);
@@ -742,7 +773,7 @@ impl Group {
     pub fn ack_floor(&self) -> u64 {
         let inner = &*self.inner;
         let mut l = inner.lock();
-        if inner.check(&l).is_ok() {
+        if inner.check(&mut l).is_ok() {
             // Best effort: a failure to record an expired last attempt as dead leaves it
             // counted as open, which errs on the side of redelivery.
             let _ = inner.catch_up(&mut l);
@@ -786,7 +817,7 @@ impl Group {
         let pass = inner.log.retention_pass();
         let seq = {
             let mut l = inner.lock();
-            inner.check(&l)?;
+            inner.check(&mut l)?;
             let offset = offset.clamp(inner.log.first_offset(), inner.log.next_offset());
             // A record whose last attempt ran out is a dead letter, which the seek keeps,
             // whether or not a call has noticed yet.
@@ -817,7 +848,7 @@ impl Group {
     pub fn stats(&self) -> GroupStats {
         let inner = &*self.inner;
         let mut l = inner.lock();
-        if inner.check(&l).is_ok() {
+        if inner.check(&mut l).is_ok() {
             // Best effort, as in `ack_floor`.
             let _ = inner.catch_up(&mut l);
             let _ = inner.reap(&mut l);
@@ -860,7 +891,7 @@ impl Group {
     /// [`Error::Closed`], [`Error::GroupDeleted`], [`Error::Io`] if the sync fails (which
     /// poisons the group), [`Error::Poisoned`].
     pub fn flush(&self) -> Result<()> {
-        self.inner.check(&self.inner.lock())?;
+        self.inner.check(&mut self.inner.lock())?;
         self.inner.flush()
     }
 
@@ -870,16 +901,17 @@ impl Group {
         let opts = opts.as_stored();
         let inner = &*self.inner;
         let mut l = inner.lock();
-        inner.check(&l)?;
+        inner.check(&mut l)?;
         if l.opts == opts {
             return Ok(());
         }
-        l.opts = opts;
-        l.state.set_lease(opts.lease);
-        l.state.set_max_attempts(opts.max_attempts);
+        let old = l.opts;
+        l.set_options(opts);
         let result = l.compact(&inner.dir, &Clock::lazy());
         if let Err(e) = &result {
-            l.failed = Some(e.to_string());
+            // Not stored: the old settings stay, in memory as on disk.
+            l.set_options(old);
+            l.fail(e, false);
         }
         result
     }
@@ -901,7 +933,7 @@ impl GroupInner {
     fn change_all_delivered(&self, offsets: &[u64], decide: impl Fn(&Locked, &Clock, u64) -> Option<Op>) -> Result<()> {
         let seq = {
             let mut l = self.lock();
-            self.check(&l)?;
+            self.check(&mut l)?;
             let next = l.state.next();
             if let Some(&offset) = offsets.iter().find(|&&offset| offset >= next) {
                 return Err(Error::NotDelivered { offset });
@@ -934,13 +966,41 @@ impl GroupInner {
         }
     }
 
-    fn check(&self, l: &Locked) -> Result<()> {
+    /// Whether the group takes changes: not once deleted or closing, and after a failed
+    /// write only once [`GroupInner::heal`] has written its state again.
+    fn check(&self, l: &mut Locked) -> Result<()> {
         if self.deleted.load(Ordering::Acquire) || self.log.is_closing() {
             return Err(self.stopped());
         }
-        match &l.failed {
-            Some(why) => Err(Error::Poisoned(why.clone())),
-            None => Ok(()),
+        if l.failed.is_some() {
+            self.heal(l)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a group whose write or sync failed back into service, once the cause is gone
+    /// (space freed on a full disk, say): writes its whole state as a snapshot, synced with
+    /// the directory, and starts the journal over. Nothing the failure left behind is
+    /// relied on: not the pages of a failed sync, nor a file name that a failed write may
+    /// have created. The state in memory is what the files hold, as a reopen would read
+    /// it: a change is journaled before it is applied, and one whose entry could not be
+    /// written (a full journal whose snapshot failed) is neither. Unlike a reopen, leases
+    /// held by this process's consumers stay theirs.
+    #[cold]
+    #[inline(never)]
+    fn heal(&self, l: &mut Locked) -> Result<()> {
+        let Some(failure) = l.failed.clone() else { return Ok(()) };
+        // Whether the last snapshot's sync succeeded, the journal's flags say (see `rewrite`).
+        let _ = l.finish_snapshot_sync();
+        match l.rewrite(&self.dir, &Clock::lazy()) {
+            Ok(()) => {
+                l.failed = None;
+                Ok(())
+            }
+            Err(e) => Err(Error::Poisoned(format!(
+                "{}; writing the group's state again failed: {e}; its next call tries again",
+                failure.why
+            ))),
         }
     }
 
@@ -969,7 +1029,7 @@ impl GroupInner {
         let lazily = self.log.options().get_sync() == SyncPolicy::Never && !l.journal()?.promised();
         let result = if lazily { l.compact_lazily(&self.dir, clock) } else { l.compact(&self.dir, clock) };
         if let Err(e) = &result {
-            l.failed = Some(e.to_string());
+            l.fail(e, false);
         }
         result
     }
@@ -985,7 +1045,7 @@ impl GroupInner {
             // synced every change made before it).
             let job = self.lock().journal().map_err(|_| self.stopped())?.sync_job();
             if let Err(err) = job.run() {
-                self.lock().failed = Some(err.to_string());
+                self.lock().fail(&err, true);
                 return Err(err);
             }
             if let Some(journal) = &mut self.lock().journal {
@@ -993,18 +1053,23 @@ impl GroupInner {
             }
             Ok(job.seq)
         };
-        self.commit.wait_for(seq, sync, || self.lock().failed.clone().map(Error::Poisoned))
+        // Only a failed sync of the journal stops the syncs: after a failed snapshot, the
+        // entries already journaled can still be made durable (those of a batch poll that
+        // ended at the failure, say), as an open would find them on top of the older one.
+        let failed = || self.lock().failed.as_ref().filter(|f| f.journal).map(|f| Error::Poisoned(f.why.clone()));
+        self.commit.wait_for(seq, sync, failed)
     }
 
     pub(crate) fn flush(&self) -> Result<()> {
         let seq = {
             let mut l = self.lock();
             // Released: everything was flushed before.
-            let Some(journal) = &l.journal else { return Ok(()) };
-            // Nothing more is written: a snapshot could go over the only durable one.
-            if let Some(why) = &l.failed {
-                return Err(Error::Poisoned(why.clone()));
+            if l.journal.is_none() {
+                return Ok(());
             }
+            // After a failure, the state is written again first.
+            self.heal(&mut l)?;
+            let journal = l.journal()?;
             // Entries that all say their snapshot may be unsynced would let its later loss
             // (damage, by then) roll the group back past them: once flushed, they must not.
             // A synced snapshot replaces them. Otherwise they count on top of their
@@ -1015,7 +1080,7 @@ impl GroupInner {
                 l.finish_snapshot_sync()
             };
             if let Err(e) = result {
-                l.failed = Some(e.to_string());
+                l.fail(&e, false);
                 return Err(e);
             }
             let journal = l.journal()?;
@@ -1171,7 +1236,7 @@ impl GroupInner {
 #[cold]
 fn note_snapshot_synced(l: &mut Locked) {
     if let Err(e) = l.finish_snapshot_sync() {
-        l.failed = Some(e.to_string());
+        l.fail(&e, false);
     }
 }
 
@@ -1242,10 +1307,51 @@ impl Locked {
         self.finish_snapshot_sync()?;
         self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
-        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir)?;
+        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir, !self.names_synced)?;
+        self.names_synced = true;
         self.journal()?.restart(generation, 0)?;
         self.generation = generation;
         Ok(())
+    }
+
+    /// Writes the whole state as a snapshot, synced with the directory, and starts the
+    /// journal over: [`GroupInner::heal`]'s work.
+    fn rewrite(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
+        let journal = self.journal()?;
+        let generation = if journal.snapshot_unsynced() {
+            // The current generation's snapshot may not be durable (its sync failed): the
+            // other file, then the only durable one, is not written over. The current
+            // generation is written again, from the state now, once its entries are erased:
+            // replayed on top of that state, they would count twice. (A power loss before
+            // the write ends rolls the group back to the older snapshot, as an open would
+            // after losing this one: none of these entries was promised durable.)
+            journal.erase()?;
+            self.generation
+        } else {
+            self.generation.wrapping_add(1)
+        };
+        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir, true)?;
+        self.names_synced = true;
+        self.journal()?.restart(generation, 0)?;
+        self.generation = generation;
+        Ok(())
+    }
+
+    /// Records a failure: changes are refused until [`GroupInner::heal`] succeeds.
+    /// `journal`: it was a sync of the journal (see [`Failure::journal`]).
+    fn fail(&mut self, e: &Error, journal: bool) {
+        // A failed write may have created a snapshot file whose name is not durable.
+        self.names_synced = false;
+        match &mut self.failed {
+            Some(failure) => failure.journal |= journal,
+            None => self.failed = Some(Failure { why: e.to_string(), journal }),
+        }
+    }
+
+    fn set_options(&mut self, opts: GroupOptions) {
+        self.opts = opts;
+        self.state.set_lease(opts.lease);
+        self.state.set_max_attempts(opts.max_attempts);
     }
 
     /// [`Locked::compact`] for [`SyncPolicy::Never`], where a change costs ~200 ns and the
@@ -1259,7 +1365,9 @@ impl Locked {
         self.finish_snapshot_sync()?;
         self.check_not_failed()?;
         let generation = self.generation.wrapping_add(1);
-        let sync = Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_unsynced(dir)?;
+        let sync = Snapshot::of(&self.state, generation, self.opts.max_attempts, clock)
+            .write_unsynced(dir, !self.names_synced)?;
+        let covers_names = sync.syncs_dir();
         self.journal()?.restart(generation, UNSYNCED_SNAPSHOT)?;
         self.generation = generation;
         // Handed over once the thread runs: if none can be started, the sync runs here.
@@ -1271,10 +1379,12 @@ impl Locked {
             Ok(thread) => {
                 let _ = tx.send(sync);
                 self.snapshot_sync = Some(thread);
+                self.snapshot_sync_covers_names = covers_names;
                 Ok(())
             }
             Err(_) => {
                 sync.run()?;
+                self.names_synced |= covers_names;
                 self.journal()?.snapshot_synced();
                 Ok(())
             }
@@ -1285,7 +1395,7 @@ impl Locked {
     /// the other file may be the only durable one.
     fn check_not_failed(&self) -> Result<()> {
         match &self.failed {
-            Some(why) => Err(Error::Poisoned(why.clone())),
+            Some(failure) => Err(Error::Poisoned(failure.why.clone())),
             None => Ok(()),
         }
     }
@@ -1297,10 +1407,11 @@ impl Locked {
             Some(Ok(synced)) => synced,
             Some(Err(_)) => Err(Error::Poisoned("the sync of a group snapshot panicked".into())),
         };
-        if synced.is_ok()
-            && let Some(journal) = &mut self.journal
-        {
-            journal.snapshot_synced();
+        if synced.is_ok() {
+            self.names_synced |= self.snapshot_sync_covers_names;
+            if let Some(journal) = &mut self.journal {
+                journal.snapshot_synced();
+            }
         }
         synced
     }

@@ -29,6 +29,11 @@ pub(crate) struct SnapshotSync {
 }
 
 impl SnapshotSync {
+    /// Whether the sync covers the directory too.
+    pub fn syncs_dir(&self) -> bool {
+        self.dir.is_some()
+    }
+
     pub fn run(self) -> Result<()> {
         crate::fs::sync_file(&self.file, &self.path)?;
         self.dir.as_deref().map_or(Ok(()), sync_dir)
@@ -181,28 +186,29 @@ impl Snapshot {
     /// dropped; or it was read from the other file, or is a copy of one cut short, whose
     /// run may have created the file without its name reaching the disk.
     pub fn write_again(&self, dir: &Path) -> Result<()> {
-        let mut sync = self.write_unsynced(dir)?;
-        sync.dir = Some(dir.to_path_buf());
-        sync.run()
+        self.write_unsynced(dir, true)?.run()
     }
 
-    /// Writes this snapshot over the older of the group's two snapshot files and syncs it.
-    /// The newer file (the current generation) is untouched, so a write torn by a crash
-    /// leaves it in charge: it fails its checksum, and the older generation wins.
-    pub fn write_in_place(&self, dir: &Path) -> Result<()> {
-        self.write_unsynced(dir)?.run()
+    /// Writes this snapshot over the older of the group's two snapshot files and syncs it,
+    /// and the directory too if the file is new or `sync_dir` says so. The newer file (the
+    /// current generation) is untouched, so a write torn by a crash leaves it in charge: it
+    /// fails its checksum, and the older generation wins.
+    pub fn write_in_place(&self, dir: &Path, sync_dir: bool) -> Result<()> {
+        self.write_unsynced(dir, sync_dir)?.run()
     }
 
     /// [`Snapshot::write_in_place`] without the sync, which the caller runs (on another
     /// thread, say) before it writes the next snapshot: that one goes over the other file.
-    pub fn write_unsynced(&self, dir: &Path) -> Result<SnapshotSync> {
+    /// `sync_dir`: the directory is synced too, even if the file was there: a run that
+    /// failed may have created it without its name reaching the disk.
+    pub fn write_unsynced(&self, dir: &Path, sync_dir: bool) -> Result<SnapshotSync> {
         let path = dir.join(file_for(self.generation));
         let existed = path.exists();
         let file = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path).at(&path)?;
         let bytes = self.encode();
         crate::fs::write_at(&file, &path, &bytes, 0)?;
         file.set_len(bytes.len() as u64).at(&path)?;
-        let dir = (!existed).then(|| dir.to_path_buf());
+        let dir = (!existed || sync_dir).then(|| dir.to_path_buf());
         Ok(SnapshotSync { file, path, dir })
     }
 
@@ -414,7 +420,7 @@ mod alternation_tests {
         let dir = tempfile::tempdir().unwrap();
         snap(0).write_new(dir.path()).unwrap();
         for generation in 1..5 {
-            snap(generation).write_in_place(dir.path()).unwrap();
+            snap(generation).write_in_place(dir.path(), false).unwrap();
             assert_eq!(Snapshot::read_latest(dir.path()).unwrap().snap.generation, generation);
         }
         assert!(dir.path().join("state").exists() && dir.path().join("state.1").exists());

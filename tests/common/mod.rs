@@ -410,6 +410,11 @@ pub fn journal_entry(kind: u8, offset: u64, arg: u64, generation: u64) -> [u8; J
     e
 }
 
+/// The file of a group's snapshot of `generation`: `state` for even ones, `state.1` for odd.
+pub fn snapshot_file(generation: u64) -> &'static str {
+    if generation.is_multiple_of(2) { "state" } else { "state.1" }
+}
+
 /// The generation of a group's newest valid snapshot: snapshots alternate between `state`
 /// and `state.1` in `group_dir`, and one whose checksum fails does not count.
 pub fn latest_snapshot_generation(group_dir: &Path) -> Option<u64> {
