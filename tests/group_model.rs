@@ -1,12 +1,14 @@
 //! A consumer group behaves like a simple in-memory model through random sequences of
 //! appends, polls, acks, nacks, lease extensions, redrives, seeks and reopens, one by one
-//! and in batches.
+//! and in batches, and through failed syncs of its files: refused calls change nothing,
+//! and once the group has written its state again it goes on as the model says.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use segq::{GroupOptions, Options, Queue, SyncPolicy};
+use segq::fault::{self, Fault, Point};
+use segq::{Error, GroupOptions, Options, Queue, SyncPolicy};
 
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -26,6 +28,8 @@ enum Step {
     /// `extend_lease` of a delivered offset (from an index): by two hours, or ended (zero).
     Extend(usize, bool),
     Seek(u8),
+    /// The next this many syncs of the group's files fail, the first of them in a flush.
+    FailSyncs(u8),
     Reopen,
     Crash,
 }
@@ -42,6 +46,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(Step::Redrive),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(i, end)| Step::Extend(i, end)),
         1 => any::<u8>().prop_map(Step::Seek),
+        1 => (1u8..4).prop_map(Step::FailSyncs),
         1 => Just(Step::Reopen),
         1 => Just(Step::Crash),
     ]
@@ -151,10 +156,26 @@ fn nothing_to_deliver(m: &Model) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn check(g: &segq::Group, m: &Model) {
+/// What a call returned, given whether injected faults may still fail the group's syncs:
+/// `None` if it was refused because the group could not write its state again (it then
+/// changed nothing).
+fn unless_refused<T: std::fmt::Debug>(result: segq::Result<T>, faulty: bool) -> Option<T> {
+    match result {
+        Ok(value) => Some(value),
+        Err(Error::Poisoned(why)) if faulty => {
+            assert!(why.contains("writing the group's state again failed"), "{why}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn check(g: &segq::Group, m: &Model, faulty: bool) {
     assert_eq!(g.ack_floor(), m.ack_floor(), "ack floor; model {m:?}");
-    let dead: Vec<_> = g.dead_letters().unwrap().iter().map(|d| (d.offset(), d.attempts())).collect();
-    assert_eq!(dead, m.dead(), "dead letters");
+    if let Some(dead) = unless_refused(g.dead_letters(), faulty) {
+        let dead: Vec<_> = dead.iter().map(|d| (d.offset(), d.attempts())).collect();
+        assert_eq!(dead, m.dead(), "dead letters");
+    }
 }
 
 proptest! {
@@ -164,8 +185,11 @@ proptest! {
     fn group_matches_model(steps in proptest::collection::vec(step(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
         let (mut q, mut g) = open(dir.path());
+        let groups = dir.path().join("groups");
         let mut m = Model::default();
         let mut outstanding: Vec<u64> = Vec::new();
+        // Whether injected faults may still fail the group's syncs.
+        let mut faulty = false;
         for step in steps {
             match step {
                 Step::Append(n) => {
@@ -174,12 +198,13 @@ proptest! {
                         m.records += 1;
                     }
                 }
-                Step::Poll => match g.poll(Duration::ZERO).unwrap() {
-                    None => nothing_to_deliver(&m)?,
-                    Some(d) => delivered(&mut m, &mut outstanding, &d)?,
+                Step::Poll => match unless_refused(g.poll(Duration::ZERO), faulty) {
+                    None => {}
+                    Some(None) => nothing_to_deliver(&m)?,
+                    Some(Some(d)) => delivered(&mut m, &mut outstanding, &d)?,
                 },
                 Step::PollBatch(max) => {
-                    let batch = g.poll_batch(max, Duration::ZERO).unwrap();
+                    let Some(batch) = unless_refused(g.poll_batch(max, Duration::ZERO), faulty) else { continue };
                     prop_assert!(batch.len() <= max);
                     for d in &batch {
                         delivered(&mut m, &mut outstanding, d)?;
@@ -190,33 +215,47 @@ proptest! {
                 }
                 Step::Ack(i) if !outstanding.is_empty() => {
                     let o = outstanding.remove(i % outstanding.len());
-                    g.ack(o).unwrap();
+                    if unless_refused(g.ack(o), faulty).is_none() {
+                        outstanding.push(o);
+                        continue;
+                    }
                     m.states.insert(o, State::Acked);
                 }
                 Step::AckBatch(i, n) if !outstanding.is_empty() => {
                     let acked = take_some(&mut outstanding, i, n);
-                    g.ack_batch(&acked).unwrap();
+                    if unless_refused(g.ack_batch(&acked), faulty).is_none() {
+                        outstanding.extend(&acked[..acked.len() - 1]);
+                        continue;
+                    }
                     for o in acked {
                         m.states.insert(o, State::Acked);
                     }
                 }
                 Step::NackBatch(i, n) if !outstanding.is_empty() => {
                     let nacked = take_some(&mut outstanding, i, n);
-                    g.nack_batch(&nacked, Duration::ZERO).unwrap();
+                    if unless_refused(g.nack_batch(&nacked, Duration::ZERO), faulty).is_none() {
+                        outstanding.extend(&nacked[..nacked.len() - 1]);
+                        continue;
+                    }
                     for o in nacked {
                         m.nacked(o);
                     }
                 }
                 Step::Nack(i) if !outstanding.is_empty() => {
                     let o = outstanding.remove(i % outstanding.len());
-                    g.nack(o, Duration::ZERO).unwrap();
+                    if unless_refused(g.nack(o, Duration::ZERO), faulty).is_none() {
+                        outstanding.push(o);
+                        continue;
+                    }
                     m.nacked(o);
                 }
                 Step::Redrive(i) => {
                     let dead = m.dead();
                     if !dead.is_empty() {
                         let (o, _) = dead[i % dead.len()];
-                        g.redrive(o).unwrap();
+                        if unless_refused(g.redrive(o), faulty).is_none() {
+                            continue;
+                        }
                         m.states.insert(o, State::Due(0));
                     }
                 }
@@ -227,7 +266,8 @@ proptest! {
                         Some(&(State::Leased(a) | State::Expired(a))) => Some(a),
                         _ => None,
                     };
-                    prop_assert_eq!(g.extend_lease(o, lease).unwrap(), held.is_some(), "offset {}", o);
+                    let Some(extended) = unless_refused(g.extend_lease(o, lease), faulty) else { continue };
+                    prop_assert_eq!(extended, held.is_some(), "offset {}", o);
                     if let Some(a) = held {
                         // An ended last attempt is dead-lettered by the next look at the group.
                         let now = match (end, a >= MAX_ATTEMPTS) {
@@ -243,12 +283,29 @@ proptest! {
                 }
                 Step::Seek(to) => {
                     let to = u64::from(to) % (m.records + 1);
-                    g.seek(to).unwrap();
+                    if unless_refused(g.seek(to), faulty).is_none() {
+                        continue;
+                    }
                     m.states.retain(|&o, s| o < to && matches!(s, State::Dead(_)));
                     m.next = to;
                     outstanding.clear();
                 }
+                Step::FailSyncs(n) => {
+                    fault::inject(Fault::new(&groups, Point::Sync).times(n.into()));
+                    match g.flush() {
+                        // Nothing to sync: the faults wait for a later sync.
+                        Ok(()) => {}
+                        Err(Error::Io(_)) => {}
+                        // A failure not yet repaired: the flush repairs it first.
+                        Err(Error::Poisoned(_)) if faulty => {}
+                        other => panic!("{other:?}"),
+                    }
+                    faulty = true;
+                }
                 Step::Reopen | Step::Crash => {
+                    // Whatever failed is repaired by the close or the open.
+                    fault::clear(&groups);
+                    faulty = false;
                     if matches!(step, Step::Reopen) {
                         drop(g);
                         q.close().unwrap();
@@ -262,7 +319,8 @@ proptest! {
                 }
                 _ => {}
             }
-            check(&g, &m);
+            check(&g, &m, faulty);
         }
+        fault::clear(&groups);
     }
 }

@@ -155,7 +155,8 @@ impl Group {
         //   only synced: its sync may have failed, and a retried fsync can report success
         //   for pages a failed one dropped. (Not one this open created: it synced it.)
         let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
-        if copy || (!created && !rolled_back && journal.snapshot_maybe_unsynced()) {
+        let written_again = copy || (!created && !rolled_back && journal.snapshot_maybe_unsynced());
+        if written_again {
             snap.write_again(&dir)?;
             // Its run may also have stopped before the names of the group's directory and of
             // `groups/` were synced (a creation cut short): made durable before this run
@@ -184,7 +185,8 @@ impl Group {
             opts: stored,
             generation: snap.generation,
             failed: None,
-            names_synced: false,
+            // Synced with the directory just above.
+            names_synced: written_again,
             cursor: None,
             snapshot_sync: None,
             snapshot_sync_covers_names: false,
