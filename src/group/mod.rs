@@ -549,13 +549,14 @@ impl Group {
     ///
     /// # Errors
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
-    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
-    /// [`Group::poll`].
+    /// [`Error::Closed`], [`Error::GroupDeleted`]. Not [`Error::Poisoned`]: a lease is
+    /// extended in memory while the group cannot write its files, so a worker keeps its
+    /// record through a full disk.
     pub fn extend_lease(&self, offset: u64, lease: Duration) -> Result<bool> {
         let inner = &*self.inner;
         let extended = {
             let mut l = inner.lock();
-            inner.check(&mut l)?;
+            inner.check_open()?;
             if offset >= l.state.next() {
                 return Err(Error::NotDelivered { offset });
             }
@@ -593,12 +594,12 @@ impl Group {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
-    /// [`Group::poll`].
+    /// [`Error::Closed`], [`Error::GroupDeleted`]; not [`Error::Poisoned`], as for
+    /// [`Group::extend_lease`].
     pub fn is_current(&self, delivery: &Delivery) -> Result<bool> {
         let inner = &*self.inner;
-        let mut l = inner.lock();
-        inner.check(&mut l)?;
+        let l = inner.lock();
+        inner.check_open()?;
         Ok(l.state.holds(delivery.offset(), delivery.attempt, delivery.name))
     }
 
@@ -670,14 +671,14 @@ impl Group {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::GroupDeleted`] and [`Error::Poisoned`] as for
-    /// [`Group::poll`].
+    /// [`Error::Closed`], [`Error::GroupDeleted`]; not [`Error::Poisoned`], as for
+    /// [`Group::extend_lease`].
     pub fn extend_delivery(&self, delivery: &Delivery, lease: Duration) -> Result<bool> {
         let inner = &*self.inner;
         let offset = delivery.offset();
         {
             let mut l = inner.lock();
-            inner.check(&mut l)?;
+            inner.check_open()?;
             if !l.state.holds(offset, delivery.attempt, delivery.name) {
                 return Ok(false);
             }
@@ -911,7 +912,8 @@ impl Group {
         l.set_options(opts);
         let result = l.compact(&inner.dir, &Clock::lazy());
         if let Err(e) = &result {
-            // Not stored: the old settings stay, in memory as on disk.
+            // Refused: the old settings stay, and the next snapshot stores them. (A
+            // crash before then may find the new ones, written whole in the page cache.)
             l.set_options(old);
             l.fail(e, false);
         }
@@ -968,12 +970,18 @@ impl GroupInner {
         }
     }
 
-    /// Whether the group takes changes: not once deleted or closing, and after a failed
-    /// write only once [`GroupInner::heal`] has written its state again.
-    fn check(&self, l: &mut Locked) -> Result<()> {
+    /// Whether the group is still in use: not once deleted, or its queue closing.
+    fn check_open(&self) -> Result<()> {
         if self.deleted.load(Ordering::Acquire) || self.log.is_closing() {
             return Err(self.stopped());
         }
+        Ok(())
+    }
+
+    /// Whether the group takes changes: not once deleted or closing, and after a failed
+    /// write only once [`GroupInner::heal`] has written its state again.
+    fn check(&self, l: &mut Locked) -> Result<()> {
+        self.check_open()?;
         if l.failed.is_some() {
             self.heal(l)?;
         }
@@ -1319,20 +1327,22 @@ impl Locked {
     /// Writes the whole state as a snapshot, synced with the directory, and starts the
     /// journal over: [`GroupInner::heal`]'s work.
     fn rewrite(&mut self, dir: &Path, clock: &Clock) -> Result<()> {
-        let journal = self.journal()?;
-        let generation = if journal.snapshot_unsynced() {
-            // The current generation's snapshot may not be durable (its sync failed): the
-            // other file, then the only durable one, is not written over. The current
-            // generation is written again, from the state now, once its entries are erased:
-            // replayed on top of that state, they would count twice. (A power loss before
-            // the write ends rolls the group back to the older snapshot, as an open would
-            // after losing this one: none of these entries was promised durable.)
-            journal.erase()?;
-            self.generation
+        let generation = if self.journal()?.snapshot_unsynced() {
+            // The current generation's snapshot (`g`) may not be durable (its sync failed),
+            // and the other file holds the only durable one (`g - 1`): that file is not
+            // written over. Generation `g + 2` replaces `g` in its file, under a temporary
+            // name renamed into place: until the rename, `g` stays whole, which a process
+            // crash needs (the changes between `g - 1` and `g` are nowhere else), and the
+            // journal's entries, of `g`, go on counting on top of it. After, they are older
+            // than the snapshot and no longer replayed.
+            let generation = self.generation.wrapping_add(2);
+            Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_new(dir)?;
+            generation
         } else {
-            self.generation.wrapping_add(1)
+            let generation = self.generation.wrapping_add(1);
+            Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir, true)?;
+            generation
         };
-        Snapshot::of(&self.state, generation, self.opts.max_attempts, clock).write_in_place(dir, true)?;
         self.names_synced = true;
         self.journal()?.restart(generation, 0)?;
         self.generation = generation;

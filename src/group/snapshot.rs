@@ -163,8 +163,10 @@ impl Snapshot {
         })
     }
 
-    /// Writes the first snapshot of a new group under a temporary name and renames it into
-    /// place, so that the group exists (with a valid snapshot) or not at all.
+    /// Writes this snapshot under a temporary name, synced, and renames it into place, then
+    /// syncs the directory: the file holds the snapshot it held before or this one, whole.
+    /// For the first snapshot of a new group (which then exists, with a valid snapshot, or
+    /// not at all), and for the repair of one whose sync failed (see `Locked::rewrite`).
     pub fn write_new(&self, dir: &Path) -> Result<()> {
         let path = dir.join(file_for(self.generation));
         let tmp = temp_path(&path);
