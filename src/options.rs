@@ -124,6 +124,7 @@ pub struct Options {
     pub(crate) retain_age: Option<Duration>,
     pub(crate) retain_until_consumed: bool,
     pub(crate) busy_wait_for_sync: bool,
+    pub(crate) idle_groups_kept_open: usize,
 }
 
 impl Default for Options {
@@ -137,6 +138,7 @@ impl Default for Options {
             retain_age: None,
             retain_until_consumed: false,
             busy_wait_for_sync: false,
+            idle_groups_kept_open: 256,
         }
     }
 }
@@ -335,6 +337,47 @@ impl Options {
     }
 
     /// Whether any retention rule is set.
+    /// How many consumer groups that no [`crate::Group`] handle holds stay open, for the
+    /// next [`crate::Queue::group`] to find at no cost (default 256). An open group keeps
+    /// one file descriptor and a 256 KiB mapping of its journal. When a newly opened group
+    /// takes the count past this, the least recently used half of them are flushed and
+    /// closed; the next `group` call opens such a group again from its files, as it was.
+    /// Never closed: a group a handle holds, and one where a consumer holds a lease (a
+    /// reopen ends every lease).
+    ///
+    /// A service with thousands of groups thus keeps a bounded number of descriptors, as
+    /// long as it drops the handles of the groups it is not using. Raise it where
+    /// descriptors are plentiful and groups are reopened often; each reopen reads the
+    /// group's files.
+    ///
+    /// ```
+    /// use segq::{Options, Queue};
+    /// # let dir = tempfile::tempdir()?;
+    /// let q = Queue::open(dir.path(), Options::default().idle_groups_kept_open(2))?;
+    /// q.append(b"job")?;
+    /// for tenant in ["a", "b", "c", "d"] {
+    ///     let g = q.group(tenant)?; // the handle is dropped at the end of each turn
+    ///     g.ack(g.poll(std::time::Duration::ZERO)?.expect("a job").offset())?;
+    /// }
+    /// // "a" was closed by the time "c" was opened, and opens again as it was.
+    /// assert_eq!(q.group("a")?.ack_floor(), 1);
+    /// # Ok::<(), segq::Error>(())
+    /// ```
+    #[must_use]
+    pub fn idle_groups_kept_open(mut self, groups: usize) -> Self {
+        self.idle_groups_kept_open = groups;
+        self
+    }
+
+    /// How many groups no handle holds stay open.
+    ///
+    /// ```
+    /// assert_eq!(segq::Options::default().get_idle_groups_kept_open(), 256);
+    /// ```
+    pub fn get_idle_groups_kept_open(&self) -> usize {
+        self.idle_groups_kept_open
+    }
+
     pub(crate) fn has_retention(&self) -> bool {
         self.retain_bytes.is_some() || self.retain_age.is_some() || self.retain_until_consumed
     }

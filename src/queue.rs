@@ -4,6 +4,7 @@ use crate::inspect::WriterLock;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, IoContext, Result};
@@ -50,10 +51,13 @@ struct Shared {
     /// Open groups by name: every handle to a name shares one state.
     groups: Mutex<HashMap<String, Arc<GroupInner>>>,
     /// The oldest offset each group still needs, for groups that a retention pass opened
-    /// and let go again (see [`Queue::retain`]). No handle in this process has them open,
-    /// and no other process can: they cannot change until one is opened. Locked only with
+    /// and let go again (see [`Queue::retain`]), and for idle groups closed past
+    /// [`Options::idle_groups_kept_open`]. No handle in this process has them open, and no
+    /// other process can: they cannot change until one is opened. Locked only with
     /// `groups` held.
     resting: Mutex<HashMap<String, u64>>,
+    /// Calls of `Queue::group` so far: the clock of [`GroupInner::last_use`].
+    uses: AtomicU64,
 }
 
 impl Shared {
@@ -124,7 +128,12 @@ impl Queue {
         let lock = WriterLock::acquire(dir, true)?;
         let sync = options.sync;
         let log = Arc::new(Log::open(dir, options)?);
-        let shared = Arc::new(Shared { log: log.clone(), groups: Mutex::default(), resting: Mutex::default() });
+        let shared = Arc::new(Shared {
+            log: log.clone(),
+            groups: Mutex::default(),
+            resting: Mutex::default(),
+            uses: AtomicU64::new(0),
+        });
         let flusher = match sync {
             SyncPolicy::Interval(every) => {
                 let weak = Arc::downgrade(&shared);
@@ -364,9 +373,9 @@ impl Queue {
 
     /// The consumer group `name`, created (durably) on first use at the queue's first
     /// offset with [`GroupOptions::default`]; an existing group keeps the settings it has.
-    /// Once opened, a group stays open (one file descriptor and a 256 KiB mapping of its
-    /// journal) until the queue closes or the group is deleted, whether or not handles to
-    /// it are kept.
+    /// An open group keeps one file descriptor and a 256 KiB mapping of its journal while
+    /// a handle holds it, and for a while after: see [`Options::idle_groups_kept_open`]
+    /// for when the queue closes groups that no handle holds.
     ///
     /// ```
     /// use std::time::Duration;
@@ -418,6 +427,7 @@ impl Queue {
             return Err(Error::Closed);
         }
         if let Some(inner) = self.shared.groups().get(name).cloned() {
+            inner.touch(self.shared.uses.fetch_add(1, Ordering::Relaxed));
             let g = Group::from_inner(inner);
             if let Some(o) = options {
                 g.configure(o)?;
@@ -440,7 +450,9 @@ impl Queue {
         name: &str,
         options: Option<GroupOptions>,
     ) -> Result<Group> {
+        let use_count = self.shared.uses.fetch_add(1, Ordering::Relaxed);
         if let Some(inner) = groups.get(name) {
+            inner.touch(use_count);
             let g = Group::from_inner(inner.clone());
             if let Some(o) = options {
                 g.configure(o)?;
@@ -448,9 +460,35 @@ impl Queue {
             return Ok(g);
         }
         let g = Group::open(self.log.clone(), name, options)?;
+        g.inner().touch(use_count);
         groups.insert(name.to_string(), g.inner().clone());
         self.shared.resting().remove(name);
+        self.let_go_of_idle_groups(groups);
         Ok(g)
+    }
+
+    /// Closes the least recently used half of the open groups that no handle holds, once
+    /// there are more than [`Options::idle_groups_kept_open`], except those where a
+    /// consumer holds a lease: a reopen would end it. Each is flushed first, and its oldest
+    /// needed offset kept for retention, as for the groups a retention pass opens by itself.
+    fn let_go_of_idle_groups(&self, groups: &mut HashMap<String, Arc<GroupInner>>) {
+        // The map's is the only reference: no handle, and no flush or pass using it (they
+        // take theirs under the lock the caller holds).
+        let mut idle: Vec<(u64, &String)> =
+            groups.iter().filter(|(_, g)| Arc::strong_count(g) == 1).map(|(name, g)| (g.last_use(), name)).collect();
+        let kept = self.log.options().idle_groups_kept_open;
+        if idle.len() <= kept {
+            return;
+        }
+        idle.sort_unstable();
+        let oldest: Vec<String> = idle.iter().take(idle.len() - kept / 2).map(|&(_, name)| name.clone()).collect();
+        let mut resting = self.shared.resting();
+        for name in oldest {
+            if let Some(floor) = groups.get(&name).and_then(|g| g.let_go_if_idle()) {
+                groups.remove(&name);
+                resting.insert(name, floor);
+            }
+        }
     }
 
     /// Names of the consumer groups, sorted.

@@ -16,7 +16,7 @@ pub(crate) use files::{GROUPS_DIR, JOURNAL_FILE, STATE_FILE, check_link, list, r
 use files::{create, remove_temp_files};
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +74,9 @@ pub(crate) struct GroupInner {
     locked: Mutex<Locked>,
     commit: GroupCommit,
     deleted: AtomicBool,
+    /// When `Queue::group` last handed this group out, on the queue's own count: the
+    /// groups no handle holds are let go of least recently used first.
+    last_use: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -227,6 +230,7 @@ impl Group {
             locked: Mutex::new(locked),
             commit,
             deleted: AtomicBool::new(false),
+            last_use: AtomicU64::new(0),
         };
         Ok(Group { inner: Arc::new(inner) })
     }
@@ -1105,6 +1109,38 @@ impl GroupInner {
     /// past that holds only the state in memory, which [`Group::stats`] reads.
     pub(crate) fn release(&self) {
         self.lock().release();
+    }
+
+    /// Notes that `Queue::group` handed the group out at `use_count`.
+    pub(crate) fn touch(&self, use_count: u64) {
+        self.last_use.store(use_count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_use(&self) -> u64 {
+        self.last_use.load(Ordering::Relaxed)
+    }
+
+    /// Flushes the group and lets go of its file and mapping, unless a consumer holds a
+    /// lease (which a reopen would end) or its state cannot be written: for a group that
+    /// no handle holds, which the queue closes to bound the descriptors it keeps. Returns
+    /// the lowest offset the group still needs, which no call can change until it is
+    /// opened again.
+    pub(crate) fn let_go_if_idle(&self) -> Option<u64> {
+        let idle = |l: &Locked| l.failed.is_none() && l.journal.is_some() && l.state.counts(Instant::now()).0 == 0;
+        if !idle(&self.lock()) {
+            return None;
+        }
+        // Its changes are promised durable by `Queue::flush` and the sync policy: made so
+        // now, while its journal is still open.
+        self.flush().ok()?;
+        let mut l = self.lock();
+        // Nothing leased a record meanwhile: no handle holds the group, and the caller
+        // keeps any from being made.
+        if !idle(&l) {
+            return None;
+        }
+        l.release();
+        Some(l.state.oldest_needed())
     }
 
     /// Drops the read cursor, which holds the segment it reads from (and its mapping): after
