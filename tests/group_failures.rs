@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::{FILE_HEADER_LEN, JOURNAL_ENTRY_LEN, copy_tree, journal_entries, latest_snapshot_generation};
 use segq::fault::{self, ENOSPC, Fault, Point};
 use segq::{Error, Group, GroupOptions, Options, Queue, SyncPolicy};
+use tempfile::TempDir;
 
 const ZERO: Duration = Duration::ZERO;
 
@@ -109,6 +110,17 @@ fn group_opts(lease: Duration, max_attempts: u32) -> GroupOptions {
     GroupOptions::default().lease(lease).max_attempts(max_attempts)
 }
 
+/// A queue of `records` records under `sync`, and its group "g" with these settings; also
+/// the group's folder.
+fn setup(sync: SyncPolicy, records: u64, lease: Duration, max_attempts: u32) -> (TempDir, PathBuf, Queue, Group) {
+    let dir = tempfile::tempdir().unwrap();
+    let gdir = group_dir(dir.path(), "g");
+    let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
+    append_n(&q, records);
+    let g = q.group_with("g", group_opts(lease, max_attempts)).unwrap();
+    (dir, gdir, q, g)
+}
+
 /// The ack floor and dead letters a copy of `dir` opens with: what a crash of the process
 /// right now keeps.
 fn after_a_crash(dir: &Path, name: &str) -> (u64, Vec<u64>) {
@@ -128,11 +140,7 @@ fn after_a_crash(dir: &Path, name: &str) -> (u64, Vec<u64>) {
 #[test]
 fn a_group_goes_on_once_the_disk_has_room_again_and_its_consumers_keep_their_leases() {
     for sync in [SyncPolicy::Never, SyncPolicy::Interval(Duration::from_millis(5)), SyncPolicy::Always] {
-        let dir = tempfile::tempdir().unwrap();
-        let gdir = group_dir(dir.path(), "g");
-        let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
-        append_n(&q, 30_000);
-        let g = q.group_with("g", group_opts(Duration::from_secs(3600), 1)).unwrap();
+        let (dir, gdir, q, g) = setup(sync, 30_000, Duration::from_secs(3600), 1);
         let held = g.poll(ZERO).unwrap().unwrap();
         assert_eq!(held.offset(), 0);
         use_journal(&g, &gdir, 0);
@@ -176,11 +184,7 @@ fn a_group_goes_on_once_the_disk_has_room_again_and_its_consumers_keep_their_lea
 /// as without the failure.
 #[test]
 fn lease_timers_run_on_after_the_group_is_written_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
-    append_n(&q, 30_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 2)).unwrap();
+    let (_dir, gdir, _q, g) = setup(SyncPolicy::Always, 30_000, Duration::from_secs(3600), 2);
     let a = g.poll(ZERO).unwrap().unwrap();
     g.nack(a.offset(), ZERO).unwrap();
     let a = g.poll(ZERO).unwrap().unwrap();
@@ -205,11 +209,7 @@ fn lease_timers_run_on_after_the_group_is_written_again() {
 #[test]
 fn a_poll_batch_cut_short_by_a_failed_snapshot_returns_what_it_took() {
     for sync in [SyncPolicy::Never, SyncPolicy::Always] {
-        let dir = tempfile::tempdir().unwrap();
-        let gdir = group_dir(dir.path(), "g");
-        let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
-        append_n(&q, 30_000);
-        let g = q.group_with("g", group_opts(Duration::from_millis(300), 1)).unwrap();
+        let (_dir, gdir, _q, g) = setup(sync, 30_000, Duration::from_millis(300), 1);
         use_journal(&g, &gdir, 3);
         let floor = g.ack_floor();
         fault::inject(Fault::new(&gdir, Point::Write).errno(ENOSPC).times(u64::MAX));
@@ -236,11 +236,7 @@ fn a_poll_batch_cut_short_by_a_failed_snapshot_returns_what_it_took() {
 /// crash at any point after keeps one consistent state.
 #[test]
 fn a_failed_background_snapshot_sync_is_repaired_in_the_same_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
-    append_n(&q, 40_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 5)).unwrap();
+    let (dir, gdir, _q, g) = setup(SyncPolicy::Never, 40_000, Duration::from_secs(3600), 5);
     let held = g.poll(ZERO).unwrap().unwrap();
     use_journal(&g, &gdir, 0);
     let generation = latest_snapshot_generation(&gdir).unwrap();
@@ -306,11 +302,7 @@ fn a_failed_background_snapshot_sync_is_repaired_in_the_same_file() {
 /// may find the new ones: a snapshot written whole whose sync failed is still valid.)
 #[test]
 fn settings_whose_snapshot_cannot_be_written_are_not_taken() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
-    append_n(&q, 100);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 3)).unwrap();
+    let (dir, gdir, q, g) = setup(SyncPolicy::Never, 100, Duration::from_secs(3600), 3);
     let d = g.poll(ZERO).unwrap().unwrap();
     g.nack(d.offset(), ZERO).unwrap();
     let d = g.poll(ZERO).unwrap().unwrap();
@@ -337,11 +329,7 @@ fn settings_whose_snapshot_cannot_be_written_are_not_taken() {
 #[test]
 fn a_last_lease_that_ran_out_during_the_failure_is_dead_after_it() {
     for sync in [SyncPolicy::Never, SyncPolicy::Always] {
-        let dir = tempfile::tempdir().unwrap();
-        let gdir = group_dir(dir.path(), "g");
-        let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
-        append_n(&q, 30_000);
-        let g = q.group_with("g", group_opts(Duration::from_secs(3600), 1)).unwrap();
+        let (_dir, gdir, q, g) = setup(sync, 30_000, Duration::from_secs(3600), 1);
         g.poll(ZERO).unwrap().unwrap();
         use_journal(&g, &gdir, 0);
         assert!(g.extend_lease(0, ZERO).unwrap());
@@ -377,11 +365,7 @@ fn next_offsets(g: &Group, n: usize) -> Vec<u64> {
 #[test]
 fn never_acks_survive_close_and_reopen_when_the_repair_of_a_failed_background_sync_fails() {
     for second in [Point::Write, Point::Sync] {
-        let dir = tempfile::tempdir().unwrap();
-        let gdir = group_dir(dir.path(), "g");
-        let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
-        append_n(&q, 30_000);
-        let g = q.group_with("g", group_opts(Duration::from_secs(3600), 5)).unwrap();
+        let (dir, gdir, q, g) = setup(SyncPolicy::Never, 30_000, Duration::from_secs(3600), 5);
         use_journal(&g, &gdir, 0);
         // The next change writes a snapshot whose sync (on its thread) fails.
         fault::inject(Fault::new(&gdir, Point::Sync).times(u64::MAX));
@@ -437,11 +421,7 @@ fn never_acks_survive_close_and_reopen_when_the_repair_of_a_failed_background_sy
 /// attempts left it would go to a second worker).
 #[test]
 fn a_worker_keeps_its_lease_by_extending_it_while_the_group_cannot_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
-    append_n(&q, 30_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 1)).unwrap();
+    let (_dir, gdir, _q, g) = setup(SyncPolicy::Always, 30_000, Duration::from_secs(3600), 1);
     use_journal(&g, &gdir, 1);
     let held = g.poll(ZERO).unwrap().unwrap();
     assert_eq!(journal_room(&gdir), 0);
@@ -476,11 +456,7 @@ fn a_worker_keeps_its_lease_by_extending_it_while_the_group_cannot_write() {
 /// twice to live consumers while its lease (1 h) holds.
 #[test]
 fn concurrent_consumers_keep_every_acknowledged_ack_through_failures_and_heals() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
-    append_n(&q, 60_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 3)).unwrap();
+    let (dir, gdir, q, g) = setup(SyncPolicy::Always, 60_000, Duration::from_secs(3600), 3);
     use_journal(&g, &gdir, 200);
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let delivered = Arc::new(Mutex::new(HashSet::new()));
@@ -589,11 +565,7 @@ fn concurrent_consumers_keep_every_acknowledged_ack_through_failures_and_heals()
 #[test]
 fn close_heals_a_failed_group_and_the_reopened_group_has_every_ack() {
     for sync in [SyncPolicy::Never, SyncPolicy::Interval(Duration::from_millis(5)), SyncPolicy::Always] {
-        let dir = tempfile::tempdir().unwrap();
-        let gdir = group_dir(dir.path(), "g");
-        let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
-        append_n(&q, 30_000);
-        let g = q.group_with("g", group_opts(Duration::from_secs(3600), 5)).unwrap();
+        let (dir, gdir, q, g) = setup(sync, 30_000, Duration::from_secs(3600), 5);
         let held = g.poll(ZERO).unwrap().unwrap();
         use_journal(&g, &gdir, 0);
         let next = g.stats().next_delivery;
@@ -645,11 +617,8 @@ fn a_failed_group_can_be_deleted_and_created_again() {
 /// generation was.
 #[test]
 fn the_interval_flusher_heals_a_failed_group_by_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Interval(Duration::from_millis(5)))).unwrap();
-    append_n(&q, 30_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 5)).unwrap();
+    let (dir, gdir, _q, g) =
+        setup(SyncPolicy::Interval(Duration::from_millis(5)), 30_000, Duration::from_secs(3600), 5);
     use_journal(&g, &gdir, 0);
     let generation = latest_snapshot_generation(&gdir).unwrap();
     fault::inject(Fault::new(&gdir, Point::Write).errno(ENOSPC).times(u64::MAX));
@@ -685,11 +654,7 @@ fn the_interval_flusher_heals_a_failed_group_by_itself() {
 /// entries after the heal were synced after the heal's snapshot and folder.
 #[test]
 fn a_failed_journal_sync_under_always_heals_and_keeps_every_acknowledged_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Always)).unwrap();
-    append_n(&q, 100);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 5)).unwrap();
+    let (dir, gdir, _q, g) = setup(SyncPolicy::Always, 100, Duration::from_secs(3600), 5);
     let ds: Vec<_> = g.poll_batch(10, ZERO).unwrap();
     g.ack(ds[0].offset()).unwrap();
     let generation = latest_snapshot_generation(&gdir).unwrap();
@@ -722,11 +687,7 @@ fn a_failed_journal_sync_under_always_heals_and_keeps_every_acknowledged_ack() {
 /// ack floor and dead letters it had in memory, with no acked record delivered again.
 #[test]
 fn never_background_sync_failures_and_heals_under_concurrent_consumers_end_consistent() {
-    let dir = tempfile::tempdir().unwrap();
-    let gdir = group_dir(dir.path(), "g");
-    let q = Queue::open(dir.path(), Options::default().sync(SyncPolicy::Never)).unwrap();
-    append_n(&q, 120_000);
-    let g = q.group_with("g", group_opts(Duration::from_secs(3600), 3)).unwrap();
+    let (dir, gdir, q, g) = setup(SyncPolicy::Never, 120_000, Duration::from_secs(3600), 3);
     let acked = Arc::new(Mutex::new(HashSet::new()));
     let delivered = Arc::new(Mutex::new(HashSet::new()));
     let stop = Arc::new(AtomicBool::new(false));

@@ -294,7 +294,9 @@ impl Group {
     /// [`Error::Io`] if the group's files cannot be written or synced (a full disk, say).
     /// That stops the group until it has written its whole state again, which each later
     /// call tries first: [`Error::Poisoned`] while that fails. Nothing is lost, and
-    /// consumers keep their leases.
+    /// consumers keep their leases. A poll that fails in the sync of its delivery (under
+    /// [`SyncPolicy::Always`]) may have recorded it: the record then counts the attempt,
+    /// and is delivered again once its lease runs out.
     pub fn poll(&self, timeout: Duration) -> Result<Option<Delivery>> {
         self.poll_with(timeout, |inner, l, clock| inner.take_next(l, clock, OnDamage::DeadLetter))?.transpose()
     }
