@@ -342,8 +342,9 @@ impl Options {
     /// one file descriptor and a 256 KiB mapping of its journal. When a newly opened group
     /// takes the count past this, the least recently used half of them are flushed and
     /// closed; the next `group` call opens such a group again from its files, as it was.
-    /// Never closed: a group a handle holds, and one where a consumer holds a lease (a
-    /// reopen ends every lease).
+    /// Never closed, and not counted: a group a handle holds, one with a leased record
+    /// (also one whose lease ran out but that no other poll took: a reopen ends every
+    /// lease), and one whose state could not be written.
     ///
     /// A service with thousands of groups thus keeps a bounded number of descriptors, as
     /// long as it drops the handles of the groups it is not using. Raise it where

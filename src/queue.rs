@@ -288,7 +288,7 @@ impl Queue {
                     // Opened for its floor and let go again, so that a queue with more
                     // groups than the process may open files still runs retention.
                     (None, None) => {
-                        let group = Group::open(self.log.clone(), &name, None)?;
+                        let group = Group::open(self.log.clone(), &name, None, false)?;
                         let floor = group.inner().oldest_needed();
                         group.inner().flush()?;
                         group.inner().release();
@@ -459,7 +459,9 @@ impl Queue {
             }
             return Ok(g);
         }
-        let g = Group::open(self.log.clone(), name, options)?;
+        // One this process flushed and closed opens without writing anything.
+        let settled = self.shared.resting().contains_key(name);
+        let g = Group::open(self.log.clone(), name, options, settled)?;
         g.inner().touch(use_count);
         groups.insert(name.to_string(), g.inner().clone());
         self.shared.resting().remove(name);
@@ -467,16 +469,26 @@ impl Queue {
         Ok(g)
     }
 
-    /// Closes the least recently used half of the open groups that no handle holds, once
-    /// there are more than [`Options::idle_groups_kept_open`], except those where a
-    /// consumer holds a lease: a reopen would end it. Each is flushed first, and its oldest
-    /// needed offset kept for retention, as for the groups a retention pass opens by itself.
+    /// Closes the least recently used half of the open groups that no handle holds and
+    /// that can be closed, once there are more than [`Options::idle_groups_kept_open`] of
+    /// them. Not closed: a group with a leased record (a reopen would end the lease), or
+    /// one whose state could not be written. Each is flushed first, and its oldest needed
+    /// offset kept for retention, as for the groups a retention pass opens by itself.
     fn let_go_of_idle_groups(&self, groups: &mut HashMap<String, Arc<GroupInner>>) {
+        let kept = self.log.options().idle_groups_kept_open;
         // The map's is the only reference: no handle, and no flush or pass using it (they
         // take theirs under the lock the caller holds).
-        let mut idle: Vec<(u64, &String)> =
-            groups.iter().filter(|(_, g)| Arc::strong_count(g) == 1).map(|(name, g)| (g.last_use(), name)).collect();
-        let kept = self.log.options().idle_groups_kept_open;
+        let unheld = groups.values().filter(|g| Arc::strong_count(g) == 1);
+        if unheld.clone().count() <= kept {
+            return;
+        }
+        // Those that cannot be closed do not count: else they would have the others closed
+        // and reopened at every turn.
+        let mut idle: Vec<(u64, &String)> = groups
+            .iter()
+            .filter(|(_, g)| Arc::strong_count(g) == 1 && g.is_idle())
+            .map(|(n, g)| (g.last_use(), n))
+            .collect();
         if idle.len() <= kept {
             return;
         }

@@ -320,6 +320,12 @@ impl Journal {
         self.pos == FILE_HEADER_LEN || self.unflagged_from != Some(FILE_HEADER_LEN)
     }
 
+    /// Takes the entries found at open as durable: the group was flushed and closed by this
+    /// process (see `Group::open`), so no crash can have left them in the page cache only.
+    pub fn assume_synced(&mut self) {
+        self.synced = self.pos;
+    }
+
     /// Brings a journal shorter than [`JOURNAL_BYTES`] to its size, its blocks reserved
     /// and the rest zeros, once its group has decided to open. Needed before any write.
     pub fn grow(&mut self) -> Result<()> {

@@ -114,8 +114,10 @@ struct Failure {
 
 impl Group {
     /// Opens the group `name` of `log`, creating it (durably) if it does not exist.
-    /// `opts`, when given, replaces the stored settings.
-    pub(crate) fn open(log: Arc<Log>, name: &str, opts: Option<GroupOptions>) -> Result<Group> {
+    /// `opts`, when given, replaces the stored settings. `settled`: this process flushed
+    /// the group and closed it since it last opened it, so its snapshot, the names of its
+    /// files and its journal's entries are durable, and nothing needs writing again.
+    pub(crate) fn open(log: Arc<Log>, name: &str, opts: Option<GroupOptions>, settled: bool) -> Result<Group> {
         validate_name(name)?;
         if let Some(o) = &opts {
             o.validate()?;
@@ -158,7 +160,7 @@ impl Group {
         //   only synced: its sync may have failed, and a retried fsync can report success
         //   for pages a failed one dropped. (Not one this open created: it synced it.)
         let copy = copied || snap_path != dir.join(snapshot::file_for(snap.generation));
-        let written_again = copy || (!created && !rolled_back && journal.snapshot_maybe_unsynced());
+        let written_again = copy || (!created && !rolled_back && !settled && journal.snapshot_maybe_unsynced());
         if written_again {
             snap.write_again(&dir)?;
             // Its run may also have stopped before the names of the group's directory and of
@@ -221,8 +223,14 @@ impl Group {
             locked.journal()?.shrink()?;
         }
         // Nothing is known durable yet, not even the entries found at open (see `Journal::seq`):
-        // the first sync covers them with the changes after them.
-        let commit = GroupCommit::new(0).busy_wait(log.options().busy_wait_for_sync);
+        // the first sync covers them with the changes after them. Unless this process
+        // flushed them before it closed the group.
+        let mut durable = 0;
+        if settled && let Some(journal) = &mut locked.journal {
+            journal.assume_synced();
+            durable = journal.seq();
+        }
+        let commit = GroupCommit::new(durable).busy_wait(log.options().busy_wait_for_sync);
         let inner = GroupInner {
             name: name.to_string(),
             dir,
@@ -1113,6 +1121,12 @@ impl GroupInner {
         self.lock().release();
     }
 
+    /// Whether the group could be closed and opened again with no change a consumer could
+    /// see: no record is leased, and its state is written.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.lock().idle()
+    }
+
     /// Notes that `Queue::group` handed the group out at `use_count`.
     pub(crate) fn touch(&self, use_count: u64) {
         self.last_use.store(use_count, Ordering::Relaxed);
@@ -1128,8 +1142,7 @@ impl GroupInner {
     /// the lowest offset the group still needs, which no call can change until it is
     /// opened again.
     pub(crate) fn let_go_if_idle(&self) -> Option<u64> {
-        let idle = |l: &Locked| l.failed.is_none() && l.journal.is_some() && l.state.counts(Instant::now()).0 == 0;
-        if !idle(&self.lock()) {
+        if !self.is_idle() {
             return None;
         }
         // Its changes are promised durable by `Queue::flush` and the sync policy: made so
@@ -1138,7 +1151,7 @@ impl GroupInner {
         let mut l = self.lock();
         // Nothing leased a record meanwhile: no handle holds the group, and the caller
         // keeps any from being made.
-        if !idle(&l) {
+        if !l.idle() {
             return None;
         }
         l.release();
@@ -1396,6 +1409,11 @@ impl Locked {
             Some(failure) => failure.journal |= journal,
             None => self.failed = Some(Failure { why: e.to_string(), journal }),
         }
+    }
+
+    /// See [`GroupInner::is_idle`].
+    fn idle(&self) -> bool {
+        self.failed.is_none() && self.journal.is_some() && !self.state.any_leased()
     }
 
     fn set_options(&mut self, opts: GroupOptions) {

@@ -115,15 +115,28 @@ impl Clock {
         *self.now_ms.get_or_init(crate::record::now_ms)
     }
 
-    /// The instant of wall-clock time `at_ms` (now, if it has passed).
+    /// The instant of wall-clock time `at_ms`. A time that has passed stays as far in the
+    /// past (or as far as the monotonic clock reaches back), so that records due already
+    /// keep the order they became due in.
     pub fn instant_of(&self, at_ms: u64) -> Instant {
-        later(self.now(), Duration::from_millis(at_ms.saturating_sub(self.now_ms())))
+        let now_ms = self.now_ms();
+        if at_ms < now_ms {
+            let ago = Duration::from_millis(now_ms - at_ms);
+            return self.now().checked_sub(ago).unwrap_or(self.now());
+        }
+        later(self.now(), Duration::from_millis(at_ms - now_ms))
     }
 
     /// The wall-clock time of `at`, saturating: a nack "for ever" is due at `u64::MAX`, and
-    /// the wall clock may have moved on further than the monotonic one since.
+    /// the wall clock may have moved on further than the monotonic one since. A moment
+    /// passed stays as far in the past.
     pub fn ms_of(&self, at: Instant) -> u64 {
-        let ahead = u64::try_from(at.saturating_duration_since(self.now()).as_millis()).unwrap_or(u64::MAX);
+        let now = self.now();
+        if at < now {
+            let ago = u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX);
+            return self.now_ms().saturating_sub(ago);
+        }
+        let ahead = u64::try_from(at.duration_since(now).as_millis()).unwrap_or(u64::MAX);
         self.now_ms().saturating_add(ahead)
     }
 }
@@ -280,6 +293,12 @@ impl GroupState {
 
     /// Records leased at `now`, and records waiting for a retry (a lease that has run out
     /// counts as waiting), for reports.
+    /// Whether a record is leased, its lease running or run out but not yet taken by
+    /// another poll: its consumer may still ack, extend or nack it (see `Group::is_current`).
+    pub fn any_leased(&self) -> bool {
+        self.exceptions().any(|(_, slot)| matches!(slot, Slot::Leased { .. }))
+    }
+
     pub fn counts(&self, now: Instant) -> (usize, usize) {
         let (mut leased, mut waiting) = (0, 0);
         for (_, slot) in self.exceptions() {
@@ -752,7 +771,12 @@ mod tests {
         let drifted = Clock::at(c.now() + Duration::from_millis(1), c.now_ms() + 5);
         assert_eq!(drifted.ms_of(at), u64::MAX);
         assert_eq!(c.ms_of(at), u64::MAX);
-        assert_eq!(later(&c, 10).ms_of(c.now()), c.now_ms() + 10, "a time passed is now");
+        // A time passed stays as far in the past, both ways: retries already due when a
+        // group is written and read again keep their order.
+        assert_eq!(later(&c, 10).ms_of(c.now()), c.now_ms());
+        let t = later(&c, 100);
+        assert_eq!(t.ms_of(t.instant_of(c.now_ms() + 40)), c.now_ms() + 40);
+        assert!(t.instant_of(c.now_ms() + 40) < t.instant_of(c.now_ms() + 60));
     }
 
     /// A snapshot whose floor lies billions of offsets below its next offset, with nothing
