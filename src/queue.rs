@@ -459,12 +459,13 @@ impl Queue {
             }
             return Ok(g);
         }
-        // One this process flushed and closed opens without writing anything.
-        let settled = self.shared.resting().contains_key(name);
+        // One this process flushed and closed opens without writing anything. Once only:
+        // an open that fails may have written a snapshot that is not durable, which the
+        // next open must write again.
+        let settled = self.shared.resting().remove(name).is_some();
         let g = Group::open(self.log.clone(), name, options, settled)?;
         g.inner().touch(use_count);
         groups.insert(name.to_string(), g.inner().clone());
-        self.shared.resting().remove(name);
         self.let_go_of_idle_groups(groups);
         Ok(g)
     }
