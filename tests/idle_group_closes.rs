@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -13,23 +12,6 @@ use segq::{GroupOptions, Options, Queue, SyncPolicy, fault};
 
 const ZERO: Duration = Duration::ZERO;
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Whether this process has the journal of group `name` under `dir` open.
-fn is_open(dir: &Path, name: &str) -> bool {
-    let journal = dir.join("groups").join(name).join("journal");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .any(|target| target == journal)
-}
-
-/// Opens a group never seen before and drops it. With `idle_groups_kept_open(0)` this
-/// closes every open group that no handle holds and where no lease is running.
-fn close_idle(q: &Queue) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    drop(q.group(&format!("zz-churn-{n}")).unwrap());
-}
 
 /// `close_idle` without creating a group each time: opens whichever of two spare groups is
 /// closed (with `idle_groups_kept_open(0)` the one opened last is closed by the next call).
@@ -59,7 +41,7 @@ fn control_a_lease_that_ran_out_still_holds_while_no_poll_took_the_record() {
         .unwrap()
         .unwrap();
     std::thread::sleep(Duration::from_millis(60));
-    close_idle(&q); // the default bound (256): nothing is closed
+    common::close_idle_groups(&q); // the default bound (256): nothing is closed
     let g = q.group("w").unwrap();
     assert!(g.is_current(&d).unwrap());
     assert!(g.extend_delivery(&d, HOUR).unwrap());
@@ -83,7 +65,7 @@ fn a_lease_that_ran_out_but_was_not_taken_still_holds_after_the_group_is_closed(
         .unwrap()
         .unwrap();
     std::thread::sleep(Duration::from_millis(60));
-    close_idle(&q);
+    common::close_idle_groups(&q);
     let g = q.group("w").unwrap();
     assert!(g.is_current(&d).unwrap(), "no poll took the record: its lease still holds (Group::is_current)");
     assert!(g.extend_delivery(&d, HOUR).unwrap(), "extend_delivery refused a lease no one else took");
@@ -103,7 +85,7 @@ fn extending_a_last_attempt_whose_lease_ran_out_keeps_it_from_the_dead_letters()
         let opts = GroupOptions::default().lease(Duration::from_millis(20)).max_attempts(1);
         let d = q.group_with("w", opts).unwrap().poll(ZERO).unwrap().unwrap();
         std::thread::sleep(Duration::from_millis(60));
-        close_idle(&q);
+        common::close_idle_groups(&q);
         let g = q.group("w").unwrap();
         let extended = g.extend_delivery(&d, HOUR).unwrap();
         let dead = g.dead_letters().unwrap().len();
@@ -119,11 +101,10 @@ fn extending_a_last_attempt_whose_lease_ran_out_keeps_it_from_the_dead_letters()
 // ---------------------------------------------------------------------------------------
 
 /// A service that takes its tenants' groups round-robin (`q.group(t)` each turn, handle
-/// dropped) with more tenants than the bound. Tenants with nothing to do change nothing;
-/// before 9990aa2 such a turn touched no file. Now each turn reopens the group, and
-/// `Group::open` finds its journal empty (`Journal::snapshot_maybe_unsynced` is true for a
-/// journal without entries) and writes the snapshot again with a sync of it, of `groups/`
-/// and of the queue's directory, every time.
+/// dropped) with more tenants than the bound. Tenants with nothing to do change nothing,
+/// and such a turn syncs nothing. (In 9990aa2 each turn reopened the group, found its
+/// journal empty, and wrote its snapshot again with a sync of it, of `groups/` and of the
+/// queue's directory.)
 #[test]
 fn taking_unchanged_groups_round_robin_past_the_bound_syncs_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -310,7 +291,7 @@ fn a_script_of_group_calls_gives_the_same_answers_whether_groups_are_closed_betw
             // (Under `Interval` the flusher holds clones while it flushes: a close may skip
             // the group then, which is harmless.)
             if !matches!(sync, SyncPolicy::Interval(_)) {
-                assert!(!is_open(db.path(), n), "{ctx}: closed between steps");
+                assert!(!common::group_is_open(db.path(), n), "{ctx}: closed between steps");
             }
         }
         qa.close().unwrap();
@@ -337,7 +318,7 @@ fn retries_already_due_keep_their_order_across_an_idle_close() {
         std::thread::sleep(Duration::from_millis(30));
         g.nack(d0.offset(), ZERO).unwrap();
         drop(g);
-        close_idle(&q);
+        common::close_idle_groups(&q);
         let g = q.group("w").unwrap();
         let first = g.poll(ZERO).unwrap().unwrap();
         assert_eq!(first.offset(), 1, "kept {kept}: the retry due first comes first");
@@ -356,9 +337,9 @@ fn a_worker_with_a_running_lease_and_no_handle_keeps_it() {
     let (d0, d1) = (g.poll(ZERO).unwrap().unwrap(), g.poll(ZERO).unwrap().unwrap());
     drop(g);
     for _ in 0..5 {
-        close_idle(&q);
+        common::close_idle_groups(&q);
     }
-    assert!(is_open(dir.path(), "w"));
+    assert!(common::group_is_open(dir.path(), "w"));
     let g = q.group("w").unwrap();
     assert!(g.is_current(&d0).unwrap() && g.is_current(&d1).unwrap());
     assert!(g.extend_delivery(&d0, HOUR).unwrap());
@@ -366,8 +347,8 @@ fn a_worker_with_a_running_lease_and_no_handle_keeps_it() {
     g.ack(d0.offset()).unwrap();
     drop(g);
     // Now no lease runs: it is closed, and reopens with record 1 waiting an hour.
-    close_idle(&q);
-    assert!(!is_open(dir.path(), "w"));
+    common::close_idle_groups(&q);
+    assert!(!common::group_is_open(dir.path(), "w"));
     let g = q.group("w").unwrap();
     assert_eq!((g.ack_floor(), g.stats().waiting), (1, 1));
     assert!(g.poll(ZERO).unwrap().is_none());
@@ -385,8 +366,8 @@ fn closed_groups_are_listed_deleted_and_recreated_fresh() {
     let g = q.group("gone").unwrap();
     g.ack(g.poll(ZERO).unwrap().unwrap().offset()).unwrap();
     drop(g);
-    close_idle(&q);
-    assert!(!is_open(dir.path(), "gone"));
+    common::close_idle_groups(&q);
+    assert!(!common::group_is_open(dir.path(), "gone"));
     assert!(q.groups().unwrap().contains(&"gone".to_string()));
     q.delete_group("gone").unwrap();
     assert!(!q.groups().unwrap().contains(&"gone".to_string()));
@@ -416,7 +397,7 @@ fn a_closed_groups_acks_are_durable() {
         }
         drop(g);
         fault::take_synced(dir.path());
-        close_idle(&q);
+        common::close_idle_groups(&q);
         let synced = fault::take_synced(dir.path());
         let journal = dir.path().join("groups/g/journal");
         assert!(synced.iter().any(|s| s.path == journal), "{sync:?}: the close synced the journal: {synced:?}");
@@ -442,20 +423,20 @@ fn a_close_whose_flush_fails_keeps_the_group() {
     drop(g);
     let gdir = dir.path().join("groups/g");
     fault::inject(fault::Fault::new(&gdir, fault::Point::Sync));
-    close_idle(&q);
+    common::close_idle_groups(&q);
     fault::clear(&gdir);
-    assert!(is_open(dir.path(), "g"), "kept open after the failed flush");
+    assert!(common::group_is_open(dir.path(), "g"), "kept open after the failed flush");
     // Other closes leave it be (it failed), until a call heals it.
-    close_idle(&q);
-    assert!(is_open(dir.path(), "g"));
+    common::close_idle_groups(&q);
+    assert!(common::group_is_open(dir.path(), "g"));
     let g = q.group("g").unwrap();
     assert_eq!(g.ack_floor(), 1);
     let d = g.poll(ZERO).unwrap().unwrap(); // heals
     assert_eq!((d.offset(), d.attempt()), (1, 1));
     g.ack(1).unwrap();
     drop(g);
-    close_idle(&q);
-    assert!(!is_open(dir.path(), "g"), "healed: closed like the others");
+    common::close_idle_groups(&q);
+    assert!(!common::group_is_open(dir.path(), "g"), "healed: closed like the others");
     q.simulate_crash();
     let q = Queue::open(dir.path(), Options::default()).unwrap();
     assert_eq!(q.group("g").unwrap().ack_floor(), 2);
@@ -503,7 +484,7 @@ fn workers_cloning_and_dropping_handles_race_the_closes_and_the_flusher() {
         }
         s.spawn(|| {
             while finished.load(Ordering::Relaxed) < 3 {
-                close_idle(&q);
+                common::close_idle_groups(&q);
             }
         });
     });
@@ -549,7 +530,7 @@ fn retention_never_deletes_what_a_closed_group_needs() {
                     }
                     assert_eq!(g.stats().lost, 0, "{n} lost records to retention");
                     drop(g);
-                    close_idle(q);
+                    common::close_idle_groups(q);
                 }
             });
         }
@@ -631,8 +612,8 @@ fn records_deleted_while_a_group_is_closed_count_as_lost_as_for_an_open_one() {
         let d = g.poll(ZERO).unwrap().unwrap();
         g.nack(d.offset(), HOUR).unwrap();
         drop(g);
-        close_idle(&q);
-        assert_eq!(is_open(dir.path(), "slow"), kept > 0);
+        common::close_idle_groups(&q);
+        assert_eq!(common::group_is_open(dir.path(), "slow"), kept > 0);
         for i in 1..8u8 {
             q.append(&[i; 3000]).unwrap();
         }
@@ -668,7 +649,7 @@ fn groups_that_cannot_be_closed_do_not_make_the_others_thrash() {
             assert!(q.group(n).unwrap().is_current(d).unwrap());
         }
         let t = name(turn % 3);
-        if turn >= 3 && !is_open(dir.path(), &t) {
+        if turn >= 3 && !common::group_is_open(dir.path(), &t) {
             reopened += 1;
         }
         drop(q.group(&t).unwrap());

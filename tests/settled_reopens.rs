@@ -6,30 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use segq::fault::{self, Fault, Point};
 use segq::{GroupOptions, Options, Queue, SyncPolicy};
 
 const ZERO: Duration = Duration::ZERO;
-
-/// Whether this process has the journal of group `name` under `dir` open.
-fn is_open(dir: &Path, name: &str) -> bool {
-    let journal = dir.join("groups").join(name).join("journal");
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .any(|target| target == journal)
-}
-
-/// With `idle_groups_kept_open(0)`: opens a new group and drops it, which closes every open
-/// group that no handle holds and that can be closed.
-fn close_idle(q: &Queue) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    drop(q.group(&format!("zz-churn-{n}")).unwrap());
-}
 
 /// A queue (policy `Always`, every idle group closed) with group `w` flushed and closed:
 /// it is in the queue's resting set. Returns the group's directory.
@@ -43,8 +25,8 @@ fn closed_group(dir: &Path) -> (Queue, PathBuf) {
         let d = g.poll(ZERO).unwrap().unwrap();
         g.ack(d.offset()).unwrap();
     }
-    close_idle(&q);
-    assert!(!is_open(dir, "w"), "the idle close let go of the group");
+    common::close_idle_groups(&q);
+    assert!(!common::group_is_open(dir, "w"), "the idle close let go of the group");
     (q, dir.join("groups").join("w"))
 }
 
@@ -198,7 +180,7 @@ fn a_retention_pass_syncs_the_entries_it_found_before_a_settled_reopen_relies_on
     fault::audit(crashed.path());
     let _ = fault::take_synced(crashed.path());
     q.enforce_retention().unwrap();
-    assert!(!is_open(crashed.path(), "w"), "the pass let go of the group");
+    assert!(!common::group_is_open(crashed.path(), "w"), "the pass let go of the group");
     let synced = fault::take_synced(crashed.path());
     let header = common::FILE_HEADER_LEN as u64;
     if entries > 0 {
@@ -228,14 +210,14 @@ fn a_nack_for_ever_stays_for_ever_across_idle_closes() {
         g.nack(d.offset(), Duration::MAX).unwrap();
     }
     for _ in 0..3 {
-        close_idle(&q);
-        assert!(!is_open(dir.path(), "w"));
+        common::close_idle_groups(&q);
+        assert!(!common::group_is_open(dir.path(), "w"));
         let g = q.group("w").unwrap();
         assert!(g.poll(ZERO).unwrap().is_none(), "a record nacked for ever came back");
         assert_eq!(g.stats().waiting, 1);
     }
     q.flush().unwrap();
-    close_idle(&q);
+    common::close_idle_groups(&q);
     let report =
         segq::inspect::read_group(&segq::inspect::QueueDir::open(dir.path()).unwrap(), "w", q.next_offset()).unwrap();
     assert_eq!(report.waiting.len(), 1);
@@ -265,8 +247,8 @@ fn due_retries_and_due_final_attempts_behave_the_same_across_closes_and_a_restar
             g.nack(ds[3].offset(), Duration::from_secs(3600)).unwrap();
         }
         std::thread::sleep(Duration::from_millis(80));
-        close_idle(&q);
-        close_idle(&q);
+        common::close_idle_groups(&q);
+        common::close_idle_groups(&q);
         if restart {
             q.close().unwrap();
             q = Queue::open(dir.path(), opts()).unwrap();
@@ -282,7 +264,7 @@ fn due_retries_and_due_final_attempts_behave_the_same_across_closes_and_a_restar
         }
         assert_eq!(g.dead_letters().unwrap().len(), 3);
         drop(g);
-        close_idle(&q);
+        common::close_idle_groups(&q);
         let g = q.group("w").unwrap();
         assert_eq!(g.dead_letters().unwrap().len(), 3);
         assert!(g.poll(ZERO).unwrap().is_none());

@@ -503,3 +503,20 @@ pub fn is_full(err: &segq::Error) -> bool {
     let segq::Error::Io(e) = err else { return false };
     e.kind() == std::io::ErrorKind::StorageFull
 }
+
+/// Whether this process has the journal of group `name` under the queue `dir` open.
+pub fn group_is_open(dir: &Path, name: &str) -> bool {
+    let journal = dir.join("groups").join(name).join("journal");
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|target| target == journal)
+}
+
+/// Opens a group never seen before and drops it. With `idle_groups_kept_open(0)` this
+/// closes every open group that no handle holds and that can be closed.
+pub fn close_idle_groups(q: &Queue) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    drop(q.group(&format!("zz-churn-{n}")).unwrap());
+}
