@@ -19,7 +19,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// `EIO`: an I/O error from the device.
 pub const EIO: i32 = 5;
@@ -49,12 +49,18 @@ pub struct Fault {
     skip: u64,
     times: u64,
     errno: i32,
+    /// Hold the matching operations instead of failing them: see [`Fault::stall`].
+    stall: bool,
+    /// Set when armed, to tell this fault from others alike.
+    id: u64,
+    /// Operations held by this fault now.
+    held: u64,
 }
 
 impl Fault {
     /// Fails the next operation of kind `point` on any file under `dir`, with `EIO`.
     pub fn new(dir: &Path, point: Point) -> Fault {
-        Fault { dir: dir.to_path_buf(), point, skip: 0, times: 1, errno: EIO }
+        Fault { dir: dir.to_path_buf(), point, skip: 0, times: 1, errno: EIO, stall: false, id: 0, held: 0 }
     }
 
     /// Lets `n` matching operations succeed first.
@@ -74,6 +80,13 @@ impl Fault {
         self.errno = errno;
         self
     }
+
+    /// Holds each matching operation until the fault is cleared, and then lets it
+    /// succeed: to see what else waits while a sync takes long (see [`held`]).
+    pub fn stall(mut self) -> Fault {
+        self.stall = true;
+        self
+    }
 }
 
 static ARMED: AtomicBool = AtomicBool::new(false);
@@ -84,7 +97,9 @@ fn faults() -> std::sync::MutexGuard<'static, Vec<Fault>> {
 }
 
 /// Arms a fault.
-pub fn inject(fault: Fault) {
+pub fn inject(mut fault: Fault) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    fault.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     faults().push(fault);
     ARMED.store(true, Ordering::SeqCst);
 }
@@ -96,18 +111,37 @@ pub fn clear(dir: &Path) {
     ARMED.store(!faults.is_empty(), Ordering::SeqCst);
 }
 
-/// Fails if an armed fault matches an operation of kind `point` on `path`.
+/// The operations that stalling faults under `dir` hold now.
+pub fn held(dir: &Path) -> u64 {
+    faults().iter().filter(|f| f.dir.starts_with(dir)).map(|f| f.held).sum()
+}
+
+/// Fails if an armed fault matches an operation of kind `point` on `path`, or waits while
+/// a stalling one does.
 pub(crate) fn check(path: &Path, point: Point) -> io::Result<()> {
     if !ARMED.load(Ordering::Relaxed) {
         return Ok(());
     }
     let mut faults = faults();
+    let mut stalled = None;
     for f in faults.iter_mut().filter(|f| f.point == point && path.starts_with(&f.dir)) {
         if f.skip > 0 {
             f.skip -= 1;
         } else if f.times > 0 {
             f.times -= 1;
-            return Err(io::Error::from_raw_os_error(f.errno));
+            if !f.stall {
+                return Err(io::Error::from_raw_os_error(f.errno));
+            }
+            f.held += 1;
+            stalled = Some(f.id);
+            break;
+        }
+    }
+    drop(faults);
+    if let Some(id) = stalled {
+        // A test's fault, cleared by the test: polling keeps this simple.
+        while self::faults().iter().any(|f| f.id == id) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
     Ok(())

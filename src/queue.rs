@@ -324,8 +324,7 @@ impl Queue {
         if report.segments_deleted > 0 {
             let groups: Vec<_> = self.shared.groups().values().cloned().collect();
             for g in groups {
-                g.forget_cursor();
-                Group::from_inner(g).stats();
+                g.after_retention();
             }
             // A poll that found its next record deleted under it (between catching up and
             // reading) went to sleep: it looks again, from the new first offset.
@@ -434,13 +433,17 @@ impl Queue {
             }
             return Ok(g);
         }
-        // A new group starts at the first offset: not while a retention pass deletes it.
-        let _pass = self.log.retention_pass();
-        // A close may have begun while this waited (it then waits for this in turn).
-        if self.log.is_closing() {
-            return Err(Error::Closed);
-        }
-        self.open_locked(&mut self.shared.groups(), name, options)
+        let g = {
+            // A new group starts at the first offset: not while a retention pass deletes it.
+            let _pass = self.log.retention_pass();
+            // A close may have begun while this waited (it then waits for this in turn).
+            if self.log.is_closing() {
+                return Err(Error::Closed);
+            }
+            self.open_locked(&mut self.shared.groups(), name, options)?
+        };
+        self.let_go_of_idle_groups();
+        Ok(g)
     }
 
     /// [`Queue::open_group`] with the open groups' lock held.
@@ -466,7 +469,6 @@ impl Queue {
         let g = Group::open(self.log.clone(), name, options, settled)?;
         g.inner().touch(use_count);
         groups.insert(name.to_string(), g.inner().clone());
-        self.let_go_of_idle_groups(groups);
         Ok(g)
     }
 
@@ -475,33 +477,58 @@ impl Queue {
     /// them. Not closed: a group with a leased record (a reopen would end the lease), or
     /// one whose state could not be written. Each is flushed first, and its oldest needed
     /// offset kept for retention, as for the groups a retention pass opens by itself.
-    fn let_go_of_idle_groups(&self, groups: &mut HashMap<String, Arc<GroupInner>>) {
-        let kept = self.log.options().idle_groups_kept_open;
-        // The map's is the only reference: no handle, and no flush or pass using it (they
-        // take theirs under the lock the caller holds).
-        let unheld = groups.values().filter(|g| Arc::strong_count(g) == 1);
-        if unheld.clone().count() <= kept {
+    ///
+    /// The flushes, an fsync each for a group changed since its last, run before the open
+    /// groups' lock is taken to close them: every `Queue::group` call waits for that lock,
+    /// and a retention pass too.
+    fn let_go_of_idle_groups(&self) {
+        let chosen = self.choose_idle_groups();
+        for (_, inner) in &chosen {
+            // A failure is left to the group's next user: the group then stays open.
+            let _ = inner.flush();
+        }
+        if chosen.is_empty() {
             return;
         }
-        // Those that cannot be closed do not count: else they would have the others closed
-        // and reopened at every turn.
-        let mut idle: Vec<(u64, &String)> = groups
-            .iter()
-            .filter(|(_, g)| Arc::strong_count(g) == 1 && g.is_idle())
-            .map(|(n, g)| (g.last_use(), n))
-            .collect();
-        if idle.len() <= kept {
-            return;
-        }
-        idle.sort_unstable();
-        let oldest: Vec<String> = idle.iter().take(idle.len() - kept / 2).map(|&(_, name)| name.clone()).collect();
+        let mut groups = self.shared.groups();
         let mut resting = self.shared.resting();
-        for name in oldest {
-            if let Some(floor) = groups.get(&name).and_then(|g| g.let_go_if_idle()) {
+        for (name, inner) in chosen {
+            // Still the one open, and no handle made meanwhile: the map's reference and
+            // this one. (A handle is only made from another, or from the map under its lock.)
+            let unheld = groups.get(&name).is_some_and(|g| Arc::ptr_eq(g, &inner)) && Arc::strong_count(&inner) == 2;
+            if !unheld {
+                continue;
+            }
+            // Flushed above, unless it changed since: then this flush syncs under the lock.
+            if let Some(floor) = inner.let_go_if_idle() {
                 groups.remove(&name);
                 resting.insert(name, floor);
             }
         }
+    }
+
+    /// The groups [`Queue::let_go_of_idle_groups`] closes, if there are too many open.
+    fn choose_idle_groups(&self) -> Vec<(String, Arc<GroupInner>)> {
+        let kept = self.log.options().idle_groups_kept_open;
+        let groups = self.shared.groups();
+        // The map's is the only reference: no handle, and no flush or pass using it (they
+        // take theirs under this lock).
+        let unheld = groups.values().filter(|g| Arc::strong_count(g) == 1);
+        if unheld.clone().count() <= kept {
+            return Vec::new();
+        }
+        // Those that cannot be closed do not count: else they would have the others closed
+        // and reopened at every turn.
+        let mut idle: Vec<(u64, &String, &Arc<GroupInner>)> = groups
+            .iter()
+            .filter(|(_, g)| Arc::strong_count(g) == 1 && g.is_idle())
+            .map(|(n, g)| (g.last_use(), n, g))
+            .collect();
+        if idle.len() <= kept {
+            return Vec::new();
+        }
+        idle.sort_unstable_by_key(|&(last_use, _, _)| last_use);
+        idle.iter().take(idle.len() - kept / 2).map(|&(_, name, g)| (name.clone(), g.clone())).collect()
     }
 
     /// Names of the consumer groups, sorted.

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use segq::fault::{self, Fault, Point};
 use segq::{GroupOptions, Options, Queue, SyncPolicy};
 
 const ZERO: Duration = Duration::ZERO;
@@ -132,6 +133,61 @@ fn retention_counts_the_groups_that_were_closed() {
     q.enforce_retention().unwrap();
     assert_eq!(q.first_offset(), 5, "only the newest segment is left");
     q.close().unwrap();
+}
+
+/// The flushes of the groups being closed, an fsync each, run outside the open groups'
+/// lock and the retention lock: while they last, other threads get their groups, append
+/// past a segment's end and run retention. (They waited for every flush before.)
+#[test]
+fn other_threads_do_not_wait_for_the_flushes_of_idle_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().sync(SyncPolicy::Never).segment_bytes(4096).idle_groups_kept_open(2);
+    let q = Queue::open(dir.path(), opts).unwrap();
+    for i in 0..3u8 {
+        q.append(&[i]).unwrap();
+    }
+    let hot = q.group("hot").unwrap();
+    // Opening the fourth closes the first two; the other three get an unsynced ack.
+    use_groups(&q, 0..5, 1);
+    assert!(!common::group_is_open(dir.path(), &name(0)));
+    use_groups(&q, 2..5, 1);
+    // Reopening the first (which writes nothing) takes the count past 2 again: the two
+    // least recently used are closed, and the flush of the first of them is held.
+    fault::inject(Fault::new(&dir.path().join("groups"), Point::Sync).stall().times(u64::MAX));
+    let q = &q;
+    std::thread::scope(|s| {
+        let closer = s.spawn(move || drop(q.group(&name(0)).unwrap()));
+        wait_for("a flush held", || fault::held(dir.path()) > 0);
+        let (done, finished) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            assert_eq!(q.group(&name(4)).unwrap().ack_floor(), 2);
+            drop(q.group("hot").unwrap());
+            q.append(&[7; 3000]).unwrap();
+            q.append(&[8; 3000]).unwrap();
+            q.enforce_retention().unwrap();
+            done.send(()).unwrap();
+        });
+        let waited = finished.recv_timeout(Duration::from_secs(60));
+        fault::clear(dir.path());
+        assert!(waited.is_ok(), "the other calls waited for the held flush");
+        closer.join().unwrap();
+    });
+    assert!(!common::group_is_open(dir.path(), &name(2)), "the least recently used was closed");
+    drop(hot);
+    q.close().unwrap();
+    let q = Queue::open(dir.path(), Options::default()).unwrap();
+    for (i, floor) in [1, 1, 2, 2, 2].into_iter().enumerate() {
+        assert_eq!(q.group(&name(i)).unwrap().ack_floor(), floor, "{}", name(i));
+    }
+}
+
+/// Waits until `cond` holds, failing after a minute.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// With a limit of 400 descriptors and the default bound (256), a process uses 600 groups

@@ -1158,11 +1158,17 @@ impl GroupInner {
         Some(l.state.oldest_needed())
     }
 
-    /// Drops the read cursor, which holds the segment it reads from (and its mapping): after
-    /// retention deleted segments, an idle group's cursor would keep a deleted one's blocks
-    /// on disk until its next poll. The next poll finds its place again through the index.
-    pub(crate) fn forget_cursor(&self) {
-        self.lock().cursor = None;
+    /// Catches up with the segments retention just deleted: moves the group past their
+    /// records (best effort, as in [`Group::stats`]), and drops the read cursor, which holds
+    /// the segment it reads from (and its mapping): an idle group's cursor would keep a
+    /// deleted one's blocks on disk until its next poll. The next poll finds its place
+    /// again through the index.
+    pub(crate) fn after_retention(&self) {
+        let mut l = self.lock();
+        l.cursor = None;
+        if self.check(&mut l).is_ok() {
+            let _ = self.catch_up(&mut l);
+        }
     }
 
     /// Stops every use of this group. Taken under the group's lock, so no change (and no

@@ -291,14 +291,14 @@ impl GroupState {
         self.below.iter().map(|(&o, &s)| (o, s)).chain(window)
     }
 
-    /// Records leased at `now`, and records waiting for a retry (a lease that has run out
-    /// counts as waiting), for reports.
     /// Whether a record is leased, its lease running or run out but not yet taken by
     /// another poll: its consumer may still ack, extend or nack it (see `Group::is_current`).
     pub fn any_leased(&self) -> bool {
         self.exceptions().any(|(_, slot)| matches!(slot, Slot::Leased { .. }))
     }
 
+    /// Records leased at `now`, and records waiting for a retry (a lease that has run out
+    /// counts as waiting), for reports.
     pub fn counts(&self, now: Instant) -> (usize, usize) {
         let (mut leased, mut waiting) = (0, 0);
         for (_, slot) in self.exceptions() {
