@@ -246,6 +246,12 @@ impl Iter {
                 // Retention deleted the segment under us: go on from the new first offset.
                 Ok(None) => self.cursor = None,
                 Err(_) if self.next < self.log.first_offset() => self.cursor = None,
+                // A close that ran whole since the check above ended the mappings: the
+                // iterator ends, as it would have at the check.
+                Err(Error::Closed) => {
+                    self.cursor = None;
+                    return None;
+                }
                 Err(e) if !matches!(e, Error::Corrupt { .. }) => {
                     // Not the record's fault: nothing is skipped, and a loop over the
                     // iterator ends here rather than meet the same error for ever.

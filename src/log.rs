@@ -130,6 +130,9 @@ pub(crate) struct Log {
     sealer: Sealer,
     /// The next segment, made ready by the sealer thread after each seal.
     spare: Arc<Mutex<Option<Spare>>>,
+    /// Bytes the spare takes on disk, for [`Stats::spare_bytes`] (kept apart: the spare's
+    /// lock is held while one is made).
+    spare_bytes: Arc<AtomicU64>,
     /// Held for a retention pass, and by the changes that would lower what a pass may
     /// delete: see [`Log::retention_pass`].
     retention: Mutex<()>,
@@ -169,6 +172,12 @@ pub struct Stats {
     pub segments: u64,
     /// Bytes the segment files take on disk (the active one is preallocated in full).
     pub bytes_on_disk: u64,
+    /// Bytes the spare segment takes on disk: once the active segment is half full, the
+    /// next one is made ready (preallocated in full, under a temporary name), so that the
+    /// append that fills the active one need not wait for it; 0 when there is none, and
+    /// after [`crate::Queue::close`], which deletes it. The log's files take
+    /// `bytes_on_disk + spare_bytes`.
+    pub spare_bytes: u64,
     /// Offset of the oldest record kept.
     pub first_offset: u64,
     /// Offset the next record will get.
@@ -343,6 +352,7 @@ impl Log {
             rolled: Arc::new(AtomicBool::new(false)),
             sealer: Sealer::start(),
             spare: Arc::new(Mutex::new(None)),
+            spare_bytes: Arc::new(AtomicU64::new(0)),
             retention: Mutex::new(()),
             closed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -495,6 +505,7 @@ impl Log {
                         .and_then(|created| created.creation().sync(&self.dir).map(|()| created)),
                     (None, None) => Active::create(&self.dir, next, capacity, interval),
                 };
+                self.spare_bytes.store(spare_bytes(&spare), Ordering::Relaxed);
                 drop(spare);
                 let mut created = match created {
                     Ok(created) => created,
@@ -595,10 +606,12 @@ impl Log {
     /// A job that makes the spare segment (see [`Spare`]) if there is none.
     fn ready_spare(&self) -> After {
         let (dir, spare, capacity) = (self.dir.clone(), self.spare.clone(), self.opts.segment_bytes as usize);
+        let bytes = self.spare_bytes.clone();
         Box::new(move || {
             let mut spare = spare.lock().unwrap_or_else(|e| e.into_inner());
             if spare.is_none() {
                 *spare = Spare::create(&dir, capacity).ok();
+                bytes.store(spare_bytes(&spare), Ordering::Relaxed);
             }
         })
     }
@@ -678,6 +691,7 @@ impl Log {
         if self.spare.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
             let _ = fs::remove_file(self.dir.join(segment::SPARE_NAME));
         }
+        self.spare_bytes.store(0, Ordering::Relaxed);
         let recorded = self.record_clean_close(&w);
         self.release(&mut w);
         recorded
@@ -838,6 +852,7 @@ impl Log {
         Stats {
             segments: segments.len() as u64,
             bytes_on_disk: segments.iter().map(|s| s.bytes()).sum(),
+            spare_bytes: self.spare_bytes.load(Ordering::Relaxed),
             first_offset,
             next_offset,
             durable_offset: self.durable_offset(),
@@ -909,6 +924,11 @@ impl Log {
         report.first_offset = self.first_offset();
         Ok(report)
     }
+}
+
+/// Bytes `spare` takes on disk.
+fn spare_bytes(spare: &Option<Spare>) -> u64 {
+    spare.as_ref().map_or(0, Spare::bytes)
 }
 
 /// What became of a segment that may not have been sealed when the log stopped.

@@ -146,7 +146,10 @@ impl Default for Options {
 impl Options {
     /// Size each segment file is preallocated to; a segment rolls when the next record does
     /// not fit. Default 64 MiB; from 4 KiB up to 4 GiB − 1. Crash recovery scans at most one
-    /// segment, so smaller segments bound recovery time. A record (or batch) too big for a
+    /// segment, so smaller segments bound recovery time. Once the active segment is half
+    /// full, the next one is made ready on a thread of segq's, preallocated too: a queue
+    /// takes up to one segment more on disk than its log ([`crate::Stats::spare_bytes`]).
+    /// A record (or batch) too big for a
     /// segment of this size gets a segment of its own, sized to fit. A queue reopened with
     /// another size keeps its sealed segments as they are; the active one keeps its length
     /// or grows to the new size, whichever is larger (it never shrinks), and new segments
@@ -227,7 +230,9 @@ impl Options {
 
     /// Keep at most about this many bytes of log: once the segment files add up to more,
     /// the oldest sealed segments are deleted, whole. The active segment is never deleted,
-    /// so the log can exceed this by up to one segment. Default: no limit.
+    /// so the log can exceed this by up to one segment. Count one more segment on disk for
+    /// the spare made ready for the next roll ([`crate::Stats::spare_bytes`]). Default: no
+    /// limit.
     ///
     /// ```
     /// use segq::{Options, Queue};
@@ -336,7 +341,6 @@ impl Options {
         self
     }
 
-    /// Whether any retention rule is set.
     /// How many consumer groups that no [`crate::Group`] handle holds stay open, for the
     /// next [`crate::Queue::group`] to find at no cost (default 256). An open group keeps
     /// one file descriptor and a 256 KiB mapping of its journal. When a newly opened group
@@ -379,6 +383,7 @@ impl Options {
         self.idle_groups_kept_open
     }
 
+    /// Whether any retention rule is set.
     pub(crate) fn has_retention(&self) -> bool {
         self.retain_bytes.is_some() || self.retain_age.is_some() || self.retain_until_consumed
     }

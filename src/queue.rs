@@ -70,11 +70,16 @@ impl Shared {
     }
 
     /// Makes the log and every open group durable. A failure, or a group poisoned earlier,
-    /// does not stop the others: the first error is returned once all have been tried.
+    /// does not stop the others: the first error is returned once all have been tried. A
+    /// group deleted meanwhile has nothing left to make durable.
     fn flush(&self) -> Result<()> {
         let log = self.log.flush();
         let groups: Vec<_> = self.groups().values().cloned().collect();
-        groups.iter().map(|g| g.flush()).fold(log, Result::and)
+        let flush = |g: &Arc<GroupInner>| match g.flush() {
+            Err(Error::GroupDeleted { .. }) => Ok(()),
+            done => done,
+        };
+        groups.iter().map(flush).fold(log, Result::and)
     }
 }
 
@@ -671,6 +676,10 @@ impl Queue {
     /// # Errors
     /// [`Error::Corrupt`] if a record the search reads is damaged. [`Error::Closed`].
     pub fn offset_at_time(&self, timestamp_ms: u64) -> Result<u64> {
+        // (Not left to the reads: an empty log makes none.)
+        if self.log.is_closed() {
+            return Err(Error::Closed);
+        }
         let (mut lo, mut hi) = (self.first_offset(), self.next_offset());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;

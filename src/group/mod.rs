@@ -441,7 +441,11 @@ impl Group {
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet, or not since
     /// a [`Group::seek`] back to or before it.
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
-    /// as for [`Group::poll`].
+    /// as for [`Group::poll`]. An [`Error::Io`] from the sync of the ack (under
+    /// [`SyncPolicy::Always`]), or from a snapshot written once it was journaled, comes
+    /// after the ack was recorded: the group's repair writes it out with the rest, so the
+    /// record may well count as acked. Its fate is unknown, as for a failed append; an ack
+    /// repeated on an acked record does nothing.
     pub fn ack(&self, offset: u64) -> Result<()> {
         self.inner.change_all_delivered(&[offset], |l, _, offset| ack_of(l, offset))
     }
@@ -497,7 +501,8 @@ impl Group {
     /// # Errors
     /// [`Error::NotDelivered`] for an offset the group has not delivered yet.
     /// [`Error::Closed`], [`Error::GroupDeleted`], and [`Error::Io`] or [`Error::Poisoned`]
-    /// as for [`Group::poll`].
+    /// as for [`Group::poll`]; after an [`Error::Io`] the nack may have been recorded, as
+    /// for [`Group::ack`].
     pub fn nack(&self, offset: u64, delay: Duration) -> Result<()> {
         let delay_ms = millis(delay);
         self.inner.change_all_delivered(&[offset], |l, clock, offset| nack_of(l, clock, offset, delay_ms))?;

@@ -186,6 +186,8 @@ pub fn info(dir: &QueueDir) -> Result<Info> {
     let stats = crate::Stats {
         segments: dir.segments.len() as u64,
         bytes_on_disk: bytes,
+        // Made ready by a live queue, or left by a crash for the next open to delete.
+        spare_bytes: std::fs::metadata(dir.path.join(crate::segment::SPARE_NAME)).map_or(0, |m| m.len()),
         first_offset,
         next_offset,
         durable_offset: durable_offset.min(next_offset),

@@ -514,7 +514,12 @@ pub(crate) fn scan_from(
     }
     let ck = &dir.checkpoint.path;
     // What the next open makes of the slot it checks (FORMAT.md, step 3).
-    let chosen = if unsealed && !marks.is_empty() { dir.mark_landing(i)? } else { None };
+    let chosen = match (unsealed && !marks.is_empty()).then(|| dir.mark_landing(i)) {
+        None => None,
+        // Sealed and deleted by retention since the listing: the data read is what is judged.
+        Some(Err(Error::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Some(landing) => landing?,
+    };
     for ((name, slot), ok) in marks.iter().zip(matched) {
         let position = if *name == "A" { 0 } else { 512 };
         if slot.position > end.valid_end {

@@ -498,6 +498,11 @@ impl Spare {
     pub fn fits(&self, capacity: usize) -> bool {
         self.capacity >= capacity
     }
+
+    /// Bytes the file takes on disk: it is preallocated in full.
+    pub fn bytes(&self) -> u64 {
+        self.capacity as u64
+    }
 }
 
 /// A created segment whose creation is not durable yet (see [`Active::create_unsynced`]).

@@ -47,6 +47,12 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
         } else {
             format!("{} ({})", info.groups.len(), info.groups.join(", "))
         };
+        let spare = info.stats.spare_bytes;
+        let spare = if spare == 0 {
+            "none".to_string()
+        } else {
+            format!("{} ({spare} bytes), preallocated for the next segment", size(spare))
+        };
         key_values(
             out,
             &[
@@ -58,6 +64,7 @@ pub fn run(args: &Args, out: &mut impl Write) -> Outcome {
                 ("records", info.records.to_string()),
                 ("segments", info.segments.to_string()),
                 ("bytes", format!("{} ({} bytes)", size(info.bytes), info.bytes)),
+                ("spare segment", spare),
                 ("groups", groups),
                 ("newest segment", describe_end(&info.tail)),
             ],
