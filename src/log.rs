@@ -687,10 +687,10 @@ impl Log {
         // Consumers waiting in `poll` look again, and see the queue closed.
         self.notify.notify();
         self.sealer.drain();
-        // The spare is not part of the log.
-        if self.spare.lock().unwrap_or_else(|e| e.into_inner()).take().is_some() {
-            let _ = fs::remove_file(self.dir.join(segment::SPARE_NAME));
-        }
+        // The spare is not part of the log. (Its file goes even with no spare held: one
+        // whose roll failed part way may be left.)
+        self.spare.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let _ = fs::remove_file(self.dir.join(segment::SPARE_NAME));
         self.spare_bytes.store(0, Ordering::Relaxed);
         let recorded = self.record_clean_close(&w);
         self.release(&mut w);

@@ -609,7 +609,11 @@ impl Active {
         let Spare { file, map: mut data, capacity } = spare;
         data.write(0, &header::encode(LOG_MAGIC, base));
         data.publish(FILE_HEADER_LEN);
-        rename(&dir.join(SPARE_NAME), &seg.path)?;
+        if let Err(e) = rename(&dir.join(SPARE_NAME), &seg.path) {
+            // The spare is dropped: its file would take a segment's room, counted nowhere.
+            let _ = std::fs::remove_file(dir.join(SPARE_NAME));
+            return Err(e);
+        }
         let (index_map, index) = IndexWriter::create(seg.index_path.clone(), base, capacity, interval)?;
         let mut active = Self::finish(seg, file, capacity, FILE_HEADER_LEN, index_map, index, data);
         active.prefaulted = SPARE_PREFAULTED.min(capacity);
