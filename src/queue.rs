@@ -249,9 +249,10 @@ impl Queue {
     /// [`Error::Corrupt`] for a damaged last record of the oldest segment (under
     /// [`Options::retain_age`]) or a consumer group that cannot be opened (under
     /// [`Options::retain_until_consumed`]), or [`Error::Poisoned`] for a group whose write
-    /// or sync failed (under [`Options::retain_until_consumed`], until the group can write
-    /// its state again, which each pass tries: until then its acks cannot be made
-    /// durable). Segments deleted before the error stay deleted.
+    /// or sync failed (under [`Options::retain_until_consumed`], when the groups' acks
+    /// would let a segment go, until the group can write its state again, which each such
+    /// pass tries: until then its acks cannot be made durable). Segments deleted before
+    /// the error stay deleted.
     /// The passes that run by themselves drop their errors, so retention stops until the
     /// cause is fixed: call this to see why.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
@@ -279,15 +280,12 @@ impl Queue {
             let groups = self.shared.groups();
             let mut resting = self.shared.resting();
             let mut needed = None;
+            let mut open = Vec::new();
             for name in group::list(self.log.dir())? {
                 let floor = match (groups.get(&name), resting.get(&name)) {
                     (Some(inner), _) => {
-                        let floor = inner.oldest_needed();
-                        // Deleted records never come back: the acks that allow it must not
-                        // either, as unsynced ones would in a power loss (under `Never` and
-                        // `Interval`).
-                        inner.flush()?;
-                        floor
+                        open.push(inner);
+                        inner.oldest_needed()
                     }
                     (None, Some(&floor)) => floor,
                     // Opened for its floor and let go again, so that a queue with more
@@ -302,6 +300,15 @@ impl Queue {
                     }
                 };
                 needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
+            }
+            // Deleted records never come back: the acks that allow it must not either, as
+            // unsynced ones would in a power loss (under `Never` and `Interval`). Flushed
+            // only if they allow a deletion (floors only rise, and only this pass deletes):
+            // else a roll behind slow consumers would sync every open group.
+            if needed.is_some_and(|n| self.log.could_delete_below(n)) {
+                for inner in open {
+                    inner.flush()?;
+                }
             }
             Some(needed)
         } else {

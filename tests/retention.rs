@@ -682,3 +682,46 @@ fn child_runs_retention_with_few_file_descriptors() {
     assert_eq!(q.first_offset(), 4);
     q.close().unwrap();
 }
+
+/// Under `retain_until_consumed`, a pass syncs the groups' acks before it deletes on them,
+/// and only then: behind slow consumers, where no segment can go, the pass every roll runs
+/// syncs no group under `Never` (it synced every open group before). Once the groups have
+/// consumed a segment, the pass syncs them and deletes it.
+#[test]
+fn a_pass_that_can_delete_nothing_syncs_no_group() {
+    use segq::fault;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::default().segment_bytes(4096).sync(SyncPolicy::Never).retain_until_consumed(true);
+    let q = Queue::open(dir.path(), opts).unwrap();
+    let groups: Vec<_> = (0..4).map(|i| q.group(&format!("g{i}")).unwrap()).collect();
+    let groups_dir = dir.path().join("groups");
+    fault::audit(&groups_dir);
+    let _ = fault::take_synced(&groups_dir);
+    for i in 0..400 {
+        q.append(&payload(i)).unwrap();
+        // Every group acks a record now and then, but stays inside the first segment.
+        if i % 20 == 0 {
+            for g in &groups {
+                let d = g.poll(Duration::ZERO).unwrap().unwrap();
+                g.ack(d.offset()).unwrap();
+            }
+        }
+    }
+    assert!(q.stats().segments >= 4, "rolls ran passes");
+    assert_eq!(q.first_offset(), 0);
+    assert_eq!(fault::take_synced(&groups_dir), Vec::new(), "no group synced by a pass that deletes nothing");
+    // All consumed: the next pass syncs every group's acks, then deletes.
+    for g in &groups {
+        while let Some(d) = g.poll(Duration::ZERO).unwrap() {
+            g.ack(d.offset()).unwrap();
+        }
+    }
+    let report = q.enforce_retention().unwrap();
+    assert!(report.segments_deleted > 0);
+    let synced = fault::take_synced(&groups_dir);
+    for i in 0..4 {
+        let journal = groups_dir.join(format!("g{i}")).join("journal");
+        assert!(synced.iter().any(|s| s.path == journal), "g{i}'s journal synced before the deletion: {synced:?}");
+    }
+    q.close().unwrap();
+}
