@@ -157,7 +157,7 @@ fn other_threads_do_not_wait_for_the_flushes_of_idle_closes() {
     let q = &q;
     std::thread::scope(|s| {
         let closer = s.spawn(move || drop(q.group(&name(0)).unwrap()));
-        wait_for("a flush held", || fault::held(dir.path()) > 0);
+        common::wait_for("a flush held", || fault::held(dir.path()) > 0);
         let (done, finished) = std::sync::mpsc::channel();
         s.spawn(move || {
             assert_eq!(q.group(&name(4)).unwrap().ack_floor(), 2);
@@ -178,15 +178,6 @@ fn other_threads_do_not_wait_for_the_flushes_of_idle_closes() {
     let q = Queue::open(dir.path(), Options::default()).unwrap();
     for (i, floor) in [1, 1, 2, 2, 2].into_iter().enumerate() {
         assert_eq!(q.group(&name(i)).unwrap().ack_floor(), floor, "{}", name(i));
-    }
-}
-
-/// Waits until `cond` holds, failing after a minute.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -20,15 +20,6 @@ const ZERO: Duration = Duration::ZERO;
 const HOUR: Duration = Duration::from_secs(3600);
 const SPARE: &str = "spare.log.tmp";
 
-/// Waits until `cond` holds, failing after a minute.
-fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let start = std::time::Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Size of the spare file in `dir`, 0 if there is none.
 fn spare_file(dir: &Path) -> u64 {
     std::fs::metadata(dir.join(SPARE)).map_or(0, |m| m.len())
@@ -49,7 +40,7 @@ fn queue_with_a_spare(dir: &Path, sync: SyncPolicy) -> Queue {
     // Two records take the first segment past half full: the spare is asked for.
     q.append(&[1; 1000]).unwrap();
     q.append(&[2; 1000]).unwrap();
-    wait_for("a spare", || q.stats().spare_bytes > 0 && spare_file(dir) > 0);
+    common::wait_for("a spare", || q.stats().spare_bytes > 0 && spare_file(dir) > 0);
     q
 }
 
@@ -91,12 +82,12 @@ fn spare_bytes_follows_the_spare_file_through_rolls_close_and_reopen() {
         for i in 0..40u8 {
             q.append(&[i; 1000]).unwrap();
             // The spare is made on the sealer thread: wait until both agree.
-            wait_for("spare_bytes to match the file", || q.stats().spare_bytes == spare_file(dir.path()));
+            common::wait_for("spare_bytes to match the file", || q.stats().spare_bytes == spare_file(dir.path()));
         }
         // A record that needs a bigger segment than the spare: the spare is kept.
         let had = q.stats().spare_bytes;
         q.append(&[9; 6000]).unwrap();
-        wait_for("spare_bytes to match the file", || q.stats().spare_bytes == spare_file(dir.path()));
+        common::wait_for("spare_bytes to match the file", || q.stats().spare_bytes == spare_file(dir.path()));
         assert!(had == 0 || q.stats().spare_bytes > 0, "{sync:?}");
         q.close().unwrap();
         assert_eq!((q.stats().spare_bytes, spare_file(dir.path())), (0, 0), "{sync:?}");
@@ -137,7 +128,7 @@ fn while_the_close_of_a_is_held(q: &Queue, during: impl FnOnce(&Queue) + Send) {
     fault::inject(Fault::new(&gdir, Point::Sync).stall());
     std::thread::scope(|s| {
         let closer = s.spawn(|| common::close_idle_groups(q));
-        wait_for("the flush of the idle close held", || fault::held(&gdir) > 0);
+        common::wait_for("the flush of the idle close held", || fault::held(&gdir) > 0);
         let (tx, rx) = std::sync::mpsc::channel();
         let worker = s.spawn(move || {
             during(q);
@@ -239,7 +230,7 @@ fn a_close_during_the_held_flush_completes_and_keeps_the_ack() {
     std::thread::scope(|s| {
         let q = &q;
         let closer = s.spawn(|| common::close_idle_groups(q));
-        wait_for("the flush of the idle close held", || fault::held(&gdir) > 0);
+        common::wait_for("the flush of the idle close held", || fault::held(&gdir) > 0);
         let close = s.spawn(|| q.close());
         // Give the close time to reach the held sync (not a timing assertion: either order passes).
         std::thread::sleep(Duration::from_millis(50));

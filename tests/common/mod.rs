@@ -520,3 +520,12 @@ pub fn close_idle_groups(q: &Queue) {
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     drop(q.group(&format!("zz-churn-{n}")).unwrap());
 }
+
+/// Waits until `cond` holds, failing after a minute: a hang detector, not a timing check.
+pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
