@@ -860,13 +860,6 @@ impl Log {
         }
     }
 
-    /// Whether a retention pass could delete the oldest segment if every record below
-    /// `offset` may go: it is sealed, not the newest, and ends at or below `offset`.
-    pub fn could_delete_below(&self, offset: u64) -> bool {
-        let segments = self.segments();
-        segments.len() >= 2 && segments[0].end_offset().is_some_and(|end| end <= offset)
-    }
-
     /// Starts a retention pass, waiting for one in progress. What a pass decides from (the
     /// lowest offset a consumer group needs) holds while it is held: creating a group (at
     /// the first offset) and seeking one back take it too, so they wait for the pass

@@ -272,8 +272,9 @@ impl Queue {
         if self.log.is_closing() {
             return Err(Error::Closed);
         }
-        // With `retain_until_consumed`, the lowest offset any group still needs.
-        let needed = if opts.retain_until_consumed {
+        // With `retain_until_consumed`, the lowest offset any group still needs, and the
+        // groups open.
+        let (needed, open) = if opts.retain_until_consumed {
             // Listed and opened under the lock of the open groups, which `delete_group`
             // takes too: opening a group deleted after the listing would create it again,
             // at the first offset, and hold back retention for good.
@@ -284,7 +285,7 @@ impl Queue {
             for name in group::list(self.log.dir())? {
                 let floor = match (groups.get(&name), resting.get(&name)) {
                     (Some(inner), _) => {
-                        open.push(inner);
+                        open.push(inner.clone());
                         inner.oldest_needed()
                     }
                     (None, Some(&floor)) => floor,
@@ -301,26 +302,30 @@ impl Queue {
                 };
                 needed = Some(needed.map_or(floor, |n: u64| n.min(floor)));
             }
-            // Deleted records never come back: the acks that allow it must not either, as
-            // unsynced ones would in a power loss (under `Never` and `Interval`). Flushed
-            // only if they allow a deletion (floors only rise, and only this pass deletes):
-            // else a roll behind slow consumers would sync every open group.
-            if needed.is_some_and(|n| self.log.could_delete_below(n)) {
-                for inner in open {
-                    inner.flush()?;
-                }
-            }
-            Some(needed)
+            (Some(needed), open)
         } else {
-            None
+            (None, Vec::new())
         };
+        let mut flushed = false;
         let now_ms =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let report = self.log.retain(&pass, |segment, log_bytes| {
             let end = segment.end_offset().unwrap_or(u64::MAX);
             if let Some(needed) = needed {
                 // Consumed data goes; nothing else does. No group: nothing is consumed.
-                return Ok(needed.is_some_and(|n| n >= end));
+                let consumed = needed.is_some_and(|n| n >= end);
+                // Deleted records never come back: the acks that allow it must not either,
+                // as unsynced ones would in a power loss (under `Never` and `Interval`). The
+                // groups are flushed before the first deletion, and only then: a roll behind
+                // slow consumers would sync every open group. (Decided here, on the segment
+                // to delete: an append may roll the oldest segment since the floors were read.)
+                if consumed && !flushed {
+                    for inner in &open {
+                        inner.flush()?;
+                    }
+                    flushed = true;
+                }
+                return Ok(consumed);
             }
             let over_size = opts.retain_bytes.is_some_and(|max| log_bytes > max);
             let too_old = match opts.retain_age {
