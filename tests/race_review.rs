@@ -296,7 +296,7 @@ fn blocked_polls_are_woken_by_appends_nack_delays_and_lease_expiry() {
         let q = Queue::open(dir.path(), Options::default().sync(sync)).unwrap();
         let g = q.group_with("w", GroupOptions::default().lease(Duration::from_millis(30)).max_attempts(1000)).unwrap();
         // Appends racing the consumer's going to sleep: spin a varying while first.
-        for i in 0..300u64 {
+        for i in 0..150u64 {
             std::thread::scope(|s| {
                 let q = &q;
                 s.spawn(move || {
@@ -471,7 +471,7 @@ fn close_racing_retention_group_churn_idle_closes_and_flushes() {
                         }
                     }
                 });
-                while progress.load(Ordering::Relaxed) < 300 {
+                while progress.load(Ordering::Relaxed) < 150 {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 q.close().unwrap_or_else(|e| panic!("{name}: close: {e}"));
@@ -565,7 +565,7 @@ fn one_life(dir: &std::path::Path, sync: SyncPolicy, life: u64) {
     }
 }
 
-/// Twenty lives of a queue in one process, under every policy: the process ends with the
+/// Fourteen lives of a queue in one process, under every policy: the process ends with the
 /// threads, files and mappings it had after the first few, and no spare segment is left
 /// in the directory.
 #[test]
@@ -579,14 +579,14 @@ fn many_open_close_cycles_keep_no_thread_file_or_mapping() {
         }
         std::thread::sleep(Duration::from_millis(50));
         let before = held();
-        for life in 4..20 {
+        for life in 4..14 {
             one_life(dir.path(), sync, life);
         }
         std::thread::sleep(Duration::from_millis(100));
         let after = held();
         assert!(
             after.0 <= before.0 && after.1 <= before.1 + 2 && after.2 <= before.2,
-            "{name}: 16 lives of a queue: (files, mappings, threads) {before:?} -> {after:?}"
+            "{name}: 10 lives of a queue: (files, mappings, threads) {before:?} -> {after:?}"
         );
         let spare = dir.path().join("spare.log.tmp");
         assert!(!spare.exists(), "{name}: a closed queue left its spare segment behind");
@@ -863,7 +863,7 @@ fn every_group_operation_at_once_then_close() {
                         let _ = ok_or_closed!(q.group(&format!("idle-{}", q.next_offset() % 5)), "idle group");
                     }
                 });
-                while progress.load(Ordering::Relaxed) < 400 {
+                while progress.load(Ordering::Relaxed) < 250 {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 q.close().unwrap_or_else(|e| panic!("{name}: close: {e}"));

@@ -236,7 +236,7 @@ fn reopening_many_times_leaks_no_descriptor_or_thread() {
             cycle(dir.path(), policy, close); // warm-up: lazily started process-wide things
             thread::sleep(Duration::from_millis(50));
             let (fds, tasks) = (open_fds(), threads());
-            for _ in 0..30 {
+            for _ in 0..10 {
                 cycle(dir.path(), policy, close);
             }
             // Threads that were asked to stop may take a moment to be gone.
@@ -1251,7 +1251,7 @@ fn inspect_verify_next_to_a_live_writer_finds_no_damage() {
         })
     };
     let mut problems = Vec::new();
-    for _ in 0..400 {
+    for _ in 0..200 {
         let found = QueueDir::open(dir.path())
             .map_err(|e| format!("QueueDir::open: {e}"))
             .and_then(|d| verify(&d, &|_| {}).map_err(|e| format!("verify: {e}")));
